@@ -1,0 +1,271 @@
+"""The asyncio MQTT client every ChargeTwin service uses, on gmqtt.
+
+Why a wrapper: gmqtt reconnects by itself but does not subscribe again when the broker
+lost the session (a restarted embedded broker, Mosquitto without persistence), routes all
+messages to one callback, and logs instead of raising. This class keeps the subscriptions
+and re-sends them on every connect, routes each message to the handler of the filter that
+matched it (``+``, ``#`` and ``$share/GROUP/`` understood), and answers the broker's
+PUBACK only once the handler has finished, so a message is acknowledged after its work is
+durable (at-least-once end to end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from gmqtt import Client as GmqttClient
+from gmqtt import Message
+from gmqtt.mqtt.constants import MQTTv311
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, bytes], Awaitable[None]]
+Payload = bytes | str | dict[str, Any] | list[Any] | None
+
+_PUBACK_SUCCESS = 0
+_PUBACK_UNSPECIFIED_ERROR = 0x80
+
+
+class MqttError(RuntimeError):
+    """The broker could not be reached or refused us."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        parts = urlsplit(url)
+        tls = parts.scheme in ("mqtts", "ssl")
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+            raise MqttError(f"bad MQTT URL {url!r}: use mqtt://host:1883 or mqtts://host:8883")
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+        )
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT 3.1.1 section 4.7 matching, with a ``$share/GROUP/`` prefix ignored."""
+    if topic_filter.startswith("$share/"):
+        topic_filter = topic_filter.split("/", 2)[2]
+    f_parts = topic_filter.split("/")
+    t_parts = topic.split("/")
+    for i, part in enumerate(f_parts):
+        if part == "#":
+            return True
+        if i >= len(t_parts):
+            return False
+        if part != "+" and part != t_parts[i]:
+            return False
+    return len(f_parts) == len(t_parts)
+
+
+def encode(payload: Payload) -> bytes:
+    if payload is None:
+        return b""
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, str):
+        return payload.encode()
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class MqttClient:
+    """One connection to the broker with handlers per topic filter.
+
+    Use as ``async with MqttClient(url, "twin") as mqtt:``; ``subscribe`` before or after
+    connecting, ``publish`` at any time (QoS 1 messages wait in gmqtt's queue while the
+    connection is down and are sent again after it).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        *,
+        clean_session: bool = True,
+        will: tuple[str, Payload, bool] | None = None,
+        keepalive: int = 30,
+        reconnect_delay: float = 1.0,
+    ) -> None:
+        self.address = BrokerAddress.parse(url)
+        self.client_id = client_id
+        self._clean_session = clean_session
+        self._keepalive = keepalive
+        self._handlers: dict[str, tuple[int, Handler]] = {}
+        self._on_connect_hooks: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        will_message = None
+        if will is not None:
+            topic, payload, retain = will
+            will_message = Message(topic, encode(payload), qos=1, retain=retain)
+        self._client = GmqttClient(
+            client_id, clean_session=clean_session, will_message=will_message
+        )
+        self._client.set_config({"reconnect_retries": -1, "reconnect_delay": reconnect_delay})
+        if self.address.username:
+            self._client.set_auth_credentials(self.address.username, self.address.password)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._suback: dict[int, asyncio.Future[None]] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Connect, retrying until ``timeout``; raise :class:`MqttError` when it passes."""
+        ctx: ssl.SSLContext | bool = ssl.create_default_context() if self.address.tls else False
+        deadline = asyncio.get_running_loop().time() + timeout
+        delay = 0.1
+        while True:
+            try:
+                await self._client.connect(
+                    self.address.host,
+                    self.address.port,
+                    ssl=ctx,
+                    keepalive=self._keepalive,
+                    version=MQTTv311,
+                )
+                break
+            except Exception as exc:  # gmqtt raises OSError, TimeoutError and bare errors
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise MqttError(
+                        f"cannot reach MQTT broker {self.address.host}:{self.address.port}: {exc}"
+                    ) from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def disconnect(self) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self._client.disconnect()
+        self._connected.clear()
+
+    async def __aenter__(self) -> MqttClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.disconnect()
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    def on_connect(self, hook: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``hook`` after every (re)connect, once subscriptions are re-sent."""
+        self._on_connect_hooks.append(hook)
+
+    # --- subscriptions -----------------------------------------------------------------
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        """Route messages matching ``topic_filter`` to ``handler`` (kept across reconnects)."""
+        self._handlers[topic_filter] = (qos, handler)
+        if self.is_connected:
+            self._client.subscribe(topic_filter, qos=qos)
+
+    async def subscribe_acked(
+        self, topic_filter: str, handler: Handler, qos: int = 1, timeout: float = 5.0
+    ) -> None:
+        """Subscribe and wait for the broker's SUBACK, so a request published next is seen."""
+        self._handlers[topic_filter] = (qos, handler)
+        await self.wait_connected()
+        mid = self._client.subscribe(topic_filter, qos=qos)
+        future = self._suback[mid] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(future, timeout)
+        finally:
+            self._suback.pop(mid, None)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        if self._handlers.pop(topic_filter, None) is not None and self.is_connected:
+            self._client.unsubscribe(topic_filter)
+
+    # --- publishing ----------------------------------------------------------------------
+    def publish(self, topic: str, payload: Payload, *, qos: int = 1, retain: bool = False) -> None:
+        self._client.publish(topic, encode(payload), qos=qos, retain=retain)
+
+    # --- gmqtt callbacks -------------------------------------------------------------------
+    def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
+        for topic_filter, (qos, _) in self._handlers.items():
+            self._client.subscribe(topic_filter, qos=qos)
+        self._connected.set()
+        log.info(
+            "MQTT connected to %s:%s as %s", self.address.host, self.address.port, self.client_id
+        )
+        for hook in self._on_connect_hooks:
+            task: asyncio.Task[None] = asyncio.get_running_loop().create_task(hook())
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _on_subscribe(self, client: Any, mid: int, qos: Any, properties: Any) -> None:
+        future = self._suback.get(mid)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _on_disconnect(self, client: Any, packet: Any, exc: Exception | None = None) -> None:
+        if self._connected.is_set() and not self._closing:
+            log.warning(
+                "MQTT connection to %s:%s lost; reconnecting", self.address.host, self.address.port
+            )
+        self._connected.clear()
+
+    async def _on_message(
+        self, client: Any, topic: str, payload: bytes, qos: int, properties: Any
+    ) -> int:
+        handler = self._route(topic)
+        if handler is None:
+            return _PUBACK_SUCCESS
+        try:
+            await handler(topic, payload)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The handler's own errors must never kill the connection; the message is
+            # acknowledged anyway, as redelivery would only fail the same way again.
+            log.exception("handler for %s failed", topic)
+            return _PUBACK_UNSPECIFIED_ERROR
+        return _PUBACK_SUCCESS
+
+    def _route(self, topic: str) -> Handler | None:
+        for topic_filter, (_, handler) in self._handlers.items():
+            if topic_matches(topic_filter, topic):
+                return handler
+        return None
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("MQTT on-connect hook failed", exc_info=task.exception())
+
+
+def client_id_for(component: str, base: str | None = None) -> str:
+    """A client id that is stable when ``base`` is given (persistent sessions), unique else."""
+    if base:
+        return f"{base}-{component}"
+    return f"chargetwin-{component}-{uuid.uuid4().hex[:8]}"

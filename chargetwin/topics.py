@@ -1,0 +1,99 @@
+"""MQTT topics of the ChargeTwin contract, as small value types that validate themselves.
+
+Every topic lives under a configurable prefix (``chargetwin`` by default). The layout is
+documented in ``docs/mqtt.md``; change it only together with that document.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# OCPP 1.6 identities are CiString-like and at most 48 characters (OCPP-J 1.6 section 3.1.1
+# leaves the character set open); we also forbid what MQTT treats specially.
+CHARGER_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,48}$")
+
+SHADOW_OPERATIONS = ("update", "get")
+
+
+class InvalidTopicError(ValueError):
+    """A topic or charger id that does not fit the contract."""
+
+
+def validate_charger_id(charger_id: str) -> str:
+    """Return the id unchanged, or raise :class:`InvalidTopicError` saying why."""
+    if not CHARGER_ID_PATTERN.fullmatch(charger_id):
+        raise InvalidTopicError(
+            f"invalid charger id {charger_id!r}: 1-48 characters of A-Z a-z 0-9 . _ : -"
+        )
+    return charger_id
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Builds and parses the topics of one deployment (one prefix)."""
+
+    prefix: str = "chargetwin"
+
+    def __post_init__(self) -> None:
+        if not self.prefix or any(c in self.prefix for c in "+#") or self.prefix.endswith("/"):
+            raise InvalidTopicError(f"invalid topic prefix {self.prefix!r}")
+
+    # --- per charger -------------------------------------------------------------------
+    def charger(self, charger_id: str) -> str:
+        return f"{self.prefix}/chargers/{charger_id}"
+
+    def shadow(self, charger_id: str, operation: str, result: str | None = None) -> str:
+        """``.../shadow/update``, ``.../shadow/update/accepted``, ``.../shadow/get`` ..."""
+        base = f"{self.charger(charger_id)}/shadow/{operation}"
+        return f"{base}/{result}" if result else base
+
+    def presence(self, charger_id: str) -> str:
+        """Retained ``{"online", "since", ...}`` published by the bridge holding the socket."""
+        return f"{self.charger(charger_id)}/presence"
+
+    def command(self, charger_id: str) -> str:
+        return f"{self.charger(charger_id)}/commands"
+
+    def telemetry(self, charger_id: str, kind: str) -> str:
+        return f"{self.charger(charger_id)}/telemetry/{kind}"
+
+    def events(self, charger_id: str, kind: str) -> str:
+        return f"{self.charger(charger_id)}/events/{kind}"
+
+    # --- per process ---------------------------------------------------------------------
+    def bridge_status(self, bridge_id: str) -> str:
+        """Retained ``online``/``offline`` of a bridge process (its last will says offline)."""
+        return f"{self.prefix}/bridges/{bridge_id}/status"
+
+    # --- subscriptions -----------------------------------------------------------------
+    def all_shadow_requests(self, operation: str) -> str:
+        return f"{self.prefix}/chargers/+/shadow/{operation}"
+
+    def all_presence(self) -> str:
+        return f"{self.prefix}/chargers/+/presence"
+
+    def all_bridge_status(self) -> str:
+        return f"{self.prefix}/bridges/+/status"
+
+    # --- parsing -----------------------------------------------------------------------
+    def charger_id_of(self, topic: str) -> str:
+        """The raw charger id segment of a per-charger topic (not validated)."""
+        head = f"{self.prefix}/chargers/"
+        if not topic.startswith(head):
+            raise InvalidTopicError(f"not a charger topic: {topic!r}")
+        return topic[len(head) :].split("/", 1)[0]
+
+    def bridge_id_of(self, topic: str) -> str:
+        head = f"{self.prefix}/bridges/"
+        if not topic.startswith(head):
+            raise InvalidTopicError(f"not a bridge topic: {topic!r}")
+        return topic[len(head) :].split("/", 1)[0]
+
+
+def shared(topic_filter: str, group: str | None) -> str:
+    """Wrap a filter in an MQTT shared subscription (``$share/group/...``) when a group is set.
+
+    Scale-out workers of one kind join the same group so the broker spreads the load.
+    """
+    return f"$share/{group}/{topic_filter}" if group else topic_filter

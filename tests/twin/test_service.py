@@ -1,0 +1,254 @@
+"""The MQTT shadow service end to end: a real broker (Mosquitto and the embedded one), a
+real database (SQLite and PostgreSQL), and an independent paho client on the other side."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from probes import MqttProbe
+
+from chargetwin.database import Database, connect
+from chargetwin.mqtt import MqttClient
+from chargetwin.topics import Topics
+from twin.registry import ChargerRegistry
+from twin.requests import Limits
+from twin.service import ShadowService
+from twin.stores import ShadowStore
+
+
+@dataclass
+class Twin:
+    service: ShadowService
+    probe: MqttProbe
+    topics: Topics
+    registry: ChargerRegistry
+    db: Database
+    mqtt: MqttClient
+
+    def shadow(self, charger_id: str, op: str = "update") -> str:
+        return self.topics.shadow(charger_id, op)
+
+
+async def start_twin(broker: str, database: str, prefix: str, **kw: object) -> Twin:
+    db = connect(database)
+    await db.open()
+    store, registry = ShadowStore(db), ChargerRegistry(db)
+    await store.create_schema()
+    await registry.create_schema()
+    mqtt = MqttClient(broker, f"{prefix}-twin")
+    topics = Topics(prefix)
+    service = ShadowService(mqtt, store, registry, topics, **kw)  # type: ignore[arg-type]
+    await service.start()
+    await mqtt.connect()
+    probe = MqttProbe(broker)
+    await probe.subscribe(f"{prefix}/#")
+    return Twin(service, probe, topics, registry, db, mqtt)
+
+
+async def stop_twin(twin: Twin) -> None:
+    twin.probe.close()
+    await twin.service.stop()
+    await twin.mqtt.disconnect()
+    await twin.db.close()
+
+
+@pytest.fixture
+async def twin(broker_url: str, database_url: str, prefix: str) -> AsyncIterator[Twin]:
+    t = await start_twin(broker_url, database_url, prefix)
+    await t.registry.register("CP-1", "secret-password")
+    yield t
+    await stop_twin(t)
+
+
+@pytest.fixture
+async def small_twin(broker_url: str, tmp_path: object, prefix: str) -> AsyncIterator[Twin]:
+    """SQLite only, tight limits: for bad-input tests."""
+    t = await start_twin(
+        broker_url,
+        f"sqlite:///{tmp_path}/t.db",
+        prefix,
+        limits=Limits(max_request_bytes=4096, max_document_bytes=2048, max_depth=4),
+    )
+    await t.registry.register("CP-1", None)
+    yield t
+    await stop_twin(t)
+
+
+async def test_reported_update_is_accepted_announced_and_readable(twin: Twin) -> None:
+    result, answer = await twin.probe.request(
+        twin.shadow("CP-1"), {"state": {"reported": {"firmware": {"version": "1.0"}}}}
+    )
+    assert result == "accepted", answer
+    assert answer["version"] == 1
+    assert answer["state"] == {"reported": {"firmware": {"version": "1.0"}}}
+    assert answer["metadata"]["reported"]["firmware"]["version"]["timestamp"] > 0
+    docs = await twin.probe.expect(twin.shadow("CP-1") + "/documents")
+    assert docs["previous"] is None
+    assert docs["current"]["version"] == 1
+    assert docs["current"]["state"]["reported"]["firmware"] == {"version": "1.0"}
+
+    result, doc = await twin.probe.request(twin.shadow("CP-1", "get"), {})
+    assert result == "accepted"
+    assert doc["version"] == 1
+    assert doc["state"]["reported"] == {"firmware": {"version": "1.0"}}
+    assert "delta" not in doc["state"]
+
+
+async def test_desired_change_publishes_delta_until_reported_matches(twin: Twin) -> None:
+    topic = twin.shadow("CP-1")
+    await twin.probe.request(
+        topic, {"state": {"reported": {"config": {"HeartbeatInterval": "300"}}}}
+    )
+    result, _ = await twin.probe.request(
+        topic, {"state": {"desired": {"config": {"HeartbeatInterval": "60"}}}}
+    )
+    assert result == "accepted"
+    delta = await twin.probe.expect(topic + "/delta")
+    assert delta["state"] == {"config": {"HeartbeatInterval": "60"}}
+    assert delta["version"] == 2
+    assert delta["metadata"]["config"]["HeartbeatInterval"]["timestamp"] > 0
+
+    await twin.probe.request(
+        topic, {"state": {"reported": {"config": {"HeartbeatInterval": "60"}}}}
+    )
+    await twin.probe.silent(topic + "/delta")
+    _, doc = await twin.probe.request(twin.shadow("CP-1", "get"), {})
+    assert "delta" not in doc["state"]
+    assert doc["version"] == 3
+
+
+async def test_stale_version_is_rejected_with_409(twin: Twin) -> None:
+    topic = twin.shadow("CP-1")
+    await twin.probe.request(topic, {"state": {"reported": {"a": 1}}})
+    result, answer = await twin.probe.request(topic, {"state": {"desired": {}}, "version": 0})
+    assert (result, answer["code"]) == ("rejected", 409)
+    result, answer = await twin.probe.request(
+        topic, {"state": {"desired": {"config": {"A": "1"}}}, "version": 1}
+    )
+    assert (result, answer["version"]) == ("accepted", 2)
+
+
+async def test_older_reported_value_does_not_overwrite_newer(twin: Twin) -> None:
+    topic = twin.shadow("CP-1")
+    now = time.time()
+    await twin.probe.request(
+        topic,
+        {"state": {"reported": {"connectors": {"1": {"status": "Charging"}}}}, "timestamp": now},
+    )
+    result, _ = await twin.probe.request(
+        topic,
+        {
+            "state": {"reported": {"connectors": {"1": {"status": "Available"}}}},
+            "timestamp": now - 5,
+        },
+    )
+    assert result == "accepted"
+    _, doc = await twin.probe.request(twin.shadow("CP-1", "get"), {})
+    assert doc["state"]["reported"]["connectors"]["1"]["status"] == "Charging"
+    assert doc["metadata"]["reported"]["connectors"]["1"]["status"]["timestamp"] == now
+
+
+async def test_documents_and_versions_survive_a_restart(
+    broker_url: str, database_url: str, prefix: str
+) -> None:
+    first = await start_twin(broker_url, database_url, prefix)
+    await first.registry.register("CP-9", None)
+    for i in range(5):
+        await first.probe.request(first.shadow("CP-9"), {"state": {"reported": {"n": i}}})
+    await first.probe.request(first.shadow("CP-9"), {"state": {"desired": {"config": {"K": "v"}}}})
+    _, before = await first.probe.request(first.shadow("CP-9", "get"), {})
+    await stop_twin(first)
+
+    second = await start_twin(broker_url, database_url, prefix)
+    try:
+        _, after = await second.probe.request(second.shadow("CP-9", "get"), {})
+        after.pop("clientToken"), before.pop("clientToken")
+        assert after == before
+        assert after["version"] == 6
+        result, answer = await second.probe.request(
+            second.shadow("CP-9"), {"state": {"reported": {"n": 99}}, "version": 6}
+        )
+        assert (result, answer["version"]) == ("accepted", 7)
+    finally:
+        await stop_twin(second)
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "words"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        (json.dumps({"state": "x"}).encode(), 400, "'state'"),
+        (json.dumps({"state": {"reported": 5}}).encode(), 400, "object or null"),
+        (json.dumps({"state": {"other": {}}}).encode(), 400, "only hold"),
+        (json.dumps({"state": {}, "version": "1"}).encode(), 400, "version"),
+        (json.dumps({"state": {}, "bogus": 1}).encode(), 400, "unknown field"),
+        (json.dumps({"state": {}, "timestamp": time.time() + 3600}).encode(), 400, "future"),
+        (
+            json.dumps({"state": {"reported": {"a": {"b": {"c": {"d": {"e": 1}}}}}}}).encode(),
+            400,
+            "deeper",
+        ),
+        (json.dumps({"state": {"reported": {"blob": "x" * 5000}}}).encode(), 413, "exceeds"),
+        (json.dumps({"state": {"reported": {"blob": "x" * 3000}}}).encode(), 413, "exceed"),
+        (
+            json.dumps({"state": {"desired": {"availability": {"1": "Off"}}}}).encode(),
+            422,
+            "/desired/availability/1",
+        ),
+        (json.dumps({"state": {"desired": {"colour": "red"}}}).encode(), 422, "colour"),
+    ],
+)
+async def test_bad_requests_are_rejected_and_the_service_keeps_serving(
+    small_twin: Twin, payload: bytes, code: int, words: str
+) -> None:
+    topic = small_twin.shadow("CP-1")
+    await small_twin.probe.publish(topic, payload)
+    answer = await small_twin.probe.expect(topic + "/rejected")
+    assert answer["code"] == code, answer
+    assert words in answer["message"]
+    result, ok = await small_twin.probe.request(topic, {"state": {"reported": {"fine": True}}})
+    assert result == "accepted", ok
+
+
+async def test_unknown_and_invalid_chargers_are_rejected(small_twin: Twin) -> None:
+    result, answer = await small_twin.probe.request(
+        small_twin.shadow("NOPE"), {"state": {"reported": {"a": 1}}}
+    )
+    assert (result, answer["code"]) == ("rejected", 404)
+    result, answer = await small_twin.probe.request(small_twin.shadow("NOPE", "get"), {})
+    assert (result, answer["code"]) == ("rejected", 404)
+    result, answer = await small_twin.probe.request(
+        small_twin.shadow("bad id!"), {"state": {"reported": {"a": 1}}}
+    )
+    assert (result, answer["code"]) == ("rejected", 400)
+    assert "invalid charger id" in answer["message"]
+
+
+async def test_reconnecting_charger_gets_its_pending_delta_again(twin: Twin) -> None:
+    topic = twin.shadow("CP-1")
+    await twin.probe.request(topic, {"state": {"desired": {"availability": {"1": "Inoperative"}}}})
+    await twin.probe.expect(topic + "/delta")
+    presence = twin.topics.presence("CP-1")
+    await twin.probe.publish(
+        presence, {"online": True, "since": time.time(), "ocppVersion": "1.6", "bridge": "b1"}
+    )
+    delta = await twin.probe.expect(topic + "/delta")
+    assert delta["state"] == {"availability": {"1": "Inoperative"}}
+    _, doc = await twin.probe.request(twin.shadow("CP-1", "get"), {})
+    assert doc["state"]["reported"]["connection"]["online"] is True
+    assert doc["state"]["reported"]["connection"]["bridge"] == "b1"
+
+
+async def test_chargers_of_a_dead_bridge_go_offline(twin: Twin) -> None:
+    await twin.probe.publish(
+        twin.topics.presence("CP-1"), {"online": True, "since": time.time(), "bridge": "b-dead"}
+    )
+    await twin.probe.expect(twin.shadow("CP-1") + "/documents")
+    await twin.probe.publish(twin.topics.bridge_status("b-dead"), {"online": False})
+    docs = await twin.probe.expect(twin.shadow("CP-1") + "/documents")
+    assert docs["current"]["state"]["reported"]["connection"]["online"] is False

@@ -1,0 +1,59 @@
+"""Running the twin as a component: open the stores, connect MQTT, serve until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from chargetwin.database import connect
+from chargetwin.mqtt import MqttClient, client_id_for
+from chargetwin.settings import Settings
+from chargetwin.topics import Topics
+from twin.registry import ChargerRegistry
+from twin.requests import Limits
+from twin.service import ShadowService
+from twin.stores import ShadowStore
+
+log = logging.getLogger(__name__)
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        max_request_bytes=settings.max_request_bytes,
+        max_document_bytes=settings.max_document_bytes,
+        max_depth=settings.max_depth,
+    )
+
+
+async def run_twin(settings: Settings, mqtt_url: str, stop: asyncio.Event) -> None:
+    """Serve shadows until ``stop`` is set; queued requests are finished first."""
+    db = connect(settings.database_target)
+    await db.open()
+    try:
+        store, registry = ShadowStore(db), ChargerRegistry(db)
+        await store.create_schema()
+        await registry.create_schema()
+        # A stable client id and a persistent session: requests published while the twin
+        # restarts wait in the broker instead of being lost.
+        mqtt = MqttClient(
+            mqtt_url,
+            client_id_for("twin", settings.mqtt_client_id or "chargetwin"),
+            clean_session=False,
+        )
+        service = ShadowService(
+            mqtt,
+            store,
+            registry,
+            Topics(settings.mqtt_prefix),
+            limits=limits_from(settings),
+            share_group=settings.mqtt_share_group,
+        )
+        await service.start()
+        await mqtt.connect()
+        try:
+            await stop.wait()
+        finally:
+            await service.stop()
+            await mqtt.disconnect()
+    finally:
+        await db.close()

@@ -1,0 +1,287 @@
+"""The shadow document: reported / desired / delta, version, per-leaf metadata.
+
+Semantics (AWS IoT Device Shadow, improved where noted; see ``docs/shadow.md``):
+
+* An update is a JSON merge patch per section: objects merge, ``null`` deletes a key,
+  arrays and scalars replace whole. Objects left empty by deletes disappear.
+* Every leaf carries the source timestamp of the write that set it (``metadata``).
+* Improvement: a write older (by its source timestamp) than what the document already holds
+  for that leaf, or for an ancestor of it, does not overwrite it. The final document
+  therefore depends only on the set of writes received, never on their arrival order, so
+  at-least-once delivery across several workers does no harm.
+
+How: each section keeps its *writes*, the latest write per exact path (deletes included,
+as tombstones). The state is, by definition, the replay of those writes in order of
+(timestamp, depth, path, value). Writes newer than everything held, the normal case,
+are applied incrementally in that same order; an out-of-order write makes the section
+replay from its writes. Writes that a later write at an ancestor path wipes are pruned.
+"""
+
+from __future__ import annotations
+
+import json
+import marshal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+SECTIONS = ("reported", "desired")
+
+Path = tuple[str, ...]
+JSON = Any
+# A write: (timestamp, value); value None is a delete.
+Write = tuple[float, JSON]
+
+
+def _clone(obj: JSON) -> JSON:
+    # marshal copies plain JSON data several times faster than copy.deepcopy.
+    return marshal.loads(marshal.dumps(obj))
+
+
+def _value_key(value: JSON) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _order(path: Path, write: Write) -> tuple[float, int, Path, str]:
+    return (write[0], len(path), path, _value_key(write[1]))
+
+
+def flatten(patch: dict[str, JSON], prefix: Path = ()) -> Iterator[tuple[Path, JSON]]:
+    """The leaf writes of a merge patch: non-empty objects recurse, ``{}`` changes nothing."""
+    for key, value in patch.items():
+        path = (*prefix, key)
+        if isinstance(value, dict):
+            if value:
+                yield from flatten(value, path)
+        else:
+            yield path, value
+
+
+def depth_of(value: JSON) -> int:
+    """Nesting depth of objects and arrays (a scalar is 0, ``{"a": 1}`` is 1)."""
+    if isinstance(value, dict):
+        return 1 + max((depth_of(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((depth_of(v) for v in value), default=0)
+    return 0
+
+
+@dataclass
+class Section:
+    """One of ``reported`` / ``desired``: its state, metadata and writes."""
+
+    state: dict[str, JSON] = field(default_factory=dict)
+    metadata: dict[str, JSON] = field(default_factory=dict)
+    writes: dict[Path, Write] = field(default_factory=dict)
+    newest: float = 0.0
+
+    def clone(self) -> Section:
+        return Section(_clone(self.state), _clone(self.metadata), dict(self.writes), self.newest)
+
+    # --- applying ------------------------------------------------------------------------
+    def apply(self, writes: list[tuple[Path, JSON]], timestamp: float) -> bool:
+        """Apply leaf writes that share one source timestamp; True when anything changed."""
+        accepted = [(p, v) for p, v in writes if self._record(p, (timestamp, v))]
+        if not accepted:
+            return False
+        if timestamp > self.newest:
+            for path, value in sorted(accepted, key=lambda pv: _order(pv[0], (timestamp, pv[1]))):
+                _set(self.state, self.metadata, path, value, timestamp)
+            self.newest = timestamp
+        else:
+            self.replay()
+        return True
+
+    def _record(self, path: Path, write: Write) -> bool:
+        """Keep ``write`` in the write set unless a newer write already covers it."""
+        ts = write[0]
+        for i in range(len(path)):
+            held = self.writes.get(path[:i])
+            if held is not None and held[0] > ts:
+                return False  # an ancestor written later wipes this write at any replay
+        held = self.writes.get(path)
+        if held is not None and _order(path, held) >= _order(path, write):
+            return False
+        self.writes[path] = write
+        # Writes below ``path`` that are older are wiped by this one at any replay.
+        n = len(path)
+        for other in [p for p in self.writes if len(p) > n and p[:n] == path]:
+            if self.writes[other][0] < ts:
+                del self.writes[other]
+        return True
+
+    def replay(self) -> None:
+        self.state, self.metadata = {}, {}
+        ordered = sorted(self.writes.items(), key=lambda item: _order(*item))
+        for path, (ts, value) in ordered:
+            _set(self.state, self.metadata, path, value, ts)
+        self.newest = max((w[0] for w in self.writes.values()), default=0.0)
+
+    def prune_tombstones(self, older_than: float) -> None:
+        """Forget deletes older than ``older_than``: bounded memory, bounded reordering."""
+        for path in [p for p, (ts, v) in self.writes.items() if v is None and ts < older_than]:
+            del self.writes[path]
+
+    # --- persistence -----------------------------------------------------------------------
+    def writes_to_json(self) -> list[list[JSON]]:
+        return [[list(p), ts, v] for p, (ts, v) in self.writes.items()]
+
+    @classmethod
+    def from_writes(cls, rows: list[list[JSON]]) -> Section:
+        section = cls(writes={tuple(p): (float(ts), v) for p, ts, v in rows})
+        section.replay()
+        return section
+
+
+def _set(state: dict[str, JSON], meta: dict[str, JSON], path: Path, value: JSON, ts: float) -> None:
+    """Set (or with ``None`` delete) one leaf, keeping metadata in step with state."""
+    if not path:  # the whole section: only a delete reaches here (``"desired": null``)
+        state.clear()
+        meta.clear()
+        return
+    if value is None:
+        _delete(state, meta, path)
+        return
+    node, mnode = state, meta
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = node[key] = {}
+            mnode[key] = {}
+        node, mnode = child, mnode[key]
+    node[path[-1]] = _clone(value) if isinstance(value, list) else value
+    mnode[path[-1]] = _leaf_metadata(value, ts)
+
+
+def _leaf_metadata(value: JSON, ts: float) -> JSON:
+    if isinstance(value, list):
+        # As AWS does: one entry per array element.
+        return [{"timestamp": ts} for _ in value]
+    return {"timestamp": ts}
+
+
+def _delete(state: dict[str, JSON], meta: dict[str, JSON], path: Path) -> None:
+    trail: list[tuple[dict[str, JSON], dict[str, JSON], str]] = []
+    node, mnode = state, meta
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            return
+        trail.append((node, mnode, key))
+        node, mnode = child, mnode[key]
+    if path[-1] not in node:
+        return
+    del node[path[-1]]
+    mnode.pop(path[-1], None)
+    # Objects emptied by the delete disappear too.
+    for parent, mparent, key in reversed(trail):
+        if parent[key]:
+            break
+        del parent[key]
+        mparent.pop(key, None)
+
+
+def delta(desired: dict[str, JSON], reported: dict[str, JSON]) -> dict[str, JSON]:
+    """The desired leaves that reported lacks or holds differently (arrays compared whole)."""
+    out: dict[str, JSON] = {}
+    for key, want in desired.items():
+        have = reported.get(key)
+        if isinstance(want, dict) and isinstance(have, dict):
+            sub = delta(want, have)
+            if sub:
+                out[key] = sub
+        elif want != have or type(want) is not type(have):
+            out[key] = want
+    return out
+
+
+def delta_metadata(delta_state: dict[str, JSON], metadata: dict[str, JSON]) -> dict[str, JSON]:
+    """The desired metadata of the leaves in a delta."""
+    out: dict[str, JSON] = {}
+    for key, value in delta_state.items():
+        meta = metadata.get(key, {})
+        out[key] = delta_metadata(value, meta) if isinstance(value, dict) else meta
+    return out
+
+
+@dataclass
+class ShadowDocument:
+    """A charger's whole shadow; mutate only through :meth:`apply` on a :meth:`clone`."""
+
+    charger_id: str
+    version: int = 0
+    timestamp: float = 0.0
+    sections: dict[str, Section] = field(
+        default_factory=lambda: {name: Section() for name in SECTIONS}
+    )
+
+    @property
+    def reported(self) -> dict[str, JSON]:
+        return self.sections["reported"].state
+
+    @property
+    def desired(self) -> dict[str, JSON]:
+        return self.sections["desired"].state
+
+    def clone(self) -> ShadowDocument:
+        return ShadowDocument(
+            self.charger_id,
+            self.version,
+            self.timestamp,
+            {name: s.clone() for name, s in self.sections.items()},
+        )
+
+    def apply(self, state: dict[str, JSON | None], timestamp: float) -> bool:
+        """Merge ``{"reported": patch | None, "desired": patch | None}``; True on change."""
+        changed = False
+        for name, patch in state.items():
+            writes: list[tuple[Path, JSON]] = (
+                [((), None)] if patch is None else list(flatten(patch))
+            )
+            changed |= self.sections[name].apply(writes, timestamp)
+        return changed
+
+    def delta(self) -> dict[str, JSON]:
+        return delta(self.desired, self.reported)
+
+    def state_bytes(self) -> int:
+        """Size of reported + desired as compact JSON, the figure the size limit applies to."""
+        return len(
+            json.dumps(
+                {"reported": self.reported, "desired": self.desired},
+                separators=(",", ":"),
+                ensure_ascii=False,
+            ).encode()
+        )
+
+    # --- the public document ------------------------------------------------------------
+    def to_public(self) -> dict[str, JSON]:
+        """The document as ``shadow/get/accepted`` and the API return it."""
+        state: dict[str, JSON] = {"reported": self.reported, "desired": self.desired}
+        d = self.delta()
+        if d:
+            state["delta"] = d
+        return {
+            "state": state,
+            "metadata": {name: s.metadata for name, s in self.sections.items()},
+            "version": self.version,
+            "timestamp": self.timestamp,
+        }
+
+    def to_versioned_state(self) -> dict[str, JSON]:
+        """``{"state", "metadata", "version"}`` as the ``documents`` topic carries them."""
+        return {
+            "state": {"reported": self.reported, "desired": self.desired},
+            "metadata": {name: s.metadata for name, s in self.sections.items()},
+            "version": self.version,
+        }
+
+    def writes_to_json(self) -> dict[str, JSON]:
+        return {name: s.writes_to_json() for name, s in self.sections.items()}
+
+    @classmethod
+    def restore(
+        cls, charger_id: str, version: int, timestamp: float, writes: dict[str, list[list[JSON]]]
+    ) -> ShadowDocument:
+        sections = {name: Section.from_writes(writes.get(name, [])) for name in SECTIONS}
+        return cls(charger_id, version, timestamp, sections)

@@ -1,0 +1,203 @@
+"""The charger registry: which charger ids exist and the password each one connects with.
+
+The API registers chargers; the bridge checks passwords at the websocket upgrade; the
+twin refuses shadow updates for ids that are not registered. Passwords are kept as
+salted scrypt hashes (RFC 7914) in a self-describing string, so the cost can be raised
+later without breaking stored hashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from chargetwin.database import Database
+from chargetwin.topics import validate_charger_id
+
+# scrypt cost: N=2**14, r=8, p=1 takes ~16 MiB and tens of milliseconds, so it runs off
+# the event loop. Verified passwords are cached in memory so reconnects stay cheap.
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+_VERIFIED_CACHE_MAX = 100_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS chargers (
+    charger_id TEXT PRIMARY KEY,
+    password_hash TEXT,
+    site TEXT,
+    tags TEXT NOT NULL DEFAULT '[]',
+    description TEXT,
+    created_at DOUBLE PRECISION NOT NULL
+)
+"""
+
+
+class RegistryError(Exception):
+    """Base of the registry's errors."""
+
+
+class ChargerExistsError(RegistryError):
+    """A charger with this id is already registered."""
+
+
+class ChargerNotFoundError(RegistryError):
+    """No charger with this id is registered."""
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+    )
+    b64 = base64.b64encode
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        actual = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(expected),
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+@dataclass(frozen=True, slots=True)
+class Charger:
+    charger_id: str
+    site: str | None
+    tags: list[str] = field(default_factory=list)
+    description: str | None = None
+    created_at: float = 0.0
+    has_password: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.charger_id,
+            "site": self.site,
+            "tags": list(self.tags),
+            "description": self.description,
+            "createdAt": self.created_at,
+            "hasPassword": self.has_password,
+        }
+
+
+class ChargerRegistry:
+    """Registered chargers in the shared database (table ``chargers``)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._known: set[str] = set()
+        self._verified: dict[str, bytes] = {}
+
+    async def create_schema(self) -> None:
+        await self._db.execute(SCHEMA)
+
+    async def register(
+        self,
+        charger_id: str,
+        password: str | None,
+        *,
+        site: str | None = None,
+        tags: list[str] | None = None,
+        description: str | None = None,
+    ) -> Charger:
+        validate_charger_id(charger_id)
+        hashed = await asyncio.to_thread(hash_password, password) if password else None
+        now = time.time()
+        changed = await self._db.execute(
+            "INSERT INTO chargers (charger_id, password_hash, site, tags, description, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (charger_id) DO NOTHING",
+            (charger_id, hashed, site, json.dumps(tags or []), description, now),
+        )
+        if changed == 0:
+            raise ChargerExistsError(f"charger {charger_id!r} is already registered")
+        self._known.add(charger_id)
+        return Charger(charger_id, site, tags or [], description, now, hashed is not None)
+
+    async def set_password(self, charger_id: str, password: str) -> None:
+        hashed = await asyncio.to_thread(hash_password, password)
+        changed = await self._db.execute(
+            "UPDATE chargers SET password_hash = ? WHERE charger_id = ?", (hashed, charger_id)
+        )
+        if changed == 0:
+            raise ChargerNotFoundError(f"charger {charger_id!r} is not registered")
+        self._verified.pop(charger_id, None)
+
+    async def delete(self, charger_id: str) -> None:
+        changed = await self._db.execute("DELETE FROM chargers WHERE charger_id = ?", (charger_id,))
+        if changed == 0:
+            raise ChargerNotFoundError(f"charger {charger_id!r} is not registered")
+        self._known.discard(charger_id)
+        self._verified.pop(charger_id, None)
+
+    async def exists(self, charger_id: str) -> bool:
+        """Cached once seen: registrations are rare, shadow updates are not."""
+        if charger_id in self._known:
+            return True
+        row = await self._db.fetchone("SELECT 1 FROM chargers WHERE charger_id = ?", (charger_id,))
+        if row is not None:
+            self._known.add(charger_id)
+        return row is not None
+
+    async def get(self, charger_id: str) -> Charger:
+        row = await self._db.fetchone(
+            "SELECT charger_id, site, tags, description, created_at, password_hash"
+            " FROM chargers WHERE charger_id = ?",
+            (charger_id,),
+        )
+        if row is None:
+            raise ChargerNotFoundError(f"charger {charger_id!r} is not registered")
+        return _charger(row)
+
+    async def list(self) -> list[Charger]:
+        rows = await self._db.fetchall(
+            "SELECT charger_id, site, tags, description, created_at, password_hash"
+            " FROM chargers ORDER BY charger_id"
+        )
+        return [_charger(row) for row in rows]
+
+    async def verify(self, charger_id: str, password: str) -> bool:
+        """True when ``password`` is this charger's (always False for unknown ids)."""
+        fingerprint = hashlib.sha256(f"{charger_id}\0{password}".encode()).digest()
+        cached = self._verified.get(charger_id)
+        if cached is not None and hmac.compare_digest(cached, fingerprint):
+            return True
+        row = await self._db.fetchone(
+            "SELECT password_hash FROM chargers WHERE charger_id = ?", (charger_id,)
+        )
+        if row is None or row[0] is None:
+            return False
+        ok = await asyncio.to_thread(check_password, password, str(row[0]))
+        if ok:
+            if len(self._verified) >= _VERIFIED_CACHE_MAX:
+                self._verified.clear()
+            self._verified[charger_id] = fingerprint
+        return ok
+
+
+def _charger(row: tuple[Any, ...]) -> Charger:
+    return Charger(
+        charger_id=row[0],
+        site=row[1],
+        tags=json.loads(row[2] or "[]"),
+        description=row[3],
+        created_at=float(row[4]),
+        has_password=row[5] is not None,
+    )

@@ -1,0 +1,55 @@
+"""The desired-state contract: what operators may ask a charger to become.
+
+One JSON Schema (draft 2020-12), used by the twin on every desired update (MQTT answers
+422) and by the API before it publishes (HTTP answers 422), so both refuse the same input.
+Values follow OCPP 1.6: configuration values are CiString500 (section 9.1.4), connector
+ids are integers where 0 is the whole charger (section 5.2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+DESIRED_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "urn:chargetwin:desired-state",
+    "title": "Desired state of a charger",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "config": {
+            "description": "OCPP configuration keys and the values they should have.",
+            "type": "object",
+            "propertyNames": {"pattern": "^[A-Za-z0-9_.\\-]{1,50}$"},
+            "additionalProperties": {"type": "string", "maxLength": 500},
+        },
+        "availability": {
+            "description": "Per connector ('0' = the whole charger): Operative or Inoperative.",
+            "type": "object",
+            "propertyNames": {"pattern": "^(0|[1-9][0-9]{0,2})$"},
+            "additionalProperties": {"enum": ["Operative", "Inoperative"]},
+        },
+        "firmware": {
+            "description": "Firmware version the charger should run (from the catalog).",
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["version"],
+            "properties": {"version": {"type": "string", "minLength": 1, "maxLength": 50}},
+        },
+    },
+}
+
+_validator = Draft202012Validator(DESIRED_SCHEMA)
+
+
+def desired_errors(desired: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(JSON pointer, message)`` for every violation; empty when the state is valid."""
+    out = []
+    for error in sorted(_validator.iter_errors(desired), key=lambda e: list(e.absolute_path)):
+        pointer = "/desired" + "".join(
+            "/" + str(p).replace("~", "~0").replace("/", "~1") for p in error.absolute_path
+        )
+        out.append((pointer, error.message))
+    return out

@@ -1,0 +1,448 @@
+"""The MQTT shadow service: answers ``shadow/update`` and ``shadow/get``, tracks presence.
+
+Requests flow through one queue into batches: the batch is applied in arrival order to
+cached documents, the changed documents are saved in one transaction (so a thousand
+updates cost one commit, on SQLite as on PostgreSQL), and only then are the answers
+published and the requests acknowledged to the broker. A crash before the commit loses
+nothing: the broker delivers the unacknowledged requests again.
+
+Presence: the bridge holding a charger's socket publishes a retained
+``chargers/{id}/presence`` message; the service writes it into ``reported.connection``
+and, when the charger comes online with a pending delta, publishes the delta again so the
+bridge reconciles at once. A bridge process announces itself on ``bridges/{id}/status``
+with a last will; when it dies, its chargers are marked offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chargetwin.database import DatabaseError
+from chargetwin.mqtt import MqttClient
+from chargetwin.topics import InvalidTopicError, Topics, shared, validate_charger_id
+from twin.documents import ShadowDocument, delta_metadata
+from twin.registry import ChargerRegistry
+from twin.requests import (
+    Limits,
+    ShadowError,
+    UpdateRequest,
+    client_token_of,
+    parse_json_object,
+    parse_update,
+    request_metadata,
+)
+from twin.schemas import desired_errors
+from twin.stores import ShadowStore
+
+log = logging.getLogger(__name__)
+
+_BATCH_MAX = 1000
+_CACHE_MAX = 50_000
+# Deletes are remembered this long so that a late write cannot resurrect a deleted key.
+_TOMBSTONE_HORIZON = 7 * 24 * 3600.0
+
+
+def _new_future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass
+class _Job:
+    charger_id: str
+    kind: str  # "update" | "get"
+    update: UpdateRequest | None
+    client_token: str | None
+    done: asyncio.Future[None] = field(default_factory=_new_future)
+    resend_delta: bool = False
+    attempts: int = 0
+
+
+# Per charger in a batch: (document as loaded, document after the batch's updates).
+_Working = dict[str, tuple[ShadowDocument | None, ShadowDocument | None]]
+
+
+@dataclass
+class _Outcome:
+    """What one job produced, published after the batch is durable."""
+
+    job: _Job
+    messages: list[tuple[str, dict[str, Any]]]
+
+
+class ShadowService:
+    """One twin worker. Several may share the load through ``share_group``."""
+
+    def __init__(
+        self,
+        mqtt: MqttClient,
+        store: ShadowStore,
+        registry: ChargerRegistry,
+        topics: Topics,
+        *,
+        limits: Limits | None = None,
+        share_group: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._mqtt = mqtt
+        self._store = store
+        self._registry = registry
+        self._topics = topics
+        self._limits = limits or Limits()
+        self._group = f"{share_group}-twin" if share_group else None
+        self._clock = clock
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._cache: OrderedDict[str, ShadowDocument] = OrderedDict()
+        self._dead_bridges: set[str] = set()
+        self._worker: asyncio.Task[None] | None = None
+        self.updates_accepted = 0
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        self._worker = asyncio.create_task(self._run(), name="twin-batches")
+        t = self._topics
+        self._mqtt.subscribe(shared(t.all_shadow_requests("update"), self._group), self._on_update)
+        self._mqtt.subscribe(shared(t.all_shadow_requests("get"), self._group), self._on_get)
+        # Presence is retained and low-volume: every worker sees all of it, but only the
+        # one holding the shared subscription writes; the rest just learn dead bridges.
+        self._mqtt.subscribe(shared(t.all_presence(), self._group), self._on_presence)
+        self._mqtt.subscribe(t.all_bridge_status(), self._on_bridge_status)
+        log.info(
+            "twin service started (prefix %s%s)",
+            t.prefix,
+            f", shared group {self._group}" if self._group else "",
+        )
+
+    async def stop(self) -> None:
+        """Finish queued requests, then stop; nothing acknowledged is left unsaved."""
+        t = self._topics
+        for topic_filter in (
+            shared(t.all_shadow_requests("update"), self._group),
+            shared(t.all_shadow_requests("get"), self._group),
+            shared(t.all_presence(), self._group),
+            t.all_bridge_status(),
+        ):
+            self._mqtt.unsubscribe(topic_filter)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._queue.join(), 10)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        log.info("twin service stopped after %d accepted updates", self.updates_accepted)
+
+    # --- MQTT handlers -------------------------------------------------------------------
+    async def _on_update(self, topic: str, payload: bytes) -> None:
+        charger_id = self._topics.charger_id_of(topic)
+        try:
+            request = parse_update(payload, self._limits, self._clock())
+            _check_id(charger_id, request.client_token)
+        except ShadowError as exc:
+            self._reject(charger_id, "update", exc)
+            return
+        await self._submit(_Job(charger_id, "update", request, request.client_token))
+
+    async def _on_get(self, topic: str, payload: bytes) -> None:
+        charger_id = self._topics.charger_id_of(topic)
+        try:
+            token = client_token_of(parse_json_object(payload, self._limits))
+            _check_id(charger_id, token)
+        except ShadowError as exc:
+            self._reject(charger_id, "get", exc)
+            return
+        await self._submit(_Job(charger_id, "get", None, token))
+
+    async def _on_presence(self, topic: str, payload: bytes) -> None:
+        charger_id = self._topics.charger_id_of(topic)
+        try:
+            validate_charger_id(charger_id)
+            body = json.loads(payload) if payload else None
+        except (ValueError, InvalidTopicError):
+            log.warning("ignoring malformed presence on %s", topic)
+            return
+        if not isinstance(body, dict) or not isinstance(body.get("online"), bool):
+            return  # an empty retained message clears presence; nothing to record
+        now = self._clock()
+        since = body.get("since")
+        since = float(since) if isinstance(since, int | float) and 0 < since <= now + 300 else now
+        online = body["online"] and body.get("bridge") not in self._dead_bridges
+        connection = {"online": online, "since": since if online else max(since, now)}
+        for key in ("ocppVersion", "bridge"):
+            if isinstance(body.get(key), str):
+                connection[key] = body[key]
+        update = UpdateRequest(
+            {"reported": {"connection": connection}}, None, None, connection["since"]
+        )
+        await self._submit(_Job(charger_id, "update", update, None, resend_delta=online))
+
+    async def _on_bridge_status(self, topic: str, payload: bytes) -> None:
+        try:
+            bridge_id = self._topics.bridge_id_of(topic)
+            body = json.loads(payload) if payload else {}
+        except (ValueError, InvalidTopicError):
+            return
+        if not isinstance(body, dict) or body.get("online") is not False:
+            self._dead_bridges.discard(bridge_id)
+            return
+        self._dead_bridges.add(bridge_id)
+        now = self._clock()
+        try:
+            held = await self._store.online_chargers()
+        except DatabaseError:
+            log.exception("cannot list chargers of dead bridge %s", bridge_id)
+            return
+        lost = [cid for cid, bid in held if bid == bridge_id]
+        if lost:
+            log.warning("bridge %s is gone: marking %d chargers offline", bridge_id, len(lost))
+        for cid in lost:
+            update = UpdateRequest(
+                {"reported": {"connection": {"online": False, "since": now}}}, None, None, now
+            )
+            await self._submit(_Job(cid, "update", update, None))
+
+    async def _submit(self, job: _Job) -> None:
+        self._queue.put_nowait(job)
+        # Acknowledge to the broker only once the batch holding the job is durable.
+        await asyncio.shield(job.done)
+
+    # --- the batch loop ------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < _BATCH_MAX and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._process(batch)
+            except Exception:
+                log.exception("shadow batch of %d requests failed", len(batch))
+                for job in batch:
+                    self._fail(job, ShadowError(500, "internal error", job.client_token))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _process(self, batch: list[_Job]) -> None:
+        working: _Working = {}
+        outcomes: list[_Outcome] = []
+        for job in batch:
+            try:
+                outcomes.append(await self._handle(job, working))
+            except ShadowError as exc:
+                exc.client_token = job.client_token
+                outcomes.append(_Outcome(job, [self._rejection(job, exc)]))
+        changed = [
+            (cur, orig.version if orig else 0)
+            for orig, cur in working.values()
+            if cur is not None and cur is not orig
+        ]
+        saved = await self._save(changed)
+        retry = {cid for cid, ok in saved.items() if not ok}
+        for outcome in outcomes:
+            job = outcome.job
+            if job.charger_id in retry:
+                # Another worker wrote this shadow first: reload and apply again.
+                self._cache.pop(job.charger_id, None)
+                job.attempts += 1
+                if job.attempts < 5:
+                    self._queue.put_nowait(job)
+                    continue
+                outcome = _Outcome(
+                    job,
+                    [
+                        self._rejection(
+                            job,
+                            ShadowError(409, "conflicting concurrent updates", job.client_token),
+                        )
+                    ],
+                )
+            for topic, message in outcome.messages:
+                self._mqtt.publish(topic, message)
+            if not job.done.done():
+                job.done.set_result(None)
+
+    async def _save(self, docs: list[tuple[ShadowDocument, int]]) -> dict[str, bool]:
+        if not docs:
+            return {}
+        results = await self._store.save_many(docs)
+        out = {}
+        for (doc, _), ok in zip(docs, results, strict=True):
+            out[doc.charger_id] = ok
+            if ok:
+                self._remember(doc)
+        return out
+
+    async def _current(self, charger_id: str, working: _Working) -> ShadowDocument | None:
+        if charger_id in working:
+            return working[charger_id][1]
+        doc = self._cache.get(charger_id)
+        if doc is None:
+            doc = await self._store.load(charger_id)
+            if doc is not None:
+                self._remember(doc)
+        working[charger_id] = (doc, doc)
+        return doc
+
+    async def _handle(self, job: _Job, working: _Working) -> _Outcome:
+        t, cid = self._topics, job.charger_id
+        doc = await self._current(cid, working)
+        if doc is None and not await self._registry.exists(cid):
+            raise ShadowError(404, f"charger {cid!r} is not registered")
+        if job.kind == "get":
+            if doc is None:
+                raise ShadowError(404, f"no shadow for charger {cid!r} yet")
+            return _Outcome(
+                job,
+                [
+                    (
+                        t.shadow(cid, "get", "accepted"),
+                        _with_token(doc.to_public(), job.client_token),
+                    )
+                ],
+            )
+        request = job.update
+        assert request is not None
+        current = doc or ShadowDocument(cid)
+        if request.version is not None and request.version != current.version:
+            raise ShadowError(
+                409,
+                f"version conflict: the shadow is at version "
+                f"{current.version}, the request expected {request.version}",
+            )
+        now = self._clock()
+        new = current.clone()
+        if not new.apply(request.state, request.timestamp):
+            messages = [(t.shadow(cid, "update", "accepted"), self._accepted(request, current))]
+            if job.resend_delta:
+                messages += self._delta_message(current, None)
+            return _Outcome(job, messages)
+        if new.state_bytes() > self._limits.max_document_bytes:
+            raise ShadowError(
+                413, f"the shadow would exceed {self._limits.max_document_bytes} bytes"
+            )
+        if "desired" in request.state:
+            errors = desired_errors(new.desired)
+            if errors:
+                raise ShadowError(
+                    422,
+                    "invalid desired state: "
+                    + "; ".join(f"{pointer}: {message}" for pointer, message in errors[:10]),
+                )
+        for section in new.sections.values():
+            if len(section.writes) > 2 * _count_leaves(section.state) + 64:
+                section.prune_tombstones(now - _TOMBSTONE_HORIZON)
+        new.version = current.version + 1
+        new.timestamp = now
+        working[cid] = (working[cid][0], new)
+        self.updates_accepted += 1
+        messages = [
+            (t.shadow(cid, "update", "accepted"), self._accepted(request, new)),
+            (
+                t.shadow(cid, "update", "documents"),
+                _with_token(
+                    {
+                        "previous": current.to_versioned_state() if doc is not None else None,
+                        "current": new.to_versioned_state(),
+                        "timestamp": now,
+                    },
+                    request.client_token,
+                ),
+            ),
+        ]
+        old_delta = current.delta()
+        new_delta = new.delta()
+        if new_delta and ("desired" in request.state or new_delta != old_delta or job.resend_delta):
+            messages += self._delta_message(new, request.client_token)
+        return _Outcome(job, messages)
+
+    # --- messages ------------------------------------------------------------------------
+    def _accepted(self, request: UpdateRequest, doc: ShadowDocument) -> dict[str, Any]:
+        return _with_token(
+            {
+                "state": request.state,
+                "metadata": request_metadata(request.state, request.timestamp),
+                "version": doc.version,
+                "timestamp": doc.timestamp or self._clock(),
+            },
+            request.client_token,
+        )
+
+    def _delta_message(
+        self, doc: ShadowDocument, token: str | None
+    ) -> list[tuple[str, dict[str, Any]]]:
+        d = doc.delta()
+        if not d:
+            return []
+        return [
+            (
+                self._topics.shadow(doc.charger_id, "update", "delta"),
+                _with_token(
+                    {
+                        "state": d,
+                        "metadata": delta_metadata(d, doc.sections["desired"].metadata),
+                        "version": doc.version,
+                        "timestamp": doc.timestamp,
+                    },
+                    token,
+                ),
+            )
+        ]
+
+    def _rejection(self, job: _Job, error: ShadowError) -> tuple[str, dict[str, Any]]:
+        if error.code >= 500:
+            log.error("charger %s: %s refused: %s", job.charger_id, job.kind, error.message)
+        else:
+            log.info(
+                "charger %s: %s refused (%d): %s",
+                job.charger_id,
+                job.kind,
+                error.code,
+                error.message,
+            )
+        return (
+            self._topics.shadow(job.charger_id, job.kind, "rejected"),
+            error.payload(self._clock()),
+        )
+
+    def _reject(self, charger_id: str, kind: str, error: ShadowError) -> None:
+        log.info("charger %s: %s refused (%d): %s", charger_id, kind, error.code, error.message)
+        if "/" in charger_id or "+" in charger_id or "#" in charger_id or not charger_id:
+            return
+        self._mqtt.publish(
+            self._topics.shadow(charger_id, kind, "rejected"), error.payload(self._clock())
+        )
+
+    def _fail(self, job: _Job, error: ShadowError) -> None:
+        topic, message = self._rejection(job, error)
+        self._mqtt.publish(topic, message)
+        if not job.done.done():
+            job.done.set_result(None)
+
+    def _remember(self, doc: ShadowDocument) -> None:
+        self._cache[doc.charger_id] = doc
+        self._cache.move_to_end(doc.charger_id)
+        if len(self._cache) > _CACHE_MAX:
+            self._cache.popitem(last=False)
+
+
+def _with_token(message: dict[str, Any], token: str | None) -> dict[str, Any]:
+    if token is not None:
+        message["clientToken"] = token
+    return message
+
+
+def _check_id(charger_id: str, token: str | None) -> None:
+    try:
+        validate_charger_id(charger_id)
+    except InvalidTopicError as exc:
+        raise ShadowError(400, str(exc), token) from exc
+
+
+def _count_leaves(state: dict[str, Any]) -> int:
+    return sum(_count_leaves(v) if isinstance(v, dict) else 1 for v in state.values())
