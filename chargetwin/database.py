@@ -51,6 +51,10 @@ class Database(Protocol):
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None: ...
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]: ...
 
+    async def execute_batch(self, statements: Sequence[tuple[str, Params]]) -> list[int]:
+        """Run statements in one transaction with one round trip; rows changed by each."""
+        ...
+
 
 def connect(url: str) -> Database:
     """``sqlite:///path/to/file.db`` or ``postgresql://user@host/db``."""
@@ -133,6 +137,22 @@ class SQLiteDatabase:
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
+
+    def _batch_sync(self, statements: Sequence[tuple[str, Params]]) -> list[int]:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            counts = [int(conn.execute(sql, tuple(p)).rowcount) for sql, p in statements]
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return counts
+
+    async def execute_batch(self, statements: Sequence[tuple[str, Params]]) -> list[int]:
+        # One hop to the worker thread for the whole batch, not one per statement.
+        async with self._lock:
+            return list(await self._run(self._batch_sync, statements))
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
@@ -222,6 +242,19 @@ class PostgresDatabase:
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
+
+    async def execute_batch(self, statements: Sequence[tuple[str, Params]]) -> list[int]:
+        import psycopg
+
+        # Pipeline mode sends every statement before reading any result: one round trip.
+        try:
+            async with self._require_pool().connection() as conn, conn.transaction():
+                async with conn.pipeline() as pipeline:
+                    cursors = [await conn.execute(_pg(sql), tuple(p)) for sql, p in statements]
+                    await pipeline.sync()
+                return [int(cur.rowcount) for cur in cursors]
+        except psycopg.Error as exc:
+            raise DatabaseError(str(exc)) from exc
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

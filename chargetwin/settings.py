@@ -114,6 +114,11 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def broker_url(self) -> str:
+        """The broker every component connects to: ``--mqtt-url`` or the embedded one."""
+        return self.mqtt_url or f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    @property
     def database_target(self) -> str:
         """The shadow/record database: a PostgreSQL URL or ``sqlite:///`` path."""
         if self.database_url:

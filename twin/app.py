@@ -25,7 +25,7 @@ def limits_from(settings: Settings) -> Limits:
     )
 
 
-async def run_twin(settings: Settings, mqtt_url: str, stop: asyncio.Event) -> None:
+async def run_twin(settings: Settings, stop: asyncio.Event) -> None:
     """Serve shadows until ``stop`` is set; queued requests are finished first."""
     db = connect(settings.database_target)
     await db.open()
@@ -36,7 +36,7 @@ async def run_twin(settings: Settings, mqtt_url: str, stop: asyncio.Event) -> No
         # A stable client id and a persistent session: requests published while the twin
         # restarts wait in the broker instead of being lost.
         mqtt = MqttClient(
-            mqtt_url,
+            settings.broker_url,
             client_id_for("twin", settings.mqtt_client_id or "chargetwin"),
             clean_session=False,
         )

@@ -74,9 +74,17 @@ class Section:
     metadata: dict[str, JSON] = field(default_factory=dict)
     writes: dict[Path, Write] = field(default_factory=dict)
     newest: float = 0.0
+    # Leaves counted at the last tombstone scan; see prune_tombstones.
+    leaf_count: int = 0
 
     def clone(self) -> Section:
-        return Section(_clone(self.state), _clone(self.metadata), dict(self.writes), self.newest)
+        return Section(
+            _clone(self.state),
+            _clone(self.metadata),
+            dict(self.writes),
+            self.newest,
+            self.leaf_count,
+        )
 
     # --- applying ------------------------------------------------------------------------
     def apply(self, writes: list[tuple[Path, JSON]], timestamp: float) -> bool:
@@ -118,9 +126,16 @@ class Section:
         self.newest = max((w[0] for w in self.writes.values()), default=0.0)
 
     def prune_tombstones(self, older_than: float) -> None:
-        """Forget deletes older than ``older_than``: bounded memory, bounded reordering."""
+        """Forget deletes older than ``older_than``: bounded memory, bounded reordering.
+
+        Cheap when there is nothing to forget: only the writes are scanned, and only when
+        there are more of them than the leaves they could explain.
+        """
+        if len(self.writes) <= self.leaf_count + 16:
+            return
         for path in [p for p, (ts, v) in self.writes.items() if v is None and ts < older_than]:
             del self.writes[path]
+        self.leaf_count = _count_leaves(self.state)
 
     # --- persistence -----------------------------------------------------------------------
     def writes_to_json(self) -> list[list[JSON]]:
@@ -131,6 +146,10 @@ class Section:
         section = cls(writes={tuple(p): (float(ts), v) for p, ts, v in rows})
         section.replay()
         return section
+
+
+def _count_leaves(state: dict[str, JSON]) -> int:
+    return sum(_count_leaves(v) if isinstance(v, dict) else 1 for v in state.values())
 
 
 def _set(state: dict[str, JSON], meta: dict[str, JSON], path: Path, value: JSON, ts: float) -> None:
@@ -190,9 +209,24 @@ def delta(desired: dict[str, JSON], reported: dict[str, JSON]) -> dict[str, JSON
             sub = delta(want, have)
             if sub:
                 out[key] = sub
-        elif want != have or type(want) is not type(have):
+        elif not json_equal(want, have):
             out[key] = want
     return out
+
+
+def json_equal(a: JSON, b: JSON) -> bool:
+    """Equality as JSON sees it: ``true`` is not ``1`` (Python says it is), ``1`` is ``1.0``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(json_equal, a, b))
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(json_equal(v, b[k]) for k, v in a.items())
+        )
+    return bool(a == b)
 
 
 def delta_metadata(delta_state: dict[str, JSON], metadata: dict[str, JSON]) -> dict[str, JSON]:

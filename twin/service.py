@@ -335,8 +335,7 @@ class ShadowService:
                     + "; ".join(f"{pointer}: {message}" for pointer, message in errors[:10]),
                 )
         for section in new.sections.values():
-            if len(section.writes) > 2 * _count_leaves(section.state) + 64:
-                section.prune_tombstones(now - _TOMBSTONE_HORIZON)
+            section.prune_tombstones(now - _TOMBSTONE_HORIZON)
         new.version = current.version + 1
         new.timestamp = now
         working[cid] = (working[cid][0], new)
@@ -442,7 +441,3 @@ def _check_id(charger_id: str, token: str | None) -> None:
         validate_charger_id(charger_id)
     except InvalidTopicError as exc:
         raise ShadowError(400, str(exc), token) from exc
-
-
-def _count_leaves(state: dict[str, Any]) -> int:
-    return sum(_count_leaves(v) if isinstance(v, dict) else 1 for v in state.values())

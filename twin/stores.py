@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from chargetwin.database import Database, Transaction
+from chargetwin.database import Database
 from twin.documents import ShadowDocument
 
 SCHEMA = (
@@ -132,16 +132,15 @@ class ShadowStore:
             charger_id, int(row[0]), float(document.get("timestamp", 0.0)), json.loads(row[2])
         )
 
-    async def save_many(self, docs: list[tuple[ShadowDocument, int]]) -> list[bool]:
+    async def save_many(
+        self, docs: builtins.list[tuple[ShadowDocument, int]]
+    ) -> builtins.list[bool]:
         """Save ``(document, version it was read at)`` pairs in one transaction.
 
         Returns, per pair, whether it was written (False: someone else wrote first).
         """
-        results: list[bool] = []
-        async with self.db.transaction() as tx:
-            for doc, read_version in docs:
-                results.append(await _save(tx, doc, read_version))
-        return results
+        counts = await self.db.execute_batch([_save_statement(doc, v) for doc, v in docs])
+        return [count == 1 for count in counts]
 
     async def get_document(self, charger_id: str) -> dict[str, Any] | None:
         """The public document, as stored (no merge state)."""
@@ -192,25 +191,23 @@ class ShadowStore:
         return await self.db.execute("DELETE FROM shadows WHERE charger_id = ?", (charger_id,)) > 0
 
 
-async def _save(tx: Transaction, doc: ShadowDocument, read_version: int) -> bool:
+def _save_statement(doc: ShadowDocument, read_version: int) -> tuple[str, tuple[Any, ...]]:
     document = json.dumps(doc.to_public(), separators=(",", ":"), ensure_ascii=False)
     writes = json.dumps(doc.writes_to_json(), separators=(",", ":"), ensure_ascii=False)
     columns = _summary_columns(doc)
     if read_version == 0:
-        changed = await tx.execute(
+        return (
             "INSERT INTO shadows (charger_id, version, document, writes, online, vendor, model,"
             " firmware_version, has_delta, statuses, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (charger_id) DO NOTHING",
             (doc.charger_id, doc.version, document, writes, *columns, doc.timestamp),
         )
-    else:
-        changed = await tx.execute(
-            "UPDATE shadows SET version = ?, document = ?, writes = ?, online = ?, vendor = ?,"
-            " model = ?, firmware_version = ?, has_delta = ?, statuses = ?, updated_at = ?"
-            " WHERE charger_id = ? AND version = ?",
-            (doc.version, document, writes, *columns, doc.timestamp, doc.charger_id, read_version),
-        )
-    return changed == 1
+    return (
+        "UPDATE shadows SET version = ?, document = ?, writes = ?, online = ?, vendor = ?,"
+        " model = ?, firmware_version = ?, has_delta = ?, statuses = ?, updated_at = ?"
+        " WHERE charger_id = ? AND version = ?",
+        (doc.version, document, writes, *columns, doc.timestamp, doc.charger_id, read_version),
+    )
 
 
 def _where(query: ShadowFilter) -> tuple[str, list[Any]]:

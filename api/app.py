@@ -1,0 +1,134 @@
+"""The FastAPI application and the server that runs it inside a ChargeTwin process.
+
+:func:`create_app` builds the app around a ready :class:`~api.backends.Backend`, so tests
+and the one-process ``chargetwin up`` decide what it talks to; :func:`run_api` serves it
+with uvicorn on the caller's event loop until ``stop`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from fastapi import APIRouter, FastAPI
+
+from api.backends import Backend, open_backend
+from api.limits import MAX_BODY_BYTES, BodySizeLimitMiddleware
+from api.problems import install_problem_handlers, problems_only
+from api.routes import audit, chargers, health, shadows, tokens
+from api.routes.health import VERSION
+from chargetwin.database import Database
+from chargetwin.mqtt import MqttClient
+from chargetwin.settings import Settings
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+
+DESCRIPTION = """
+Operate a fleet of EV chargers through their digital twins.
+
+* **Authentication**: every endpoint but `/health` needs `Authorization: Bearer <token>`.
+  Roles are ordered: *viewer* reads, *operator* also changes desired state, *admin* also
+  manages chargers and tokens. Create tokens with `chargetwin token create --role ...` or
+  `POST /api/v1/tokens`; `CHARGETWIN_ADMIN_TOKEN` is accepted as an admin token.
+* **Errors** are RFC 9457 problem details (`application/problem+json`); validation errors
+  list each offending input in `errors[]` with a JSON pointer.
+* **Desired state** changes are JSON merge patches (RFC 7396) and may be made conditional
+  with `If-Match` on the shadow's `ETag`.
+* Field and query parameter names are camelCase.
+"""
+
+TAGS = [
+    {"name": "chargers", "description": "Registered chargers and their shadow summaries."},
+    {"name": "shadows", "description": "Shadow documents and desired-state changes."},
+    {"name": "audit", "description": "Who changed what, and how it ended."},
+    {"name": "tokens", "description": "API tokens and their roles (admin)."},
+    {"name": "health", "description": "Liveness of the API and its dependencies."},
+]
+
+
+class ChargeTwinAPI(FastAPI):
+    """FastAPI with an OpenAPI document that shows errors as the problems they are."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = problems_only(super().openapi())
+        return self.openapi_schema
+
+
+def create_app(backend: Backend) -> FastAPI:
+    """The application, serving ``backend``; its lifetime is the caller's to manage."""
+    app = ChargeTwinAPI(
+        title="ChargeTwin API",
+        version=VERSION,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+        license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
+    )
+    app.state.backend = backend
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (chargers, shadows, audit, tokens, health):
+        api.include_router(module.router)
+    app.include_router(api)
+    install_problem_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, limit=MAX_BODY_BYTES)
+    return app
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the ChargeTwin process owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(app: FastAPI, host: str, port: int, stop: asyncio.Event) -> None:
+    """Serve ``app`` until ``stop`` is set, then finish open requests and return."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )
+    server = EmbeddedServer(config)
+    serving = asyncio.create_task(server.serve(), name="api-uvicorn")
+    stopping = asyncio.create_task(stop.wait(), name="api-stop")
+    try:
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        server.should_exit = True
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopping
+        await serving
+    if not stop.is_set() and not server.started:
+        raise OSError(f"the API could not listen on {host}:{port}")
+
+
+async def run_api(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    db: Database | None = None,
+    mqtt: MqttClient | None = None,
+) -> None:
+    """Serve the API on ``settings.host:settings.api_port`` until ``stop`` is set.
+
+    ``db`` and ``mqtt``, when given, are shared with other components of the process and
+    left open; otherwise the API opens its own from ``settings`` and closes them.
+    """
+    async with open_backend(settings, db=db, mqtt=mqtt) as backend:
+        log.info("API listening on http://%s:%s%s", settings.host, settings.api_port, API_PREFIX)
+        await serve(create_app(backend), settings.host, settings.api_port, stop)

@@ -1,0 +1,93 @@
+"""What a running API holds: the database, the MQTT connection and the stores on them.
+
+Routes reach it through :func:`get_backend`; tests and the one-process ``chargetwin up``
+build it from a database and an MQTT client they already own, ``chargetwin api`` opens
+its own with :func:`open_backend`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import Request
+from pydantic import SecretStr
+
+from api.audit import AuditLog
+from api.tokens import TokenStore
+from chargetwin.database import Database, connect
+from chargetwin.mqtt import MqttClient, client_id_for
+from chargetwin.settings import Settings
+from chargetwin.shadow_client import ShadowClient
+from chargetwin.topics import Topics
+from twin.registry import ChargerRegistry
+from twin.stores import ShadowStore
+
+
+@dataclass
+class Backend:
+    db: Database
+    mqtt: MqttClient
+    registry: ChargerRegistry
+    shadows: ShadowStore
+    shadow_client: ShadowClient
+    tokens: TokenStore
+    audit: AuditLog
+    admin_token: SecretStr | None = None
+
+    @classmethod
+    def build(
+        cls,
+        db: Database,
+        mqtt: MqttClient,
+        topics: Topics,
+        *,
+        admin_token: SecretStr | None = None,
+        twin_timeout: float = 5.0,
+    ) -> Backend:
+        return cls(
+            db=db,
+            mqtt=mqtt,
+            registry=ChargerRegistry(db),
+            shadows=ShadowStore(db),
+            shadow_client=ShadowClient(mqtt, topics, timeout=twin_timeout),
+            tokens=TokenStore(db),
+            audit=AuditLog(db),
+            admin_token=admin_token,
+        )
+
+    async def create_schema(self) -> None:
+        """Create the tables the API reads and writes (idempotent)."""
+        await self.registry.create_schema()
+        await self.shadows.create_schema()
+        await self.tokens.create_schema()
+        await self.audit.create_schema()
+
+
+@contextlib.asynccontextmanager
+async def open_backend(
+    settings: Settings, *, db: Database | None = None, mqtt: MqttClient | None = None
+) -> AsyncIterator[Backend]:
+    """A ready backend; opens (and later closes) the database and MQTT it was not given."""
+    async with contextlib.AsyncExitStack() as stack:
+        if db is None:
+            db = connect(settings.database_target)
+            await db.open()
+            stack.push_async_callback(db.close)
+        if mqtt is None:
+            mqtt_url = settings.mqtt_url or f"mqtt://127.0.0.1:{settings.mqtt_port}"
+            mqtt = MqttClient(mqtt_url, client_id_for("api", settings.mqtt_client_id))
+            await mqtt.connect()
+            stack.push_async_callback(mqtt.disconnect)
+        backend = Backend.build(
+            db, mqtt, Topics(settings.mqtt_prefix), admin_token=settings.admin_token
+        )
+        await backend.create_schema()
+        yield backend
+
+
+def get_backend(request: Request) -> Backend:
+    backend = request.app.state.backend
+    assert isinstance(backend, Backend)
+    return backend

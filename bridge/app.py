@@ -1,0 +1,161 @@
+"""Wiring and lifecycle: database, MQTT (with a last will), the OCPP server.
+
+The CLI calls :func:`run_bridge`; tests use :class:`Bridge` (``start``/``stop`` and the
+bound ``port`` when port 0 is asked for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from bridge.connections import ConnectionOptions
+from bridge.handlers import Services
+from bridge.limits import FloodLimit
+from bridge.outbox import Outbox
+from bridge.reports import Reporter
+from bridge.server import OcppServer, ServerOptions
+from bridge.stores import IdTagStore, TransactionStore
+from chargetwin.database import Database, connect
+from chargetwin.mqtt import MqttClient, client_id_for
+from chargetwin.settings import Settings
+from chargetwin.topics import Topics
+from twin.registry import ChargerRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeOptions:
+    """Bridge knobs that :class:`~chargetwin.settings.Settings` does not (yet) carry.
+
+    Defaults are the production values; tests shorten the timeouts.
+    """
+
+    port: int | None = None  # None: settings.ocpp_port; 0: any free port
+    bridge_id: str | None = None  # None: the MQTT client id
+    ping_interval: float | None = 20.0  # websocket pings keep presence honest
+    ping_timeout: float | None = 20.0
+    max_size: int = 64 * 1024  # largest frame; bigger closes with 1009
+    close_timeout: float = 5.0
+    flood: FloodLimit = field(default_factory=FloodLimit)
+    call_timeout: float = 30.0  # OCPP calls the bridge makes on its own (reconciliation)
+    command_timeout: float = 30.0  # operator commands; 504 after it
+    heartbeat_interval: int = 300  # BootNotification.conf interval
+    data_transfer_vendors: frozenset[str] = frozenset()  # DataTransfer Accepted for these
+    outbox_limit: int = 10_000
+    mqtt_reconnect_delay: float = 1.0
+    drain_timeout: float = 5.0  # at stop, wait this long for the broker's PUBACKs
+
+
+class Bridge:
+    """One bridge process: ``await start()``, serve, ``await stop()``."""
+
+    def __init__(self, settings: Settings, options: BridgeOptions | None = None) -> None:
+        self.settings = settings
+        self.options = options or BridgeOptions()
+        self.topics = Topics(settings.mqtt_prefix)
+        self.client_id = client_id_for("bridge", settings.mqtt_client_id)
+        self.bridge_id = self.options.bridge_id or self.client_id
+        self.port: int | None = None
+        self.db: Database | None = None
+        self.mqtt: MqttClient | None = None
+        self.outbox: Outbox | None = None
+        self.server: OcppServer | None = None
+        self.services: Services | None = None
+        self.reporter: Reporter | None = None
+
+    @property
+    def mqtt_url(self) -> str:
+        # No URL means the embedded broker of `chargetwin up` on --mqtt-port.
+        return self.settings.mqtt_url or f"mqtt://127.0.0.1:{self.settings.mqtt_port}"
+
+    async def start(self) -> None:
+        """Open the database, connect MQTT with a last will, start serving chargers."""
+        options = self.options
+        self.db = connect(self.settings.database_target)
+        await self.db.open()
+        registry = ChargerRegistry(self.db)
+        transactions = TransactionStore(self.db)
+        id_tags = IdTagStore(self.db)
+        await registry.create_schema()
+        await transactions.create_schema()
+        await id_tags.create_schema()
+
+        status_topic = self.topics.bridge_status(self.bridge_id)
+        self.mqtt = MqttClient(
+            self.mqtt_url,
+            self.client_id,
+            will=(status_topic, {"online": False}, True),
+            reconnect_delay=options.mqtt_reconnect_delay,
+        )
+        self.outbox = Outbox(self.mqtt, limit=options.outbox_limit)
+        reporter = self.reporter = Reporter(self.outbox, self.topics, self.bridge_id)
+        # After every (re)connect: the will may have fired while we were away.
+        self.mqtt.on_connect(self._announce)
+        await self.mqtt.connect()
+
+        self.services = Services(
+            reporter=reporter,
+            transactions=transactions,
+            id_tags=id_tags,
+            heartbeat_interval=options.heartbeat_interval,
+            data_transfer_vendors=options.data_transfer_vendors,
+        )
+        self.server = OcppServer(
+            self.services,
+            registry,
+            self.mqtt,
+            ServerOptions(
+                ping_interval=options.ping_interval,
+                ping_timeout=options.ping_timeout,
+                max_size=options.max_size,
+                close_timeout=options.close_timeout,
+                auto_register=self.settings.auto_register,
+            ),
+            ConnectionOptions(
+                call_timeout=options.call_timeout,
+                command_timeout=options.command_timeout,
+                flood=options.flood,
+            ),
+        )
+        port = self.settings.ocpp_port if options.port is None else options.port
+        self.port = await self.server.start(self.settings.host, port)
+        log.info("bridge %s: serving", self.bridge_id)
+
+    async def _announce(self) -> None:
+        if self.reporter is not None:
+            self.reporter.bridge_status(True)
+
+    async def stop(self) -> None:
+        """Close every charger (each publishes itself offline), then say goodbye on MQTT."""
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+        if self.mqtt is not None and self.outbox is not None and self.reporter is not None:
+            self.reporter.bridge_status(False)
+            if not await self.outbox.drain(self.options.drain_timeout):
+                log.warning(
+                    "bridge %s: %d messages not acknowledged at stop",
+                    self.bridge_id,
+                    self.outbox.waiting,
+                )
+            await self.mqtt.disconnect()
+            self.mqtt = None
+        if self.db is not None:
+            await self.db.close()
+            self.db = None
+        log.info("bridge %s: stopped", self.bridge_id)
+
+
+async def run_bridge(
+    settings: Settings, stop: asyncio.Event, options: BridgeOptions | None = None
+) -> None:
+    """Serve chargers until ``stop`` is set, then close their sockets and publish offline."""
+    bridge = Bridge(settings, options)
+    try:
+        await bridge.start()
+        await stop.wait()
+    finally:
+        await bridge.stop()

@@ -1,0 +1,170 @@
+"""Operator commands over MQTT: ``.../commands`` in, an OCPP call, ``.../commands/result`` out.
+
+A request is ``{"name", "payload" (OCPP fields, camelCase), "clientToken"}``. The payload is
+checked against the OCPP 1.6 schema of the call before anything is sent, so a bad payload
+answers 400 without bothering the charger; no answer in time answers 504 and a CALLERROR
+502. Each command runs as a task owned by the connection, so the MQTT handler returns at
+once (the broker gets its PUBACK) and a disconnect cancels what is still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
+from bridge.errors import CallErrorReceived, OutgoingCallError
+from bridge.reconcilers import Reconciler
+from bridge.reports import Reporter
+from bridge.tasks import TaskSet
+
+log = logging.getLogger(__name__)
+
+
+class Request(Protocol):
+    def __call__(
+        self,
+        action: str,
+        payload: dict[str, Any],
+        timeout: float | None = None,
+        *,
+        include_wait: bool = False,
+    ) -> Awaitable[dict[str, Any]]: ...
+
+
+# Command name -> OCPP 1.6 action (core, firmware, reservation, smart charging, local list,
+# remote trigger, and the 1.6 security extension).
+COMMANDS: dict[str, str] = {
+    "reset": "Reset",
+    "unlock": "UnlockConnector",
+    "trigger": "TriggerMessage",
+    "clear-cache": "ClearCache",
+    "get-configuration": "GetConfiguration",
+    "change-configuration": "ChangeConfiguration",
+    "change-availability": "ChangeAvailability",
+    "remote-start": "RemoteStartTransaction",
+    "remote-stop": "RemoteStopTransaction",
+    "data-transfer": "DataTransfer",
+    "get-diagnostics": "GetDiagnostics",
+    "update-firmware": "UpdateFirmware",
+    "reserve-now": "ReserveNow",
+    "cancel-reservation": "CancelReservation",
+    "get-composite-schedule": "GetCompositeSchedule",
+    "set-charging-profile": "SetChargingProfile",
+    "clear-charging-profile": "ClearChargingProfile",
+    "get-local-list-version": "GetLocalListVersion",
+    "send-local-list": "SendLocalList",
+    "extended-trigger": "ExtendedTriggerMessage",
+    "get-log": "GetLog",
+    "signed-update-firmware": "SignedUpdateFirmware",
+    "install-certificate": "InstallCertificate",
+    "get-installed-certificate-ids": "GetInstalledCertificateIds",
+    "delete-certificate": "DeleteCertificate",
+    "certificate-signed": "CertificateSigned",
+}
+
+
+class CommandRunner:
+    """Runs one charger's commands and publishes their results."""
+
+    def __init__(
+        self,
+        charger_id: str,
+        request: Request,
+        reporter: Reporter,
+        reconciler: Reconciler,
+        tasks: TaskSet,
+        *,
+        timeout: float = 30.0,
+        max_running: int = 64,
+    ) -> None:
+        self.charger_id = charger_id
+        self._request = request
+        self._reporter = reporter
+        self._reconciler = reconciler
+        self._tasks = tasks
+        self._timeout = timeout
+        self._max_running = max_running
+        self._running = 0
+
+    def submit(self, raw: bytes) -> None:
+        """Check one request and start it; a bad request is answered at once."""
+        try:
+            request = json.loads(raw)
+        except ValueError:
+            self._error(None, None, 400, "request is not valid JSON")
+            return
+        if not isinstance(request, dict):
+            self._error(None, None, 400, "request must be a JSON object")
+            return
+        token = request.get("clientToken")
+        name = request.get("name")
+        payload = request.get("payload", {})
+        if not isinstance(name, str) or name not in COMMANDS:
+            self._error(
+                token, name, 400, f"unknown command {name!r}; known: " + ", ".join(sorted(COMMANDS))
+            )
+            return
+        if not isinstance(payload, dict):
+            self._error(token, name, 400, "payload must be a JSON object")
+            return
+        if self._running >= self._max_running:
+            self._error(token, name, 503, f"{self._running} commands already waiting")
+            return
+        self._running += 1
+        self._tasks.spawn(self._run(token, name, COMMANDS[name], payload), f"command {name}")
+
+    async def _run(self, token: Any, name: str, action: str, payload: dict[str, Any]) -> None:
+        log.info("%s: command %s (%s)", self.charger_id, name, token)
+        try:
+            answer = await self._request(action, payload, self._timeout, include_wait=True)
+        except CallErrorReceived as exc:
+            self._error(token, name, exc.code, str(exc), ocppError=exc.error_code)
+            return
+        except OutgoingCallError as exc:
+            self._error(token, name, exc.code, str(exc))
+            return
+        except asyncio.CancelledError:
+            self._error(token, name, 504, "charger disconnected before answering")
+            raise
+        finally:
+            self._running -= 1
+        self._mirror(action, payload, answer)
+        self._reporter.command_result(
+            self.charger_id,
+            {
+                "clientToken": token,
+                "name": name,
+                "status": "ok",
+                "response": answer,
+            },
+        )
+
+    def _mirror(self, action: str, payload: dict[str, Any], answer: dict[str, Any]) -> None:
+        """Results that change what we know about the charger go into reported state too."""
+        status = str(answer.get("status"))
+        if action == "ChangeConfiguration":
+            self._reconciler.record_config(str(payload["key"]), str(payload["value"]), status)
+        elif action == "ChangeAvailability":
+            self._reconciler.record_availability(
+                str(payload["connectorId"]), str(payload["type"]), status
+            )
+        elif action == "GetConfiguration":
+            self._reconciler.record_configuration(answer)
+
+    def _error(self, token: Any, name: Any, code: int, message: str, **extra: Any) -> None:
+        if code >= 500:
+            log.warning("%s: command %s failed: %s", self.charger_id, name, message)
+        self._reporter.command_result(
+            self.charger_id,
+            {
+                "clientToken": token,
+                "name": name,
+                "status": "error",
+                "code": code,
+                "message": message,
+                **extra,
+            },
+        )

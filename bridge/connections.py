@@ -1,0 +1,128 @@
+"""One charger's connection: the receive loop, the flood limit, and every task it owns.
+
+The connection owns its handler (answers and mirrors), its reconciler (one task), its
+commands (one task each) and the GetConfiguration after each boot; all of them end with
+the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+
+from bridge.commands import CommandRunner
+from bridge.errors import OutgoingCallError
+from bridge.handlers import ChargePointHandler, Services
+from bridge.limits import FloodGuard, FloodLimit
+from bridge.reconcilers import Reconciler
+from bridge.tasks import TaskSet
+from bridge.times import now
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOptions:
+    """Per-connection knobs (see :class:`bridge.app.BridgeOptions`)."""
+
+    call_timeout: float = 30.0
+    command_timeout: float = 30.0
+    flood: FloodLimit = field(default_factory=FloodLimit)
+
+
+class ChargerConnection:
+    """Serves one charger's websocket until it closes, then cancels everything it started."""
+
+    def __init__(
+        self,
+        charger_id: str,
+        websocket: ServerConnection,
+        services: Services,
+        options: ConnectionOptions,
+    ) -> None:
+        self.charger_id = charger_id
+        self.websocket = websocket
+        self.since = now()
+        self.closed_at = self.since
+        # Set once the connection is torn down (the server waits for it on replacement).
+        self.finished = asyncio.Event()
+        self.tasks = TaskSet(charger_id)
+        self.guard = FloodGuard(options.flood)
+        self.handler = ChargePointHandler(
+            charger_id, websocket, services, self, call_timeout=options.call_timeout
+        )
+        self.reconciler = Reconciler(charger_id, self.handler.request, services.reporter)
+        self.commands = CommandRunner(
+            charger_id,
+            self.handler.request,
+            services.reporter,
+            self.reconciler,
+            self.tasks,
+            timeout=options.command_timeout,
+        )
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def serve(self) -> None:
+        """Read frames until the socket closes; always cancels the owned tasks."""
+        self.tasks.spawn(self.reconciler.run(), "reconciler")
+        try:
+            async for frame in self.websocket:
+                admitted = self.guard.admit()
+                if not admitted and self.guard.exhausted:
+                    log.warning(
+                        "%s: over the flood limit for %.1f s; closing",
+                        self.charger_id,
+                        self.guard.limit.grace,
+                    )
+                    await self.websocket.close(CloseCode.POLICY_VIOLATION, "rate limit")
+                    break
+                await self.handler.route_message(frame, admitted)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed_at = now()
+            self.handler.fail_pending()
+            await self.tasks.cancel_all()
+            code = self.websocket.close_code
+            log.info("%s: connection closed (code %s)", self.charger_id, code)
+
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        await self.websocket.close(code, reason)
+
+    # --- events from the handler (ConnectionEvents) -------------------------------------------
+    def booted(self) -> None:
+        self.tasks.spawn(self._after_boot(), "configuration")
+
+    def availability_seen(self, connector: str, value: str) -> None:
+        self.reconciler.observe("availability", connector, value)
+
+    async def _after_boot(self) -> None:
+        """Read the whole configuration into reported.config, then reconcile against it."""
+        try:
+            answer = await self.handler.request("GetConfiguration", {})
+        except OutgoingCallError as exc:
+            log.warning("%s: GetConfiguration after boot failed: %s", self.charger_id, exc)
+        else:
+            values = self.reconciler.record_configuration(answer)
+            log.info("%s: %d configuration keys reported", self.charger_id, len(values))
+        self.reconciler.poke()
+
+    # --- MQTT inputs ---------------------------------------------------------------------
+    def on_delta(self, payload: bytes) -> None:
+        try:
+            message: Any = json.loads(payload)
+        except ValueError:
+            log.warning("%s: delta is not JSON; ignored", self.charger_id)
+            return
+        if isinstance(message, dict):
+            self.reconciler.on_delta(message)
+
+    def on_command(self, payload: bytes) -> None:
+        self.commands.submit(payload)

@@ -1,0 +1,359 @@
+"""The charger-initiated OCPP 1.6 messages: answer each, and mirror what it tells us.
+
+Core profile, firmware management and the 1.6 security extension (whitepaper edition 2),
+whose actions ``ocpp.v16.enums.Action`` includes. Each handler gets the payload as
+snake_case keywords (the ocpp library's convention) after schema validation, answers with
+a ``call_result`` dataclass, and publishes through the :class:`~bridge.reports.Reporter`:
+shadow reports stamped with the charger's own timestamp where OCPP gives one, telemetry,
+events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar, cast
+
+from ocpp.routing import on as ocpp_on
+from ocpp.v16 import call_result
+from ocpp.v16.enums import Action
+
+from bridge.endpoints import OcppEndpoint
+from bridge.reports import Reporter, charge_point_of, meter_value_messages
+from bridge.stores import IdTagStore, TransactionStore
+from bridge.times import iso_time, now, parse_timestamp
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# OCPP 1.6 section 7 (Reason): StopTransaction.reason defaults to Local when absent.
+DEFAULT_STOP_REASON = "Local"
+
+# A connector reported Unavailable is inoperative; these statuses mean it is operative.
+# Faulted says nothing about availability (OCPP 1.6 section 4.9 StatusNotification).
+OPERATIVE_STATUSES = frozenset(
+    {"Available", "Preparing", "Charging", "SuspendedEVSE", "SuspendedEV", "Finishing", "Reserved"}
+)
+
+
+def on(action: Action) -> Callable[[F], F]:
+    """``ocpp.routing.on`` with a type, so mypy keeps checking the handlers."""
+    return cast(Callable[[F], F], ocpp_on(action))
+
+
+class ConnectionEvents(Protocol):
+    """What the connection owning this handler wants to hear about."""
+
+    def booted(self) -> None:
+        """BootNotification answered: fetch the configuration, then reconcile."""
+
+    def availability_seen(self, connector: str, value: str) -> None:
+        """A StatusNotification revealed a connector's availability."""
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the handlers need from the process, shared by all connections."""
+
+    reporter: Reporter
+    transactions: TransactionStore
+    id_tags: IdTagStore
+    heartbeat_interval: int = 300
+    data_transfer_vendors: frozenset[str] = field(default_factory=frozenset)
+
+
+class ChargePointHandler(OcppEndpoint):
+    """Answers and mirrors every charger-initiated OCPP 1.6 message of one charger."""
+
+    def __init__(
+        self,
+        charger_id: str,
+        connection: Any,
+        services: Services,
+        events: ConnectionEvents,
+        *,
+        call_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(charger_id, connection, call_timeout=call_timeout)
+        self.services = services
+        self.events = events
+        self._reporter = services.reporter
+        self._statuses: dict[int, str] = {}
+
+    # --- core: registration and liveness ----------------------------------------------------
+    @on(Action.boot_notification)
+    async def on_boot_notification(self, **boot: Any) -> call_result.BootNotification:
+        at = now()
+        charge_point = charge_point_of(boot)
+        reported: dict[str, Any] = {"chargePoint": charge_point, "rebootRequired": None}
+        if "firmwareVersion" in charge_point:
+            reported["firmware"] = {"version": charge_point["firmwareVersion"]}
+        self._reporter.report(self.charger_id, reported, at)
+        self._reporter.event(self.charger_id, "boot", {**charge_point, "timestamp": at})
+        log.info(
+            "%s: booted (%s %s, firmware %s)",
+            self.charger_id,
+            charge_point.get("vendor"),
+            charge_point.get("model"),
+            charge_point.get("firmwareVersion"),
+        )
+        self._after_response.append(self.events.booted)
+        return call_result.BootNotification(
+            current_time=iso_time(at),
+            interval=self.services.heartbeat_interval,
+            status="Accepted",
+        )
+
+    @on(Action.heartbeat)
+    async def on_heartbeat(self, **_: Any) -> call_result.Heartbeat:
+        return call_result.Heartbeat(current_time=iso_time())
+
+    @on(Action.status_notification)
+    async def on_status_notification(
+        self,
+        connector_id: int,
+        error_code: str,
+        status: str,
+        timestamp: str | None = None,
+        info: str | None = None,
+        vendor_id: str | None = None,
+        vendor_error_code: str | None = None,
+        **_: Any,
+    ) -> call_result.StatusNotification:
+        at = parse_timestamp(timestamp, self.charger_id)
+        connector = str(connector_id)
+        # Absent optional fields are sent as null so an old info/vendor code is deleted.
+        state = {
+            "status": status,
+            "errorCode": error_code,
+            "info": info,
+            "vendorId": vendor_id,
+            "vendorErrorCode": vendor_error_code,
+            "timestamp": at,
+        }
+        reported: dict[str, Any] = {"connectors": {connector: state}}
+        availability = _availability_of(status)
+        if availability is not None:
+            reported["availability"] = {connector: availability}
+            self.events.availability_seen(connector, availability)
+        self._reporter.report(self.charger_id, reported, at)
+        previous = self._statuses.get(connector_id)
+        self._statuses[connector_id] = status
+        self._reporter.event(
+            self.charger_id,
+            "status",
+            {"connectorId": connector_id, "previous": previous, **state},
+        )
+        return call_result.StatusNotification()
+
+    # --- core: metering and transactions ------------------------------------------------------
+    @on(Action.meter_values)
+    async def on_meter_values(
+        self,
+        connector_id: int,
+        meter_value: list[dict[str, Any]],
+        transaction_id: int | None = None,
+        **_: Any,
+    ) -> call_result.MeterValues:
+        for message in meter_value_messages(
+            self.charger_id, connector_id, transaction_id, meter_value
+        ):
+            self._reporter.telemetry(self.charger_id, "meterValues", message)
+        return call_result.MeterValues()
+
+    @on(Action.authorize)
+    async def on_authorize(self, id_tag: str, **_: Any) -> call_result.Authorize:
+        info = await self.services.id_tags.lookup(id_tag)
+        log.info("%s: Authorize %s -> %s", self.charger_id, id_tag, info["status"])
+        return call_result.Authorize(id_tag_info=info)
+
+    @on(Action.start_transaction)
+    async def on_start_transaction(
+        self,
+        connector_id: int,
+        id_tag: str,
+        meter_start: int,
+        timestamp: str,
+        reservation_id: int | None = None,
+        **_: Any,
+    ) -> call_result.StartTransaction:
+        at = parse_timestamp(timestamp, self.charger_id)
+        info = await self.services.id_tags.lookup(id_tag)
+        started = await self.services.transactions.start(
+            self.charger_id, connector_id, id_tag, meter_start, at, reservation_id
+        )
+        log.info(
+            "%s: transaction %d started on connector %d (%s%s)",
+            self.charger_id,
+            started.transaction_id,
+            connector_id,
+            info["status"],
+            ", retried" if started.retried else "",
+        )
+        self._reporter.event(
+            self.charger_id,
+            "transaction",
+            {
+                "event": "started",
+                "transactionId": started.transaction_id,
+                "connectorId": connector_id,
+                "idTag": id_tag,
+                "idTagStatus": info["status"],
+                "meterStart": meter_start,
+                "reservationId": reservation_id,
+                "timestamp": at,
+                "retried": started.retried,
+            },
+        )
+        return call_result.StartTransaction(transaction_id=started.transaction_id, id_tag_info=info)
+
+    @on(Action.stop_transaction)
+    async def on_stop_transaction(
+        self,
+        meter_stop: int,
+        timestamp: str,
+        transaction_id: int,
+        reason: str | None = None,
+        id_tag: str | None = None,
+        transaction_data: list[dict[str, Any]] | None = None,
+        **_: Any,
+    ) -> call_result.StopTransaction:
+        at = parse_timestamp(timestamp, self.charger_id)
+        stop_reason = reason or DEFAULT_STOP_REASON
+        stopped = await self.services.transactions.stop(
+            self.charger_id, transaction_id, meter_stop, at, stop_reason, id_tag
+        )
+        if not stopped.known:
+            log.warning(
+                "%s: StopTransaction for unknown transaction %d", self.charger_id, transaction_id
+            )
+        for message in meter_value_messages(
+            self.charger_id, stopped.connector_id, transaction_id, transaction_data or []
+        ):
+            self._reporter.telemetry(self.charger_id, "meterValues", message)
+        self._reporter.event(
+            self.charger_id,
+            "transaction",
+            {
+                "event": "stopped",
+                "transactionId": transaction_id,
+                "connectorId": stopped.connector_id,
+                "idTag": id_tag if id_tag is not None else stopped.id_tag,
+                "meterStart": stopped.meter_start,
+                "meterStop": meter_stop,
+                "reason": stop_reason,
+                "startedAt": stopped.started_at,
+                "timestamp": at,
+                "known": stopped.known,
+            },
+        )
+        log.info("%s: transaction %d stopped (%s)", self.charger_id, transaction_id, stop_reason)
+        if id_tag is None:
+            return call_result.StopTransaction()
+        return call_result.StopTransaction(id_tag_info=await self.services.id_tags.lookup(id_tag))
+
+    # --- core: data transfer ------------------------------------------------------------------
+    @on(Action.data_transfer)
+    async def on_data_transfer(
+        self, vendor_id: str, message_id: str | None = None, data: str | None = None, **_: Any
+    ) -> call_result.DataTransfer:
+        known = vendor_id in self.services.data_transfer_vendors
+        status = "Accepted" if known else "UnknownVendorId"
+        self._reporter.event(
+            self.charger_id,
+            "dataTransfer",
+            {
+                "vendorId": vendor_id,
+                "messageId": message_id,
+                "data": data,
+                "status": status,
+                "timestamp": now(),
+            },
+        )
+        return call_result.DataTransfer(status=status)
+
+    # --- firmware management and diagnostics ----------------------------------------------------
+    @on(Action.firmware_status_notification)
+    async def on_firmware_status_notification(
+        self, status: str, **_: Any
+    ) -> call_result.FirmwareStatusNotification:
+        self._firmware_status(status, None)
+        return call_result.FirmwareStatusNotification()
+
+    @on(Action.diagnostics_status_notification)
+    async def on_diagnostics_status_notification(
+        self, status: str, **_: Any
+    ) -> call_result.DiagnosticsStatusNotification:
+        self._reporter.event(
+            self.charger_id,
+            "diagnostics",
+            {"kind": "diagnostics", "status": status, "timestamp": now()},
+        )
+        return call_result.DiagnosticsStatusNotification()
+
+    # --- 1.6 security extension -------------------------------------------------------------
+    @on(Action.signed_firmware_status_notification)
+    async def on_signed_firmware_status_notification(
+        self, status: str, request_id: int, **_: Any
+    ) -> call_result.SignedFirmwareStatusNotification:
+        self._firmware_status(status, request_id)
+        return call_result.SignedFirmwareStatusNotification()
+
+    @on(Action.log_status_notification)
+    async def on_log_status_notification(
+        self, status: str, request_id: int | None = None, **_: Any
+    ) -> call_result.LogStatusNotification:
+        self._reporter.event(
+            self.charger_id,
+            "diagnostics",
+            {"kind": "log", "status": status, "requestId": request_id, "timestamp": now()},
+        )
+        return call_result.LogStatusNotification()
+
+    @on(Action.security_event_notification)
+    async def on_security_event_notification(
+        self, type: str, timestamp: str, tech_info: str | None = None, **_: Any
+    ) -> call_result.SecurityEventNotification:
+        at = parse_timestamp(timestamp, self.charger_id)
+        log.info("%s: security event %s", self.charger_id, type)
+        self._reporter.event(
+            self.charger_id, "security", {"type": type, "techInfo": tech_info, "timestamp": at}
+        )
+        return call_result.SecurityEventNotification()
+
+    @on(Action.sign_certificate)
+    async def on_sign_certificate(self, csr: str, **_: Any) -> call_result.SignCertificate:
+        # No certificate authority yet (security profile 3 is not implemented): refuse,
+        # and tell the operator through a security event.
+        self._reporter.event(
+            self.charger_id,
+            "security",
+            {
+                "type": "SignCertificateRejected",
+                "techInfo": "no certificate authority",
+                "timestamp": now(),
+            },
+        )
+        return call_result.SignCertificate(status="Rejected")
+
+    # --- helpers --------------------------------------------------------------------------
+    def _firmware_status(self, status: str, request_id: int | None) -> None:
+        at = now()
+        self._reporter.report(
+            self.charger_id, {"firmware": {"status": status, "updatedAt": at}}, at
+        )
+        event: dict[str, Any] = {"status": status, "timestamp": at}
+        if request_id is not None:
+            event["requestId"] = request_id
+        self._reporter.event(self.charger_id, "firmware", event)
+        log.info("%s: firmware status %s", self.charger_id, status)
+
+
+def _availability_of(status: str) -> str | None:
+    if status == "Unavailable":
+        return "Inoperative"
+    if status in OPERATIVE_STATUSES:
+        return "Operative"
+    return None

@@ -1,0 +1,242 @@
+"""Drive a charger toward its desired state: shadow delta -> OCPP calls -> reported state.
+
+The twin publishes the delta (desired leaves that differ from reported) whenever desired
+changes and when the charger comes back online. Per connection one reconciler task runs
+at a time: a delta (or a finished boot) wakes it, it applies the latest delta, and a delta
+arriving meanwhile wakes it again afterwards.
+
+A value the charger refuses is remembered in memory for the connection and reported under
+``reported.refused`` (so the operator sees why the delta stays); it is not sent again until
+the desired value changes. A new connection starts with an empty memory and tries once
+more: the charger may have new firmware after a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from bridge.errors import (
+    CallErrorReceived,
+    CallTimeoutError,
+    ChargerGoneError,
+    InvalidCallError,
+    InvalidResponseError,
+)
+from bridge.reports import Reporter
+from bridge.times import now
+
+log = logging.getLogger(__name__)
+
+Request = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+ACCEPTED_CONFIG = frozenset({"Accepted", "RebootRequired"})
+
+
+def config_text(value: Any) -> str | None:
+    """A desired config value as the string ChangeConfiguration carries; None if not scalar."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    return None
+
+
+class Reconciler:
+    """Applies one charger's config and availability delta, one run at a time."""
+
+    def __init__(self, charger_id: str, request: Request, reporter: Reporter) -> None:
+        self.charger_id = charger_id
+        self._request = request
+        self._reporter = reporter
+        self._delta: dict[str, Any] = {}
+        self._wake = asyncio.Event()
+        # What the charger has (from GetConfiguration, StatusNotification, accepted calls).
+        self._known: dict[tuple[str, str], str] = {}
+        # Values the charger refused or scheduled: not sent again while desired stays.
+        self._refused: dict[tuple[str, str], str] = {}
+        self._firmware_noted = False
+        self.runs = 0
+
+    # --- inputs --------------------------------------------------------------------------
+    def on_delta(self, message: Mapping[str, Any]) -> None:
+        """A delta message from the twin: it replaces the previous one (it is complete)."""
+        state = message.get("state")
+        if not isinstance(state, dict):
+            log.warning("%s: delta without a state object ignored", self.charger_id)
+            return
+        self._delta = state
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Run again with the delta we have (after boot and GetConfiguration)."""
+        self._wake.set()
+
+    def observe(self, section: str, key: str, value: str) -> None:
+        """The charger told us it has ``value`` (config key or connector availability)."""
+        self._known[(section, key)] = value
+
+    # --- the loop ------------------------------------------------------------------------
+    async def run(self) -> None:
+        """The connection's reconciliation task: never two runs at once."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.reconcile_once()
+            except (CallTimeoutError, ChargerGoneError) as exc:
+                # An unresponsive charger: try again at the next delta or boot.
+                log.warning("%s: reconciliation stopped: %s", self.charger_id, exc)
+            except Exception:
+                # A bug must not end reconciliation for the rest of the connection.
+                log.exception("%s: reconciliation run failed", self.charger_id)
+
+    async def reconcile_once(self) -> None:
+        self.runs += 1
+        config = self._delta.get("config")
+        if isinstance(config, dict):
+            for key, value in config.items():
+                await self._apply_config(str(key), value)
+        availability = self._delta.get("availability")
+        if isinstance(availability, dict):
+            for connector, value in availability.items():
+                await self._apply_availability(str(connector), value)
+        if "firmware" in self._delta and not self._firmware_noted:
+            # TODO(firmware): UpdateFirmware needs the location from the firmware catalog,
+            # which is not there yet; until then a firmware delta is only logged.
+            self._firmware_noted = True
+            log.info("%s: firmware delta left for the firmware catalog", self.charger_id)
+
+    def _settled(self, section: str, key: str, value: str) -> bool:
+        leaf = (section, key)
+        return self._known.get(leaf) == value or self._refused.get(leaf) == value
+
+    async def _apply_config(self, key: str, desired: Any) -> None:
+        value = config_text(desired)
+        if value is None:
+            shown = json.dumps(desired)
+            if self._refused.get(("config", key)) != shown:
+                self._refused[("config", key)] = shown
+                self.record_config(key, shown, "Invalid", "a config value must be a scalar")
+            return
+        if self._settled("config", key, value):
+            return
+        log.info("%s: ChangeConfiguration %s=%r", self.charger_id, key, value)
+        try:
+            answer = await self._request("ChangeConfiguration", {"key": key, "value": value})
+        except InvalidCallError as exc:
+            self.record_config(key, value, "Invalid", str(exc))
+            return
+        except CallErrorReceived as exc:
+            self.record_config(key, value, "CallError", exc.error_code)
+            return
+        except InvalidResponseError as exc:
+            self.record_config(key, value, "InvalidResponse", str(exc))
+            return
+        self.record_config(key, value, str(answer.get("status")))
+
+    async def _apply_availability(self, connector: str, desired: Any) -> None:
+        value = str(desired)
+        if self._settled("availability", connector, value):
+            return
+        try:
+            connector_id = int(connector)
+        except ValueError:
+            self.record_availability(connector, value, "Invalid", "connector must be a number")
+            return
+        log.info("%s: ChangeAvailability %s=%s", self.charger_id, connector, value)
+        try:
+            answer = await self._request(
+                "ChangeAvailability", {"connectorId": connector_id, "type": value}
+            )
+        except InvalidCallError as exc:
+            self.record_availability(connector, value, "Invalid", str(exc))
+            return
+        except CallErrorReceived as exc:
+            self.record_availability(connector, value, "CallError", exc.error_code)
+            return
+        except InvalidResponseError as exc:
+            self.record_availability(connector, value, "InvalidResponse", str(exc))
+            return
+        self.record_availability(connector, value, str(answer.get("status")))
+
+    # --- results (also used by operator commands) --------------------------------------------
+    def record_configuration(self, answer: Mapping[str, Any]) -> dict[str, str]:
+        """Report a GetConfiguration answer into ``reported.config`` (keys with a value)."""
+        values: dict[str, str] = {}
+        for entry in answer.get("configurationKey") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("value"), str):
+                values[str(entry["key"])] = entry["value"]
+        for key, value in values.items():
+            self._known[("config", key)] = value
+        if values:
+            self._reporter.report(self.charger_id, {"config": values}, now())
+        return values
+
+    def record_config(self, key: str, value: str, status: str, reason: str | None = None) -> None:
+        """Report a ChangeConfiguration outcome and remember it for this connection."""
+        at = now()
+        if status in ACCEPTED_CONFIG:
+            self._known[("config", key)] = value
+            self._refused.pop(("config", key), None)
+            reported: dict[str, Any] = {
+                "config": {key: value},
+                "refused": {"config": {key: None}},
+            }
+            if status == "RebootRequired":
+                reported["rebootRequired"] = True
+        else:
+            log.warning(
+                "%s: config %s=%r refused: %s%s",
+                self.charger_id,
+                key,
+                value,
+                status,
+                f" ({reason})" if reason else "",
+            )
+            self._refused[("config", key)] = value
+            reported = {"refused": {"config": {key: _refusal(value, status, at, reason)}}}
+        self._reporter.report(self.charger_id, reported, at)
+
+    def record_availability(
+        self, connector: str, value: str, status: str, reason: str | None = None
+    ) -> None:
+        """Report a ChangeAvailability outcome and remember it for this connection.
+
+        Scheduled (OCPP 1.6 section 5.2: the change waits for a transaction to end) is not
+        sent again; the StatusNotification that follows the change reports the new value.
+        """
+        at = now()
+        leaf = ("availability", connector)
+        reported: dict[str, Any]
+        if status == "Accepted":
+            self._known[leaf] = value
+            self._refused.pop(leaf, None)
+            reported = {
+                "availability": {connector: value},
+                "refused": {"availability": {connector: None}},
+            }
+        elif status == "Scheduled":
+            self._refused[leaf] = value
+            reported = {"refused": {"availability": {connector: None}}}
+        else:
+            log.warning(
+                "%s: availability %s=%s refused: %s", self.charger_id, connector, value, status
+            )
+            self._refused[leaf] = value
+            reported = {
+                "refused": {"availability": {connector: _refusal(value, status, at, reason)}}
+            }
+        self._reporter.report(self.charger_id, reported, at)
+
+
+def _refusal(value: str, status: str, at: float, reason: str | None) -> dict[str, Any]:
+    refusal: dict[str, Any] = {"value": value, "status": status, "at": at}
+    if reason:
+        refusal["reason"] = reason
+    return refusal

@@ -1,0 +1,152 @@
+"""What the bridge publishes: shadow reports, telemetry, events, presence, bridge status.
+
+Every topic and payload here is documented in ``bridge/README.md``; change both together.
+All messages are QoS 1 through the :class:`~bridge.outbox.Outbox`; presence and bridge
+status are retained so a late subscriber sees the current state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bridge.outbox import Outbox
+from bridge.times import now, parse_timestamp
+from chargetwin.topics import Topics
+
+log = logging.getLogger(__name__)
+
+OCPP_VERSION = "1.6"
+
+# OCPP 1.6 section 7 (SampledValue): defaults of the optional fields. The unit defaults to
+# "Wh" only "if the (default) measurand is an Energy type"; other measurands have none.
+DEFAULT_MEASURAND = "Energy.Active.Import.Register"
+DEFAULT_CONTEXT = "Sample.Periodic"
+DEFAULT_FORMAT = "Raw"
+DEFAULT_LOCATION = "Outlet"
+
+# BootNotification field (snake_case, as the ocpp library hands it over) -> reported key.
+CHARGE_POINT_FIELDS = {
+    "charge_point_vendor": "vendor",
+    "charge_point_model": "model",
+    "charge_point_serial_number": "serialNumber",
+    "charge_box_serial_number": "chargeBoxSerialNumber",
+    "firmware_version": "firmwareVersion",
+    "iccid": "iccid",
+    "imsi": "imsi",
+    "meter_type": "meterType",
+    "meter_serial_number": "meterSerialNumber",
+}
+
+
+class Reporter:
+    """Builds the contract's topics and publishes through the outbox."""
+
+    def __init__(self, outbox: Outbox, topics: Topics, bridge_id: str) -> None:
+        self.outbox = outbox
+        self.topics = topics
+        self.bridge_id = bridge_id
+
+    def report(
+        self, charger_id: str, reported: Mapping[str, Any], at: float, token: str | None = None
+    ) -> None:
+        """A partial reported state (merge patch) stamped with its source time ``at``."""
+        message: dict[str, Any] = {"state": {"reported": dict(reported)}, "timestamp": at}
+        if token is not None:
+            message["clientToken"] = token
+        self.outbox.publish(self.topics.shadow(charger_id, "update"), message)
+
+    def telemetry(self, charger_id: str, kind: str, payload: Mapping[str, Any]) -> None:
+        self.outbox.publish(self.topics.telemetry(charger_id, kind), dict(payload))
+
+    def event(self, charger_id: str, kind: str, payload: Mapping[str, Any]) -> None:
+        self.outbox.publish(self.topics.events(charger_id, kind), dict(payload))
+
+    def presence(self, charger_id: str, online: bool, since: float) -> None:
+        """Retained presence plus ``connection`` in the shadow (the twin trusts both)."""
+        self.outbox.publish(
+            self.topics.presence(charger_id),
+            {
+                "online": online,
+                "since": since,
+                "ocppVersion": OCPP_VERSION,
+                "bridge": self.bridge_id,
+            },
+            retain=True,
+        )
+        self.report(
+            charger_id,
+            {"connection": {"online": online, "since": since, "ocppVersion": OCPP_VERSION}},
+            since,
+        )
+
+    def command_result(self, charger_id: str, result: Mapping[str, Any]) -> None:
+        self.outbox.publish(f"{self.topics.command(charger_id)}/result", dict(result))
+
+    def bridge_status(self, online: bool) -> None:
+        self.outbox.publish(
+            self.topics.bridge_status(self.bridge_id),
+            {"online": online, "since": now()},
+            retain=True,
+        )
+
+
+# --- payload builders (pure) ---------------------------------------------------------------
+def charge_point_of(boot: Mapping[str, Any]) -> dict[str, Any]:
+    """``reported.chargePoint`` from a BootNotification: only the fields it carried."""
+    reported: dict[str, Any] = {}
+    for field, key in CHARGE_POINT_FIELDS.items():
+        value = boot.get(field)
+        if value is not None:
+            reported[key] = value
+    if "serialNumber" not in reported and "chargeBoxSerialNumber" in reported:
+        # chargeBoxSerialNumber is deprecated in favour of chargePointSerialNumber (1.6).
+        reported["serialNumber"] = reported["chargeBoxSerialNumber"]
+    return reported
+
+
+def sampled_value(sample: Mapping[str, Any]) -> dict[str, Any]:
+    """One SampledValue with the OCPP 1.6 defaults filled in and the value as a float."""
+    measurand = sample.get("measurand") or DEFAULT_MEASURAND
+    unit = sample.get("unit")
+    if unit is None and measurand.startswith("Energy."):
+        unit = "Wh"
+    raw = sample.get("value")
+    out: dict[str, Any] = {
+        "measurand": measurand,
+        "phase": sample.get("phase"),
+        "unit": unit,
+        "value": None,
+        "context": sample.get("context") or DEFAULT_CONTEXT,
+        "location": sample.get("location") or DEFAULT_LOCATION,
+    }
+    if (sample.get("format") or DEFAULT_FORMAT) == "SignedData":
+        out["signedData"] = raw
+        return out
+    try:
+        out["value"] = float(str(raw))
+    except ValueError:
+        out["raw"] = raw
+    return out
+
+
+def meter_value_messages(
+    charger_id: str,
+    connector_id: int | None,
+    transaction_id: int | None,
+    meter_values: Iterable[Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """One telemetry message per MeterValue element (each carries its own timestamp)."""
+    messages = []
+    for meter_value in meter_values:
+        samples = meter_value.get("sampled_value") or []
+        messages.append(
+            {
+                "connectorId": connector_id,
+                "transactionId": transaction_id,
+                "timestamp": parse_timestamp(meter_value.get("timestamp"), charger_id),
+                "values": [sampled_value(sample) for sample in samples],
+            }
+        )
+    return messages

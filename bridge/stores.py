@@ -1,0 +1,202 @@
+"""Transactions and id tags in the shared database (SQLite or PostgreSQL).
+
+Transactions must survive a bridge restart and be the same across bridge processes, so
+they live in the database, not in memory: a charger that did not get the answer to its
+StartTransaction sends it again (OCPP 1.6 section 4.8: transaction-related messages are
+retried until answered) and must get the same transactionId back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.times import iso_time
+from chargetwin.database import Database, DatabaseError
+
+log = logging.getLogger(__name__)
+
+TRANSACTIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS transactions (
+    transaction_id INTEGER PRIMARY KEY,
+    charger_id TEXT NOT NULL,
+    connector_id INTEGER NOT NULL,
+    id_tag TEXT NOT NULL,
+    meter_start BIGINT NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    reservation_id INTEGER,
+    meter_stop BIGINT,
+    stopped_at DOUBLE PRECISION,
+    stop_reason TEXT,
+    stop_id_tag TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    UNIQUE (charger_id, connector_id, id_tag, meter_start, started_at)
+)
+"""
+
+ID_TAGS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS id_tags (
+    id_tag TEXT PRIMARY KEY,
+    status TEXT,
+    expiry DOUBLE PRECISION
+)
+"""
+
+# OCPP 1.6 transactionId is an integer; stay within a signed 32-bit value.
+_MAX_TRANSACTION_ID = 2**31 - 1
+_ALLOCATE_ATTEMPTS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class StartedTransaction:
+    transaction_id: int
+    retried: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoppedTransaction:
+    transaction_id: int
+    known: bool
+    connector_id: int | None = None
+    id_tag: str | None = None
+    meter_start: int | None = None
+    started_at: float | None = None
+
+
+class TransactionStore:
+    """The ``transactions`` table: idempotent start and stop."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create_schema(self) -> None:
+        await self._db.execute(TRANSACTIONS_SCHEMA)
+
+    async def start(
+        self,
+        charger_id: str,
+        connector_id: int,
+        id_tag: str,
+        meter_start: int,
+        started_at: float,
+        reservation_id: int | None = None,
+    ) -> StartedTransaction:
+        """The transaction id for this start, the same one for a retried identical start."""
+        key = (charger_id, connector_id, id_tag, meter_start, started_at)
+        for _ in range(_ALLOCATE_ATTEMPTS):
+            async with self._db.transaction() as tx:
+                rows = await tx.fetchall(
+                    "SELECT transaction_id FROM transactions WHERE charger_id = ?"
+                    " AND connector_id = ? AND id_tag = ? AND meter_start = ? AND started_at = ?",
+                    key,
+                )
+                if rows:
+                    return StartedTransaction(int(rows[0][0]), retried=True)
+                (next_id,) = (
+                    await tx.fetchall(
+                        "SELECT COALESCE(MAX(transaction_id), 0) + 1 FROM transactions"
+                    )
+                )[0]
+                if int(next_id) > _MAX_TRANSACTION_ID:
+                    raise DatabaseError("transaction ids exhausted (OCPP 1.6 uses 32-bit ids)")
+                # Two bridge processes may pick the same next id at once; the loser's insert
+                # does nothing and it tries again (portable to SQLite and PostgreSQL).
+                inserted = await tx.execute(
+                    "INSERT INTO transactions (transaction_id, charger_id, connector_id, id_tag,"
+                    " meter_start, started_at, reservation_id, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (int(next_id), *key, reservation_id, time.time()),
+                )
+                if inserted == 1:
+                    return StartedTransaction(int(next_id), retried=False)
+        raise DatabaseError(f"{charger_id}: could not allocate a transaction id")
+
+    async def stop(
+        self,
+        charger_id: str,
+        transaction_id: int,
+        meter_stop: int,
+        stopped_at: float,
+        reason: str,
+        id_tag: str | None,
+    ) -> StoppedTransaction:
+        """Record the stop; a retried stop writes the same values again (idempotent)."""
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                "UPDATE transactions SET meter_stop = ?, stopped_at = ?, stop_reason = ?,"
+                " stop_id_tag = ? WHERE transaction_id = ? AND charger_id = ?",
+                (meter_stop, stopped_at, reason, id_tag, transaction_id, charger_id),
+            )
+            rows = await tx.fetchall(
+                "SELECT connector_id, id_tag, meter_start, started_at FROM transactions"
+                " WHERE transaction_id = ? AND charger_id = ?",
+                (transaction_id, charger_id),
+            )
+        if not rows:
+            return StoppedTransaction(transaction_id, known=False)
+        connector_id, start_tag, meter_start, started_at = rows[0]
+        return StoppedTransaction(
+            transaction_id,
+            known=True,
+            connector_id=int(connector_id),
+            id_tag=str(start_tag),
+            meter_start=int(meter_start),
+            started_at=float(started_at),
+        )
+
+    async def get(self, transaction_id: int) -> dict[str, Any] | None:
+        """One transaction as a dict (for tests and tools)."""
+        row = await self._db.fetchone(
+            "SELECT transaction_id, charger_id, connector_id, id_tag, meter_start, started_at,"
+            " meter_stop, stopped_at, stop_reason, stop_id_tag FROM transactions"
+            " WHERE transaction_id = ?",
+            (transaction_id,),
+        )
+        if row is None:
+            return None
+        names = (
+            "transactionId", "chargerId", "connectorId", "idTag", "meterStart", "startedAt",
+            "meterStop", "stoppedAt", "stopReason", "stopIdTag",
+        )  # fmt: skip
+        return dict(zip(names, row, strict=True))
+
+
+class IdTagStore:
+    """The ``id_tags`` table behind Authorize and the idTagInfo of transactions.
+
+    An empty table accepts every idTag (a fresh installation lets cars charge); once the
+    table holds any row, an idTag not in it is ``Invalid``.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create_schema(self) -> None:
+        await self._db.execute(ID_TAGS_SCHEMA)
+
+    async def put(self, id_tag: str, status: str = "Accepted", expiry: float | None = None) -> None:
+        await self._db.execute(
+            "INSERT INTO id_tags (id_tag, status, expiry) VALUES (?, ?, ?)"
+            " ON CONFLICT (id_tag) DO UPDATE SET status = excluded.status,"
+            " expiry = excluded.expiry",
+            (id_tag, status, expiry),
+        )
+
+    async def lookup(self, id_tag: str) -> dict[str, Any]:
+        """The IdTagInfo (camelCase, OCPP 1.6 section 7 IdTagInfo) for ``id_tag``."""
+        row = await self._db.fetchone(
+            "SELECT status, expiry FROM id_tags WHERE id_tag = ?", (id_tag,)
+        )
+        if row is None:
+            any_row = await self._db.fetchone("SELECT 1 FROM id_tags LIMIT 1")
+            return {"status": "Invalid" if any_row is not None else "Accepted"}
+        status = str(row[0] or "Accepted")
+        info: dict[str, Any] = {"status": status}
+        if row[1] is not None:
+            expiry = float(row[1])
+            if status == "Accepted" and expiry < time.time():
+                info["status"] = "Expired"
+            info["expiryDate"] = iso_time(expiry)
+        return info

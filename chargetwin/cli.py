@@ -1,0 +1,117 @@
+"""The ``chargetwin`` command: run the platform or one component, and operator tools.
+
+Every option of :class:`chargetwin.settings.Settings` is an option of every command that
+runs a component (``--ocpp-port``) and a ``CHARGETWIN_*`` variable; the option wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from chargetwin import __version__
+from chargetwin.settings import Settings
+
+COMPONENTS = ("up", "twin", "api", "bridge", "demo")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_settings_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (each also a CHARGETWIN_* variable)")
+    for name, field in Settings.model_fields.items():
+        env = f"CHARGETWIN_{name.upper()}"
+        help_text = f"{field.description or ''} [{env}]".strip()
+        if field.annotation is bool:
+            group.add_argument(
+                _option(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            default = field.default
+            shown = "" if default is None else f" (default {default})"
+            group.add_argument(
+                _option(name),
+                dest=name,
+                default=argparse.SUPPRESS,
+                metavar=name.split("_")[-1].upper(),
+                help=help_text + shown,
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chargetwin",
+        description="Run a fleet of EV charging stations as digital twins.",
+    )
+    parser.add_argument("--version", action="version", version=f"chargetwin {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {
+        "up": "run every component in one process (embedded broker and stores by default)",
+        "twin": "run the device-shadow service",
+        "api": "run the operator HTTP API",
+        "bridge": "run the OCPP-J central system",
+        "demo": "run everything with a simulated fleet; prints the dashboard URL and a token",
+    }
+    for name in COMPONENTS:
+        p = sub.add_parser(name, help=helps[name], description=helps[name])
+        _add_settings_options(p)
+        if name == "demo":
+            p.add_argument("--chargers", type=int, default=20, help="simulated chargers")
+    token = sub.add_parser("token", help="manage API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = token_sub.add_parser("create", help="create an API token and print it once")
+    create.add_argument("--role", choices=("viewer", "operator", "admin"), required=True)
+    create.add_argument("--name", default=None, help="who or what the token is for")
+    _add_settings_options(create)
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)
+    }
+    return Settings(**overrides)
+
+
+def _settings_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        lines.append(f"  {_option(name)} / CHARGETWIN_{name.upper()}: {error['msg']}")
+    return "invalid settings:\n" + "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except ValidationError as exc:
+        print(f"chargetwin: {_settings_error(exc)}", file=sys.stderr)
+        return 2
+    from chargetwin import runner
+
+    try:
+        if args.command == "token":
+            return asyncio.run(runner.create_token(settings, args.role, args.name))
+        if args.command == "demo":
+            return runner.run(settings, "demo", chargers=args.chargers)
+        return runner.run(settings, args.command)
+    except runner.StartupError as exc:
+        print(f"chargetwin: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

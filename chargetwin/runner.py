@@ -1,0 +1,191 @@
+"""Running components in this process: start order, signals, and an orderly shutdown.
+
+Shutdown goes from the edge inwards so that nothing accepted is lost: the bridge first
+(chargers are told goodbye and their presence goes offline), then the API, then the twin
+(which finishes every queued request), and the embedded broker last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from chargetwin.broker import BrokerStartError, EmbeddedBroker, port_is_free
+from chargetwin.settings import Settings
+
+log = logging.getLogger("chargetwin")
+
+Runner = Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]]
+
+
+class StartupError(RuntimeError):
+    """The platform could not start; the message says what to change."""
+
+
+@dataclass
+class _Component:
+    name: str
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("amqtt", "transitions", "gmqtt", "websockets", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def _runners(command: str) -> list[tuple[str, Runner]]:
+    """Start order of each command's components (stopped in reverse)."""
+    from api.app import run_api
+    from twin.app import run_twin
+
+    out: list[tuple[str, Runner]] = []
+    if command in ("up", "demo", "twin"):
+        out.append(("twin", run_twin))
+    if command in ("up", "demo", "api"):
+        out.append(("api", run_api))
+    if command in ("up", "demo", "bridge"):
+        from bridge.app import run_bridge
+
+        out.append(("bridge", run_bridge))
+    return out
+
+
+def run(settings: Settings, command: str, *, chargers: int = 0) -> int:
+    configure_logging(settings.log_level)
+    try:
+        return asyncio.run(_main(settings, command, chargers))
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return 130
+
+
+def _free_port_near(host: str, port: int) -> int:
+    for candidate in range(port, port + 100):
+        if port_is_free(host, candidate):
+            return candidate
+    raise StartupError(f"no free port near {port}")
+
+
+def _demo_settings(settings: Settings) -> tuple[Settings, str]:
+    """Demo defaults: auto-registration, a fresh admin token, free ports announced."""
+    updates: dict[str, object] = {"auto_register": True}
+    for field, host in (
+        ("api_port", settings.host),
+        ("ocpp_port", settings.host),
+        ("mqtt_port", "127.0.0.1"),
+    ):
+        wanted = getattr(settings, field)
+        if field == "mqtt_port" and settings.mqtt_url:
+            continue
+        port = _free_port_near(host, wanted)
+        if port != wanted:
+            print(
+                f"chargetwin demo: port {wanted} is taken, using {port} for "
+                f"--{field.replace('_', '-')}",
+                file=sys.stderr,
+            )
+        updates[field] = port
+    token = (
+        settings.admin_token.get_secret_value()
+        if settings.admin_token
+        else ("ct_demo_" + secrets.token_urlsafe(24))
+    )
+    updates["admin_token"] = token
+    return settings.model_copy(update=updates), token
+
+
+async def _main(settings: Settings, command: str, chargers: int) -> int:
+    loop = asyncio.get_running_loop()
+    requested = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, requested.set)
+
+    token = None
+    if command == "demo":
+        settings, token = _demo_settings(settings)
+
+    broker: EmbeddedBroker | None = None
+    if command in ("up", "demo") and not settings.mqtt_url:
+        broker = EmbeddedBroker(settings.mqtt_port)
+        try:
+            await broker.start()
+        except BrokerStartError as exc:
+            raise StartupError(str(exc)) from exc
+    settings = settings.model_copy(update={"mqtt_url": settings.broker_url})
+
+    components: list[_Component] = []
+    exit_code = 0
+    try:
+        for name, runner in _runners(command):
+            stop = asyncio.Event()
+            task = asyncio.create_task(runner(settings, stop), name=name)
+            components.append(_Component(name, stop, task))
+            # Let each component come up (or fail) before the next one depends on it.
+            await asyncio.sleep(0.2)
+            if task.done():
+                break
+        if command == "demo" and token is not None:
+            _announce_demo(settings, token, chargers)
+        signals = asyncio.create_task(requested.wait(), name="signals")
+        waiters: list[asyncio.Future[Any]] = [signals, *(c.task for c in components)]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        signals.cancel()
+        failed = [c for c in components if c.task.done()]
+        for component in failed:
+            error = component.task.exception() if not component.task.cancelled() else None
+            if error is not None:
+                log.error("%s stopped: %s", component.name, error, exc_info=error)
+                exit_code = 1
+        if requested.is_set():
+            log.info("shutting down (signal received)")
+    finally:
+        for component in reversed(components):
+            component.stop.set()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(component.task, 30)
+            log.info("%s stopped", component.name)
+        if broker is not None:
+            await broker.stop()
+    if exit_code:
+        raise StartupError("a component failed; see the log above")
+    return 0
+
+
+def _announce_demo(settings: Settings, token: str, chargers: int) -> None:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    print(
+        "\nChargeTwin demo is running\n"
+        f"  dashboard / API : http://{host}:{settings.api_port}/  (docs at /docs)\n"
+        f"  admin token     : {token}\n"
+        f"  OCPP endpoint   : ws://{host}:{settings.ocpp_port}/ocpp/{{charger_id}}\n"
+        f"  MQTT broker     : {settings.broker_url}\n"
+        "  Press Ctrl-C to stop.\n",
+        flush=True,
+    )
+
+
+async def create_token(settings: Settings, role: str, name: str | None) -> int:
+    from api.tokens import create_token as make_token
+    from chargetwin.database import connect
+
+    db = connect(settings.database_target)
+    await db.open()
+    try:
+        secret = await make_token(db, role, name or f"{role} token")
+    finally:
+        await db.close()
+    print(secret)
+    return 0

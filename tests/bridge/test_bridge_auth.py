@@ -1,0 +1,103 @@
+"""The upgrade: path, subprotocol and HTTP Basic auth are checked before any OCPP."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from conftest import PASSWORD, MakeBridge, MqttWatcher, OpenCharger, basic, register, url_of
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from bridge import Bridge
+
+
+async def refused(url: str, **kwargs: object) -> InvalidStatus:
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(url, **kwargs):  # type: ignore[arg-type]
+            pass
+    return info.value
+
+
+def new_id() -> str:
+    return f"cp-{uuid.uuid4().hex[:10]}"
+
+
+async def test_registered_charger_with_its_password_connects(
+    bridge: Bridge, open_charger: OpenCharger
+) -> None:
+    charger = await open_charger()
+    assert charger.ws.subprotocol == "ocpp1.6"
+    assert (await charger.result("Heartbeat", {}))["currentTime"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    "case", ["unknown charger", "wrong password", "no credentials", "user is not the id"]
+)
+async def test_refused_with_401_and_basic_challenge(bridge: Bridge, case: str) -> None:
+    charger_id = new_id()
+    if case != "unknown charger":
+        await register(bridge, charger_id)
+    headers = {
+        "unknown charger": basic(charger_id, PASSWORD),
+        "wrong password": basic(charger_id, "not-the-password"),
+        "no credentials": {},
+        "user is not the id": basic("someone-else", PASSWORD),
+    }[case]
+    error = await refused(
+        url_of(bridge, charger_id), subprotocols=["ocpp1.6"], additional_headers=headers
+    )
+    assert error.response.status_code == 401
+    assert error.response.headers["WWW-Authenticate"].startswith("Basic ")
+
+
+async def test_auto_register_lets_an_unknown_charger_in_with_its_password(
+    make_bridge: MakeBridge, watcher: MqttWatcher
+) -> None:
+    bridge = await make_bridge(auto_register=True)
+    charger_id = new_id()
+    url = url_of(bridge, charger_id)
+    async with connect(
+        url, subprotocols=["ocpp1.6"], additional_headers=basic(charger_id, PASSWORD)
+    ) as ws:
+        assert ws.subprotocol == "ocpp1.6"
+    # From now on the password it registered with is the one that counts.
+    error = await refused(
+        url, subprotocols=["ocpp1.6"], additional_headers=basic(charger_id, "another")
+    )
+    assert error.response.status_code == 401
+    async with connect(
+        url, subprotocols=["ocpp1.6"], additional_headers=basic(charger_id, PASSWORD)
+    ):
+        pass
+
+
+@pytest.mark.parametrize("offered", [None, ["ocpp2.0.1"], ["chat", "ocpp1.5"]])
+async def test_no_supported_subprotocol_is_a_clear_400(
+    bridge: Bridge, offered: list[str] | None
+) -> None:
+    charger_id = new_id()
+    await register(bridge, charger_id)
+    error = await refused(
+        url_of(bridge, charger_id),
+        subprotocols=offered,
+        additional_headers=basic(charger_id, PASSWORD),
+    )
+    assert error.response.status_code == 400
+    assert b"ocpp1.6" in error.response.body
+
+
+async def test_wrong_path_is_404_and_bad_id_is_400(bridge: Bridge) -> None:
+    headers = basic("x", PASSWORD)
+    error = await refused(
+        f"ws://127.0.0.1:{bridge.port}/other/x",
+        subprotocols=["ocpp1.6"],
+        additional_headers=headers,
+    )
+    assert error.response.status_code == 404
+    error = await refused(
+        f"ws://127.0.0.1:{bridge.port}/ocpp/bad%23id",
+        subprotocols=["ocpp1.6"],
+        additional_headers=headers,
+    )
+    assert error.response.status_code == 400

@@ -1,0 +1,56 @@
+"""Presence is retained and honest: online on connect, offline on disconnect and at stop."""
+
+from __future__ import annotations
+
+from conftest import MakeBridge, MqttWatcher, OpenCharger
+
+from bridge import Bridge
+
+
+async def test_presence_online_then_offline_with_the_shadow_connection(
+    bridge: Bridge, open_charger: OpenCharger, watcher: MqttWatcher
+) -> None:
+    charger = await open_charger()
+    presence = bridge.topics.presence(charger.charger_id)
+    online = await watcher.wait_for(presence, lambda m: m and m["online"])
+    assert online["ocppVersion"] == "1.6" and online["bridge"] == bridge.bridge_id
+    await charger.close()
+    offline = await watcher.wait_for(presence, lambda m: m and not m["online"])
+    assert offline["since"] >= online["since"]
+    shadow = bridge.topics.shadow(charger.charger_id, "update")
+    connections = [r["connection"] for r in watcher.reported(shadow) if "connection" in r]
+    assert [c["online"] for c in connections] == [True, False]
+
+
+async def test_a_second_connection_replaces_the_first_and_stays_online(
+    bridge: Bridge, open_charger: OpenCharger, watcher: MqttWatcher
+) -> None:
+    first = await open_charger()
+    second = await open_charger(first.charger_id)
+    assert await first.closed() == 1000
+    assert "currentTime" in await second.result("Heartbeat", {})
+    presence = bridge.topics.presence(first.charger_id)
+    await watcher.wait_for(presence, lambda m: len(watcher.on(presence)) >= 2)
+    assert [m["online"] for m in watcher.on(presence)] == [True, True]
+    # Commands reach the new connection (its subscription survived the old teardown).
+    command = bridge.topics.command(first.charger_id)
+    watcher.publish(command, {"name": "clear-cache", "payload": {}, "clientToken": "r"})
+    call = await second.next_call()
+    await second.reply(call, {"status": "Accepted"})
+    answer = await watcher.wait_for(f"{command}/result")
+    assert answer["status"] == "ok"
+
+
+async def test_bridge_status_and_chargers_go_offline_at_stop(
+    make_bridge: MakeBridge, watcher: MqttWatcher, open_charger: OpenCharger
+) -> None:
+    bridge = await make_bridge()
+    charger = await open_charger(target=bridge)
+    status = bridge.topics.bridge_status(bridge.bridge_id)
+    await watcher.wait_for(status, lambda m: m and m["online"])
+    await bridge.stop()
+    assert await charger.closed() == 1001
+    await watcher.wait_for(
+        bridge.topics.presence(charger.charger_id), lambda m: m and not m["online"]
+    )
+    await watcher.wait_for(status, lambda m: m and not m["online"])
