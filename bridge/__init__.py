@@ -18,7 +18,6 @@ Modules, one concept each:
 - ``reconcilers``    — shadow delta -> ChangeConfiguration / ChangeAvailability.
 - ``commands``       — MQTT commands -> OCPP calls -> results.
 - ``reports``        — topics and payloads the bridge publishes.
-- ``outbox``         — QoS 1 publishing that survives broker restarts.
 - ``stores``         — transactions and id tags in the shared database.
 - ``limits``         — the per-charger token bucket.
 - ``tasks``          — a small owner for asyncio tasks.

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from bridge.connections import ConnectionOptions
 from bridge.handlers import Services
 from bridge.limits import FloodLimit
-from bridge.outbox import Outbox
 from bridge.reports import Reporter
 from bridge.server import OcppServer, ServerOptions
 from bridge.stores import IdTagStore, TransactionStore
@@ -61,7 +60,6 @@ class Bridge:
         self.port: int | None = None
         self.db: Database | None = None
         self.mqtt: MqttClient | None = None
-        self.outbox: Outbox | None = None
         self.server: OcppServer | None = None
         self.services: Services | None = None
         self.reporter: Reporter | None = None
@@ -89,9 +87,9 @@ class Bridge:
             self.client_id,
             will=(status_topic, {"online": False}, True),
             reconnect_delay=options.mqtt_reconnect_delay,
+            outbox_limit=options.outbox_limit,
         )
-        self.outbox = Outbox(self.mqtt, limit=options.outbox_limit)
-        reporter = self.reporter = Reporter(self.outbox, self.topics, self.bridge_id)
+        reporter = self.reporter = Reporter(self.mqtt, self.topics, self.bridge_id)
         # After every (re)connect: the will may have fired while we were away.
         self.mqtt.on_connect(self._announce)
         await self.mqtt.connect()
@@ -133,13 +131,13 @@ class Bridge:
         if self.server is not None:
             await self.server.stop()
             self.server = None
-        if self.mqtt is not None and self.outbox is not None and self.reporter is not None:
+        if self.mqtt is not None and self.reporter is not None:
             self.reporter.bridge_status(False)
-            if not await self.outbox.drain(self.options.drain_timeout):
+            if not await self.mqtt.drain(self.options.drain_timeout):
                 log.warning(
                     "bridge %s: %d messages not acknowledged at stop",
                     self.bridge_id,
-                    self.outbox.waiting,
+                    self.mqtt.waiting,
                 )
             await self.mqtt.disconnect()
             self.mqtt = None

@@ -1,8 +1,8 @@
 """What the bridge publishes: shadow reports, telemetry, events, presence, bridge status.
 
 Every topic and payload here is documented in ``bridge/README.md``; change both together.
-All messages are QoS 1 through the :class:`~bridge.outbox.Outbox`; presence and bridge
-status are retained so a late subscriber sees the current state.
+All messages are QoS 1 through the MQTT client's outbox (:mod:`chargetwin.outbox`);
+presence and bridge status are retained so a late subscriber sees the current state.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from bridge.outbox import Outbox
 from bridge.times import now, parse_timestamp
+from chargetwin.mqtt import MqttClient
 from chargetwin.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,10 @@ CHARGE_POINT_FIELDS = {
 
 
 class Reporter:
-    """Builds the contract's topics and publishes through the outbox."""
+    """Builds the contract's topics and publishes (QoS 1, never lost) through ``mqtt``."""
 
-    def __init__(self, outbox: Outbox, topics: Topics, bridge_id: str) -> None:
-        self.outbox = outbox
+    def __init__(self, mqtt: MqttClient, topics: Topics, bridge_id: str) -> None:
+        self.mqtt = mqtt
         self.topics = topics
         self.bridge_id = bridge_id
 
@@ -55,17 +55,17 @@ class Reporter:
         message: dict[str, Any] = {"state": {"reported": dict(reported)}, "timestamp": at}
         if token is not None:
             message["clientToken"] = token
-        self.outbox.publish(self.topics.shadow(charger_id, "update"), message)
+        self.mqtt.publish(self.topics.shadow(charger_id, "update"), message)
 
     def telemetry(self, charger_id: str, kind: str, payload: Mapping[str, Any]) -> None:
-        self.outbox.publish(self.topics.telemetry(charger_id, kind), dict(payload))
+        self.mqtt.publish(self.topics.telemetry(charger_id, kind), dict(payload))
 
     def event(self, charger_id: str, kind: str, payload: Mapping[str, Any]) -> None:
-        self.outbox.publish(self.topics.events(charger_id, kind), dict(payload))
+        self.mqtt.publish(self.topics.events(charger_id, kind), dict(payload))
 
     def presence(self, charger_id: str, online: bool, since: float) -> None:
         """Retained presence plus ``connection`` in the shadow (the twin trusts both)."""
-        self.outbox.publish(
+        self.mqtt.publish(
             self.topics.presence(charger_id),
             {
                 "online": online,
@@ -82,10 +82,10 @@ class Reporter:
         )
 
     def command_result(self, charger_id: str, result: Mapping[str, Any]) -> None:
-        self.outbox.publish(f"{self.topics.command(charger_id)}/result", dict(result))
+        self.mqtt.publish(f"{self.topics.command(charger_id)}/result", dict(result))
 
     def bridge_status(self, online: bool) -> None:
-        self.outbox.publish(
+        self.mqtt.publish(
             self.topics.bridge_status(self.bridge_id),
             {"online": online, "since": now()},
             retain=True,

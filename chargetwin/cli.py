@@ -68,6 +68,37 @@ def build_parser() -> argparse.ArgumentParser:
         _add_settings_options(p)
         if name == "demo":
             p.add_argument("--chargers", type=int, default=20, help="simulated chargers")
+    sim = sub.add_parser(
+        "simulate",
+        help="run a simulated fleet of OCPP 1.6J chargers against a central system",
+        description="Run simulated OCPP 1.6J chargers (boots, sessions, meter values, faults, "
+        "firmware updates) against ws://HOST:PORT/ocpp.",
+    )
+    sim.add_argument(
+        "--url",
+        default="ws://127.0.0.1:9000/ocpp",
+        help="central system URL; the charger id is appended",
+    )
+    sim.add_argument("--chargers", type=int, default=10, help="how many chargers")
+    sim.add_argument("--id-prefix", default="SIM-", help="charger ids are PREFIX00001...")
+    sim.add_argument("--password", default=None, help="Basic-auth password of every charger")
+    sim.add_argument(
+        "--meter-interval",
+        type=int,
+        default=0,
+        help="seconds between MeterValues (0: 5-10 s per charger)",
+    )
+    sim.add_argument(
+        "--fault-rate", type=float, default=0.0, help="injected faults per charger per hour"
+    )
+    sim.add_argument(
+        "--ramp",
+        type=float,
+        default=0.0,
+        help="spread the first connections over this many seconds",
+    )
+    sim.add_argument("--seed", type=int, default=None, help="make the run reproducible")
+    sim.add_argument("--log-level", default="INFO")
     token = sub.add_parser("token", help="manage API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     create = token_sub.add_parser("create", help="create an API token and print it once")
@@ -95,6 +126,10 @@ def _settings_error(exc: ValidationError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "simulate":
+        from chargetwin import runner
+
+        return runner.simulate(args)
     try:
         settings = load_settings(args)
     except ValidationError as exc:

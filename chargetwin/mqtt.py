@@ -26,6 +26,8 @@ from gmqtt import Client as GmqttClient
 from gmqtt import Message
 from gmqtt.mqtt.constants import MQTTv311
 
+from chargetwin.outbox import Outbox
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], Awaitable[None]]
@@ -105,6 +107,7 @@ class MqttClient:
         will: tuple[str, Payload, bool] | None = None,
         keepalive: int = 30,
         reconnect_delay: float = 1.0,
+        outbox_limit: int = 10_000,
     ) -> None:
         self.address = BrokerAddress.parse(url)
         self.client_id = client_id
@@ -129,6 +132,8 @@ class MqttClient:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        self.outbox = Outbox(self._client, lambda: self.is_connected, limit=outbox_limit)
+        self.on_connect(self.outbox.flush)
         self._suback: dict[int, asyncio.Future[None]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -208,7 +213,21 @@ class MqttClient:
 
     # --- publishing ----------------------------------------------------------------------
     def publish(self, topic: str, payload: Payload, *, qos: int = 1, retain: bool = False) -> None:
-        self._client.publish(topic, encode(payload), qos=qos, retain=retain)
+        """QoS 1 (the default) goes through the outbox: held while the broker is away and
+        sent again if the broker never acknowledged it, so nothing published is lost."""
+        if qos == 1:
+            self.outbox.publish(topic, encode(payload), retain=retain)
+        else:
+            self._client.publish(topic, encode(payload), qos=qos, retain=retain)
+
+    @property
+    def waiting(self) -> int:
+        """QoS 1 messages the broker has not acknowledged yet."""
+        return self.outbox.waiting
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until the broker acknowledged everything published; False on timeout."""
+        return await self.outbox.drain(timeout)
 
     # --- gmqtt callbacks -------------------------------------------------------------------
     def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:

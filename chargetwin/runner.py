@@ -42,11 +42,39 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("amqtt", "transitions", "gmqtt", "websockets", "uvicorn.access"):
+    for noisy in (
+        "amqtt",
+        "transitions",
+        "gmqtt",
+        "websockets",
+        "uvicorn.access",
+        "ocpp",
+        "simulator.ocpp",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
-def _runners(command: str) -> list[tuple[str, Runner]]:
+DEMO_PASSWORD = "demo-charger-password"
+
+
+def _demo_fleet(chargers: int) -> Runner:
+    async def run_fleet(settings: Settings, stop: asyncio.Event) -> None:
+        from simulator import SimulatorOptions, run_simulator
+
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        options = SimulatorOptions(
+            url=f"ws://{host}:{settings.ocpp_port}/ocpp",
+            chargers=chargers,
+            password=DEMO_PASSWORD,
+            fault_rate_per_hour=2.0,
+            ramp_s=min(10.0, chargers / 20),
+        )
+        await run_simulator(options, stop)
+
+    return run_fleet
+
+
+def _runners(command: str, chargers: int = 0) -> list[tuple[str, Runner]]:
     """Start order of each command's components (stopped in reverse)."""
     from api.app import run_api
     from twin.app import run_twin
@@ -60,6 +88,8 @@ def _runners(command: str) -> list[tuple[str, Runner]]:
         from bridge.app import run_bridge
 
         out.append(("bridge", run_bridge))
+    if command == "demo" and chargers > 0:
+        out.append(("fleet", _demo_fleet(chargers)))
     return out
 
 
@@ -129,7 +159,7 @@ async def _main(settings: Settings, command: str, chargers: int) -> int:
     components: list[_Component] = []
     exit_code = 0
     try:
-        for name, runner in _runners(command):
+        for name, runner in _runners(command, chargers):
             stop = asyncio.Event()
             task = asyncio.create_task(runner(settings, stop), name=name)
             components.append(_Component(name, stop, task))
@@ -175,6 +205,32 @@ def _announce_demo(settings: Settings, token: str, chargers: int) -> None:
         "  Press Ctrl-C to stop.\n",
         flush=True,
     )
+
+
+def simulate(args: Any) -> int:
+    """``chargetwin simulate``: a fleet until Ctrl-C."""
+    from simulator import SimulatorOptions, run_simulator
+
+    configure_logging(str(args.log_level).upper())
+    options = SimulatorOptions(
+        url=args.url.rstrip("/"),
+        chargers=args.chargers,
+        id_prefix=args.id_prefix,
+        password=args.password,
+        meter_interval_s=args.meter_interval,
+        fault_rate_per_hour=args.fault_rate,
+        ramp_s=args.ramp,
+        seed=args.seed,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await run_simulator(options, stop)
+
+    asyncio.run(main())
+    return 0
 
 
 async def create_token(settings: Settings, role: str, name: str | None) -> int:

@@ -1,4 +1,3 @@
-# ruff: noqa: E402
 """Fixtures for the bridge tests: a real bridge, real Mosquitto, raw OCPP-J clients.
 
 The OCPP clients here are hand-written websocket frames, not our own code, so a test
@@ -12,20 +11,11 @@ import base64
 import json
 import logging
 import os
-import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-# The repository root first on sys.path: without it, ``tests/bridge`` (a folder without
-# __init__.py on the path pytest builds) shadows the ``bridge`` package as a namespace
-# package. TODO: ``pythonpath = ["."]`` in pyproject's pytest options makes this a no-op.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 import paho.mqtt.client as paho
 import pytest

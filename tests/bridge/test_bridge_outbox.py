@@ -103,7 +103,7 @@ async def test_meter_values_survive_a_broker_restart(
             timeout=15,
             what=f"every MeterValues message {sorted(set(range(total)) - received())}",
         )
-        assert bridge.outbox is not None and bridge.outbox.dropped == 0
+        assert bridge.mqtt is not None and bridge.mqtt.outbox.dropped == 0
     finally:
         if mosquitto.process is None:
             mosquitto.start()

@@ -14,9 +14,10 @@ The outbox therefore
 Delivery is at least once: a message may arrive twice around a reconnect. Both queues are
 bounded (``limit`` messages); past it the oldest are dropped and counted in ``dropped``.
 
-Following the in-flight store needs gmqtt's ``Client._persistent_storage`` behind
-``MqttClient._client``; when that is not there (a refactor), the outbox still holds what is
-published while disconnected and logs that in-flight tracking is off.
+Following the in-flight store needs gmqtt's ``Client._persistent_storage``; when a gmqtt
+release lacks it, the outbox still holds what is published while disconnected and logs
+that in-flight tracking is off. :class:`chargetwin.mqtt.MqttClient` owns one outbox and
+sends every QoS 1 message through it, so every component gets this for free.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-from chargetwin.mqtt import MqttClient, Payload, encode
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,13 @@ class OutgoingMessage:
 
 
 class Outbox:
-    """Publishes QoS 1 messages through ``mqtt`` and resends what the broker never acked."""
+    """Publishes QoS 1 messages through gmqtt and resends what the broker never acked."""
 
-    def __init__(self, mqtt: MqttClient, *, limit: int = 10_000) -> None:
-        self._mqtt = mqtt
+    def __init__(
+        self, gmqtt_client: Any, is_connected: Callable[[], bool], *, limit: int = 10_000
+    ) -> None:
+        self._client = gmqtt_client
+        self._is_connected = is_connected
         self._limit = limit
         self._pending: deque[OutgoingMessage] = deque()
         self._inflight: OrderedDict[int, OutgoingMessage] = OrderedDict()
@@ -53,13 +56,12 @@ class Outbox:
         self._acked = asyncio.Event()
         self.dropped = 0
         self.tracking = self._install_tracking()
-        mqtt.on_connect(self._flush)
 
     # --- public --------------------------------------------------------------------------
-    def publish(self, topic: str, payload: Payload, *, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Send now when connected and nothing is waiting; queue otherwise (order kept)."""
-        message = OutgoingMessage(topic, encode(payload), retain)
-        if self._mqtt.is_connected and not self._pending:
+        message = OutgoingMessage(topic, payload, retain)
+        if self._is_connected() and not self._pending:
             self._send(message)
         else:
             self._queue(message)
@@ -88,7 +90,7 @@ class Outbox:
     # --- sending -------------------------------------------------------------------------
     def _send(self, message: OutgoingMessage) -> None:
         self._last_mid = None
-        self._mqtt.publish(message.topic, message.payload, qos=1, retain=message.retain)
+        self._client.publish(message.topic, message.payload, qos=1, retain=message.retain)
         if self.tracking and self._last_mid is not None:
             self._inflight[self._last_mid] = message
             while len(self._inflight) > self._limit:
@@ -105,10 +107,10 @@ class Outbox:
                     "outbox full (%d messages): dropped %d oldest", self._limit, self.dropped
                 )
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
         """After every (re)connect: send what waited, in order, while the link holds."""
         sent = 0
-        while self._pending and self._mqtt.is_connected:
+        while self._pending and self._is_connected():
             self._send(self._pending.popleft())
             sent += 1
             if sent % _FLUSH_CHUNK == 0:
@@ -120,7 +122,7 @@ class Outbox:
 
     # --- following gmqtt's in-flight store -------------------------------------------------
     def _install_tracking(self) -> bool:
-        gmqtt_client: Any = getattr(self._mqtt, "_client", None)
+        gmqtt_client: Any = self._client
         storage: Any = getattr(gmqtt_client, "_persistent_storage", None)
         if storage is None or not hasattr(storage, "push_message"):
             log.warning(

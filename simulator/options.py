@@ -1,0 +1,117 @@
+"""Settings of a simulated fleet: where to connect, how many chargers, how they behave.
+
+One frozen dataclass, so a run is described by a value that tests, benchmarks and the CLI
+build the same way, and a seed makes the run reproducible.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["ChargerModel", "FaultScheduleEntry", "SessionTiming", "SimulatorOptions"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerModel:
+    """A vendor/model combination; a fleet mixes a few, as real networks do."""
+
+    vendor: str
+    model: str
+    firmware_version: str
+    connectors: int
+    max_power_w: float
+    phases: int
+
+
+DEFAULT_MODELS: tuple[ChargerModel, ...] = (
+    ChargerModel("ChargeTwin", "CT-AC22", "1.4.2", 2, 22_000.0, 3),
+    ChargerModel("Voltaro", "VX-11", "3.0.7", 1, 11_000.0, 3),
+    ChargerModel("Ampera", "HomeBox-7", "2.2.0", 1, 7_360.0, 1),
+    ChargerModel("Voltaro", "VX-22D", "3.1.0", 2, 22_000.0, 3),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTiming:
+    """When sessions start and how long they last, in wall-clock seconds.
+
+    The demo defaults compress a day: a session of 30-120 s with MeterValues every 5-10 s.
+    ``auto_sessions=False`` leaves connectors idle until a RemoteStartTransaction.
+    """
+
+    auto_sessions: bool = True
+    idle_s: tuple[float, float] = (20.0, 90.0)
+    duration_s: tuple[float, float] = (30.0, 120.0)
+    plug_delay_s: float = 1.0
+    unplug_delay_s: float = 2.0
+    # Simulated seconds per wall second for energy and state of charge, so a compressed
+    # demo session still delivers a plausible number of kWh.
+    time_scale: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class FaultScheduleEntry:
+    """Inject ``kind`` into charger ``index`` at ``at_s`` seconds after the fleet starts."""
+
+    at_s: float
+    index: int
+    kind: str
+    duration_s: float = 60.0
+    connector_id: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorOptions:
+    """Everything that shapes a simulated fleet.
+
+    ``url`` is the OCPP endpoint without the charger id (``ws://127.0.0.1:9000/ocpp``);
+    each charger connects to ``{url}/{id}`` with id ``{id_prefix}{i:05d}``. ``password`` is
+    one string for all, or a function of the charger id.
+    """
+
+    url: str = "ws://127.0.0.1:9000/ocpp"
+    chargers: int = 10
+    id_prefix: str = "SIM-"
+    first_index: int = 1
+    password: str | Callable[[str], str] | None = None
+    # MeterValueSampleInterval when the charger boots; 0 picks 5-10 s per charger.
+    meter_interval_s: int = 0
+    heartbeat_interval_s: int = 300
+    sessions: SessionTiming = field(default_factory=SessionTiming)
+    # Expected random faults per charger per hour (0 disables them).
+    fault_rate_per_hour: float = 0.0
+    fault_duration_s: tuple[float, float] = (30.0, 120.0)
+    fault_schedule: tuple[FaultScheduleEntry, ...] = ()
+    seed: int | None = None
+    # Chargers connect spread over this many seconds (0: all at once).
+    ramp_s: float = 0.0
+    models: tuple[ChargerModel, ...] = DEFAULT_MODELS
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    # A 401 at the upgrade is a configuration problem: retry slowly, not in a tight loop.
+    unauthorized_retry_s: float = 60.0
+    boot_retry_s: float = 30.0
+    reboot_delay_s: float = 1.0
+    response_timeout_s: float = 30.0
+    open_timeout_s: float = 10.0
+    firmware_install_s: float = 2.0
+    # Received calls kept per charger for tests and inspection (bounded: memory stays small).
+    keep_received: int = 32
+    # Log "connected n/N" every this fraction of the fleet while it starts.
+    progress_step: float = 0.1
+
+    def charger_id(self, index: int) -> str:
+        return f"{self.id_prefix}{index:05d}"
+
+    def password_for(self, charger_id: str) -> str | None:
+        if callable(self.password):
+            return self.password(charger_id)
+        return self.password
+
+    def rng(self, charger_id: str) -> random.Random:
+        """A generator per charger, so one charger's behaviour does not depend on N."""
+        if self.seed is None:
+            return random.Random()
+        return random.Random(f"{self.seed}:{charger_id}")

@@ -1,0 +1,261 @@
+"""Connectors and the charging sessions that run on them.
+
+A session walks the states of OCPP 1.6 section 4.9 (StatusNotification) in the order of
+the transaction flow of sections 4.1, 4.8 and 4.10: Preparing, Authorize, StartTransaction,
+Charging with MeterValues (section 4.7) every MeterValueSampleInterval, StopTransaction
+with its transactionData, Finishing, then Available once the cable is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from ocpp.v16 import call
+from ocpp.v16.enums import (
+    AuthorizationStatus,
+    ChargePointErrorCode,
+    ChargePointStatus,
+    ReadingContext,
+    Reason,
+)
+
+from simulator.meters import Meter, utc_now
+
+if TYPE_CHECKING:
+    from simulator.chargers import SimulatedCharger
+
+__all__ = ["Connector", "run_session", "stop_transaction"]
+
+# Faults that take a connector out of service (status Faulted, section 4.9); others only
+# set the errorCode and leave the status as it is.
+FAULTED_BY = frozenset({ChargePointErrorCode.high_temperature, ChargePointErrorCode.ground_failure})
+
+
+class Connector:
+    """One connector's state; the reported status is derived from it, never stored twice.
+
+    Connector 0 stands for the charger as a whole (section 4.9): it never has a session.
+    """
+
+    __slots__ = (
+        "begin_sample",
+        "fault",
+        "id",
+        "id_tag",
+        "inoperative_scheduled",
+        "meter",
+        "meter_failed",
+        "operative",
+        "phase",
+        "stop",
+        "stop_reason",
+        "stuck",
+        "transaction_id",
+    )
+
+    def __init__(self, connector_id: int, meter: Meter) -> None:
+        self.id = connector_id
+        self.meter = meter
+        self.phase = ChargePointStatus.available
+        self.operative = True
+        self.inoperative_scheduled = False
+        self.fault: ChargePointErrorCode | None = None
+        self.stuck = False
+        self.meter_failed = False
+        self.transaction_id: int | None = None
+        self.id_tag: str | None = None
+        self.begin_sample: dict[str, Any] | None = None
+        self.stop: asyncio.Event | None = None
+        self.stop_reason = Reason.local
+
+    @property
+    def status(self) -> ChargePointStatus:
+        if self.fault in FAULTED_BY:
+            return ChargePointStatus.faulted
+        if not self.operative and self.phase == ChargePointStatus.available:
+            return ChargePointStatus.unavailable
+        return self.phase
+
+    @property
+    def error_code(self) -> ChargePointErrorCode:
+        if self.fault is not None:
+            return self.fault
+        if self.stuck:
+            return ChargePointErrorCode.connector_lock_failure
+        if self.meter_failed:
+            return ChargePointErrorCode.power_meter_failure
+        return ChargePointErrorCode.no_error
+
+    @property
+    def busy(self) -> bool:
+        """A session holds the connector (from Preparing until the cable is unplugged)."""
+        return self.phase != ChargePointStatus.available or self.transaction_id is not None
+
+    @property
+    def in_session(self) -> bool:
+        """A session task runs on this connector, or a transaction is still open."""
+        return self.stop is not None or self.transaction_id is not None
+
+    def can_start(self) -> bool:
+        return (
+            self.id > 0
+            and not self.busy
+            and self.operative
+            and self.fault is None
+            and not self.stuck
+            and not self.inoperative_scheduled
+        )
+
+    def request_stop(self, reason: Reason) -> bool:
+        """Ask the running session to end; False when there is none."""
+        if self.stop is None or self.stop.is_set():
+            return False
+        self.stop_reason = reason
+        self.stop.set()
+        return True
+
+
+async def run_session(
+    charger: SimulatedCharger, connector: Connector, id_tag: str, *, authorize: bool
+) -> None:
+    """One session from plug-in to unplug; the caller has checked ``can_start()``."""
+    timing = charger.options.sessions
+    stop = connector.stop = asyncio.Event()
+    connector.stop_reason = Reason.local
+    connector.phase = ChargePointStatus.preparing
+    await charger.send_status(connector)
+    charged = False
+    try:
+        await _wait(stop, timing.plug_delay_s)
+        if authorize and not stop.is_set():
+            answer = await charger.call(call.Authorize(id_tag=id_tag))
+            if answer.id_tag_info["status"] != AuthorizationStatus.accepted:
+                charger.log.info("%s: idTag %s not accepted", charger.id, id_tag)
+                stop.set()
+        if not stop.is_set():
+            charged = True
+            await _charge(charger, connector, id_tag, stop)
+    finally:
+        connector.stop = None
+    if charged:
+        connector.phase = ChargePointStatus.finishing
+        await charger.send_status(connector)
+    # Without a transaction the driver just unplugs: Preparing goes back to Available.
+    await finish(charger, connector)
+
+
+async def finish(charger: SimulatedCharger, connector: Connector) -> None:
+    """Unplug after Finishing, unless the connector is stuck (it stays in Finishing)."""
+    if connector.stuck:
+        return
+    await asyncio.sleep(charger.options.sessions.unplug_delay_s)
+    if connector.stuck:
+        return
+    connector.phase = ChargePointStatus.available
+    if connector.inoperative_scheduled:
+        # Section 5.2: a change that was Scheduled takes effect when the transaction ends.
+        connector.inoperative_scheduled = False
+        connector.operative = False
+    await charger.send_status(connector)
+
+
+async def _charge(
+    charger: SimulatedCharger, connector: Connector, id_tag: str, stop: asyncio.Event
+) -> None:
+    meter = connector.meter
+    meter.plug_in(charger.rng)
+    started = await charger.call(
+        call.StartTransaction(
+            connector_id=connector.id,
+            id_tag=id_tag,
+            meter_start=meter.register_wh,
+            timestamp=utc_now(),
+        )
+    )
+    connector.transaction_id = int(started.transaction_id)
+    connector.id_tag = id_tag
+    charger.sessions_started += 1
+    connector.begin_sample = meter.sample(
+        charger.config.items("StopTxnSampledData"), ReadingContext.transaction_begin
+    )
+    if started.id_tag_info["status"] != AuthorizationStatus.accepted:
+        # Section 4.8: with StopTransactionOnInvalidId the charger stops at once.
+        await stop_transaction(charger, connector, Reason.de_authorized)
+        return
+    connector.phase = ChargePointStatus.charging
+    await charger.send_status(connector)
+    loop = asyncio.get_running_loop()
+    timing = charger.options.sessions
+    deadline = loop.time() + charger.rng.uniform(*timing.duration_s)
+    last = loop.time()
+    while not stop.is_set():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            connector.stop_reason = Reason.ev_disconnected
+            break
+        interval = charger.config.integer("MeterValueSampleInterval")
+        await _wait(stop, min(interval, remaining) if interval > 0 else remaining)
+        now = loop.time()
+        meter.advance((now - last) * timing.time_scale, charger.rng, charging=True)
+        last = now
+        if not stop.is_set():
+            await send_meter_values(charger, connector, ReadingContext.sample_periodic)
+    await stop_transaction(charger, connector, connector.stop_reason)
+
+
+async def send_meter_values(
+    charger: SimulatedCharger, connector: Connector, context: ReadingContext
+) -> None:
+    """MeterValues.req (section 4.7); a failed power meter (PowerMeterFailure) sends none."""
+    if connector.meter_failed:
+        return
+    sample = connector.meter.sample(charger.config.items("MeterValuesSampledData"), context)
+    await charger.call(
+        call.MeterValues(
+            connector_id=connector.id,
+            meter_value=[sample],
+            transaction_id=connector.transaction_id,
+        )
+    )
+
+
+async def stop_transaction(charger: SimulatedCharger, connector: Connector, reason: Reason) -> None:
+    """StopTransaction.req (section 4.10) with the begin and end samples as transactionData."""
+    transaction_id = connector.transaction_id
+    if transaction_id is None:
+        return
+    end = connector.meter.sample(
+        charger.config.items("StopTxnSampledData"), ReadingContext.transaction_end
+    )
+    data = [s for s in (connector.begin_sample, end) if s is not None]
+    connector.meter.power_w = 0.0
+    await charger.call(
+        call.StopTransaction(
+            meter_stop=connector.meter.register_wh,
+            timestamp=utc_now(),
+            transaction_id=transaction_id,
+            reason=reason,
+            id_tag=connector.id_tag,
+            transaction_data=data,
+        )
+    )
+    connector.transaction_id = None
+    connector.id_tag = None
+    connector.begin_sample = None
+    charger.sessions_completed += 1
+    charger.log.info(
+        "%s: transaction %s on connector %s stopped (%s)",
+        charger.id,
+        transaction_id,
+        connector.id,
+        reason,
+    )
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds`` or until ``event`` is set, whichever comes first."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
