@@ -55,6 +55,10 @@ class ShadowClient:
     async def get(self, charger_id: str) -> dict[str, Any]:
         return await self._request(charger_id, "get", {})
 
+    async def delete(self, charger_id: str) -> dict[str, Any]:
+        """Delete the shadow; answers ``{"version", "timestamp"}`` or raises (404: none)."""
+        return await self._request(charger_id, "delete", {})
+
     async def _request(
         self, charger_id: str, operation: str, request: dict[str, Any]
     ) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def _new_future() -> asyncio.Future[None]:
 @dataclass
 class _Job:
     charger_id: str
-    kind: str  # "update" | "get"
+    kind: str  # "update" | "get" | "delete"
     update: UpdateRequest | None
     client_token: str | None
     done: asyncio.Future[None] = field(default_factory=_new_future)
@@ -110,6 +110,7 @@ class ShadowService:
         t = self._topics
         self._mqtt.subscribe(shared(t.all_shadow_requests("update"), self._group), self._on_update)
         self._mqtt.subscribe(shared(t.all_shadow_requests("get"), self._group), self._on_get)
+        self._mqtt.subscribe(shared(t.all_shadow_requests("delete"), self._group), self._on_delete)
         # Presence is retained and low-volume: every worker sees all of it, but only the
         # one holding the shared subscription writes; the rest just learn dead bridges.
         self._mqtt.subscribe(shared(t.all_presence(), self._group), self._on_presence)
@@ -126,6 +127,7 @@ class ShadowService:
         for topic_filter in (
             shared(t.all_shadow_requests("update"), self._group),
             shared(t.all_shadow_requests("get"), self._group),
+            shared(t.all_shadow_requests("delete"), self._group),
             shared(t.all_presence(), self._group),
             t.all_bridge_status(),
         ):
@@ -150,14 +152,21 @@ class ShadowService:
         await self._submit(_Job(charger_id, "update", request, request.client_token))
 
     async def _on_get(self, topic: str, payload: bytes) -> None:
+        await self._on_plain_request("get", topic, payload)
+
+    async def _on_delete(self, topic: str, payload: bytes) -> None:
+        await self._on_plain_request("delete", topic, payload)
+
+    async def _on_plain_request(self, kind: str, topic: str, payload: bytes) -> None:
+        """``get`` and ``delete`` carry nothing but an optional clientToken."""
         charger_id = self._topics.charger_id_of(topic)
         try:
             token = client_token_of(parse_json_object(payload, self._limits))
             _check_id(charger_id, token)
         except ShadowError as exc:
-            self._reject(charger_id, "get", exc)
+            self._reject(charger_id, kind, exc)
             return
-        await self._submit(_Job(charger_id, "get", None, token))
+        await self._submit(_Job(charger_id, kind, None, token))
 
     async def _on_presence(self, topic: str, payload: bytes) -> None:
         charger_id = self._topics.charger_id_of(topic)
@@ -242,7 +251,8 @@ class ShadowService:
             for orig, cur in working.values()
             if cur is not None and cur is not orig
         ]
-        saved = await self._save(changed)
+        deleted = [orig for orig, cur in working.values() if orig is not None and cur is None]
+        saved = await self._save(changed, deleted)
         retry = {cid for cid, ok in saved.items() if not ok}
         for outcome in outcomes:
             job = outcome.job
@@ -267,15 +277,23 @@ class ShadowService:
             if not job.done.done():
                 job.done.set_result(None)
 
-    async def _save(self, docs: list[tuple[ShadowDocument, int]]) -> dict[str, bool]:
-        if not docs:
+    async def _save(
+        self, docs: list[tuple[ShadowDocument, int]], deleted: list[ShadowDocument]
+    ) -> dict[str, bool]:
+        """Write the batch in one transaction; per charger, whether its write won."""
+        if not docs and not deleted:
             return {}
-        results = await self._store.save_many(docs)
+        saves, deletes = await self._store.save_many(
+            docs, deletes=[(doc.charger_id, doc.version) for doc in deleted]
+        )
         out = {}
-        for (doc, _), ok in zip(docs, results, strict=True):
+        for (doc, _), ok in zip(docs, saves, strict=True):
             out[doc.charger_id] = ok
             if ok:
                 self._remember(doc)
+        for doc, ok in zip(deleted, deletes, strict=True):
+            out[doc.charger_id] = ok
+            self._cache.pop(doc.charger_id, None)
         return out
 
     async def _current(self, charger_id: str, working: _Working) -> ShadowDocument | None:
@@ -294,6 +312,15 @@ class ShadowService:
         doc = await self._current(cid, working)
         if doc is None and not await self._registry.exists(cid):
             raise ShadowError(404, f"charger {cid!r} is not registered")
+        if job.kind == "delete":
+            if doc is None:
+                raise ShadowError(404, f"no shadow for charger {cid!r}")
+            working[cid] = (working[cid][0], None)
+            log.info("charger %s: shadow deleted at version %d", cid, doc.version)
+            answer = {"version": doc.version, "timestamp": self._clock()}
+            return _Outcome(
+                job, [(t.shadow(cid, "delete", "accepted"), _with_token(answer, job.client_token))]
+            )
         if job.kind == "get":
             if doc is None:
                 raise ShadowError(404, f"no shadow for charger {cid!r} yet")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,14 +134,24 @@ class ShadowStore:
         )
 
     async def save_many(
-        self, docs: builtins.list[tuple[ShadowDocument, int]]
-    ) -> builtins.list[bool]:
-        """Save ``(document, version it was read at)`` pairs in one transaction.
+        self,
+        docs: builtins.list[tuple[ShadowDocument, int]],
+        *,
+        deletes: Sequence[tuple[str, int]] = (),
+    ) -> tuple[builtins.list[bool], builtins.list[bool]]:
+        """Save ``(document, version it was read at)`` pairs and delete ``(charger id,
+        version)`` pairs in one transaction.
 
         Returns, per pair, whether it was written (False: someone else wrote first).
         """
-        counts = await self.db.execute_batch([_save_statement(doc, v) for doc, v in docs])
-        return [count == 1 for count in counts]
+        statements = [_save_statement(doc, v) for doc, v in docs]
+        statements += [
+            ("DELETE FROM shadows WHERE charger_id = ? AND version = ?", (cid, v))
+            for cid, v in deletes
+        ]
+        counts = await self.db.execute_batch(statements)
+        ok = [count == 1 for count in counts]
+        return ok[: len(docs)], ok[len(docs) :]
 
     async def get_document(self, charger_id: str) -> dict[str, Any] | None:
         """The public document, as stored (no merge state)."""

@@ -6,6 +6,7 @@ version 0. Query parameters use the same camelCase names as the JSON fields.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response, status
@@ -14,8 +15,11 @@ from api.auth import Admin, Viewer
 from api.backends import Backend, get_backend
 from api.models import ChargerCreate, ChargerOut, ChargerPage
 from api.problems import Problem, problem_responses
+from chargetwin.shadow_client import ShadowRequestError
 from twin.registry import Charger, ChargerExistsError, ChargerNotFoundError
 from twin.stores import ShadowFilter, ShadowSummary
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/chargers", tags=["chargers"])
 
@@ -167,7 +171,8 @@ async def get_charger(charger_id: str, backend: BackendDep, _: Viewer) -> Charge
     "/{charger_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Unregister a charger",
-    description="Admin. The charger can no longer connect. Its shadow is kept by the twin.",
+    description="Admin. The charger can no longer connect, and its shadow is deleted. "
+    "The charger's history (sessions, telemetry, audit log) is kept.",
     responses=problem_responses(401, 403, 404),
 )
 async def delete_charger(charger_id: str, backend: BackendDep, _: Admin) -> Response:
@@ -177,4 +182,13 @@ async def delete_charger(charger_id: str, backend: BackendDep, _: Admin) -> Resp
         raise Problem(
             404, f"charger {charger_id!r} is not registered", kind="charger-not-found"
         ) from exc
+    try:
+        await backend.shadow_client.delete(charger_id)
+    except ShadowRequestError as exc:
+        # 404: it never had a shadow. Anything else: the registration is gone already, so
+        # the charger cannot connect; say the shadow is left for the operator to retry.
+        if exc.code != 404:
+            log.warning(
+                "charger %s unregistered, but its shadow was not deleted: %s", charger_id, exc
+            )
     return Response(status_code=status.HTTP_204_NO_CONTENT)

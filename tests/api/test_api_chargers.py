@@ -147,10 +147,25 @@ async def test_a_charger_joins_registry_and_shadow_summary(
 
 
 async def test_deleting_a_charger_unregisters_it(
-    client: httpx.AsyncClient, auth: Headers, register: Register, backend: Backend
+    client: httpx.AsyncClient, auth: Headers, register: Register, backend: Backend, twin: object
 ) -> None:
     await register("CP-1")
     assert (await client.delete("/api/v1/chargers/CP-1", headers=auth("admin"))).status_code == 204
     assert_problem(await client.get("/api/v1/chargers/CP-1", headers=auth("viewer")), 404)
     assert_problem(await client.delete("/api/v1/chargers/CP-1", headers=auth("admin")), 404)
     assert not await backend.registry.exists("CP-1")
+
+
+async def test_deleting_a_charger_deletes_its_shadow(
+    client: httpx.AsyncClient, auth: Headers, register: Register, backend: Backend, twin: object
+) -> None:
+    await register("CP-2")
+    answer = await client.patch(
+        "/api/v1/chargers/CP-2/shadow/desired",
+        json={"config": {"HeartbeatInterval": "60"}},
+        headers=auth("operator"),
+    )
+    assert answer.status_code == 200, answer.text
+    assert await backend.shadows.get_document("CP-2") is not None
+    assert (await client.delete("/api/v1/chargers/CP-2", headers=auth("admin"))).status_code == 204
+    assert await backend.shadows.get_document("CP-2") is None

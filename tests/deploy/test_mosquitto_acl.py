@@ -87,10 +87,13 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
             "chargetwin/chargers/+/shadow/update/documents",
             "chargetwin/chargers/+/shadow/get/accepted",
             "chargetwin/chargers/+/shadow/get/rejected",
+            "chargetwin/chargers/+/shadow/delete/accepted",
+            "chargetwin/chargers/+/shadow/delete/rejected",
         ),
         "read": (
             "chargetwin/chargers/+/shadow/update",
             "chargetwin/chargers/+/shadow/get",
+            "chargetwin/chargers/+/shadow/delete",
             "chargetwin/chargers/+/presence",
             "chargetwin/bridges/+/status",
         ),
@@ -115,9 +118,12 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "write": (
             "chargetwin/chargers/+/shadow/update",
             "chargetwin/chargers/+/shadow/get",
+            "chargetwin/chargers/+/shadow/delete",
             "chargetwin/chargers/+/commands",
         ),
         "read": (
+            "chargetwin/chargers/+/shadow/delete/accepted",
+            "chargetwin/chargers/+/shadow/delete/rejected",
             "chargetwin/chargers/+/shadow/update/accepted",
             "chargetwin/chargers/+/shadow/update/rejected",
             "chargetwin/chargers/+/shadow/get/accepted",
@@ -147,8 +153,11 @@ PROBE_TOPICS = (
     "chargetwin/chargers/{id}/commands/result",
     "chargetwin/bridges/{id}/status",
     "chargetwin/alerts/{id}/raised",
-    # granted to nobody
     "chargetwin/chargers/{id}/shadow/delete",
+    "chargetwin/chargers/{id}/shadow/delete/accepted",
+    "chargetwin/chargers/{id}/shadow/delete/rejected",
+    # granted to nobody
+    "chargetwin/chargers/{id}/shadow/delete/extra",
     "chargetwin/chargers/{id}/shadow/update/delta/extra",
     "chargetwin/chargers/{id}/commands/result/extra",
     "chargetwin/chargers/{id}",
@@ -591,6 +600,8 @@ FLOWS = [
         f"$share/rules/{C}/+/shadow/update/documents",
     ),
     ("twin", f"{C}/ID/shadow/get/accepted", "api", f"{C}/+/shadow/get/accepted"),
+    ("api", f"{C}/ID/shadow/delete", "twin", f"$share/twin/{C}/+/shadow/delete"),
+    ("twin", f"{C}/ID/shadow/delete/accepted", "api", f"{C}/+/shadow/delete/accepted"),
     ("twin", f"{C}/ID/shadow/get/rejected", "bridge", f"{C}/+/shadow/get/rejected"),
     ("bridge", f"{C}/ID/telemetry/meter-values", "rules", f"$share/rules/{C}/+/telemetry/#"),
     ("bridge", f"{C}/ID/events/boot-notification", "rules", f"$share/rules/{C}/+/events/#"),

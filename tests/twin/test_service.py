@@ -252,3 +252,18 @@ async def test_chargers_of_a_dead_bridge_go_offline(twin: Twin) -> None:
     await twin.probe.publish(twin.topics.bridge_status("b-dead"), {"online": False})
     docs = await twin.probe.expect(twin.shadow("CP-1") + "/documents")
     assert docs["current"]["state"]["reported"]["connection"]["online"] is False
+
+
+async def test_delete_removes_the_shadow(twin: Twin) -> None:
+    topic = twin.shadow("CP-1")
+    await twin.probe.request(topic, {"state": {"reported": {"a": 1}}})
+    await twin.probe.request(topic, {"state": {"reported": {"a": 2}}})
+    result, answer = await twin.probe.request(twin.shadow("CP-1", "delete"), {})
+    assert (result, answer["version"]) == ("accepted", 2)
+    result, answer = await twin.probe.request(twin.shadow("CP-1", "get"), {})
+    assert (result, answer["code"]) == ("rejected", 404)
+    result, answer = await twin.probe.request(twin.shadow("CP-1", "delete"), {})
+    assert (result, answer["code"]) == ("rejected", 404)
+    # A registered charger starts a fresh document afterwards.
+    result, answer = await twin.probe.request(topic, {"state": {"reported": {"b": 1}}})
+    assert (result, answer["version"]) == ("accepted", 1)
