@@ -75,14 +75,18 @@ def _demo_fleet(chargers: int) -> Runner:
 
 
 def _runners(command: str, chargers: int = 0) -> list[tuple[str, Runner]]:
-    """Start order of each command's components (stopped in reverse)."""
-    from api.app import run_api
-    from twin.app import run_twin
+    """Start order of each command's components (stopped in reverse).
 
+    Imports are per component: ``chargetwin twin`` never loads the API or the bridge.
+    """
     out: list[tuple[str, Runner]] = []
     if command in ("up", "demo", "twin"):
+        from twin.app import run_twin
+
         out.append(("twin", run_twin))
     if command in ("up", "demo", "api"):
+        from api.app import run_api
+
         out.append(("api", run_api))
     if command in ("up", "demo", "bridge"):
         from bridge.app import run_bridge

@@ -18,13 +18,18 @@ from paho.mqtt.enums import CallbackAPIVersion
 class MqttProbe:
     """Subscribe, publish and wait for messages from async tests."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, *, client_id: str | None = None, clean_session: bool = True
+    ) -> None:
+        """``clean_session=False`` with a ``client_id`` keeps subscriptions across restarts."""
         parts = urlsplit(url)
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"probe-{uuid.uuid4().hex[:8]}",
+            client_id=client_id or f"probe-{uuid.uuid4().hex[:8]}",
             protocol=paho.MQTTv311,
+            clean_session=clean_session,
         )
+        self._client.reconnect_delay_set(min_delay=0.2, max_delay=1)
         if parts.username:
             self._client.username_pw_set(parts.username, parts.password)
         self._messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
@@ -90,6 +95,19 @@ class MqttProbe:
             f"no message on {topic} matching {match} in {timeout} s; "
             f"saw {[t for t, _ in self.seen][-10:]}"
         )
+
+    async def collect(
+        self, prefix: str, count: int, timeout: float = 10.0
+    ) -> list[tuple[str, bytes]]:
+        """Wait until ``count`` messages whose topic starts with ``prefix`` have arrived."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while not self._messages.empty():
+                self.seen.append(self._messages.get_nowait())
+            hits = [(t, p) for t, p in self.seen if t.startswith(prefix)]
+            if len(hits) >= count or time.monotonic() > deadline:
+                return hits
+            await asyncio.sleep(0.02)
 
     async def silent(self, topic: str, wait: float = 0.3) -> None:
         """Assert nothing arrives on ``topic`` for ``wait`` seconds."""

@@ -63,9 +63,21 @@ def test_bad_environment_is_refused_too(
 
 def test_token_create_prints_a_token_the_api_accepts(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "chargetwin.cli", "token", "create", "--role", "operator",
-         "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, check=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "chargetwin.cli",
+            "token",
+            "create",
+            "--role",
+            "operator",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     ).stdout.strip()
     assert out.startswith("ct_") and len(out) > 30
 
