@@ -77,6 +77,15 @@ class Section:
     # Leaves counted at the last tombstone scan; see prune_tombstones.
     leaf_count: int = 0
 
+    def snapshot(self) -> tuple[dict[Path, Write], float, int]:
+        """What :meth:`rollback` needs: a shallow copy of the writes (cheap, no state)."""
+        return dict(self.writes), self.newest, self.leaf_count
+
+    def rollback(self, snapshot: tuple[dict[Path, Write], float, int]) -> None:
+        """Undo everything applied since ``snapshot``: the state is a replay of the writes."""
+        self.writes, _, self.leaf_count = snapshot
+        self.replay()
+
     def clone(self) -> Section:
         return Section(
             _clone(self.state),
@@ -238,9 +247,68 @@ def delta_metadata(delta_state: dict[str, JSON], metadata: dict[str, JSON]) -> d
     return out
 
 
+def _dumps(value: JSON) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedDocument:
+    """One version of a document as JSON text.
+
+    Why: every accepted update sends the previous and the current document (``documents``
+    topic) and stores the current one; encoding each version once, and reusing the previous
+    version's text, saves most of the twin's JSON work.
+    """
+
+    version: int
+    state: str  # {"reported":...,"desired":...}
+    metadata: str
+    delta: dict[str, JSON]
+    timestamp: float
+
+    @classmethod
+    def of(cls, doc: ShadowDocument) -> EncodedDocument:
+        return cls(
+            version=doc.version,
+            state=_dumps({"reported": doc.reported, "desired": doc.desired}),
+            metadata=_dumps({name: s.metadata for name, s in doc.sections.items()}),
+            delta=doc.delta(),
+            timestamp=doc.timestamp,
+        )
+
+    def state_bytes(self) -> int:
+        return len(self.state.encode())
+
+    def versioned(self) -> str:
+        """``{"state", "metadata", "version"}`` as the ``documents`` topic carries them."""
+        return f'{{"state":{self.state},"metadata":{self.metadata},"version":{self.version}}}'
+
+    def public(self) -> str:
+        """The whole document as ``shadow/get`` and the store have it (delta included)."""
+        state = self.state
+        if self.delta:
+            state = f'{state[:-1]},"delta":{_dumps(self.delta)}}}'
+        return (
+            f'{{"state":{state},"metadata":{self.metadata},"version":{self.version},'
+            f'"timestamp":{_dumps(self.timestamp)}}}'
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentSnapshot:
+    version: int
+    timestamp: float
+    sections: dict[str, tuple[dict[Path, Write], float, int]]
+    encoded: EncodedDocument | None
+
+
 @dataclass
 class ShadowDocument:
-    """A charger's whole shadow; mutate only through :meth:`apply` on a :meth:`clone`."""
+    """A charger's whole shadow.
+
+    :meth:`apply` changes it in place; take a :meth:`snapshot` first to be able to
+    :meth:`rollback` an update that turns out invalid (too large, bad desired state).
+    """
 
     charger_id: str
     version: int = 0
@@ -248,6 +316,7 @@ class ShadowDocument:
     sections: dict[str, Section] = field(
         default_factory=lambda: {name: Section() for name in SECTIONS}
     )
+    _encoded: EncodedDocument | None = field(default=None, repr=False, compare=False)
 
     @property
     def reported(self) -> dict[str, JSON]:
@@ -277,6 +346,27 @@ class ShadowDocument:
 
     def delta(self) -> dict[str, JSON]:
         return delta(self.desired, self.reported)
+
+    def snapshot(self) -> DocumentSnapshot:
+        return DocumentSnapshot(
+            self.version,
+            self.timestamp,
+            {n: s.snapshot() for n, s in self.sections.items()},
+            self._encoded,
+        )
+
+    def rollback(self, snapshot: DocumentSnapshot) -> None:
+        self.version, self.timestamp = snapshot.version, snapshot.timestamp
+        for name, section in self.sections.items():
+            section.rollback(snapshot.sections[name])
+        self._encoded = snapshot.encoded
+
+    def encoded(self) -> EncodedDocument:
+        """The document as JSON text, encoded once per version and shared by every
+        message and the store (see :class:`EncodedDocument`)."""
+        if self._encoded is None or self._encoded.version != self.version:
+            self._encoded = EncodedDocument.of(self)
+        return self._encoded
 
     def state_bytes(self) -> int:
         """Size of reported + desired as compact JSON, the figure the size limit applies to."""

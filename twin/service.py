@@ -65,8 +65,21 @@ class _Job:
     attempts: int = 0
 
 
-# Per charger in a batch: (document as loaded, document after the batch's updates).
-_Working = dict[str, tuple[ShadowDocument | None, ShadowDocument | None]]
+@dataclass
+class _Entry:
+    """A charger's document within one batch (changed in place; see ShadowDocument)."""
+
+    doc: ShadowDocument | None
+    read_version: int  # the version the store holds; the save is conditional on it
+    dirty: bool = False
+    deleted: bool = False
+
+
+_Working = dict[str, _Entry]
+
+
+# A topic and its payload: a dict to encode, or JSON text already encoded.
+_Message = tuple[str, dict[str, Any] | bytes]
 
 
 @dataclass
@@ -74,7 +87,7 @@ class _Outcome:
     """What one job produced, published after the batch is durable."""
 
     job: _Job
-    messages: list[tuple[str, dict[str, Any]]]
+    messages: list[_Message]
 
 
 class ShadowService:
@@ -246,13 +259,13 @@ class ShadowService:
             except ShadowError as exc:
                 exc.client_token = job.client_token
                 outcomes.append(_Outcome(job, [self._rejection(job, exc)]))
-        changed = [
-            (cur, orig.version if orig else 0)
-            for orig, cur in working.values()
-            if cur is not None and cur is not orig
-        ]
-        deleted = [orig for orig, cur in working.values() if orig is not None and cur is None]
-        saved = await self._save(changed, deleted)
+        try:
+            saved = await self._save(working)
+        except BaseException:
+            # The cached documents were changed in place: forget them, the store is right.
+            for charger_id in working:
+                self._cache.pop(charger_id, None)
+            raise
         retry = {cid for cid, ok in saved.items() if not ok}
         for outcome in outcomes:
             job = outcome.job
@@ -277,34 +290,39 @@ class ShadowService:
             if not job.done.done():
                 job.done.set_result(None)
 
-    async def _save(
-        self, docs: list[tuple[ShadowDocument, int]], deleted: list[ShadowDocument]
-    ) -> dict[str, bool]:
+    async def _save(self, working: _Working) -> dict[str, bool]:
         """Write the batch in one transaction; per charger, whether its write won."""
-        if not docs and not deleted:
+        saves = [
+            (e.doc, e.read_version)
+            for e in working.values()
+            if e.dirty and not e.deleted and e.doc is not None
+        ]
+        deletes = [(cid, e.read_version) for cid, e in working.items() if e.deleted]
+        if not saves and not deletes:
             return {}
-        saves, deletes = await self._store.save_many(
-            docs, deletes=[(doc.charger_id, doc.version) for doc in deleted]
-        )
+        saved, removed = await self._store.save_many(saves, deletes=deletes)
         out = {}
-        for (doc, _), ok in zip(docs, saves, strict=True):
+        for (doc, _), ok in zip(saves, saved, strict=True):
             out[doc.charger_id] = ok
             if ok:
                 self._remember(doc)
-        for doc, ok in zip(deleted, deletes, strict=True):
-            out[doc.charger_id] = ok
-            self._cache.pop(doc.charger_id, None)
+            else:
+                self._cache.pop(doc.charger_id, None)
+        for (charger_id, _), ok in zip(deletes, removed, strict=True):
+            out[charger_id] = ok
+            self._cache.pop(charger_id, None)
         return out
 
     async def _current(self, charger_id: str, working: _Working) -> ShadowDocument | None:
-        if charger_id in working:
-            return working[charger_id][1]
+        entry = working.get(charger_id)
+        if entry is not None:
+            return None if entry.deleted else entry.doc
         doc = self._cache.get(charger_id)
         if doc is None:
             doc = await self._store.load(charger_id)
             if doc is not None:
                 self._remember(doc)
-        working[charger_id] = (doc, doc)
+        working[charger_id] = _Entry(doc, doc.version if doc else 0)
         return doc
 
     async def _handle(self, job: _Job, working: _Working) -> _Outcome:
@@ -315,7 +333,7 @@ class ShadowService:
         if job.kind == "delete":
             if doc is None:
                 raise ShadowError(404, f"no shadow for charger {cid!r}")
-            working[cid] = (working[cid][0], None)
+            working[cid].deleted = True
             log.info("charger %s: shadow deleted at version %d", cid, doc.version)
             answer = {"version": doc.version, "timestamp": self._clock()}
             return _Outcome(
@@ -343,48 +361,56 @@ class ShadowService:
                 f"{current.version}, the request expected {request.version}",
             )
         now = self._clock()
-        new = current.clone()
-        if not new.apply(request.state, request.timestamp):
-            messages = [(t.shadow(cid, "update", "accepted"), self._accepted(request, current))]
+        previous = current.encoded() if doc is not None else None
+        snapshot = current.snapshot()
+        if not current.apply(request.state, request.timestamp):
+            unchanged: list[_Message] = [
+                (t.shadow(cid, "update", "accepted"), self._accepted(request, current))
+            ]
             if job.resend_delta:
-                messages += self._delta_message(current, None)
-            return _Outcome(job, messages)
-        if new.state_bytes() > self._limits.max_document_bytes:
-            raise ShadowError(
-                413, f"the shadow would exceed {self._limits.max_document_bytes} bytes"
-            )
-        if "desired" in request.state:
-            errors = desired_errors(new.desired)
-            if errors:
+                unchanged += self._delta_message(current, None)
+            return _Outcome(job, unchanged)
+        current.version += 1
+        current.timestamp = now
+        encoded = current.encoded()
+        try:
+            if encoded.state_bytes() > self._limits.max_document_bytes:
                 raise ShadowError(
-                    422,
-                    "invalid desired state: "
-                    + "; ".join(f"{pointer}: {message}" for pointer, message in errors[:10]),
+                    413, f"the shadow would exceed {self._limits.max_document_bytes} bytes"
                 )
-        for section in new.sections.values():
+            if "desired" in request.state:
+                errors = desired_errors(current.desired)
+                if errors:
+                    raise ShadowError(
+                        422,
+                        "invalid desired state: "
+                        + "; ".join(f"{pointer}: {message}" for pointer, message in errors[:10]),
+                    )
+        except ShadowError:
+            current.rollback(snapshot)
+            raise
+        for section in current.sections.values():
             section.prune_tombstones(now - _TOMBSTONE_HORIZON)
-        new.version = current.version + 1
-        new.timestamp = now
-        working[cid] = (working[cid][0], new)
+        entry = working[cid]
+        entry.doc, entry.dirty = current, True
         self.updates_accepted += 1
-        messages = [
-            (t.shadow(cid, "update", "accepted"), self._accepted(request, new)),
-            (
-                t.shadow(cid, "update", "documents"),
-                _with_token(
-                    {
-                        "previous": current.to_versioned_state() if doc is not None else None,
-                        "current": new.to_versioned_state(),
-                        "timestamp": now,
-                    },
-                    request.client_token,
-                ),
-            ),
+        documents = (
+            f'{{"previous":{previous.versioned() if previous else "null"},'
+            f'"current":{encoded.versioned()},"timestamp":{json.dumps(now)}'
+            + (
+                f',"clientToken":{json.dumps(request.client_token)}}}'
+                if request.client_token is not None
+                else "}"
+            )
+        )
+        messages: list[_Message] = [
+            (t.shadow(cid, "update", "accepted"), self._accepted(request, current)),
+            (t.shadow(cid, "update", "documents"), documents.encode()),
         ]
-        old_delta = current.delta()
-        new_delta = new.delta()
+        new_delta = encoded.delta
+        old_delta = previous.delta if previous is not None else {}
         if new_delta and ("desired" in request.state or new_delta != old_delta or job.resend_delta):
-            messages += self._delta_message(new, request.client_token)
+            messages += self._delta_message(current, request.client_token)
         return _Outcome(job, messages)
 
     # --- messages ------------------------------------------------------------------------
@@ -399,9 +425,7 @@ class ShadowService:
             request.client_token,
         )
 
-    def _delta_message(
-        self, doc: ShadowDocument, token: str | None
-    ) -> list[tuple[str, dict[str, Any]]]:
+    def _delta_message(self, doc: ShadowDocument, token: str | None) -> list[_Message]:
         d = doc.delta()
         if not d:
             return []
@@ -420,7 +444,7 @@ class ShadowService:
             )
         ]
 
-    def _rejection(self, job: _Job, error: ShadowError) -> tuple[str, dict[str, Any]]:
+    def _rejection(self, job: _Job, error: ShadowError) -> _Message:
         if error.code >= 500:
             log.error("charger %s: %s refused: %s", job.charger_id, job.kind, error.message)
         else:

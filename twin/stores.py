@@ -99,7 +99,7 @@ def _summary_columns(doc: ShadowDocument) -> tuple[bool, Any, Any, Any, bool, st
         _text(point.get("vendor")),
         _text(point.get("model")),
         _text(firmware.get("version")),
-        bool(doc.delta()),
+        bool(doc.encoded().delta),
         statuses,
     )
 
@@ -203,7 +203,7 @@ class ShadowStore:
 
 
 def _save_statement(doc: ShadowDocument, read_version: int) -> tuple[str, tuple[Any, ...]]:
-    document = json.dumps(doc.to_public(), separators=(",", ":"), ensure_ascii=False)
+    document = doc.encoded().public()
     writes = json.dumps(doc.writes_to_json(), separators=(",", ":"), ensure_ascii=False)
     columns = _summary_columns(doc)
     if read_version == 0:

@@ -267,3 +267,18 @@ async def test_delete_removes_the_shadow(twin: Twin) -> None:
     # A registered charger starts a fresh document afterwards.
     result, answer = await twin.probe.request(topic, {"state": {"reported": {"b": 1}}})
     assert (result, answer["version"]) == ("accepted", 1)
+
+
+async def test_a_refused_update_leaves_the_document_as_it_was(small_twin: Twin) -> None:
+    topic = small_twin.shadow("CP-1")
+    await small_twin.probe.request(topic, {"state": {"desired": {"config": {"A": "1"}}}})
+    _, before = await small_twin.probe.request(small_twin.shadow("CP-1", "get"), {})
+    for bad in (
+        {"state": {"desired": {"config": {"A": None, "B": 5}}}},  # 422
+        {"state": {"reported": {"blob": "x" * 3000}, "desired": {"config": {"A": "2"}}}},  # 413
+    ):
+        result, answer = await small_twin.probe.request(topic, bad)
+        assert result == "rejected", answer
+    _, after = await small_twin.probe.request(small_twin.shadow("CP-1", "get"), {})
+    before.pop("clientToken"), after.pop("clientToken")
+    assert after == before
