@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 from chargetwin.database import connect
 from chargetwin.mqtt import MqttClient, client_id_for
@@ -34,12 +35,10 @@ async def run_twin(settings: Settings, stop: asyncio.Event) -> None:
         await store.create_schema()
         await registry.create_schema()
         # A stable client id and a persistent session: requests published while the twin
-        # restarts wait in the broker instead of being lost.
-        mqtt = MqttClient(
-            settings.broker_url,
-            client_id_for("twin", settings.mqtt_client_id or "chargetwin"),
-            clean_session=False,
-        )
+        # restarts wait in the broker instead of being lost. The host name keeps workers on
+        # different hosts (containers) apart; several on one host need --mqtt-client-id.
+        base = settings.mqtt_client_id or f"chargetwin-{socket.gethostname()}"
+        mqtt = MqttClient(settings.broker_url, client_id_for("twin", base), clean_session=False)
         service = ShadowService(
             mqtt,
             store,
