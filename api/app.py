@@ -17,9 +17,23 @@ import uvicorn
 from fastapi import APIRouter, FastAPI
 
 from api.backends import Backend, open_backend
+from api.diagnostics import MAX_UPLOAD_BYTES
 from api.limits import MAX_BODY_BYTES, BodySizeLimitMiddleware
 from api.problems import install_problem_handlers, problems_only
-from api.routes import audit, chargers, health, shadows, tokens
+from api.routes import (
+    alerts,
+    audit,
+    chargers,
+    commands,
+    dashboard,
+    diagnostics,
+    firmware,
+    health,
+    id_tags,
+    rules,
+    shadows,
+    tokens,
+)
 from api.routes.health import VERSION
 from chargetwin.database import Database
 from chargetwin.mqtt import MqttClient
@@ -46,6 +60,10 @@ Operate a fleet of EV chargers through their digital twins.
 TAGS = [
     {"name": "chargers", "description": "Registered chargers and their shadow summaries."},
     {"name": "shadows", "description": "Shadow documents and desired-state changes."},
+    {"name": "commands", "description": "Remote operations on one connected charger."},
+    {"name": "firmware", "description": "The firmware catalog and image downloads."},
+    {"name": "diagnostics", "description": "Diagnostics uploads from chargers."},
+    {"name": "id tags", "description": "The idTags chargers authorize against."},
     {"name": "audit", "description": "Who changed what, and how it ended."},
     {"name": "tokens", "description": "API tokens and their roles (admin)."},
     {"name": "health", "description": "Liveness of the API and its dependencies."},
@@ -77,9 +95,21 @@ def create_app(backend: Backend) -> FastAPI:
     api = APIRouter(prefix=API_PREFIX)
     for module in (chargers, shadows, audit, tokens, health):
         api.include_router(module.router)
+    for module in (commands, firmware, diagnostics, id_tags):
+        api.include_router(module.router)
+    api.include_router(alerts.router)
+    api.include_router(rules.router)
     app.include_router(api)
+    app.include_router(dashboard.router)
     install_problem_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, limit=MAX_BODY_BYTES)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        limit=MAX_BODY_BYTES,
+        routes={
+            f"{API_PREFIX}/firmware": firmware.MAX_FIRMWARE_BYTES + 64 * 1024,
+            f"{API_PREFIX}/diagnostics/uploads/": MAX_UPLOAD_BYTES + 64 * 1024,
+        },
+    )
     return app
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import Request
 from pydantic import SecretStr
 
 from api.audit import AuditLog
+from api.operations import DEFAULT_PUBLIC_URL, Operations
 from api.tokens import TokenStore
 from chargetwin.database import Database, connect
 from chargetwin.mqtt import MqttClient, client_id_for
@@ -35,6 +37,7 @@ class Backend:
     tokens: TokenStore
     audit: AuditLog
     admin_token: SecretStr | None = None
+    operations: Operations | None = None  # firmware, commands, diagnostics, id tags
 
     @classmethod
     def build(
@@ -45,6 +48,9 @@ class Backend:
         *,
         admin_token: SecretStr | None = None,
         twin_timeout: float = 5.0,
+        data_dir: Path = Path("./data"),
+        public_url: str = DEFAULT_PUBLIC_URL,
+        command_timeout: float = 35.0,
     ) -> Backend:
         return cls(
             db=db,
@@ -55,6 +61,14 @@ class Backend:
             tokens=TokenStore(db),
             audit=AuditLog(db),
             admin_token=admin_token,
+            operations=Operations.build(
+                db,
+                mqtt,
+                topics,
+                data_dir=data_dir,
+                public_url=public_url,
+                command_timeout=command_timeout,
+            ),
         )
 
     async def create_schema(self) -> None:
@@ -63,6 +77,8 @@ class Backend:
         await self.shadows.create_schema()
         await self.tokens.create_schema()
         await self.audit.create_schema()
+        if self.operations is not None:
+            await self.operations.create_schema()
 
 
 @contextlib.asynccontextmanager
@@ -81,7 +97,13 @@ async def open_backend(
             await mqtt.connect()
             stack.push_async_callback(mqtt.disconnect)
         backend = Backend.build(
-            db, mqtt, Topics(settings.mqtt_prefix), admin_token=settings.admin_token
+            db,
+            mqtt,
+            Topics(settings.mqtt_prefix),
+            admin_token=settings.admin_token,
+            data_dir=settings.data_dir,
+            public_url=settings.api_public_url,
+            command_timeout=settings.command_timeout,
         )
         await backend.create_schema()
         yield backend

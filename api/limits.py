@@ -7,6 +7,8 @@ with 413 whether it declares a ``Content-Length`` or streams chunks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import Problem, problem_response
@@ -19,24 +21,32 @@ def _too_large(limit: int) -> Problem:
 
 
 class BodySizeLimitMiddleware:
-    """Answer 413 for bodies above ``limit`` bytes (declared or counted while streaming)."""
+    """Answer 413 for bodies above ``limit`` bytes (declared or counted while streaming).
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+    ``routes`` maps path prefixes to their own limits (file uploads); the first match wins.
+    """
+
+    def __init__(
+        self, app: ASGIApp, limit: int = MAX_BODY_BYTES, routes: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
-        self.limit = limit
+        self.default = limit
+        self.routes = dict(routes or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = str(scope.get("path", ""))
+        limit = next((n for p, n in self.routes.items() if path.startswith(p)), self.default)
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
-                if declared > self.limit:
-                    response = problem_response(_too_large(self.limit), scope.get("path"))
+                if declared > limit:
+                    response = problem_response(_too_large(limit), scope.get("path"))
                     await response(scope, receive, send)
                     return
         received = 0
@@ -46,9 +56,9 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     # Raised inside the route's body read, so the Problem handler answers.
-                    raise _too_large(self.limit)
+                    raise _too_large(limit)
             return message
 
         await self.app(scope, counting_receive, send)

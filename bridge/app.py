@@ -7,27 +7,33 @@ bound ``port`` when port 0 is asked for).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from bridge.connections import ConnectionOptions
+from bridge.firmwares import FirmwareSupport
 from bridge.handlers import Services
 from bridge.limits import FloodLimit
 from bridge.reports import Reporter
 from bridge.server import OcppServer, ServerOptions
 from bridge.stores import IdTagStore, TransactionStore
+from bridge.tls import TlsFiles, server_context
 from chargetwin.database import Database, connect
 from chargetwin.mqtt import MqttClient, client_id_for
 from chargetwin.settings import Settings
 from chargetwin.topics import Topics
+from twin.catalog import FirmwareCatalog
 from twin.registry import ChargerRegistry
+from twin.stores import ShadowStore
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class BridgeOptions:
-    """Bridge knobs that :class:`~chargetwin.settings.Settings` does not (yet) carry.
+    """Every bridge knob; :meth:`from_settings` takes the operator's from ``Settings``.
 
     Defaults are the production values; tests shorten the timeouts.
     """
@@ -46,6 +52,30 @@ class BridgeOptions:
     outbox_limit: int = 10_000
     mqtt_reconnect_delay: float = 1.0
     drain_timeout: float = 5.0  # at stop, wait this long for the broker's PUBACKs
+    firmware_retries: int = 3  # UpdateFirmware retries / retryInterval (OCPP 1.6 5.19)
+    firmware_retry_interval: int = 60
+    tls: TlsFiles | None = None  # None: plain ws:// (security profile 1)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> BridgeOptions:
+        """The knobs an operator sets (``--ocpp-*``), then ``overrides`` on top."""
+        tls = None
+        if settings.ocpp_tls_cert is not None and settings.ocpp_tls_key is not None:
+            tls = TlsFiles(
+                settings.ocpp_tls_cert, settings.ocpp_tls_key, settings.ocpp_tls_client_ca
+            )
+        options = cls(
+            # 0 switches websockets' keepalive off (None in its API).
+            ping_interval=settings.ocpp_ping_interval or None,
+            ping_timeout=settings.ocpp_ping_timeout or None,
+            max_size=settings.ocpp_max_frame_bytes,
+            flood=dataclasses.replace(
+                FloodLimit(), rate=settings.ocpp_flood_rate, burst=settings.ocpp_flood_burst
+            ),
+            command_timeout=settings.ocpp_command_timeout,
+            tls=tls,
+        )
+        return dataclasses.replace(options, **overrides)
 
 
 class Bridge:
@@ -53,7 +83,7 @@ class Bridge:
 
     def __init__(self, settings: Settings, options: BridgeOptions | None = None) -> None:
         self.settings = settings
-        self.options = options or BridgeOptions()
+        self.options = options or BridgeOptions.from_settings(settings)
         self.topics = Topics(settings.mqtt_prefix)
         self.client_id = client_id_for("bridge", settings.mqtt_client_id)
         self.bridge_id = self.options.bridge_id or self.client_id
@@ -72,6 +102,7 @@ class Bridge:
     async def start(self) -> None:
         """Open the database, connect MQTT with a last will, start serving chargers."""
         options = self.options
+        ssl_context = server_context(options.tls) if options.tls is not None else None
         self.db = connect(self.settings.database_target)
         await self.db.open()
         registry = ChargerRegistry(self.db)
@@ -80,6 +111,10 @@ class Bridge:
         await registry.create_schema()
         await transactions.create_schema()
         await id_tags.create_schema()
+        catalog = FirmwareCatalog(self.db)
+        shadows = ShadowStore(self.db)
+        await catalog.create_schema()
+        await shadows.create_schema()
 
         status_topic = self.topics.bridge_status(self.bridge_id)
         self.mqtt = MqttClient(
@@ -100,6 +135,13 @@ class Bridge:
             id_tags=id_tags,
             heartbeat_interval=options.heartbeat_interval,
             data_transfer_vendors=options.data_transfer_vendors,
+            firmware=FirmwareSupport(
+                catalog,
+                shadows,
+                self.settings.api_public_url,
+                retries=options.firmware_retries,
+                retry_interval=options.firmware_retry_interval,
+            ),
         )
         self.server = OcppServer(
             self.services,
@@ -111,6 +153,7 @@ class Bridge:
                 max_size=options.max_size,
                 close_timeout=options.close_timeout,
                 auto_register=self.settings.auto_register,
+                ssl=ssl_context,
             ),
             ConnectionOptions(
                 call_timeout=options.call_timeout,
@@ -150,7 +193,10 @@ class Bridge:
 async def run_bridge(
     settings: Settings, stop: asyncio.Event, options: BridgeOptions | None = None
 ) -> None:
-    """Serve chargers until ``stop`` is set, then close their sockets and publish offline."""
+    """Serve chargers until ``stop`` is set, then close their sockets and publish offline.
+
+    Without ``options`` every knob comes from ``settings`` (the CLI's ``--ocpp-*``).
+    """
     bridge = Bridge(settings, options)
     try:
         await bridge.start()

@@ -58,7 +58,9 @@ class ChargerConnection:
         self.handler = ChargePointHandler(
             charger_id, websocket, services, self, call_timeout=options.call_timeout
         )
-        self.reconciler = Reconciler(charger_id, self.handler.request, services.reporter)
+        self.reconciler = Reconciler(
+            charger_id, self.handler.request, services.reporter, services.firmware
+        )
         self.commands = CommandRunner(
             charger_id,
             self.handler.request,
@@ -98,7 +100,13 @@ class ChargerConnection:
 
     # --- events from the handler (ConnectionEvents) -------------------------------------------
     def booted(self) -> None:
+        if self.reconciler.firmware is not None and self.handler.charge_point is not None:
+            self.reconciler.firmware.booted(self.handler.charge_point)
         self.tasks.spawn(self._after_boot(), "configuration")
+
+    def firmware_status(self, status: str) -> None:
+        if self.reconciler.firmware is not None:
+            self.reconciler.firmware.status(status)
 
     def availability_seen(self, connector: str, value: str) -> None:
         self.reconciler.observe("availability", connector, value)

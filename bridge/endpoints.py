@@ -13,6 +13,16 @@ schemas. This class changes three things it does differently from what we need:
 - Outgoing calls use one map of futures keyed by unique id, cleaned up in ``finally``, and
   raise :mod:`bridge.errors` exceptions; the library's response queue would hand a late
   answer to the next call. One call is outstanding at a time (OCPP-J 1.6 section 4.1.1).
+
+And it adds a fast path for the frequent messages (MeterValues, StatusNotification,
+Heartbeat): the library validates every payload with ``jsonschema`` in a thread-pool round
+trip, converts keys to snake_case and back, and validates its own answer, which cost more
+than everything else the bridge does per frame. A payload that :func:`compile_schema`'s
+check (built from the library's own 1.6 schema) proves valid goes to a ``fast_handlers``
+entry that answers with a ready-made payload; anything else, valid or not, takes the
+library's path, so every malformed frame still gets the library's exact CALLERROR. The
+bridge's own calls (GetConfiguration after every boot, reconciliation, commands) and their
+answers are validated the same way: the fast check first, the library when it says no.
 """
 
 from __future__ import annotations
@@ -21,9 +31,11 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
+from functools import cache
 from typing import Any
 
+from ocpp.charge_point import LOGGER
 from ocpp.exceptions import (
     FormationViolationError,
     FormatViolationError,
@@ -32,7 +44,16 @@ from ocpp.exceptions import (
     OccurrenceConstraintViolationError,
     OCPPError,
 )
-from ocpp.messages import Call, CallError, CallResult, MessageType, unpack, validate_payload
+from ocpp.messages import (
+    Call,
+    CallError,
+    CallResult,
+    MessageType,
+    get_validator,
+    unpack,
+    validate_payload,
+)
+from ocpp.routing import create_route_map
 from ocpp.v16 import ChargePoint
 from websockets.exceptions import ConnectionClosed
 
@@ -47,6 +68,98 @@ from bridge.errors import (
 log = logging.getLogger(__name__)
 
 UNREADABLE_ID = "-1"
+
+Check = Callable[[Any], bool]
+# A fast handler gets the camelCase payload (proven valid) and returns the camelCase answer.
+FastHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+_IGNORED_KEYWORDS = frozenset({"$schema", "id", "title", "description", "format"})
+
+
+def compile_schema(schema: Mapping[str, Any]) -> Check | None:
+    """A predicate that is True only for instances the JSON schema accepts.
+
+    Covers the draft-04 subset the OCPP 1.6 schemas use (type, properties, required,
+    additionalProperties false, items, minItems, enum, maxLength); None when the schema
+    uses anything else. It may say False for a valid instance (a float where an integer
+    is due): such instances go to the library, which decides. ``format`` is not checked,
+    as the library's validator does not check it either.
+    """
+    kind = schema.get("type")
+    known = {"type", "properties", "required", "additionalProperties", "items"}
+    known |= {"minItems", "enum", "maxLength"}
+    if set(schema) - _IGNORED_KEYWORDS - known:
+        return None
+    if kind == "object":
+        properties: dict[str, Check] = {}
+        for name, sub in schema.get("properties", {}).items():
+            check = compile_schema(sub)
+            if check is None:
+                return None
+            properties[name] = check
+        required = tuple(schema.get("required", ()))
+        if schema.get("additionalProperties", True) is not False:
+            return None  # every OCPP 1.6 object closes itself; keep the check simple
+
+        def check_object(value: Any) -> bool:
+            if type(value) is not dict:
+                return False
+            for name in required:
+                if name not in value:
+                    return False
+            for name, item in value.items():
+                check = properties.get(name)
+                if check is None or not check(item):
+                    return False
+            return True
+
+        return check_object
+    if kind == "array":
+        items = compile_schema(schema.get("items", {"type": "object"}))
+        if items is None or not isinstance(schema.get("items"), dict):
+            return None
+        least = int(schema.get("minItems", 0))
+
+        def check_array(value: Any) -> bool:
+            if type(value) is not list or len(value) < least:
+                return False
+            return all(items(item) for item in value)
+
+        return check_array
+    if kind == "string":
+        enum = frozenset(schema["enum"]) if "enum" in schema else None
+        longest = schema.get("maxLength")
+
+        def check_string(value: Any) -> bool:
+            if type(value) is not str:
+                return False
+            if enum is not None and value not in enum:
+                return False
+            return longest is None or len(value) <= longest
+
+        return check_string
+    if set(schema) & {"enum", "maxLength", "minItems"}:
+        return None
+    if kind == "integer":
+        return lambda value: type(value) is int
+    if kind == "number":
+        return lambda value: type(value) is int or type(value) is float
+    if kind == "boolean":
+        return lambda value: type(value) is bool
+    return None
+
+
+@cache
+def fast_check(action: str, message_type: int = MessageType.Call) -> Check | None:
+    """The compiled check of the library's 1.6 schema for a CALL or CALLRESULT payload."""
+    schema = get_validator(message_type, action, "1.6").schema
+    return compile_schema(schema)
+
+
+async def validate(message: Call | CallResult) -> None:
+    """The library's ``validate_payload``, skipped when the fast check proves it valid."""
+    check = fast_check(message.action, message.message_type_id)
+    if check is None or not check(message.payload):
+        await validate_payload(message, "1.6")
 
 
 def unique_id_of(raw: str | bytes) -> str:
@@ -71,11 +184,41 @@ def for_ocpp16(error: OCPPError) -> OCPPError:
     return type(error)(description=error.description, details=details)
 
 
+_ROUTES: dict[type, dict[str, dict[str, Any]]] = {}
+_BOUND = ("_on_action", "_after_action")
+
+
+def _bound_routes(endpoint: Any) -> dict[str, dict[str, Any]]:
+    """``create_route_map(endpoint)``, from a per-class template bound to ``endpoint``."""
+    cls = type(endpoint)
+    template = _ROUTES.get(cls)
+    if template is None:
+        template = _ROUTES[cls] = create_route_map(cls)
+    return {
+        action: {
+            key: value.__get__(endpoint, cls) if key in _BOUND else value
+            for key, value in entry.items()
+        }
+        for action, entry in template.items()
+    }
+
+
 class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type information
     """One charger's OCPP-J 1.6 session: inbound routing and outbound calls."""
 
     def __init__(self, charger_id: str, connection: Any, *, call_timeout: float = 30.0) -> None:
-        super().__init__(charger_id, connection, response_timeout=call_timeout)
+        # ChargePoint.__init__ without its create_route_map(self), which probes every @on
+        # name of every class in the process with getattr (a third of the CPU of accepting
+        # a charger); the route map is built once per class and bound here instead.
+        # tests/bridge/test_bridge_settings_fast_checks.py checks we set what it sets.
+        self.id = charger_id
+        self._response_timeout = call_timeout
+        self._connection = connection
+        self.route_map = _bound_routes(self)
+        self._call_lock = asyncio.Lock()
+        self._response_queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._unique_id_generator = uuid.uuid4
+        self.logger = LOGGER
         self.charger_id = charger_id
         self.call_timeout = call_timeout
         self._pending: dict[str, asyncio.Future[CallResult | CallError]] = {}
@@ -83,6 +226,8 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
         # Work that must start only once the CALLRESULT is on the wire (e.g. GetConfiguration
         # after BootNotification), queued by handlers and run by route_message.
         self._after_response: list[Callable[[], None]] = []
+        # Actions answered without the library's routing (see the module docstring).
+        self.fast_handlers: dict[str, FastHandler] = {}
 
     # --- inbound -------------------------------------------------------------------------
     async def route_message(self, raw_msg: str | bytes, admitted: bool = True) -> None:
@@ -130,6 +275,15 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
             )
             await self._send_error(msg.unique_id, error)
             return
+        fast = self.fast_handlers.get(msg.action)
+        if fast is not None:
+            check = fast_check(msg.action)
+            if check is not None and check(msg.payload):
+                if await self._route_fast(msg, fast):
+                    self._run_after_response()
+                else:
+                    self._after_response.clear()
+                return
         try:
             await self._handle_call(msg)
         except OCPPError as error:
@@ -144,9 +298,25 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
             await self._send_error(msg.unique_id, for_ocpp16(error))
             self._after_response.clear()
             return
+        self._run_after_response()
+
+    def _run_after_response(self) -> None:
         hooks, self._after_response = self._after_response, []
         for hook in hooks:
             hook()
+
+    async def _route_fast(self, msg: Call, fast: FastHandler) -> bool:
+        """Answer a proven-valid CALL through its fast handler; False if it failed."""
+        try:
+            answer = await fast(msg.payload)
+        except Exception:
+            # As the library does for a failing handler: InternalError, and a log line.
+            log.exception("%s: %s %s failed", self.charger_id, msg.action, msg.unique_id)
+            await self._send(msg.create_call_error(Exception()).to_json())
+            return False
+        frame = [MessageType.CallResult, msg.unique_id, answer]
+        await self._connection.send(json.dumps(frame, separators=(",", ":")))
+        return True
 
     async def _send_error(self, unique_id: str, error: OCPPError) -> None:
         frame = CallError(unique_id, error.code, error.description, error.details)
@@ -169,7 +339,7 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
         """
         call = Call(unique_id=str(uuid.uuid4()), action=action, payload=payload)
         try:
-            await validate_payload(call, self._ocpp_version)
+            await validate(call)
         except OCPPError as error:
             cause = error.details.get("cause", error.description)
             raise InvalidCallError(f"{action}: {error.code}: {cause}") from error
@@ -191,7 +361,7 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
             )
         answer.action = action
         try:
-            await validate_payload(answer, self._ocpp_version)
+            await validate(answer)
         except OCPPError as error:
             cause = error.details.get("cause", error.description)
             raise InvalidResponseError(f"{action}: invalid answer: {cause}") from error

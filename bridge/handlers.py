@@ -15,11 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
 
+from ocpp.charge_point import camel_to_snake_case
 from ocpp.routing import on as ocpp_on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
 from bridge.endpoints import OcppEndpoint
+from bridge.firmwares import FirmwareSupport
 from bridge.reports import Reporter, charge_point_of, meter_value_messages
 from bridge.stores import IdTagStore, TransactionStore
 from bridge.times import iso_time, now, parse_timestamp
@@ -52,6 +54,9 @@ class ConnectionEvents(Protocol):
     def availability_seen(self, connector: str, value: str) -> None:
         """A StatusNotification revealed a connector's availability."""
 
+    def firmware_status(self, status: str) -> None:
+        """A (Signed)FirmwareStatusNotification arrived (firmware reconciliation follows it)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Services:
@@ -62,6 +67,7 @@ class Services:
     id_tags: IdTagStore
     heartbeat_interval: int = 300
     data_transfer_vendors: frozenset[str] = field(default_factory=frozenset)
+    firmware: FirmwareSupport | None = None  # None: firmware deltas are not acted on
 
 
 class ChargePointHandler(OcppEndpoint):
@@ -81,12 +87,59 @@ class ChargePointHandler(OcppEndpoint):
         self.events = events
         self._reporter = services.reporter
         self._statuses: dict[int, str] = {}
+        self.fast_handlers.update(
+            BootNotification=self._fast_boot_notification,
+            Heartbeat=self._fast_heartbeat,
+            StatusNotification=self._fast_status_notification,
+            MeterValues=self._fast_meter_values,
+        )
+
+    # --- the fast path: camelCase payloads already proven valid (bridge.endpoints) ---------
+    async def _fast_boot_notification(self, payload: dict[str, Any]) -> dict[str, Any]:
+        # Every field is a top-level string: camelCase -> snake_case is the whole mapping.
+        answer = await self.on_boot_notification(**camel_to_snake_case(payload))
+        return {
+            "currentTime": answer.current_time,
+            "interval": answer.interval,
+            "status": answer.status,
+        }
+
+    async def _fast_heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"currentTime": iso_time()}
+
+    async def _fast_status_notification(self, payload: dict[str, Any]) -> dict[str, Any]:
+        await self.on_status_notification(
+            connector_id=payload["connectorId"],
+            error_code=payload["errorCode"],
+            status=payload["status"],
+            timestamp=payload.get("timestamp"),
+            info=payload.get("info"),
+            vendor_id=payload.get("vendorId"),
+            vendor_error_code=payload.get("vendorErrorCode"),
+        )
+        return {}
+
+    async def _fast_meter_values(self, payload: dict[str, Any]) -> dict[str, Any]:
+        # The handler takes the library's snake_case shape; only one key differs.
+        meter_values = [
+            {"timestamp": value.get("timestamp"), "sampled_value": value["sampledValue"]}
+            for value in payload["meterValue"]
+        ]
+        await self.on_meter_values(
+            connector_id=payload["connectorId"],
+            meter_value=meter_values,
+            transaction_id=payload.get("transactionId"),
+        )
+        return {}
+        # The BootNotification of this connection, as reported (vendor, model, firmware...).
+        self.charge_point: dict[str, Any] | None = None
 
     # --- core: registration and liveness ----------------------------------------------------
     @on(Action.boot_notification)
     async def on_boot_notification(self, **boot: Any) -> call_result.BootNotification:
         at = now()
         charge_point = charge_point_of(boot)
+        self.charge_point = charge_point
         reported: dict[str, Any] = {"chargePoint": charge_point, "rebootRequired": None}
         if "firmwareVersion" in charge_point:
             reported["firmware"] = {"version": charge_point["firmwareVersion"]}
@@ -349,6 +402,7 @@ class ChargePointHandler(OcppEndpoint):
             event["requestId"] = request_id
         self._reporter.event(self.charger_id, "firmware", event)
         log.info("%s: firmware status %s", self.charger_id, status)
+        self.events.firmware_status(status)
 
 
 def _availability_of(status: str) -> str | None:

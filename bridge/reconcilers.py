@@ -26,6 +26,7 @@ from bridge.errors import (
     InvalidCallError,
     InvalidResponseError,
 )
+from bridge.firmwares import FirmwareReconciler, FirmwareSupport
 from bridge.reports import Reporter
 from bridge.times import now
 
@@ -48,13 +49,23 @@ def config_text(value: Any) -> str | None:
 
 
 class Reconciler:
-    """Applies one charger's config and availability delta, one run at a time."""
+    """Applies one charger's config, availability and firmware delta, one run at a time."""
 
-    def __init__(self, charger_id: str, request: Request, reporter: Reporter) -> None:
+    def __init__(
+        self,
+        charger_id: str,
+        request: Request,
+        reporter: Reporter,
+        firmware: FirmwareSupport | None = None,
+    ) -> None:
         self.charger_id = charger_id
         self._request = request
         self._reporter = reporter
         self._delta: dict[str, Any] = {}
+        self._metadata: dict[str, Any] = {}
+        self.firmware = (
+            FirmwareReconciler(charger_id, request, reporter, firmware) if firmware else None
+        )
         self._wake = asyncio.Event()
         # What the charger has (from GetConfiguration, StatusNotification, accepted calls).
         self._known: dict[tuple[str, str], str] = {}
@@ -71,6 +82,8 @@ class Reconciler:
             log.warning("%s: delta without a state object ignored", self.charger_id)
             return
         self._delta = state
+        metadata = message.get("metadata")
+        self._metadata = metadata if isinstance(metadata, dict) else {}
         self._wake.set()
 
     def poke(self) -> None:
@@ -106,11 +119,19 @@ class Reconciler:
         if isinstance(availability, dict):
             for connector, value in availability.items():
                 await self._apply_availability(str(connector), value)
-        if "firmware" in self._delta and not self._firmware_noted:
-            # TODO(firmware): UpdateFirmware needs the location from the firmware catalog,
-            # which is not there yet; until then a firmware delta is only logged.
-            self._firmware_noted = True
-            log.info("%s: firmware delta left for the firmware catalog", self.charger_id)
+        firmware = self._delta.get("firmware")
+        if isinstance(firmware, dict) and isinstance(firmware.get("version"), str):
+            if self.firmware is not None:
+                await self.firmware.reconcile(firmware["version"], self._firmware_asked_at())
+            elif not self._firmware_noted:
+                self._firmware_noted = True
+                log.info("%s: firmware delta ignored: no firmware catalog", self.charger_id)
+
+    def _firmware_asked_at(self) -> float:
+        """When the operator last wrote ``desired.firmware.version`` (delta metadata)."""
+        leaf = (self._metadata.get("firmware") or {}).get("version")
+        stamp = leaf.get("timestamp") if isinstance(leaf, dict) else None
+        return float(stamp) if isinstance(stamp, int | float) else 0.0
 
     def _settled(self, section: str, key: str, value: str) -> bool:
         leaf = (section, key)

@@ -5,11 +5,24 @@ At the upgrade (``process_request``) it checks, in order: the path ``/ocpp/{char
 client offers ``ocpp1.6``, OCPP-J 1.6 section 3.1.2), and HTTP Basic credentials with the
 charger id as user (OCPP 1.6 security profile 1; 401 with ``WWW-Authenticate: Basic`` for
 missing credentials, an unknown charger or a wrong password, unless auto-registration
-lets an unknown charger in).
+lets an unknown charger in). Over TLS (``ssl`` set) the same is security profile 2. When
+the TLS context requires client certificates (profile 3, :mod:`bridge.tls`) the
+certificate replaces Basic auth: its subject CN must be the charger id, and the id must be
+registered (or auto-registration on); either failure answers 403, since no HTTP
+credentials could fix it.
 
 A second connection for the same id replaces the first: the old socket is closed and its
-teardown finished before the new one subscribes and announces presence, so the old one
-never publishes "offline" over the new one's "online".
+teardown finished before the new one announces presence, so the old one never publishes
+"offline" over the new one's "online".
+
+Deltas and commands come in on two wildcard subscriptions made before the server listens
+(``.../chargers/+/shadow/update/delta``, ``.../chargers/+/commands``) and are routed by
+charger id to the connection held here; messages for chargers held by another bridge are
+dropped. Per-charger subscriptions cost O(chargers) in gmqtt per SUBACK and UNSUBACK and
+per routed message (and a resubscription of every topic after each MQTT reconnect), which
+made a 5,000-charger reconnect storm take tens of seconds; the price of the wildcard is
+that with several bridges each one receives every charger's deltas and commands, a small
+stream next to telemetry.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ import base64
 import binascii
 import http
 import logging
+import ssl
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -31,6 +45,7 @@ from websockets.typing import Subprotocol
 
 from bridge.connections import ChargerConnection, ConnectionOptions
 from bridge.handlers import Services
+from bridge.tls import common_name
 from chargetwin.database import DatabaseError
 from chargetwin.mqtt import Handler, MqttClient
 from chargetwin.topics import InvalidTopicError, validate_charger_id
@@ -52,6 +67,15 @@ class ServerOptions:
     max_size: int = 64 * 1024
     close_timeout: float = 5.0
     auto_register: bool = False
+    # Pending TCP connections the kernel keeps (capped by net.core.somaxconn): a reconnect
+    # storm overflows the default 100, and an overflowed SYN is retried only after 1 s.
+    backlog: int = 4096
+    ssl: ssl.SSLContext | None = None  # wss:// (security profile 2, or 3 with client certs)
+
+    @property
+    def client_certificates(self) -> bool:
+        """Security profile 3: chargers authenticate with a verified certificate."""
+        return self.ssl is not None and self.ssl.verify_mode == ssl.CERT_REQUIRED
 
 
 def basic_credentials(headers: Headers) -> tuple[str, str] | None:
@@ -88,9 +112,18 @@ class OcppServer:
         self.connection_options = connection_options
         self.connections: dict[str, ChargerConnection] = {}
         self._server: Server | None = None
+        topics = services.reporter.topics
+        self._filters: dict[str, Handler] = {
+            topics.shadow("+", "update", "delta"): self._route_delta,
+            topics.command("+"): self._route_command,
+        }
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0 picks a free port) and return the bound port."""
+        # Subscribed (acknowledged) before any charger can connect and announce presence:
+        # the twin answers "online" with the delta, which must not be missed.
+        for topic_filter, handler in self._filters.items():
+            await self.mqtt.subscribe_acked(topic_filter, handler)
         self._server = await serve(
             self._serve_connection,
             host,
@@ -101,10 +134,19 @@ class OcppServer:
             ping_timeout=self.options.ping_timeout,
             max_size=self.options.max_size,
             close_timeout=self.options.close_timeout,
+            ssl=self.options.ssl,
+            backlog=self.options.backlog,
         )
         bound = int(next(iter(self._server.sockets)).getsockname()[1])
+        scheme = "ws" if self.options.ssl is None else "wss"
+        profile = 3 if self.options.client_certificates else 2 if self.options.ssl else 1
         log.info(
-            "bridge: OCPP server listening on ws://%s:%d%s{charger_id}", host, bound, PATH_PREFIX
+            "bridge: OCPP server listening on %s://%s:%d%s{charger_id} (security profile %d)",
+            scheme,
+            host,
+            bound,
+            PATH_PREFIX,
+            profile,
         )
         return bound
 
@@ -115,6 +157,8 @@ class OcppServer:
         self._server.close(close_connections=True)
         await self._server.wait_closed()
         self._server = None
+        for topic_filter in self._filters:
+            self.mqtt.unsubscribe(topic_filter)
 
     # --- the upgrade -----------------------------------------------------------------------
     async def _process_request(
@@ -139,7 +183,34 @@ class OcppServer:
                 + ", ".join(SUBPROTOCOLS)
                 + "\n",
             )
+        if self.options.client_certificates:
+            return await self._authenticate_certificate(connection, charger_id)
         return await self._authenticate(connection, request, charger_id)
+
+    async def _authenticate_certificate(
+        self, connection: ServerConnection, charger_id: str
+    ) -> Response | None:
+        # The TLS layer has verified the chain against the charger CA (CERT_REQUIRED);
+        # what is left is whether the certificate belongs to this charge point identity.
+        name = common_name(connection.transport.get_extra_info("peercert"))
+        if name != charger_id:
+            return _forbidden(connection, charger_id, f"certificate is for {name!r}")
+        try:
+            if await self.registry.exists(charger_id):
+                return None
+            if not self.options.auto_register:
+                return _forbidden(connection, charger_id, "unknown charger")
+            try:
+                await self.registry.register(charger_id, None)
+                log.info("%s: auto-registered (client certificate)", charger_id)
+            except ChargerExistsError:
+                pass  # registered by a concurrent connection: the certificate decides
+            return None
+        except DatabaseError:
+            log.exception("%s: registry unavailable during the upgrade", charger_id)
+            return connection.respond(
+                http.HTTPStatus.SERVICE_UNAVAILABLE, "charger registry unavailable\n"
+            )
 
     async def _authenticate(
         self, connection: ServerConnection, request: Request, charger_id: str
@@ -192,11 +263,6 @@ class OcppServer:
 
     async def _run(self, charger_id: str, connection: ChargerConnection) -> None:
         reporter = self.services.reporter
-        topics = reporter.topics
-        delta_topic = topics.shadow(charger_id, "update", "delta")
-        # Subscribe before announcing presence: the twin answers "online" with the delta.
-        self.mqtt.subscribe(delta_topic, self._route_delta(charger_id))
-        self.mqtt.subscribe(topics.command(charger_id), self._route_command(charger_id))
         reporter.presence(charger_id, True, connection.since)
         log.info("%s: connected", charger_id)
         try:
@@ -204,26 +270,26 @@ class OcppServer:
         finally:
             if self.connections.get(charger_id) is connection:
                 del self.connections[charger_id]
-                self.mqtt.unsubscribe(delta_topic)
-                self.mqtt.unsubscribe(topics.command(charger_id))
                 reporter.presence(charger_id, False, connection.closed_at)
                 log.info("%s: offline", charger_id)
 
-    def _route_delta(self, charger_id: str) -> Handler:
-        async def route(topic: str, payload: bytes) -> None:
-            connection = self.connections.get(charger_id)
-            if connection is not None:
-                connection.on_delta(payload)
+    async def _route_delta(self, topic: str, payload: bytes) -> None:
+        connection = self._connection_for(topic)
+        if connection is not None:
+            connection.on_delta(payload)
 
-        return route
+    async def _route_command(self, topic: str, payload: bytes) -> None:
+        connection = self._connection_for(topic)
+        if connection is not None:
+            connection.on_command(payload)
 
-    def _route_command(self, charger_id: str) -> Handler:
-        async def route(topic: str, payload: bytes) -> None:
-            connection = self.connections.get(charger_id)
-            if connection is not None:
-                connection.on_command(payload)
-
-        return route
+    def _connection_for(self, topic: str) -> ChargerConnection | None:
+        """The connection of the charger a topic names, when this bridge holds it."""
+        try:
+            charger_id = self.services.reporter.topics.charger_id_of(topic)
+        except InvalidTopicError:
+            return None
+        return self.connections.get(charger_id)
 
 
 def _offered_subprotocols(headers: Headers) -> list[str] | None:
@@ -234,6 +300,11 @@ def _offered_subprotocols(headers: Headers) -> list[str] | None:
     except InvalidHeader:
         return None
     return offered
+
+
+def _forbidden(connection: ServerConnection, charger_id: str, why: str) -> Response:
+    log.warning("%s: refused: %s", charger_id, why)
+    return connection.respond(http.HTTPStatus.FORBIDDEN, f"{why}\n")
 
 
 def _unauthorized(connection: ServerConnection, charger_id: str, why: str) -> Response:

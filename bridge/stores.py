@@ -8,6 +8,7 @@ retried until answered) and must get the same transactionId back.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import time
 from dataclasses import dataclass
@@ -183,6 +184,36 @@ class IdTagStore:
             " expiry = excluded.expiry",
             (id_tag, status, expiry),
         )
+
+    async def get(self, id_tag: str) -> tuple[str, float | None] | None:
+        """``(status, expiry)`` as stored, or None when the tag is not in the table."""
+        row = await self._db.fetchone(
+            "SELECT status, expiry FROM id_tags WHERE id_tag = ?", (id_tag,)
+        )
+        if row is None:
+            return None
+        return str(row[0] or "Accepted"), None if row[1] is None else float(row[1])
+
+    async def list(
+        self, *, limit: int = 1000, offset: int = 0
+    ) -> builtins.list[tuple[str, str, float | None]]:
+        """``(id_tag, status, expiry)`` rows ordered by tag."""
+        rows = await self._db.fetchall(
+            "SELECT id_tag, status, expiry FROM id_tags ORDER BY id_tag LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [
+            (str(r[0]), str(r[1] or "Accepted"), None if r[2] is None else float(r[2]))
+            for r in rows
+        ]
+
+    async def count(self) -> int:
+        row = await self._db.fetchone("SELECT COUNT(*) FROM id_tags")
+        return int(row[0]) if row else 0
+
+    async def delete(self, id_tag: str) -> bool:
+        """Remove a tag; True when it was there. (An emptied table accepts every tag.)"""
+        return await self._db.execute("DELETE FROM id_tags WHERE id_tag = ?", (id_tag,)) == 1
 
     async def lookup(self, id_tag: str) -> dict[str, Any]:
         """The IdTagInfo (camelCase, OCPP 1.6 section 7 IdTagInfo) for ``id_tag``."""

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from chargetwin import __version__
 from chargetwin.settings import Settings
 
-COMPONENTS = ("up", "twin", "api", "bridge", "demo")
+COMPONENTS = ("up", "twin", "api", "bridge", "rules", "demo")
 
 
 def _option(name: str) -> str:
@@ -29,7 +29,16 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         env = f"CHARGETWIN_{name.upper()}"
         help_text = f"{field.description or ''} [{env}]".strip()
-        if field.annotation is bool:
+        if field.annotation == list[str]:
+            group.add_argument(
+                _option(name),
+                dest=name,
+                action="append",
+                default=argparse.SUPPRESS,
+                metavar="VALUE",
+                help=help_text + " (repeat the option for several)",
+            )
+        elif field.annotation is bool:
             group.add_argument(
                 _option(name),
                 dest=name,
@@ -61,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "twin": "run the device-shadow service",
         "api": "run the operator HTTP API",
         "bridge": "run the OCPP-J central system",
+        "rules": "run the telemetry recorder and rules engine; or: rules check|test FILE...",
         "demo": "run everything with a simulated fleet; prints the dashboard URL and a token",
     }
     for name in COMPONENTS:
@@ -68,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
         _add_settings_options(p)
         if name == "demo":
             p.add_argument("--chargers", type=int, default=20, help="simulated chargers")
+        if name == "rules":
+            p.add_argument(
+                "tool",
+                nargs="*",
+                metavar="check|test FILE",
+                help="'check FILE...' validates rule files, 'test FILE...' runs rule test "
+                "files (as promtool check/test rules); none: run the component",
+            )
     sim = sub.add_parser(
         "simulate",
         help="run a simulated fleet of OCPP 1.6J chargers against a central system",
@@ -130,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from chargetwin import runner
 
         return runner.simulate(args)
+    if args.command == "rules" and args.tool:
+        return _rules_tool(parser, args.tool)
     try:
         settings = load_settings(args)
     except ValidationError as exc:
@@ -146,6 +166,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except runner.StartupError as exc:
         print(f"chargetwin: {exc}", file=sys.stderr)
         return 1
+
+
+def _rules_tool(parser: argparse.ArgumentParser, words: list[str]) -> int:
+    from rules.cli import check_files, test_files
+
+    action, files = words[0], words[1:]
+    if action not in ("check", "test"):
+        parser.error(f"rules: unknown action {action!r} (use: rules check|test FILE...)")
+    if not files:
+        parser.error(f"rules {action}: name at least one file")
+    return check_files(files) if action == "check" else test_files(files)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import SecretStr
+
 from chargetwin.broker import BrokerStartError, EmbeddedBroker, port_is_free
 from chargetwin.settings import Settings
 
@@ -84,6 +86,10 @@ def _runners(command: str, chargers: int = 0) -> list[tuple[str, Runner]]:
         from twin.app import run_twin
 
         out.append(("twin", run_twin))
+    if command in ("up", "demo", "rules"):
+        from rules.app import run_rules
+
+        out.append(("rules", run_rules))
     if command in ("up", "demo", "api"):
         from api.app import run_api
 
@@ -136,7 +142,7 @@ def _demo_settings(settings: Settings) -> tuple[Settings, str]:
         if settings.admin_token
         else ("ct_demo_" + secrets.token_urlsafe(24))
     )
-    updates["admin_token"] = token
+    updates["admin_token"] = SecretStr(token)  # model_copy does not validate
     return settings.model_copy(update=updates), token
 
 

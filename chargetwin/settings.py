@@ -1,8 +1,8 @@
 """Settings of every ChargeTwin process, from CLI options and ``CHARGETWIN_*`` variables.
 
 Groups: network (host and ports), MQTT, stores (data dir, database, InfluxDB), twin limits,
-security. Each field is one CLI option (``--ocpp-port``) and one variable
-(``CHARGETWIN_OCPP_PORT``); the CLI wins over the environment.
+OCPP bridge (pings, limits, TLS), security. Each field is one CLI option (``--ocpp-port``)
+and one variable (``CHARGETWIN_OCPP_PORT``); the CLI wins over the environment.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -26,6 +26,18 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the OCPP and API servers listen on.")
     ocpp_port: Port = Field(9000, description="OCPP-J websocket port.")
     api_port: Port = Field(8000, description="HTTP API and dashboard port.")
+    public_url: str | None = Field(
+        None,
+        description="Base URL chargers use to reach the API (http[s]://host[:port]) for "
+        "firmware downloads and diagnostics uploads; unset derives http://HOST:API_PORT "
+        "(127.0.0.1 when HOST is 0.0.0.0 or ::, so set it for chargers on other machines).",
+    )
+    command_timeout: float = Field(
+        35.0,
+        gt=0,
+        le=600,
+        description="Seconds the API waits for a charger's answer to a command; then 504.",
+    )
 
     # --- MQTT ---
     mqtt_url: str | None = Field(
@@ -55,6 +67,19 @@ class Settings(BaseSettings):
     influx_username: str | None = None
     influx_password: SecretStr | None = None
     rules: Path | None = Field(None, description="Folder of rule files; unset: bundled pack.")
+    rules_webhooks: list[str] = Field(
+        [],
+        description="URLs that get every firing and resolved alert by POST (JSON list).",
+    )
+    rules_dry_run: bool = Field(
+        False, description="Log rule actions (work orders, desired state, commands) only."
+    )
+    spool_max_bytes: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="Most telemetry spooled in --data-dir/spool while the time-series store "
+        "is down; when full the recorder stops acknowledging and the broker holds messages.",
+    )
 
     # --- twin limits ---
     max_document_bytes: int = Field(
@@ -64,6 +89,40 @@ class Settings(BaseSettings):
         128 * 1024, ge=1024, description="Largest shadow request payload; above: 413."
     )
     max_depth: int = Field(8, ge=2, le=32, description="Deepest nesting in a state; above: 400.")
+
+    # --- OCPP bridge ---
+    ocpp_ping_interval: float = Field(
+        20.0, ge=0, description="Seconds between websocket pings to each charger; 0: none."
+    )
+    ocpp_ping_timeout: float = Field(
+        20.0, ge=0, description="Seconds to wait for a pong before closing; 0: wait forever."
+    )
+    ocpp_max_frame_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest OCPP frame; a bigger one closes with 1009."
+    )
+    ocpp_flood_rate: float = Field(
+        50.0, gt=0, description="Frames per second a charger may send, sustained."
+    )
+    ocpp_flood_burst: int = Field(
+        100, ge=1, description="Frames a charger may send at once above the sustained rate."
+    )
+    ocpp_command_timeout: float = Field(
+        30.0, gt=0, description="Seconds an operator command waits for the charger; then 504."
+    )
+    ocpp_tls_cert: Path | None = Field(
+        None,
+        description="PEM server certificate (chain); with --ocpp-tls-key the endpoint is "
+        "wss:// (OCPP security profile 2, TLS 1.2 or newer).",
+    )
+    ocpp_tls_key: Path | None = Field(
+        None, validate_default=True, description="PEM private key of --ocpp-tls-cert."
+    )
+    ocpp_tls_client_ca: Path | None = Field(
+        None,
+        validate_default=True,
+        description="PEM CA that signs charger certificates: chargers must present one "
+        "whose subject CN is their id (security profile 3); Basic auth is not asked.",
+    )
 
     # --- security ---
     admin_token: SecretStr | None = Field(
@@ -83,6 +142,30 @@ class Settings(BaseSettings):
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
             raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
         return value
+
+    @field_validator("ocpp_tls_key")
+    @classmethod
+    def _check_tls_key(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if (value is None) != (info.data.get("ocpp_tls_cert") is None):
+            raise ValueError("--ocpp-tls-cert and --ocpp-tls-key go together")
+        return value
+
+    @field_validator("ocpp_tls_client_ca")
+    @classmethod
+    def _check_tls_client_ca(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("ocpp_tls_cert") is None:
+            raise ValueError("needs --ocpp-tls-cert and --ocpp-tls-key (profile 3 is over TLS)")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must look like http://host:8000 or https://host")
+        return value.rstrip("/")
 
     @field_validator("database_url")
     @classmethod
@@ -117,6 +200,16 @@ class Settings(BaseSettings):
     def broker_url(self) -> str:
         """The broker every component connects to: ``--mqtt-url`` or the embedded one."""
         return self.mqtt_url or f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    @property
+    def api_public_url(self) -> str:
+        """The base URL chargers reach the API at: ``--public-url`` or derived from host."""
+        if self.public_url:
+            return self.public_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.api_port}"
 
     @property
     def database_target(self) -> str:

@@ -1,6 +1,6 @@
 """Print docs/configuration.md from the Settings model (the test suite checks it is current).
 
-    .venv/bin/python scripts/settings_doc.py > docs/configuration.md
+.venv/bin/python scripts/settings_doc.py > docs/configuration.md
 """
 
 from __future__ import annotations

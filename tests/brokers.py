@@ -10,6 +10,12 @@ import time
 from pathlib import Path
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class Mosquitto:
     """A Mosquitto of our own on a free loopback port, optionally with persistence."""
 

@@ -21,6 +21,7 @@ from api.models import DesiredUpdateOut, ShadowDocumentOut
 from api.patches import merge_patch
 from api.problems import Problem, ProblemError, problem_responses
 from api.routes.chargers import find_charger
+from api.routes.firmware import desired_firmware_problem
 from chargetwin.shadow_client import ShadowRequestError, ShadowTimeoutError
 from twin.schemas import desired_errors
 
@@ -199,6 +200,11 @@ async def patch_desired(
             title="Invalid desired state",
             errors=[ProblemError(pointer=p, message=m) for p, m in errors],
         )
+
+    misfit = await desired_firmware_problem(backend, document, patch)
+    if misfit is not None:
+        await change.record(Outcome.INVALID, 422, misfit.detail or "")
+        raise misfit
 
     version = expected if isinstance(expected, int) else None
     try:

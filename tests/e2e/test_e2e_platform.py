@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port
+from brokers import free_port
 from websockets.asyncio.client import ClientConnection, connect
 
 ADMIN = "ct_e2e_admin_" + uuid.uuid4().hex

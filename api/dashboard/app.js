@@ -1,0 +1,1231 @@
+// ChargeTwin operator dashboard: one page over the public HTTP API (/api/v1), no build step.
+//
+// Polls every REFRESH_MS while the tab is visible, backs off while the API is unreachable,
+// and updates the DOM in place (keyed rows) so nothing jumps on refresh. Everything the API
+// returns is rendered with textContent, never parsed as HTML.
+
+const API = new URL("api/v1/", document.baseURI);
+const TOKEN_KEY = "chargetwin.dashboard.token";
+const REFRESH_MS = 5000;
+const MAX_BACKOFF_MS = 60000;
+const STALE_AFTER_MS = 2 * REFRESH_MS + 1000;
+const PROBE_AGAIN_MS = 5 * 60 * 1000;
+const FLEET_PAGE = 1000;
+const STATUSES = [
+  "Available", "Preparing", "Charging", "SuspendedEVSE", "SuspendedEV",
+  "Finishing", "Reserved", "Unavailable", "Faulted",
+];
+const KNOWN_REPORTED = new Set([
+  "chargePoint", "firmware", "config", "connectors", "connection", "availability", "refused",
+]);
+
+// --- small DOM helpers ------------------------------------------------------------------
+
+const $ = (id) => document.getElementById(id);
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") el.className = value;
+    else if (key === "text") el.textContent = value;
+    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else el.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+function setText(el, text) {
+  const value = text === null || text === undefined ? "" : String(text);
+  if (el.textContent !== value) el.textContent = value;
+}
+
+function setAttr(el, name, value) {
+  if (value === null || value === undefined || value === false) {
+    if (el.hasAttribute(name)) el.removeAttribute(name);
+  } else if (el.getAttribute(name) !== String(value)) {
+    el.setAttribute(name, String(value));
+  }
+}
+
+/** Replace an element's children only when their signature changed (no flicker). */
+function replaceIfChanged(el, signature, build) {
+  if (el.dataset.sig === signature) return;
+  el.dataset.sig = signature;
+  el.replaceChildren(...build());
+}
+
+/** Keyed reconciliation of a list's children: rows are created once, then updated in place. */
+function syncChildren(parent, items, keyOf, create, update) {
+  const existing = new Map();
+  for (const child of parent.children) existing.set(child.dataset.key, child);
+  let previous = null;
+  for (const item of items) {
+    const key = String(keyOf(item));
+    let el = existing.get(key);
+    if (el) existing.delete(key);
+    else {
+      el = create(item);
+      el.dataset.key = key;
+    }
+    update(el, item);
+    const wanted = previous ? previous.nextElementSibling : parent.firstElementChild;
+    if (el !== wanted) parent.insertBefore(el, wanted);
+    previous = el;
+  }
+  for (const el of existing.values()) el.remove();
+}
+
+// --- time -------------------------------------------------------------------------------
+
+const clock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+const stamp = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
+
+function ago(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 5) return "just now";
+  if (s < 60) return `${s} s ago`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ago`;
+  const hours = Math.floor(m / 60);
+  if (hours < 48) return `${hours} h ago`;
+  return `${Math.floor(hours / 24)} d ago`;
+}
+
+function epochAgo(seconds) {
+  return typeof seconds === "number" ? ago(Date.now() - seconds * 1000) : "–";
+}
+
+function epochTitle(seconds, what = "") {
+  if (typeof seconds !== "number") return null;
+  const when = stamp.format(new Date(seconds * 1000));
+  return `${what ? what + " " : ""}${when} (${ago(Date.now() - seconds * 1000)})`;
+}
+
+// --- the API client ---------------------------------------------------------------------
+
+class ApiError extends Error {
+  /** An answer from the API that is not a success; `problem` is its RFC 9457 body. */
+  constructor(status, problem, headers) {
+    super(problem?.detail || problem?.title || `HTTP ${status}`);
+    this.status = status;
+    this.problem = problem || { title: `HTTP ${status}`, status };
+    this.headers = headers;
+  }
+
+  /** A 404 for a path no route serves (the feature is absent), not for a missing thing. */
+  get noRoute() {
+    return this.status === 404 && (this.problem.type ?? "about:blank") === "about:blank";
+  }
+}
+
+class Unreachable extends Error {}
+
+let token = null;
+
+async function api(path, { method = "GET", body, headers = {}, signal, auth = true } = {}) {
+  const init = { method, signal, cache: "no-store", headers: { Accept: "application/json", ...headers } };
+  if (auth) init.headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers["Content-Type"] ??= "application/json";
+  }
+  let response;
+  try {
+    response = await fetch(new URL(path, API), init);
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new Unreachable("the API cannot be reached");
+  }
+  const type = response.headers.get("content-type") || "";
+  let data = null;
+  if (response.status !== 204 && response.status !== 304) {
+    data = type.includes("json") ? await response.json().catch(() => null) : await response.text();
+  }
+  if (!response.ok) {
+    const isProblem = type.includes("json") && data && typeof data === "object";
+    // A gateway's 502/503/504 page means the API itself is away.
+    if ([502, 503, 504].includes(response.status) && !isProblem) {
+      throw new Unreachable(`the API's gateway answered ${response.status}`);
+    }
+    throw new ApiError(response.status, isProblem ? data : null, response.headers);
+  }
+  return { data, headers: response.headers, status: response.status };
+}
+
+function query(params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== "" && v !== null && v !== undefined) q.set(k, v);
+  const s = q.toString();
+  return s ? `?${s}` : "";
+}
+
+// --- state ------------------------------------------------------------------------------
+
+const state = {
+  filters: { q: "", online: "", status: "", vendor: "", model: "", firmwareVersion: "", hasDelta: "" },
+  offset: 0,
+  limit: 50,
+  page: { items: [], total: 0 },
+  tableFetchedAt: 0,
+  fleet: null, // { items, total, fetchedAt }
+  fleetTick: 0,
+  selected: null, // charger id
+  detail: null, // { charger, doc, etag, fetchedAt }
+  lastSuccess: 0,
+  lastAttempt: 0,
+  failures: 0,
+  nextRetryAt: 0,
+  timer: null,
+  inflight: null,
+  features: { alerts: null, alertsProbedAt: 0, commands: null, commandsProbedAt: 0 },
+  cfgShowAll: false,
+};
+
+// --- sign in / out ----------------------------------------------------------------------
+
+function takeTokenFromFragment() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const fromUrl = params.get("token");
+  if (!fromUrl) return;
+  localStorage.setItem(TOKEN_KEY, fromUrl);
+  params.delete("token");
+  const rest = params.toString();
+  // Out of the address bar and history, so it is not shared with a copied link.
+  history.replaceState(null, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
+}
+
+function showSignIn(message) {
+  stopPolling();
+  token = null;
+  $("app").hidden = true;
+  $("session-controls").hidden = true;
+  $("banner-error").hidden = true;
+  $("banner-warn").hidden = true;
+  $("signin").hidden = false;
+  const error = $("signin-error");
+  error.hidden = !message;
+  setText(error, message || "");
+  $("token-input").focus();
+}
+
+function signOut(message) {
+  localStorage.removeItem(TOKEN_KEY);
+  state.fleet = null;
+  state.page = { items: [], total: 0 };
+  closeDetail();
+  $("fleet-rows").replaceChildren();
+  showSignIn(message);
+}
+
+async function signIn(secret) {
+  token = secret;
+  try {
+    await api(`chargers${query({ limit: 1 })}`);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) {
+      showSignIn("That token is unknown or revoked.");
+      return;
+    }
+    // Unreachable or other: keep the token, the banner will tell.
+  }
+  localStorage.setItem(TOKEN_KEY, secret);
+  startApp();
+}
+
+function startApp() {
+  $("signin").hidden = true;
+  $("app").hidden = false;
+  $("session-controls").hidden = false;
+  refreshNow();
+}
+
+// --- polling ----------------------------------------------------------------------------
+
+function stopPolling() {
+  clearTimeout(state.timer);
+  state.timer = null;
+  state.inflight?.abort();
+  state.inflight = null;
+}
+
+function schedule(ms) {
+  clearTimeout(state.timer);
+  state.timer = setTimeout(tick, ms);
+}
+
+function refreshNow() {
+  schedule(0);
+}
+
+async function tick() {
+  if (!token || document.hidden) return; // visibilitychange starts us again
+  state.inflight?.abort();
+  const controller = new AbortController();
+  state.inflight = controller;
+  const { signal } = controller;
+  state.lastAttempt = Date.now();
+  try {
+    const health = refreshHealth(signal);
+    await Promise.all([refreshFleet(signal), refreshTable(signal)]);
+    await Promise.all([health, refreshDetail(signal), refreshAlerts(signal)]);
+    state.failures = 0;
+    state.lastSuccess = Date.now();
+    $("banner-error").hidden = true;
+    schedule(REFRESH_MS);
+  } catch (error) {
+    if (error.name === "AbortError") return;
+    if (error instanceof ApiError && error.status === 401) {
+      signOut("The token was refused (unknown or revoked). Sign in again.");
+      return;
+    }
+    state.failures += 1;
+    const backoff = Math.min(REFRESH_MS * 2 ** (state.failures - 1), MAX_BACKOFF_MS);
+    const delay = backoff * (0.85 + Math.random() * 0.3);
+    state.nextRetryAt = Date.now() + delay;
+    showFailure(error);
+    schedule(delay);
+  } finally {
+    if (state.inflight === controller) state.inflight = null;
+    renderFreshness();
+  }
+}
+
+function showFailure(error) {
+  const since = state.lastSuccess ? `Showing data from ${clock.format(state.lastSuccess)}.` : "No data yet.";
+  let what;
+  if (error instanceof Unreachable) what = `Cannot reach the ChargeTwin API (${error.message}).`;
+  else if (error instanceof ApiError) what = `The API answered ${error.status}: ${error.problem.detail || error.problem.title}.`;
+  else what = `Refresh failed: ${error.message}.`;
+  $("banner-error").dataset.what = `${what} ${since}`;
+  $("banner-error").hidden = false;
+  renderRetryCountdown();
+}
+
+function renderRetryCountdown() {
+  const banner = $("banner-error");
+  if (banner.hidden) return;
+  const seconds = Math.max(0, Math.ceil((state.nextRetryAt - Date.now()) / 1000));
+  setText($("banner-error-text"), `${banner.dataset.what} Retrying in ${seconds} s.`);
+}
+
+async function refreshHealth(signal) {
+  // No token needed; says whether online states can be trusted (MQTT) and the store answers.
+  let body = null;
+  try {
+    body = (await api("health", { signal, auth: false })).data;
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 503) body = error.problem;
+    else if (error instanceof ApiError) body = null;
+    else throw error;
+  }
+  const warn = $("banner-warn");
+  const problems = [];
+  if (body && body.mqtt === false) problems.push("the API has lost its MQTT connection, so online states and changes may lag");
+  if (body && body.database === false) problems.push("the database is not answering");
+  warn.hidden = problems.length === 0;
+  if (problems.length) setText($("banner-warn-text"), `Degraded: ${problems.join("; ")}.`);
+}
+
+// Fleet-wide figures need every charger: one request per 1000, less often for big fleets.
+async function refreshFleet(signal) {
+  const pages = state.fleet ? Math.ceil(state.fleet.total / FLEET_PAGE) : 1;
+  state.fleetTick += 1;
+  if (state.fleet && state.fleetTick % Math.max(1, pages) !== 0) return;
+  const items = await fetchAll({}, signal);
+  state.fleet = { items, total: items.length, fetchedAt: Date.now() };
+  renderFleet();
+}
+
+async function fetchAll(filters, signal) {
+  const items = [];
+  for (let offset = 0; ; offset += FLEET_PAGE) {
+    const { data } = await api(`chargers${query({ ...filters, limit: FLEET_PAGE, offset })}`, { signal });
+    items.push(...data.items);
+    if (items.length >= data.total || data.items.length === 0) return items;
+  }
+}
+
+function apiFilters() {
+  const { q, ...rest } = state.filters;
+  return rest;
+}
+
+async function refreshTable(signal) {
+  const needle = state.filters.q.trim().toLowerCase();
+  if (needle) {
+    // The API has no id search: filter server-side by the rest, then by id here.
+    const all = (await fetchAll(apiFilters(), signal)).filter((c) => c.id.toLowerCase().includes(needle));
+    state.page = { items: all.slice(state.offset, state.offset + state.limit), total: all.length };
+  } else {
+    const { data } = await api(`chargers${query({ ...apiFilters(), limit: state.limit, offset: state.offset })}`, { signal });
+    state.page = { items: data.items, total: data.total };
+  }
+  if (state.offset > 0 && state.offset >= state.page.total) {
+    state.offset = Math.max(0, Math.floor((state.page.total - 1) / state.limit) * state.limit);
+    return refreshTable(signal);
+  }
+  state.tableFetchedAt = Date.now();
+  renderTable();
+}
+
+// --- fleet header -----------------------------------------------------------------------
+
+function statusClass(status) {
+  return `st-${(status || "unknown").toLowerCase()}`;
+}
+
+function renderFleet() {
+  const items = state.fleet.items;
+  const online = items.filter((c) => c.online).length;
+  setText($("kpi-total"), items.length);
+  setText($("kpi-online"), online);
+  setText($("kpi-offline"), items.length - online);
+  const pending = items.filter((c) => c.hasDelta).length;
+  setText($("kpi-delta"), pending);
+  const kinds = new Set(items.map((c) => [c.vendor, c.model].join(" ")).filter((m) => m.trim()));
+  setText($("kpi-total-sub"), items.length ? `${kinds.size} model${kinds.size === 1 ? "" : "s"}` : "none registered");
+  setText($("kpi-online-sub"), items.length ? `${Math.round((100 * online) / items.length)}% of the fleet` : "");
+  setText($("kpi-offline-sub"), items.length - online ? "not connected now" : "all connected");
+  setText($("kpi-delta-sub"), pending ? "desired ≠ reported" : "all in sync");
+  $("kpi-offline").closest(".kpi").classList.toggle("alarm", items.length - online > 0);
+
+  const counts = new Map();
+  for (const c of items) {
+    for (const [id, status] of Object.entries(c.connectors || {})) {
+      if (id === "0") continue; // connector 0 is the charger itself
+      const key = status || "Unknown";
+      counts.set(key, (counts.get(key) || 0) + 1);
+    }
+  }
+  const order = [...STATUSES, ...[...counts.keys()].filter((s) => !STATUSES.includes(s)).sort()];
+  const present = order.filter((s) => counts.get(s));
+  const total = present.reduce((sum, s) => sum + counts.get(s), 0);
+  const bar = $("status-bar");
+  replaceIfChanged(bar, present.map((s) => `${s}:${counts.get(s)}`).join(","), () =>
+    present.map((s) => {
+      const seg = h("span", { class: `seg ${statusClass(s)}`, title: `${s}: ${counts.get(s)}` });
+      seg.style.flexGrow = String(counts.get(s));
+      return seg;
+    }),
+  );
+  syncChildren(
+    $("status-legend"),
+    order.filter((s) => counts.get(s) || ["Available", "Charging", "Faulted", "Unavailable"].includes(s)),
+    (s) => s,
+    (s) =>
+      h("button", { type: "button", class: `legend ${statusClass(s)}`, title: `Show chargers with a ${s} connector`, onclick: () => applyFilters({ status: s === "Unknown" ? "" : s }) },
+        h("span", { class: "legend-dot", "aria-hidden": "true" }), h("span", { class: "legend-name", text: s }), h("span", { class: "legend-count" })),
+    (el, s) => {
+      setText(el.querySelector(".legend-count"), counts.get(s) || 0);
+      el.classList.toggle("zero", !counts.get(s));
+      setAttr(el, "aria-label", `${counts.get(s) || 0} connectors ${s}`);
+      setAttr(el, "title", total ? `${s}: ${counts.get(s) || 0} of ${total} connectors — show these chargers` : s);
+    },
+  );
+  updateFilterOptions();
+}
+
+function updateFilterOptions() {
+  const items = state.fleet?.items || [];
+  const uniq = (field) => [...new Set(items.map((c) => c[field]).filter((v) => v))].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+  fillSelect($("f-status"), STATUSES, state.filters.status);
+  fillSelect($("f-vendor"), uniq("vendor"), state.filters.vendor);
+  fillSelect($("f-model"), uniq("model"), state.filters.model);
+  fillSelect($("f-firmware"), uniq("firmwareVersion"), state.filters.firmwareVersion);
+}
+
+function fillSelect(select, values, current) {
+  const wanted = current && !values.includes(current) ? [...values, current] : values;
+  const signature = wanted.join("\u0000");
+  if (select.dataset.sig !== signature) {
+    select.dataset.sig = signature;
+    select.replaceChildren(h("option", { value: "", text: "Any" }), ...wanted.map((v) => h("option", { value: v, text: v })));
+  }
+  if (select.value !== current) select.value = current;
+}
+
+// --- the table --------------------------------------------------------------------------
+
+function connectorChips(connectors) {
+  const ids = Object.keys(connectors || {}).sort((a, b) => Number(a) - Number(b));
+  const shown = ids.filter((id) => id !== "0" || !["Available", null].includes(connectors[id]));
+  return shown.map((id) =>
+    h("span", { class: `chip ${statusClass(connectors[id])}`, title: `${id === "0" ? "Charger (connector 0)" : `Connector ${id}`}: ${connectors[id] || "unknown"}` },
+      h("span", { class: "chip-id", text: id === "0" ? "CP" : id }), h("span", { class: "chip-status", text: connectors[id] || "Unknown" })),
+  );
+}
+
+function renderTable() {
+  const tbody = $("fleet-rows");
+  syncChildren(tbody, state.page.items, (c) => c.id, createRow, updateRow);
+  const { total } = state.page;
+  const first = total ? state.offset + 1 : 0;
+  const last = Math.min(state.offset + state.limit, total);
+  setText($("page-info"), total ? `${first}–${last} of ${total}` : "0 of 0");
+  $("page-prev").disabled = state.offset === 0;
+  $("page-next").disabled = state.offset + state.limit >= total;
+  setText($("result-count"), filtersActive() ? `${total} match${total === 1 ? "" : "es"}` : "");
+  const empty = $("fleet-empty");
+  empty.hidden = total > 0;
+  if (!total) {
+    setText(empty, filtersActive() ? "No charger matches these filters." : "No charger is registered yet. Register one with POST /api/v1/chargers, or turn on auto-registration.");
+  }
+  renderStaleness();
+}
+
+function createRow(charger) {
+  const open = () => openDetail(charger.id);
+  const tr = h("tr", { class: "row", onclick: (e) => { if (!e.target.closest("button")) open(); } },
+    h("td", {}, h("span", { class: "pill" })),
+    h("td", { class: "cell-id" }, h("button", { type: "button", class: "link id", onclick: open }), h("span", { class: "site muted small" })),
+    h("td", { class: "col-vendor" }),
+    h("td", { class: "cell-fw" }),
+    h("td", { class: "cell-conn" }),
+    h("td", {}, h("span", { class: "badge" })),
+    h("td", { class: "col-updated muted" }),
+  );
+  return tr;
+}
+
+function updateRow(tr, c) {
+  const [stateCell, idCell, vendorCell, fwCell, connCell, deltaCell, updatedCell] = tr.children;
+  const pill = stateCell.firstElementChild;
+  pill.className = `pill ${c.online ? "online" : "offline"}`;
+  setText(pill, c.online ? "Online" : "Offline");
+  setText(idCell.firstElementChild, c.id);
+  setAttr(idCell.firstElementChild, "aria-label", `Open details of ${c.id}`);
+  setText(idCell.lastElementChild, c.site || "");
+  setText(vendorCell, [c.vendor, c.model].filter(Boolean).join(" · ") || "–");
+  setText(fwCell, c.firmwareVersion || "–");
+  replaceIfChanged(connCell, JSON.stringify(c.connectors || {}), () => connectorChips(c.connectors));
+  const badge = deltaCell.firstElementChild;
+  badge.className = `badge ${c.hasDelta ? "pending" : "synced"}`;
+  setText(badge, c.hasDelta ? "Pending" : "In sync");
+  setAttr(badge, "title", c.hasDelta ? "Desired state differs from what the charger reports" : "Reported state matches desired state");
+  setText(updatedCell, epochAgo(c.updatedAt));
+  updatedCell.dataset.at = c.updatedAt ?? "";
+  setAttr(updatedCell, "title", epochTitle(c.updatedAt, "Shadow last changed"));
+  tr.classList.toggle("is-offline", !c.online);
+  setAttr(connCell, "title", c.online ? null : "Offline: last known connector states");
+  tr.classList.toggle("selected", state.selected === c.id);
+  setAttr(tr, "aria-current", state.selected === c.id ? "true" : null);
+}
+
+function renderStaleness() {
+  const stale = state.tableFetchedAt && Date.now() - state.tableFetchedAt > STALE_AFTER_MS;
+  const table = $("fleet-table");
+  table.classList.toggle("stale", Boolean(stale));
+  setAttr(table, "title", stale ? `Not refreshed since ${clock.format(state.tableFetchedAt)}` : null);
+  for (const cell of document.querySelectorAll("#fleet-rows .col-updated")) {
+    const at = Number(cell.dataset.at);
+    if (at) setText(cell, epochAgo(at));
+  }
+  if (state.detail) {
+    const detailStale = Date.now() - state.detail.fetchedAt > STALE_AFTER_MS;
+    $("detail").classList.toggle("stale", detailStale);
+    $("detail-stale").hidden = !detailStale;
+    if (detailStale) setText($("detail-stale"), `Not refreshed since ${clock.format(state.detail.fetchedAt)}.`);
+  }
+}
+
+function renderFreshness() {
+  const dot = document.querySelector(".freshness-dot");
+  const text = $("freshness-text");
+  if (document.hidden) {
+    setText(text, "Paused (tab hidden)");
+    dot.className = "freshness-dot paused";
+    return;
+  }
+  if (!state.lastSuccess) {
+    setText(text, state.failures ? "Not connected" : "Connecting…");
+    dot.className = `freshness-dot ${state.failures ? "down" : ""}`;
+    return;
+  }
+  const age = Date.now() - state.lastSuccess;
+  dot.className = `freshness-dot ${state.failures ? "down" : age > STALE_AFTER_MS ? "late" : "live"}`;
+  setText(text, `Updated ${clock.format(state.lastSuccess)} · ${ago(age)}`);
+}
+
+// --- filters and paging -----------------------------------------------------------------
+
+function filtersActive() {
+  return Object.values(state.filters).some((v) => v !== "");
+}
+
+function applyFilters(changes) {
+  Object.assign(state.filters, changes);
+  state.offset = 0;
+  syncFilterForm();
+  writeUrl();
+  refreshNow();
+}
+
+function syncFilterForm() {
+  const form = $("filters");
+  for (const [name, value] of Object.entries(state.filters)) {
+    const field = form.elements.namedItem(name);
+    if (field && field.value !== value && document.activeElement !== field) {
+      if (field.tagName === "SELECT" && value && ![...field.options].some((o) => o.value === value)) {
+        field.append(h("option", { value, text: value }));
+      }
+      field.value = value;
+    }
+  }
+  $("clear-filters").disabled = !filtersActive();
+  for (const kpi of document.querySelectorAll(".kpi[data-filter]")) {
+    const f = kpi.dataset.filter;
+    const on =
+      (f === "online" && state.filters.online === "true") ||
+      (f === "offline" && state.filters.online === "false") ||
+      (f === "delta" && state.filters.hasDelta === "true");
+    kpi.classList.toggle("active", on);
+    setAttr(kpi, "aria-pressed", f === "all" ? null : String(on));
+  }
+}
+
+function readUrl() {
+  const params = new URLSearchParams(location.search);
+  for (const key of Object.keys(state.filters)) state.filters[key] = params.get(key) || "";
+  state.offset = Math.max(0, Number(params.get("offset")) || 0);
+  const limit = Number(params.get("limit"));
+  if ([25, 50, 100].includes(limit)) state.limit = limit;
+  state.selected = params.get("charger") || null;
+}
+
+function writeUrl() {
+  const params = new URLSearchParams();
+  for (const [k, v] of Object.entries(state.filters)) if (v) params.set(k, v);
+  if (state.offset) params.set("offset", state.offset);
+  if (state.limit !== 50) params.set("limit", state.limit);
+  if (state.selected) params.set("charger", state.selected);
+  const search = params.toString();
+  history.replaceState(null, "", `${location.pathname}${search ? `?${search}` : ""}${location.hash}`);
+}
+
+// --- the charger detail panel -----------------------------------------------------------
+
+function openDetail(id) {
+  if (state.selected !== id) {
+    state.selected = id;
+    state.detail = null;
+    state.cfgShowAll = false;
+    for (const el of ["avail-result", "cfg-result", "cmd-result"]) $(el).hidden = true;
+    $("cfg-form").reset();
+    $("conn-rows").replaceChildren();
+    $("cfg-rows").replaceChildren();
+    setText($("detail-title"), id);
+    setText($("detail-sub"), "Loading…");
+    setText($("detail-meta"), "");
+  }
+  $("detail").hidden = false;
+  $("detail-backdrop").hidden = false;
+  $("workspace").classList.add("with-detail");
+  for (const tr of $("fleet-rows").children) {
+    tr.classList.toggle("selected", tr.dataset.key === id);
+    setAttr(tr, "aria-current", tr.dataset.key === id ? "true" : null);
+  }
+  writeUrl();
+  $("detail").focus({ preventScroll: true });
+  loadDetail();
+}
+
+function closeDetail() {
+  const previous = state.selected;
+  state.selected = null;
+  state.detail = null;
+  $("detail").hidden = true;
+  $("detail-backdrop").hidden = true;
+  $("workspace").classList.remove("with-detail");
+  for (const tr of $("fleet-rows").children) {
+    tr.classList.remove("selected");
+    tr.removeAttribute("aria-current");
+  }
+  writeUrl();
+  if (previous) {
+    const row = [...$("fleet-rows").children].find((tr) => tr.dataset.key === previous);
+    row?.querySelector("button.id")?.focus({ preventScroll: true });
+  }
+}
+
+async function loadDetail() {
+  try {
+    await refreshDetail();
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) signOut("The token was refused. Sign in again.");
+    else if (!(error instanceof ApiError) && error.name !== "AbortError") showFailure(error);
+  }
+}
+
+async function refreshDetail(signal) {
+  const id = state.selected;
+  if (!id) return;
+  let charger, shadow;
+  try {
+    [charger, shadow] = await Promise.all([
+      api(`chargers/${encodeURIComponent(id)}`, { signal }),
+      api(`chargers/${encodeURIComponent(id)}/shadow`, { signal }),
+    ]);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 404 && state.selected === id) {
+      setText($("detail-sub"), `${id} is not registered (any more).`);
+      return;
+    }
+    throw error;
+  }
+  if (state.selected !== id) return;
+  state.detail = { charger: charger.data, doc: shadow.data, etag: shadow.headers.get("ETag"), fetchedAt: Date.now() };
+  renderDetail();
+  probeCommands(id, signal);
+}
+
+function leafTime(doc, section, ...path) {
+  let node = doc.metadata?.[section];
+  for (const key of path) node = node?.[key];
+  return typeof node?.timestamp === "number" ? node.timestamp : null;
+}
+
+function renderDetail() {
+  const { charger, doc } = state.detail;
+  const reported = doc.state?.reported || {};
+  const desired = doc.state?.desired || {};
+  const delta = doc.state?.delta || {};
+  const refused = reported.refused || {};
+  const conn = reported.connection || {};
+
+  setText($("detail-title"), charger.id);
+  const pill = $("detail-online");
+  pill.className = `pill ${charger.online ? "online" : "offline"}`;
+  setText(pill, charger.online ? "Online" : "Offline");
+  setAttr(pill, "title", conn.since ? `${charger.online ? "Connected" : "Disconnected"} since ${stamp.format(new Date(conn.since * 1000))}` : null);
+
+  const cp = reported.chargePoint || {};
+  setText($("detail-sub"), [cp.vendor || charger.vendor, cp.model || charger.model].filter(Boolean).join(" ") || "Never booted");
+  const meta = [];
+  if (conn.since) meta.push(`${charger.online ? "online" : "offline"} ${epochAgo(conn.since)}`);
+  if (conn.ocppVersion) meta.push(`OCPP ${conn.ocppVersion}`);
+  if (cp.serialNumber || cp.chargeBoxSerialNumber) meta.push(`serial ${cp.serialNumber || cp.chargeBoxSerialNumber}`);
+  if (charger.site) meta.push(`site ${charger.site}`);
+  if (charger.tags?.length) meta.push(charger.tags.join(", "));
+  meta.push(`shadow v${doc.version}`);
+  setText($("detail-meta"), meta.join(" · "));
+
+  renderConnectors(doc, reported, desired, delta, refused);
+  renderConfig(doc, reported, desired, delta, refused);
+  renderFirmware(doc, reported, desired, delta);
+  renderOther(doc, reported);
+  const busy = $("cmd-result").classList.contains("busy") && !$("cmd-result").hidden;
+  for (const b of document.querySelectorAll("#commands button")) {
+    b.disabled = busy || !charger.online;
+    setAttr(b, "title", charger.online ? null : "The charger is offline");
+  }
+  const raw = JSON.stringify(doc, null, 2);
+  if ($("raw-json").textContent !== raw) $("raw-json").textContent = raw;
+  renderStaleness();
+}
+
+function renderConnectors(doc, reported, desired, delta, refused) {
+  const ids = new Set([
+    ...Object.keys(reported.connectors || {}),
+    ...Object.keys(reported.availability || {}),
+    ...Object.keys(desired.availability || {}),
+  ]);
+  const rows = [...ids].sort((a, b) => Number(a) - Number(b));
+  syncChildren($("conn-rows"), rows, (id) => id, createConnectorRow, (tr, id) => {
+    const c = reported.connectors?.[id] || {};
+    const [idCell, statusCell, availCell, desiredCell] = tr.children;
+    setText(idCell.firstChild, id);
+    idCell.lastChild.hidden = id !== "0";
+    setAttr(idCell, "title", id === "0" ? "Connector 0: the charger as a whole" : null);
+    const error = [c.errorCode && c.errorCode !== "NoError" ? c.errorCode : null, c.info, c.vendorErrorCode].filter(Boolean).join(" · ");
+    replaceIfChanged(statusCell, `${c.status}|${error}`, () => [
+      h("span", { class: `chip ${statusClass(c.status)}` }, h("span", { class: "chip-status", text: c.status || "Unknown" })),
+      error ? h("span", { class: "conn-error error-text", text: error }) : null,
+    ].filter(Boolean));
+    setAttr(statusCell, "title", epochTitle(leafTime(doc, "reported", "connectors", id, "status") ?? c.timestamp, "Status reported"));
+    const avail = reported.availability?.[id];
+    setText(availCell, avail || "–");
+    setAttr(availCell, "title", epochTitle(leafTime(doc, "reported", "availability", id), "Reported"));
+
+    const select = desiredCell.querySelector("select");
+    const current = desired.availability?.[id] || "";
+    if (!select.dataset.dirty && select.value !== current) select.value = current;
+    select.dataset.current = current;
+    setAttr(select, "title", epochTitle(leafTime(doc, "desired", "availability", id), "Desired since"));
+    const note = desiredCell.querySelector(".note");
+    const refusal = refused.availability?.[id];
+    const pending = delta.availability?.[id] !== undefined;
+    note.className = `note small ${refusal ? "refused" : pending ? "pending" : ""}`;
+    setText(note, refusal ? `Refused: ${refusalText(refusal)}` : pending ? "Pending: waiting for the charger" : "");
+    setAttr(note, "title", refusal ? epochTitle(refusal.at, "Refused") : null);
+    desiredCell.querySelector("button").hidden = !select.dataset.dirty;
+  });
+  fillConnectorSelect(rows.filter((id) => id !== "0"));
+}
+
+function createConnectorRow(id) {
+  const select = h("select", { "aria-label": `Desired availability of connector ${id}` },
+    h("option", { value: "", text: "Not set" }), h("option", { value: "Operative", text: "Operative" }), h("option", { value: "Inoperative", text: "Inoperative" }));
+  const apply = h("button", { type: "button", class: "btn btn-small btn-primary", hidden: true, text: "Apply" });
+  select.addEventListener("change", () => {
+    if (select.value === select.dataset.current) delete select.dataset.dirty;
+    else select.dataset.dirty = "1";
+    apply.hidden = !select.dataset.dirty;
+  });
+  apply.addEventListener("click", async () => {
+    const ok = await patchDesired({ availability: { [id]: select.value || null } }, $("avail-result"), apply,
+      select.value ? `Connector ${id} should become ${select.value}.` : `Desired availability of connector ${id} removed.`);
+    if (ok) {
+      delete select.dataset.dirty;
+      apply.hidden = true;
+    }
+  });
+  return h("tr", {}, h("th", { scope: "row" }, document.createTextNode(""), h("span", { class: "conn-id-cp", text: "CP" })), h("td", {}), h("td", {}),
+    h("td", { class: "desired-cell" }, h("div", { class: "desired-controls" }, select, apply), h("div", { class: "note small" })));
+}
+
+function fillConnectorSelect(ids) {
+  const select = $("cmd-unlock-connector");
+  const signature = ids.join(",");
+  if (select.dataset.sig === signature) return;
+  select.dataset.sig = signature;
+  const value = select.value;
+  select.replaceChildren(...(ids.length ? ids : ["1"]).map((id) => h("option", { value: id, text: `Connector ${id}` })));
+  if (ids.includes(value)) select.value = value;
+}
+
+function refusalText(refusal) {
+  if (!refusal || typeof refusal !== "object") return String(refusal);
+  const parts = [refusal.status || "refused"];
+  if (refusal.reason) parts.push(refusal.reason);
+  const value = refusal.value !== undefined ? `${JSON.stringify(refusal.value)} ` : "";
+  return `${value}${parts.join(" — ")}${refusal.at ? ` (${epochAgo(refusal.at)})` : ""}`;
+}
+
+function renderConfig(doc, reported, desired, delta, refused) {
+  const rep = reported.config || {};
+  const des = desired.config || {};
+  const ref = refused.config || {};
+  const keys = [...new Set([...Object.keys(rep), ...Object.keys(des), ...Object.keys(ref)])];
+  const important = (k) => k in des || k in ref;
+  keys.sort((a, b) => Number(important(b)) - Number(important(a)) || a.localeCompare(b));
+  const pendingCount = Object.keys(delta.config || {}).filter((k) => !(k in ref)).length;
+  const refusedCount = Object.keys(ref).length;
+  const summary = [`${Object.keys(rep).length} reported`, `${Object.keys(des).length} desired`];
+  if (pendingCount) summary.push(`${pendingCount} pending`);
+  if (refusedCount) summary.push(`${refusedCount} refused`);
+  setText($("cfg-summary"), summary.join(" · "));
+
+  const COLLAPSED = 8;
+  const visible = state.cfgShowAll ? keys : keys.filter((k, i) => important(k) || i < COLLAPSED);
+  const toggle = $("cfg-toggle");
+  toggle.hidden = visible.length === keys.length && !state.cfgShowAll;
+  setText(toggle, state.cfgShowAll ? "Show fewer keys" : `Show all ${keys.length} keys`);
+  setAttr(toggle, "aria-expanded", String(state.cfgShowAll));
+
+  syncChildren($("cfg-rows"), visible, (k) => k, createConfigRow, (tr, key) => {
+    const [keyCell, repCell, desCell] = tr.children;
+    setText(keyCell.firstElementChild, key);
+    setText(repCell, key in rep ? rep[key] : "–");
+    setAttr(repCell, "title", epochTitle(leafTime(doc, "reported", "config", key), "Reported"));
+    const refusal = ref[key];
+    const pending = delta.config?.[key] !== undefined;
+    tr.className = refusal ? "refused" : pending ? "pending" : "";
+    const value = desCell;
+    const note = keyCell.lastElementChild;
+    setText(value, key in des ? des[key] : "");
+    setAttr(desCell, "title", epochTitle(leafTime(doc, "desired", "config", key), "Desired since"));
+    setText(note, refusal ? `Refused: ${refusalText(refusal)}` : pending ? "Pending" : "");
+    note.className = `note small ${refusal ? "refused" : pending ? "pending" : ""}`;
+    tr.querySelector(".cfg-clear").hidden = !(key in des);
+  });
+
+  const list = $("cfg-keys");
+  replaceIfChanged(list, Object.keys(rep).sort().join(","), () => Object.keys(rep).sort().map((k) => h("option", { value: k })));
+}
+
+function createConfigRow(key) {
+  const edit = h("button", { type: "button", class: "btn btn-small btn-quiet", text: "Edit", "aria-label": `Set desired value of ${key}`, onclick: () => {
+    $("cfg-key").value = key;
+    const current = state.detail?.doc.state?.desired?.config?.[key] ?? state.detail?.doc.state?.reported?.config?.[key] ?? "";
+    $("cfg-value").value = current;
+    $("cfg-value").focus();
+    $("cfg-value").select();
+  } });
+  const clear = h("button", { type: "button", class: "btn btn-small btn-quiet cfg-clear", text: "Unset", "aria-label": `Remove the desired value of ${key}`, onclick: () =>
+    patchDesired({ config: { [key]: null } }, $("cfg-result"), clear, `Desired value of ${key} removed.`) });
+  return h("tr", {},
+    h("th", { scope: "row" }, h("code", {}), h("span", { class: "note small" })),
+    h("td", { class: "value" }),
+    h("td", { class: "value" }),
+    h("td", { class: "actions" }, edit, clear));
+}
+
+function renderFirmware(doc, reported, desired, delta) {
+  const fw = reported.firmware || {};
+  const facts = [
+    ["Reported version", fw.version ?? "–", leafTime(doc, "reported", "firmware", "version")],
+    fw.status
+      ? ["Update status", `${fw.status}${fw.updatedAt ? ` (${epochAgo(fw.updatedAt)})` : ""}`, leafTime(doc, "reported", "firmware", "status")]
+      : ["Update status", "No update reported", null],
+    ["Desired version", desired.firmware?.version ?? "Not set", leafTime(doc, "desired", "firmware", "version")],
+  ];
+  if (delta.firmware) facts.push(["Rollout", "Pending: the charger runs another version", null]);
+  renderFacts($("fw-facts"), facts);
+}
+
+function renderOther(doc, reported) {
+  const other = Object.entries(reported).filter(([k]) => !KNOWN_REPORTED.has(k));
+  $("other-card").hidden = other.length === 0;
+  renderFacts($("other-facts"), other.map(([k, v]) => [k, typeof v === "object" && v !== null ? JSON.stringify(v) : String(v), leafTime(doc, "reported", k)]));
+}
+
+function renderFacts(dl, facts) {
+  replaceIfChanged(dl, JSON.stringify(facts.map(([a, b]) => [a, b])), () =>
+    facts.flatMap(([label, value, at]) => [h("dt", { text: label }), h("dd", { text: value, title: epochTitle(at, "Since") })]),
+  );
+  // Titles move with time ("3 min ago"): refresh them without rebuilding.
+  [...dl.querySelectorAll("dd")].forEach((dd, i) => setAttr(dd, "title", epochTitle(facts[i]?.[2], "Since")));
+}
+
+// --- desired-state changes --------------------------------------------------------------
+
+async function patchDesired(patch, resultEl, button, successText) {
+  const detail = state.detail;
+  if (!detail) return false;
+  const id = detail.charger.id;
+  if (button) button.disabled = true;
+  showResult(resultEl, "busy", "Sending…");
+  try {
+    const { data } = await api(`chargers/${encodeURIComponent(id)}/shadow/desired`, {
+      method: "PATCH",
+      body: patch,
+      headers: { "Content-Type": "application/merge-patch+json", ...(detail.etag ? { "If-Match": detail.etag } : {}) },
+    });
+    showResult(resultEl, "ok", `${successText} Accepted as shadow version ${data.version}; the platform now drives the charger toward it.`);
+    await refreshDetail().catch(() => {});
+    return true;
+  } catch (error) {
+    showProblem(resultEl, error);
+    return false;
+  } finally {
+    if (button) button.disabled = false;
+  }
+}
+
+function showResult(el, kind, text, extra = []) {
+  el.hidden = false;
+  el.className = `result ${kind}`;
+  el.replaceChildren(h("span", { text }), ...extra);
+}
+
+function showProblem(el, error) {
+  if (error instanceof Unreachable) {
+    showResult(el, "error", "The API cannot be reached; nothing was changed. Try again when the banner clears.");
+    return;
+  }
+  if (!(error instanceof ApiError)) {
+    showResult(el, "error", `Failed: ${error.message}`);
+    return;
+  }
+  const p = error.problem;
+  if (error.status === 401) {
+    signOut("The token was refused (unknown or revoked). Sign in again.");
+    return;
+  }
+  if (error.status === 412) {
+    const reload = h("button", { type: "button", class: "btn btn-small", text: "Reload the shadow", onclick: async () => {
+      await refreshDetail().catch(() => {});
+      showResult(el, "info", "Reloaded. Review the current values, then apply your change again.");
+    } });
+    showResult(el, "conflict", `Conflict: the shadow changed since you loaded it${error.headers?.get("ETag") ? ` (now version ${error.headers.get("ETag").replaceAll('"', "")})` : ""}. Nothing was changed.`, [" ", reload]);
+    return;
+  }
+  const list = (p.errors || []).map((e) =>
+    h("li", {}, h("code", { text: e.pointer ?? e.parameter ?? e.header ?? "" }), " ", e.message || ""));
+  const head = `${p.title || `HTTP ${error.status}`} (${error.status})${p.detail ? `: ${p.detail}` : ""}`;
+  showResult(el, "error", head, list.length ? [h("ul", { class: "problem-errors" }, list)] : []);
+}
+
+// --- remote operations (feature-detected) ------------------------------------------------
+
+async function probeCommands(id, signal) {
+  const f = state.features;
+  if (f.commands !== null && Date.now() - f.commandsProbedAt < PROBE_AGAIN_MS) {
+    $("commands").hidden = !f.commands;
+    return;
+  }
+  try {
+    // GET on a POST-only route answers 405; a 404 without a problem type means no route.
+    await api(`chargers/${encodeURIComponent(id)}/commands/reset`, { signal });
+    f.commands = true;
+  } catch (error) {
+    if (error instanceof ApiError) f.commands = !error.noRoute;
+    else return;
+  }
+  f.commandsProbedAt = Date.now();
+  $("commands").hidden = !f.commands;
+}
+
+const COMMANDS = {
+  reset: (button) => ({
+    payload: { type: button.dataset.type },
+    confirm: button.dataset.type === "Hard"
+      ? "Hard reset: the charger reboots at once and any charging session on it stops."
+      : "Soft reset: the charger stops its sessions gracefully, then reboots.",
+    label: `${button.dataset.type} reset`,
+  }),
+  unlock: () => {
+    const connectorId = Number($("cmd-unlock-connector").value || 1);
+    return {
+      payload: { connectorId },
+      confirm: `Unlock connector ${connectorId}: a cable plugged in there is released and its session stops.`,
+      label: `Unlock connector ${connectorId}`,
+    };
+  },
+  trigger: () => {
+    const requestedMessage = $("cmd-trigger-message").value;
+    return { payload: { requestedMessage }, confirm: `Ask the charger to send ${requestedMessage} now.`, label: `Trigger ${requestedMessage}` };
+  },
+};
+
+async function runCommand(button) {
+  const name = button.dataset.command;
+  const id = state.selected;
+  if (!id || !COMMANDS[name]) return;
+  const { payload, confirm, label } = COMMANDS[name](button);
+  if (!(await confirmDialog(`${label} on ${id}?`, confirm, label))) return;
+  const el = $("cmd-result");
+  for (const b of document.querySelectorAll("#commands button")) b.disabled = true;
+  showResult(el, "busy", `${label}: waiting for the charger's answer…`);
+  try {
+    const { data } = await api(`chargers/${encodeURIComponent(id)}/commands/${name}`, { method: "POST", body: payload });
+    const answer = data?.response?.status ?? data?.status ?? (data ? JSON.stringify(data) : "done");
+    showResult(el, String(answer).match(/Rejected|NotSupported|Failed/) ? "error" : "ok", `${label}: the charger answered ${answer}.`);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 409) showResult(el, "error", `${label}: the charger is offline, nothing was sent.`);
+    else if (error instanceof ApiError && error.status === 504) showResult(el, "error", `${label}: no answer from the charger in time; it may still act on it.`);
+    else showProblem(el, error);
+  } finally {
+    const online = Boolean(state.detail?.charger.online);
+    for (const b of document.querySelectorAll("#commands button")) b.disabled = !online;
+  }
+}
+
+function confirmDialog(title, text, action) {
+  const dialog = $("confirm");
+  setText($("confirm-title"), title);
+  setText($("confirm-text"), text);
+  setText($("confirm-ok"), action);
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+    dialog.returnValue = "";
+    dialog.showModal();
+  });
+}
+
+// --- alerts (feature-detected) ------------------------------------------------------------
+
+async function refreshAlerts(signal) {
+  const f = state.features;
+  if (f.alerts === false && Date.now() - f.alertsProbedAt < PROBE_AGAIN_MS) return;
+  let data;
+  try {
+    // Open alerts only (pending and firing); fall back to everything if the filter is refused.
+    ({ data } = await api("alerts?state=firing&state=pending&limit=100", { signal }).catch((error) => {
+      if (error instanceof ApiError && error.status === 422) return api(`alerts${query({ limit: 50 })}`, { signal });
+      throw error;
+    }));
+  } catch (error) {
+    if (!(error instanceof ApiError)) throw error;
+    f.alertsProbedAt = Date.now();
+    if (error.noRoute) {
+      f.alerts = false;
+      $("alerts").hidden = true;
+      return;
+    }
+    f.alerts = true;
+    $("alerts").hidden = false;
+    setText($("alerts-note"), `Alerts unavailable: ${error.problem.detail || error.problem.title}`);
+    return;
+  }
+  f.alerts = true;
+  f.alertsProbedAt = Date.now();
+  $("alerts").hidden = false;
+  renderAlerts(Array.isArray(data) ? data : data?.items || []);
+}
+
+const pick = (obj, ...names) =>
+  names.map((n) => n.split(".").reduce((o, k) => o?.[k], obj)).find((v) => v !== undefined && v !== null && v !== "");
+const SEVERITY_RANK = { critical: 0, error: 1, major: 1, warning: 2, minor: 2, info: 3 };
+const STATE_RANK = { firing: 0, pending: 1 };
+
+function renderAlerts(alerts) {
+  const stateOf = (a) => String(pick(a, "state", "status") || "").toLowerCase();
+  const active = (a) => !["resolved", "closed", "cleared", "inactive"].includes(stateOf(a));
+  const firedAt = (a) => {
+    const at = pick(a, "firedAt", "activeAt", "startsAt", "raisedAt", "createdAt", "at", "timestamp");
+    return typeof at === "number" ? at : at ? Date.parse(at) / 1000 : null;
+  };
+  const rows = alerts
+    .map((a, i) => ({ a, i, sev: String(pick(a, "severity", "labels.severity", "level") || "info").toLowerCase() }))
+    .sort((x, y) =>
+      Number(active(y.a)) - Number(active(x.a)) ||
+      (STATE_RANK[stateOf(x.a)] ?? 2) - (STATE_RANK[stateOf(y.a)] ?? 2) ||
+      (SEVERITY_RANK[x.sev] ?? 4) - (SEVERITY_RANK[y.sev] ?? 4) ||
+      (firedAt(y.a) ?? 0) - (firedAt(x.a) ?? 0) || x.i - y.i);
+  const activeCount = alerts.filter(active).length;
+  setText($("alerts-count"), activeCount ? String(activeCount) : "");
+  $("alerts-count").classList.toggle("hot", alerts.some((a) => stateOf(a) === "firing"));
+  setText($("alerts-note"), activeCount ? `${alerts.filter((a) => stateOf(a) === "firing").length} firing · ${alerts.filter((a) => stateOf(a) === "pending").length} pending` : "No open alerts. All quiet.");
+  syncChildren($("alert-list"), rows, ({ a, i }) => pick(a, "id", "alertId", "fingerprint") ?? `i${i}`,
+    () => h("li", { class: "alert" }, h("span", { class: "sev" }), h("span", { class: "alert-title" }), h("button", { type: "button", class: "link alert-charger" }), h("span", { class: "alert-state small muted" }), h("span", { class: "alert-time small muted" })),
+    (li, { a, sev }) => {
+      const [sevEl, titleEl, chargerEl, stateEl, timeEl] = li.children;
+      li.className = `alert sev-${sev} state-${stateOf(a) || "unknown"} ${active(a) ? "active" : "resolved"}`;
+      setText(sevEl, sev);
+      setText(titleEl, pick(a, "annotations.summary", "annotations.title", "summary", "title", "message", "rule", "name") || "Alert");
+      setAttr(titleEl, "title", pick(a, "annotations.description", "description", "message") || null);
+      const charger = pick(a, "labels.charger", "chargerId", "charger_id", "charger");
+      setText(chargerEl, charger || "");
+      chargerEl.hidden = !charger;
+      setAttr(chargerEl, "aria-label", charger ? `Open charger ${charger}` : null);
+      chargerEl.onclick = charger ? () => openDetail(String(charger)) : null;
+      const flags = [stateOf(a), a.acknowledged ? "acknowledged" : null, a.silenced ? "silenced" : null].filter(Boolean);
+      setText(stateEl, flags.join(" · "));
+      const seconds = firedAt(a);
+      setText(timeEl, seconds ? epochAgo(seconds) : "");
+      setAttr(timeEl, "title", epochTitle(seconds, "Since"));
+    });
+}
+
+// --- wiring -------------------------------------------------------------------------------
+
+function wire() {
+  $("signin-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const secret = $("token-input").value.trim();
+    if (!secret) {
+      showSignIn("Paste a token first.");
+      return;
+    }
+    $("token-input").value = "";
+    signIn(secret);
+  });
+  $("sign-out").addEventListener("click", () => signOut());
+  $("retry-now").addEventListener("click", () => refreshNow());
+
+  const form = $("filters");
+  form.addEventListener("submit", (event) => event.preventDefault());
+  form.addEventListener("change", (event) => {
+    const name = event.target.name;
+    if (name && name !== "q") applyFilters({ [name]: event.target.value });
+  });
+  let searchTimer = null;
+  $("f-search").addEventListener("input", (event) => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => applyFilters({ q: event.target.value.trim() }), 250);
+  });
+  $("clear-filters").addEventListener("click", () => {
+    $("f-search").value = "";
+    applyFilters(Object.fromEntries(Object.keys(state.filters).map((k) => [k, ""])));
+  });
+  for (const kpi of document.querySelectorAll(".kpi[data-filter]")) {
+    kpi.addEventListener("click", () => {
+      const f = kpi.dataset.filter;
+      if (f === "all") applyFilters(Object.fromEntries(Object.keys(state.filters).map((k) => [k, ""])));
+      else if (f === "online") applyFilters({ online: state.filters.online === "true" ? "" : "true" });
+      else if (f === "offline") applyFilters({ online: state.filters.online === "false" ? "" : "false" });
+      else if (f === "delta") applyFilters({ hasDelta: state.filters.hasDelta === "true" ? "" : "true" });
+    });
+  }
+
+  $("page-prev").addEventListener("click", () => {
+    state.offset = Math.max(0, state.offset - state.limit);
+    writeUrl();
+    refreshNow();
+  });
+  $("page-next").addEventListener("click", () => {
+    state.offset += state.limit;
+    writeUrl();
+    refreshNow();
+  });
+  $("page-size").addEventListener("change", (event) => {
+    state.limit = Number(event.target.value);
+    state.offset = 0;
+    writeUrl();
+    refreshNow();
+  });
+
+  $("detail-close").addEventListener("click", closeDetail);
+  $("detail-backdrop").addEventListener("click", closeDetail);
+  $("cfg-toggle").addEventListener("click", () => {
+    state.cfgShowAll = !state.cfgShowAll;
+    if (state.detail) renderDetail();
+  });
+  $("cfg-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("cfg-key").value.trim();
+    const value = $("cfg-value").value;
+    if (!key) {
+      showResult($("cfg-result"), "error", "Name the configuration key to change.");
+      $("cfg-key").focus();
+      return;
+    }
+    patchDesired({ config: { [key]: value } }, $("cfg-result"), event.submitter, `${key} should become ${JSON.stringify(value)}.`);
+  });
+  for (const button of document.querySelectorAll("#commands button[data-command]")) {
+    button.addEventListener("click", () => runCommand(button));
+  }
+
+  document.addEventListener("keydown", (event) => {
+    const typing = ["INPUT", "SELECT", "TEXTAREA"].includes(document.activeElement?.tagName);
+    if (event.key === "/" && !typing && !$("app").hidden) {
+      event.preventDefault();
+      $("f-search").focus();
+    } else if (event.key === "Escape" && state.selected && !$("confirm").open) {
+      if (typing && document.activeElement.value) return;
+      closeDetail();
+    }
+  });
+
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) stopPolling();
+    else if (token) refreshNow();
+    renderFreshness();
+  });
+  window.addEventListener("online", () => token && refreshNow());
+
+  setInterval(() => {
+    if (!token) return;
+    renderFreshness();
+    renderStaleness();
+    renderRetryCountdown();
+  }, 1000);
+}
+
+function main() {
+  takeTokenFromFragment();
+  readUrl();
+  $("page-size").value = String(state.limit);
+  syncFilterForm();
+  $("f-search").value = state.filters.q;
+  wire();
+  const saved = localStorage.getItem(TOKEN_KEY);
+  if (!saved) {
+    showSignIn();
+    return;
+  }
+  token = saved;
+  startApp();
+  const selected = state.selected;
+  state.selected = null;
+  if (selected) openDetail(selected);
+}
+
+main();

@@ -1,0 +1,139 @@
+"""Recorder throughput into InfluxDB against the raw rate of posting line protocol.
+
+    .venv/bin/python -m bench.rules_recorder [--influx-url URL] [--points 200000] [--runs 3]
+
+Starts a private influxd (Debian's influxdb) unless ``--influx-url`` is given. Baseline:
+pre-built, pre-gzipped line protocol POSTed to ``/write`` in 5,000-line batches, one
+request at a time (what the recorder does). Measured: meterValues MQTT payloads fed to
+the recorder's handler (JSON decoding, points, the influxdb-client serializer, gzip,
+batching, durability wait), 512 messages in flight as from a broker. Target: >= 50,000
+points/s. The broker's own cost is left out on purpose: it is the same for any recorder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.machine import describe, median
+from chargetwin.topics import Topics
+from rules.influx import InfluxStore, to_body
+from rules.points import Selection
+from rules.recorders import Recorder
+from rules.spools import Spool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "rules"))
+
+VALUES_PER_MESSAGE = 4
+IN_FLIGHT = 512
+
+
+def payload(i: int) -> bytes:
+    return json.dumps(
+        {
+            "connectorId": 1 + i % 2,
+            "transactionId": i,
+            "timestamp": 1_700_000_000 + i / 1000,
+            "values": [
+                {
+                    "measurand": m,
+                    "phase": None,
+                    "unit": u,
+                    "value": float(i % 1000),
+                    "context": "Sample.Periodic",
+                    "location": "Outlet",
+                }
+                for m, u in (
+                    ("Energy.Active.Import.Register", "Wh"),
+                    ("Power.Active.Import", "W"),
+                    ("Current.Import", "A"),
+                    ("Voltage", "V"),
+                )
+            ],
+        }
+    ).encode()
+
+
+async def baseline(url: str, points: int) -> float:
+    store = InfluxStore(url, f"bench_{uuid.uuid4().hex[:8]}")
+    await store.open()
+    from rules.measurements import meter_values
+
+    batch: list = []
+    bodies = []
+    for i in range(points // VALUES_PER_MESSAGE):
+        batch.extend(meter_values(f"CP-{i % 1000}", json.loads(payload(i)), 0))
+        if len(batch) >= 5000:
+            bodies.append(to_body(batch))
+            batch = []
+    if batch:
+        bodies.append(to_body(batch))
+    started = time.perf_counter()
+    for body in bodies:
+        await store.write_body(body)
+    elapsed = time.perf_counter() - started
+    await store.close()
+    return points / elapsed
+
+
+async def recorder_rate(url: str, points: int) -> float:
+    store = InfluxStore(url, f"bench_{uuid.uuid4().hex[:8]}")
+    await store.open()
+    messages = [
+        (f"chargetwin/chargers/CP-{i % 1000}/telemetry/meterValues", payload(i))
+        for i in range(points // VALUES_PER_MESSAGE)
+    ]
+    with tempfile.TemporaryDirectory() as folder:
+        recorder = Recorder(store, Spool(Path(folder), max_bytes=1 << 30), Topics())
+        await recorder.start()
+        queue = iter(messages)
+
+        async def worker() -> None:
+            for topic, body in queue:
+                await recorder.handle(topic, body)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+        elapsed = time.perf_counter() - started
+        await recorder.stop()
+    [count] = await store.aggregate(Selection("meter_values", "value"), "count", 0, 2**62)
+    assert int(count.value) == points, f"only {count.value} of {points} points stored"
+    await store.close()
+    return points / elapsed
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--influx-url")
+    parser.add_argument("--points", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    server = None
+    url = args.influx_url
+    if url is None:
+        from influx_servers import InfluxServer
+
+        server = InfluxServer(Path(tempfile.mkdtemp(prefix="bench-influxd-")))
+        server.start()
+        url = server.url
+    try:
+        print(f"machine: {describe()}")
+        print(f"InfluxDB: {url}; {args.points} points per run, {args.runs} runs")
+        raw = [await baseline(url, args.points) for _ in range(args.runs)]
+        rec = [await recorder_rate(url, args.points) for _ in range(args.runs)]
+        print(f"baseline (pre-built line protocol to /write): median {median(raw):,.0f} points/s")
+        print(f"recorder (MQTT payloads -> InfluxDB):         median {median(rec):,.0f} points/s")
+        print(f"recorder / baseline: {median(rec) / median(raw):.0%}; target >= 50,000 points/s")
+    finally:
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,162 @@
+"""What a firing alert may do besides notify: open a work order, set desired state, send a
+command. Guardrails: a rate limit per rule action (sliding window) and ``dry_run``, which
+logs and records what would be done and does nothing."""
+
+from __future__ import annotations
+
+import logging
+import string
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from chargetwin.database import Database
+from chargetwin.mqtt import MqttClient
+from chargetwin.shadow_client import ShadowClient, ShadowRequestError
+from chargetwin.topics import Topics
+from rules.alerts import Alert
+from rules.files import Action, Rule
+
+log = logging.getLogger(__name__)
+
+WORK_ORDERS = """CREATE TABLE IF NOT EXISTS work_orders (
+    id TEXT PRIMARY KEY, alert_id TEXT UNIQUE, rule TEXT, charger_id TEXT, connector_id TEXT,
+    title TEXT NOT NULL, description TEXT, status TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL)"""
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRecord:
+    """One action taken (or, in dry run, not taken) for an alert."""
+
+    rule: str
+    alert_id: str
+    type: str
+    outcome: str  # done | dry-run | rate-limited | failed | skipped
+    detail: str = ""
+
+
+def _fill(value: Any, labels: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return string.Template(value).safe_substitute(labels)
+    if isinstance(value, dict):
+        return {k: _fill(v, labels) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, labels) for v in value]
+    return value
+
+
+class Actions:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        mqtt: MqttClient | None = None,
+        topics: Topics | None = None,
+        shadow_client: ShadowClient | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        self.db = db
+        self.dry_run = dry_run
+        self.mqtt = mqtt
+        self.topics = topics
+        self.shadow_client = shadow_client
+        self._recent: dict[tuple[str, int], deque[float]] = defaultdict(deque)
+        self.history: deque[ActionRecord] = deque(maxlen=1000)
+
+    async def create_schema(self) -> None:
+        await self.db.execute(WORK_ORDERS)
+
+    async def run(self, rule: Rule, alert: Alert) -> list[ActionRecord]:
+        out = []
+        for index, action in enumerate(rule.actions):
+            record = await self._run_one(rule, index, action, alert)
+            self.history.append(record)
+            out.append(record)
+            log.info(
+                "rule %s action %s for %s: %s %s",
+                rule.alert,
+                action.type,
+                alert.labels.get("charger", "-"),
+                record.outcome,
+                record.detail,
+            )
+        return out
+
+    def _allowed(self, rule: Rule, index: int, action: Action, now: float) -> bool:
+        if action.rate_max is None:
+            return True
+        recent = self._recent[(rule.alert, index)]
+        while recent and recent[0] <= now - action.rate_per:
+            recent.popleft()
+        if len(recent) >= action.rate_max:
+            return False
+        recent.append(now)
+        return True
+
+    async def _run_one(self, rule: Rule, index: int, action: Action, alert: Alert) -> ActionRecord:
+        labels = {**alert.labels, **alert.annotations}
+        options = _fill(dict(action.options), labels)
+        charger = alert.labels.get("charger")
+
+        def record(outcome: str, detail: str = "") -> ActionRecord:
+            return ActionRecord(rule.alert, alert.id, action.type, outcome, detail)
+
+        if action.type != "work_order" and not charger:
+            return record("skipped", "the alert has no charger label")
+        if not self._allowed(rule, index, action, time.monotonic()):
+            return record("rate-limited", f"more than {action.rate_max} per {action.rate_per:g} s")
+        if action.dry_run or self.dry_run:
+            return record("dry-run", repr(options))
+        try:
+            if action.type == "work_order":
+                await self.db.execute(
+                    "INSERT INTO work_orders (id, alert_id, rule, charger_id, connector_id, title, "
+                    "description, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?) "
+                    "ON CONFLICT (alert_id) DO NOTHING",
+                    (
+                        uuid.uuid4().hex, alert.id, rule.alert, charger,
+                        alert.labels.get("connector"),
+                        options.get("title") or alert.annotations.get("summary") or rule.alert,
+                        options.get("description") or alert.annotations.get("description"),
+                        time.time(),
+                    ),
+                )  # fmt: skip
+            elif action.type == "desired":
+                if self.shadow_client is None:
+                    return record("skipped", "no MQTT connection")
+                assert charger is not None
+                await self.shadow_client.update(charger, {"desired": options["state"]})
+            else:
+                if self.mqtt is None or self.topics is None:
+                    return record("skipped", "no MQTT connection")
+                assert charger is not None
+                self.mqtt.publish(
+                    self.topics.command(charger),
+                    {
+                        "name": options["name"],
+                        "payload": options.get("payload", {}),
+                        "clientToken": f"rule-{alert.id}-{index}",
+                    },
+                )
+        except ShadowRequestError as exc:
+            return record("failed", str(exc))
+        return record("done")
+
+
+async def list_work_orders(db: Database, charger_id: str | None = None) -> list[dict[str, Any]]:
+    sql = (
+        "SELECT id, alert_id, rule, charger_id, connector_id, title, description, status, "
+        "created_at FROM work_orders"
+    )
+    rows = await (
+        db.fetchall(sql + " WHERE charger_id = ? ORDER BY created_at", (charger_id,))
+        if charger_id
+        else db.fetchall(sql + " ORDER BY created_at")
+    )
+    keys = ("id", "alertId", "rule", "chargerId", "connectorId", "title", "description",
+            "status", "createdAt")  # fmt: skip
+    return [dict(zip(keys, r, strict=True)) for r in rows]

@@ -1,0 +1,336 @@
+"""Alerts: identity by labels, the pending → firing → resolved lifecycle, persistence.
+
+An alert is one rule's finding for one label set (values never go in labels, so an alert
+keeps its identity while its value moves). Lifecycle as Prometheus: a breach opens it
+*pending*; after ``for`` it is *firing*; when the breach ends a pending alert is dropped
+and a firing one *resolved* (after ``keep_firing_for``). A later breach opens a new alert.
+Acknowledgements and silences are written by operators (API) and only read here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from chargetwin.database import Database
+from rules.evaluations import Observation
+from rules.files import Rule
+from rules.points import format_duration
+
+PENDING, FIRING, RESOLVED = "pending", "firing", "resolved"
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS alerts (
+        id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, rule TEXT NOT NULL,
+        state TEXT NOT NULL, severity TEXT NOT NULL, charger_id TEXT,
+        labels TEXT NOT NULL, annotations TEXT NOT NULL, value DOUBLE PRECISION,
+        active_at DOUBLE PRECISION NOT NULL, fired_at DOUBLE PRECISION,
+        resolved_at DOUBLE PRECISION, last_active_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL, silenced BOOLEAN NOT NULL DEFAULT FALSE,
+        inhibited BOOLEAN NOT NULL DEFAULT FALSE, notified BOOLEAN NOT NULL DEFAULT FALSE,
+        acknowledged_by TEXT, acknowledged_at DOUBLE PRECISION, ack_comment TEXT,
+        ack_expires_at DOUBLE PRECISION)""",
+    "CREATE INDEX IF NOT EXISTS alerts_by_state ON alerts (state, updated_at)",
+    "CREATE INDEX IF NOT EXISTS alerts_by_charger ON alerts (charger_id)",
+    """CREATE TABLE IF NOT EXISTS silences (
+        id TEXT PRIMARY KEY, matchers TEXT NOT NULL, starts_at DOUBLE PRECISION NOT NULL,
+        ends_at DOUBLE PRECISION NOT NULL, created_by TEXT, comment TEXT,
+        created_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS rule_states (
+        name TEXT PRIMARY KEY, grp TEXT NOT NULL, file TEXT NOT NULL, line INTEGER NOT NULL,
+        kind TEXT NOT NULL, severity TEXT NOT NULL, health TEXT NOT NULL, last_error TEXT,
+        last_eval DOUBLE PRECISION, eval_seconds DOUBLE PRECISION, pending INTEGER NOT NULL,
+        firing INTEGER NOT NULL, definition TEXT NOT NULL)""",
+)
+
+_COLUMNS = (
+    "id, fingerprint, rule, state, severity, charger_id, labels, annotations, value, active_at, "
+    "fired_at, resolved_at, last_active_at, updated_at, silenced, inhibited, notified, "
+    "acknowledged_by, acknowledged_at, ack_comment, ack_expires_at"
+)
+
+
+def fingerprint(labels: Mapping[str, str]) -> str:
+    text = json.dumps(sorted(labels.items()), separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Alert:
+    id: str
+    fingerprint: str
+    rule: str
+    state: str
+    severity: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    value: float
+    active_at: float
+    last_active_at: float
+    updated_at: float
+    fired_at: float | None = None
+    resolved_at: float | None = None
+    silenced: bool = False
+    inhibited: bool = False
+    notified: bool = False
+    acknowledged_by: str | None = None
+    acknowledged_at: float | None = None
+    ack_comment: str | None = None
+    ack_expires_at: float | None = None
+    changed: bool = field(default=False, compare=False)
+
+    def as_dict(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        acked = self.acknowledged_at is not None and (
+            self.ack_expires_at is None or self.ack_expires_at > now
+        )
+        return {
+            "id": self.id,
+            "fingerprint": self.fingerprint,
+            "rule": self.rule,
+            "state": self.state,
+            "severity": self.severity,
+            "labels": self.labels,
+            "annotations": self.annotations,
+            "value": self.value,
+            "activeAt": self.active_at,
+            "firedAt": self.fired_at,
+            "resolvedAt": self.resolved_at,
+            "updatedAt": self.updated_at,
+            "silenced": self.silenced,
+            "inhibited": self.inhibited,
+            "acknowledged": acked,
+            "acknowledgedBy": self.acknowledged_by if acked else None,
+            "acknowledgedAt": self.acknowledged_at if acked else None,
+            "ackExpiresAt": self.ack_expires_at if acked else None,
+        }
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.id, self.fingerprint, self.rule, self.state, self.severity,
+            self.labels.get("charger"), json.dumps(self.labels), json.dumps(self.annotations),
+            self.value, self.active_at, self.fired_at, self.resolved_at, self.last_active_at,
+            self.updated_at, self.silenced, self.inhibited, self.notified,
+            self.acknowledged_by, self.acknowledged_at, self.ack_comment, self.ack_expires_at,
+        )  # fmt: skip
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Alert:
+        return cls(
+            id=row[0], fingerprint=row[1], rule=row[2], state=row[3], severity=row[4],
+            labels=json.loads(row[6]), annotations=json.loads(row[7]),
+            value=float(row[8]) if row[8] is not None else float("nan"),
+            active_at=row[9], fired_at=row[10], resolved_at=row[11], last_active_at=row[12],
+            updated_at=row[13], silenced=bool(row[14]), inhibited=bool(row[15]),
+            notified=bool(row[16]), acknowledged_by=row[17], acknowledged_at=row[18],
+            ack_comment=row[19], ack_expires_at=row[20],
+        )  # fmt: skip
+
+
+def labels_for(rule: Rule, group: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {**dict(group), **rule.labels, "alertname": rule.alert, "severity": rule.severity}
+
+
+def render(rule: Rule, labels: Mapping[str, str], value: float) -> dict[str, str]:
+    """Annotations with ``$label``, ``$value`` and ``$duration`` (value as 1h5m) filled in."""
+    values = {
+        **labels,
+        "value": f"{value:.4g}",
+        "duration": format_duration(value) if value == value and value >= 0 else "",
+    }
+    return {k: string.Template(v).safe_substitute(values) for k, v in rule.annotations.items()}
+
+
+def step(
+    rule: Rule, current: dict[str, Alert], observations: Iterable[Observation], at: float
+) -> list[Alert]:
+    """Advance one rule's alerts to ``at``; return the alerts whose state changed.
+
+    ``current`` (fingerprint → pending or firing alert) is updated in place: resolved
+    and dropped alerts leave it. Every alert still in it has ``changed`` set when its
+    value or annotations moved, so the caller knows what to save.
+    """
+    transitions: list[Alert] = []
+    breached: set[str] = set()
+    for obs in observations:
+        labels = labels_for(rule, obs.labels)
+        fp = fingerprint(labels)
+        alert = current.get(fp)
+        if obs.breach is None:
+            assert rule.condition is not None
+            breach = rule.condition.holds(obs.value, alert is not None)
+        else:
+            breach = obs.breach
+        if not breach:
+            if alert is not None:
+                alert.value = obs.value
+            continue
+        breached.add(fp)
+        if alert is None:
+            alert = Alert(
+                id=uuid.uuid4().hex, fingerprint=fp, rule=rule.alert, state=PENDING,
+                severity=rule.severity, labels=labels, annotations={}, value=obs.value,
+                active_at=at, last_active_at=at, updated_at=at,
+            )  # fmt: skip
+            current[fp] = alert
+            transitions.append(alert)
+        alert.value = obs.value
+        alert.last_active_at = at
+        alert.annotations = render(rule, labels, obs.value)
+        alert.changed = True
+        if alert.state == PENDING and at - alert.active_at >= rule.for_:
+            alert.state, alert.fired_at, alert.updated_at = FIRING, at, at
+            if alert not in transitions:
+                transitions.append(alert)
+    for fp, alert in list(current.items()):
+        if fp in breached:
+            continue
+        if alert.state == FIRING and at - alert.last_active_at < rule.keep_firing_for:
+            continue
+        del current[fp]
+        alert.state = RESOLVED if alert.state == FIRING else "inactive"
+        alert.resolved_at = alert.updated_at = at
+        alert.changed = True
+        transitions.append(alert)
+    return transitions
+
+
+def matches(matchers: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in matchers.items())
+
+
+class AlertStore:
+    """Alerts, silences and rule states in the shared database (``chargetwin.database``)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create_schema(self) -> None:
+        for statement in SCHEMA:
+            await self.db.execute(statement)
+
+    async def save(self, alerts: Iterable[Alert]) -> None:
+        """Upsert the engine's view; operator columns (acknowledgement) are left alone."""
+        placeholders = ", ".join("?" for _ in _COLUMNS.split(", "))
+        sql = (
+            f"INSERT INTO alerts ({_COLUMNS}) VALUES ({placeholders}) ON CONFLICT (id) DO UPDATE "
+            "SET state = excluded.state, value = excluded.value, "
+            "annotations = excluded.annotations, "
+            "fired_at = excluded.fired_at, resolved_at = excluded.resolved_at, "
+            "last_active_at = excluded.last_active_at, updated_at = excluded.updated_at, "
+            "silenced = excluded.silenced, inhibited = excluded.inhibited, "
+            "notified = excluded.notified"
+        )
+        statements = [(sql, a.row()) for a in alerts if a.state != "inactive"]
+        drops = [
+            ("DELETE FROM alerts WHERE id = ?", (a.id,)) for a in alerts if a.state == "inactive"
+        ]
+        if statements or drops:
+            await self.db.execute_batch([*statements, *drops])
+
+    async def open_alerts(self) -> list[Alert]:
+        rows = await self.db.fetchall(
+            f"SELECT {_COLUMNS} FROM alerts WHERE state IN (?, ?)", (PENDING, FIRING)
+        )
+        return [Alert.from_row(r) for r in rows]
+
+    async def find(
+        self,
+        *,
+        states: Iterable[str] = (),
+        severity: str | None = None,
+        charger_id: str | None = None,
+        limit: int = 500,
+    ) -> list[Alert]:
+        clauses, params = [], []
+        wanted = list(states)
+        if wanted:
+            clauses.append(f"state IN ({', '.join('?' for _ in wanted)})")
+            params.extend(wanted)
+        if severity:
+            clauses.append("severity = ?")
+            params.append(severity)
+        if charger_id:
+            clauses.append("charger_id = ?")
+            params.append(charger_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self.db.fetchall(
+            f"SELECT {_COLUMNS} FROM alerts {where} ORDER BY updated_at DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [Alert.from_row(r) for r in rows]
+
+    async def get(self, alert_id: str) -> Alert | None:
+        row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM alerts WHERE id = ?", (alert_id,))
+        return Alert.from_row(row) if row else None
+
+    async def acknowledge(
+        self, alert_id: str, by: str, *, comment: str | None, expires_at: float | None
+    ) -> Alert | None:
+        await self.db.execute(
+            "UPDATE alerts SET acknowledged_by = ?, acknowledged_at = ?, ack_comment = ?, "
+            "ack_expires_at = ? WHERE id = ?",
+            (by, time.time(), comment, expires_at, alert_id),
+        )
+        return await self.get(alert_id)
+
+    async def add_silence(
+        self, matchers: Mapping[str, str], starts_at: float, ends_at: float, by: str, comment: str
+    ) -> str:
+        silence_id = uuid.uuid4().hex
+        await self.db.execute(
+            "INSERT INTO silences (id, matchers, starts_at, ends_at, created_by, comment, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (silence_id, json.dumps(dict(matchers)), starts_at, ends_at, by, comment, time.time()),
+        )
+        return silence_id
+
+    async def active_silences(self, at: float) -> list[dict[str, str]]:
+        rows = await self.db.fetchall(
+            "SELECT matchers FROM silences WHERE starts_at <= ? AND ends_at > ?", (at, at)
+        )
+        return [json.loads(r[0]) for r in rows]
+
+    async def save_rule_state(self, rule: Rule, state: Mapping[str, Any]) -> None:
+        await self.db.execute(
+            "INSERT INTO rule_states (name, grp, file, line, kind, severity, health, last_error, "
+            "last_eval, eval_seconds, pending, firing, definition) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "grp = excluded.grp, file = excluded.file, line = excluded.line, "
+            "kind = excluded.kind, severity = excluded.severity, health = excluded.health, "
+            "last_error = excluded.last_error, last_eval = excluded.last_eval, "
+            "eval_seconds = excluded.eval_seconds, pending = excluded.pending, "
+            "firing = excluded.firing, definition = excluded.definition",
+            (
+                rule.alert, rule.group, rule.file, rule.line, rule.kind, rule.severity,
+                state["health"], state.get("lastError"), state.get("lastEvaluation"),
+                state.get("evaluationSeconds"), state.get("pending", 0), state.get("firing", 0),
+                json.dumps(rule.source, default=str),
+            ),
+        )  # fmt: skip
+
+    async def rule_states(self) -> list[dict[str, Any]]:
+        rows = await self.db.fetchall(
+            "SELECT name, grp, file, line, kind, severity, health, last_error, last_eval, "
+            "eval_seconds, pending, firing, definition FROM rule_states ORDER BY grp, name"
+        )
+        keys = ("name", "group", "file", "line", "kind", "severity", "health", "lastError",
+                "lastEvaluation", "evaluationSeconds", "pending", "firing")  # fmt: skip
+        return [
+            {**dict(zip(keys, r[:12], strict=True)), "definition": json.loads(r[12])} for r in rows
+        ]
+
+    async def forget_rules_except(self, names: Iterable[str]) -> None:
+        keep = list(names)
+        if keep:
+            await self.db.execute(
+                f"DELETE FROM rule_states WHERE name NOT IN ({', '.join('?' for _ in keep)})", keep
+            )
+        else:
+            await self.db.execute("DELETE FROM rule_states")

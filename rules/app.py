@@ -1,0 +1,99 @@
+"""Running the rules component: the recorder, the engine on its schedule, notifications.
+
+Start order: stores, then the engine (it takes back open alerts), then MQTT with the
+recorder's subscriptions. Stop order: stop evaluating, stop taking messages, make the open
+batch durable, then close the connections and stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from chargetwin.database import connect
+from chargetwin.mqtt import MqttClient, client_id_for
+from chargetwin.settings import Settings
+from chargetwin.shadow_client import ShadowClient
+from chargetwin.topics import Topics
+from rules.actions import Actions
+from rules.alerts import AlertStore
+from rules.engine import Engine
+from rules.files import bundled_pack, load_rules
+from rules.influx import InfluxStore
+from rules.notifiers import Notifier
+from rules.recorders import Recorder
+from rules.series import SeriesStore
+from rules.spools import Spool
+from rules.sqlite_series import SQLiteSeriesStore
+
+log = logging.getLogger(__name__)
+
+
+def open_series_store(settings: Settings) -> SeriesStore:
+    """InfluxDB when ``--influx-url`` is set, else the embedded SQLite store."""
+    if settings.influx_url:
+        password = settings.influx_password.get_secret_value() if settings.influx_password else None
+        return InfluxStore(
+            settings.influx_url,
+            settings.influx_database,
+            username=settings.influx_username,
+            password=password,
+        )
+    return SQLiteSeriesStore(settings.data_dir / "series.db")
+
+
+async def run_rules(settings: Settings, stop: asyncio.Event) -> None:
+    """Record telemetry and evaluate the rules until ``stop`` is set."""
+    topics = Topics(settings.mqtt_prefix)
+    store = open_series_store(settings)
+    db = connect(settings.database_target)
+    async with contextlib.AsyncExitStack() as stack:
+        await store.open()
+        stack.push_async_callback(store.close)
+        await db.open()
+        stack.push_async_callback(db.close)
+        ruleset = load_rules([settings.rules or bundled_pack()])
+        log.info(
+            "rules: %d rules from %d files (%d refused) on the %s store",
+            len(ruleset.rules),
+            len(ruleset.files),
+            len({f.file for f in ruleset.findings}),
+            store.name,
+        )
+        # A stable client id and a persistent session: telemetry published while the
+        # recorder restarts waits in the broker.
+        mqtt = MqttClient(
+            settings.broker_url,
+            client_id_for("rules", settings.mqtt_client_id or "chargetwin"),
+            clean_session=False,
+        )
+        notifier = Notifier(mqtt=mqtt, prefix=topics.prefix, webhooks=settings.rules_webhooks)
+        actions = Actions(
+            db,
+            mqtt=mqtt,
+            topics=topics,
+            shadow_client=ShadowClient(mqtt, topics),
+            dry_run=settings.rules_dry_run,
+        )
+        engine = Engine(store, AlertStore(db), ruleset, notifier=notifier, actions=actions)
+        await engine.load()
+        spool = Spool(settings.data_dir / "spool", max_bytes=settings.spool_max_bytes)
+        recorder = Recorder(store, spool, topics)
+        await mqtt.connect()
+        stack.push_async_callback(mqtt.disconnect)
+        await notifier.start()
+        stack.push_async_callback(notifier.stop)
+        await recorder.start(mqtt, settings.mqtt_share_group)
+        stack.push_async_callback(recorder.stop)
+        scheduler = AsyncIOScheduler()
+        engine.schedule(scheduler)
+        scheduler.start()
+        try:
+            await stop.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+            for topic_filter in list(recorder.subscriptions):
+                mqtt.unsubscribe(topic_filter)

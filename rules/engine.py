@@ -1,0 +1,180 @@
+"""The rules engine: evaluates every rule on its group's schedule and runs the alerts.
+
+One evaluation of a rule: run its query (:mod:`rules.evaluations`), advance its alerts
+(:func:`rules.alerts.step`), then, across all rules, mark silenced and inhibited alerts,
+save what changed and notify. A rule whose query fails is in *error*: its alerts are left
+as they were (neither resolved nor silently normal) and its state says why; a rule whose
+query finds no series at all is *nodata*. Both show in ``GET /api/v1/rules``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from rules.actions import Actions
+from rules.alerts import FIRING, PENDING, RESOLVED, Alert, AlertStore, matches, step
+from rules.evaluations import observe
+from rules.files import Rule, RuleSet
+from rules.notifiers import Notifier
+from rules.series import SeriesError, SeriesStore
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(
+        self,
+        store: SeriesStore,
+        alert_store: AlertStore,
+        ruleset: RuleSet,
+        *,
+        notifier: Notifier | None = None,
+        actions: Actions | None = None,
+    ) -> None:
+        self.store = store
+        self.alert_store = alert_store
+        self.ruleset = ruleset
+        self.notifier = notifier
+        self.actions = actions
+        self.current: dict[str, dict[str, Alert]] = defaultdict(dict)
+        self.states: dict[str, dict[str, Any]] = {
+            r.alert: {"health": "unknown", "pending": 0, "firing": 0} for r in ruleset.rules
+        }
+        self._lock = asyncio.Lock()
+
+    @property
+    def rules(self) -> list[Rule]:
+        return self.ruleset.rules
+
+    async def load(self) -> None:
+        """Create tables and take back the open alerts of a previous run."""
+        await self.alert_store.create_schema()
+        if self.actions is not None:
+            await self.actions.create_schema()
+        known = {r.alert for r in self.rules}
+        for alert in await self.alert_store.open_alerts():
+            if alert.rule in known:
+                self.current[alert.rule][alert.fingerprint] = alert
+        await self.alert_store.forget_rules_except(known)
+
+    def firing(self, rule: str | None = None) -> list[Alert]:
+        rules = [rule] if rule else list(self.current)
+        return [a for r in rules for a in self.current.get(r, {}).values() if a.state == FIRING]
+
+    async def evaluate(
+        self, at: float | None = None, rules: Iterable[Rule] | None = None
+    ) -> list[Alert]:
+        """Evaluate ``rules`` (all by default) at ``at`` (now); return the transitions."""
+        at = time.time() if at is None else at
+        async with self._lock:
+            transitions: list[Alert] = []
+            evaluated = list(self.rules if rules is None else rules)
+            for rule in evaluated:
+                transitions.extend(await self._evaluate_rule(rule, at))
+            await self._finish(transitions, evaluated, at)
+            return transitions
+
+    async def _evaluate_rule(self, rule: Rule, at: float) -> list[Alert]:
+        started = time.perf_counter()
+        state = self.states.setdefault(rule.alert, {})
+        try:
+            outcome = await observe(rule, self.store, at)
+        except SeriesError as exc:
+            if state.get("health") != "error":
+                log.warning("rule %s (%s:%d) in error: %s", rule.alert, rule.file, rule.line, exc)
+            state.update(health="error", lastError=str(exc))
+            return []
+        current = self.current[rule.alert]
+        transitions = step(rule, current, outcome.observations, at)
+        state.update(
+            health="nodata" if outcome.no_data else "ok",
+            lastError=None,
+            lastEvaluation=at,
+            evaluationSeconds=time.perf_counter() - started,
+            pending=sum(1 for a in current.values() if a.state == PENDING),
+            firing=sum(1 for a in current.values() if a.state == FIRING),
+        )
+        return transitions
+
+    async def _finish(self, transitions: list[Alert], rules: list[Rule], at: float) -> None:
+        silences = await self.alert_store.active_silences(at)
+        everything = [a for alerts in self.current.values() for a in alerts.values()]
+        firing = [a for a in everything if a.state == FIRING]
+        by_rule = {r.alert: r for r in self.rules}
+        # Per inhibit rule, the firing sources keyed by their ``equal`` labels: one lookup
+        # per alert instead of a scan of every firing alert.
+        sources = []
+        for inhibit in self.ruleset.inhibit_rules:
+            index: dict[tuple[str | None, ...], list[Alert]] = defaultdict(list)
+            for src in firing:
+                if matches(inhibit.source, src.labels):
+                    index[tuple(src.labels.get(k) for k in inhibit.equal)].append(src)
+            sources.append((inhibit, index))
+        for alert in everything:
+            silenced = any(matches(s, alert.labels) for s in silences)
+            inhibited = any(
+                matches(inhibit.target, alert.labels)
+                and any(
+                    src is not alert
+                    for src in index.get(tuple(alert.labels.get(k) for k in inhibit.equal), ())
+                )
+                for inhibit, index in sources
+            )
+            if (silenced, inhibited) != (alert.silenced, alert.inhibited):
+                alert.silenced, alert.inhibited, alert.changed = silenced, inhibited, True
+        notify: list[Alert] = []
+        for alert in everything:
+            if (
+                alert.state == FIRING
+                and not alert.notified
+                and not (alert.silenced or alert.inhibited)
+            ):
+                alert.notified = alert.changed = True
+                notify.append(alert)
+        changed = {id(a): a for a in [*transitions, *(a for a in everything if a.changed)]}
+        await self.alert_store.save(changed.values())
+        for alert in changed.values():
+            alert.changed = False
+        for rule in rules:
+            await self.alert_store.save_rule_state(rule, self.states[rule.alert])
+        for alert in transitions:
+            if alert.state in (PENDING, FIRING, RESOLVED) and self.notifier is not None:
+                webhook = alert in notify or (alert.state == RESOLVED and alert.notified)
+                self.notifier.transition(alert, webhook=webhook)
+        for alert in notify:
+            if self.notifier is not None and alert not in transitions:
+                self.notifier.transition(alert, webhook=True)
+            owner = by_rule.get(alert.rule)
+            if owner is not None and owner.actions and self.actions is not None:
+                await self.actions.run(owner, alert)
+
+    def schedule(self, scheduler: AsyncIOScheduler) -> None:
+        """One job per rule group, every ``interval``; a late run is merged, never doubled."""
+        groups: dict[tuple[str, str], list[Rule]] = defaultdict(list)
+        for rule in self.rules:
+            groups[(rule.file, rule.group)].append(rule)
+        for (file, group), rules in groups.items():
+            scheduler.add_job(
+                self._run_group,
+                "interval",
+                seconds=rules[0].interval,
+                args=[rules],
+                id=f"{file}:{group}",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=datetime.now(UTC),
+            )
+
+    async def _run_group(self, rules: list[Rule]) -> None:
+        try:
+            await self.evaluate(rules=rules)
+        except Exception:  # the scheduler must keep running; the reason is logged once here
+            log.exception("evaluation of %s failed", ", ".join(r.alert for r in rules))

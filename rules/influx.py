@@ -1,0 +1,225 @@
+"""InfluxDB as the time-series store, over its v1-compatible HTTP API only.
+
+``/write`` takes line protocol built by influxdb-client's ``Point`` serializer, gzipped;
+``/query`` takes InfluxQL through httpx. InfluxDB 1.8+, 2.x (v1 compatibility API with a
+DBRP mapping) and 3.x all serve these two endpoints; the v2 API is never used. Times are
+sent and asked for in nanoseconds (``precision=ns``, ``epoch=ns``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+from influxdb_client.client.write import point as line_points
+from influxdb_client.domain import write_precision
+
+from rules.points import FieldValue, Labels, Point, Sample, Selection
+from rules.series import SeriesError, StoreUnavailable, check_function
+
+log = logging.getLogger(__name__)
+
+# influxdb-client ships without type hints; only its line-protocol serializer is used.
+LinePoint: Any = line_points.Point
+NANOSECONDS: Any = write_precision.WritePrecision.NS
+
+
+_PREFIXES: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+_MARKER = " f=0"
+
+
+def _series_prefix(point: Point) -> str:
+    """``measurement,tag=value,...`` escaped by the serializer, cached per series (the
+    serializer costs ~20 us a point; series repeat, so most points skip that part)."""
+    key = (point.measurement, tuple(point.tags.items()))
+    prefix = _PREFIXES.get(key)
+    if prefix is None:
+        line = LinePoint(point.measurement)
+        for tag, value in point.tags.items():
+            line.tag(tag, value)
+        text = str(line.field("f", 0.0).to_line_protocol())
+        assert text.endswith(_MARKER), text
+        prefix = text[: -len(_MARKER)]
+        if len(_PREFIXES) >= 100_000:
+            _PREFIXES.clear()
+        _PREFIXES[key] = prefix
+    return prefix
+
+
+def to_line(point: Point) -> str:
+    """One line of line protocol: series and fields escaped by the official serializer."""
+    line = LinePoint("x")
+    for key, field in point.fields.items():
+        line.field(key, field if isinstance(field, str) else float(field))
+    line.time(point.time, NANOSECONDS)
+    return _series_prefix(point) + str(line.to_line_protocol())[1:]
+
+
+def to_body(points: Sequence[Point]) -> bytes:
+    """A gzipped ``/write`` body (level 1: the CPU matters more than the bytes here)."""
+    return gzip.compress("\n".join(to_line(p) for p in points).encode(), compresslevel=1)
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def quote_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class InfluxStore:
+    """One database of an InfluxDB server; created on first use when missing."""
+
+    name = "influxdb"
+
+    def __init__(
+        self,
+        url: str,
+        database: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.database = database
+        auth = httpx.BasicAuth(username, password or "") if username else None
+        self._client = httpx.AsyncClient(base_url=self.url, auth=auth, timeout=timeout)
+        self._database_ready = False
+
+    async def open(self) -> None:
+        try:
+            await self._ensure_database()
+        except StoreUnavailable as exc:
+            # The recorder spools until the server answers; say so once here.
+            log.warning("InfluxDB at %s not reachable yet: %s", self.url, exc)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _ensure_database(self) -> None:
+        if not self._database_ready:
+            await self._post_query(f"CREATE DATABASE {quote_ident(self.database)}")
+            self._database_ready = True
+
+    # --- HTTP ------------------------------------------------------------------------------
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise StoreUnavailable(f"InfluxDB at {self.url} unreachable: {exc!r}") from exc
+        if response.status_code >= 500 or response.status_code in (408, 429):
+            raise StoreUnavailable(
+                f"InfluxDB at {self.url} answered {response.status_code}: {response.text[:200]}"
+            )
+        if response.status_code >= 400:
+            raise SeriesError(
+                f"InfluxDB refused {path}: {response.status_code} {response.text[:300]}"
+            )
+        return response
+
+    async def _post_query(self, q: str) -> list[dict[str, Any]]:
+        response = await self._send(
+            "POST", "/query", data={"q": q, "db": self.database, "epoch": "ns"}
+        )
+        return _series_of(response.json(), q)
+
+    async def write_body(self, body: bytes) -> None:
+        """POST an already gzipped line-protocol body (the benchmark's baseline path)."""
+        await self._ensure_database()
+        await self._send(
+            "POST",
+            "/write",
+            params={"db": self.database, "precision": "ns"},
+            content=body,
+            headers={"Content-Encoding": "gzip", "Content-Type": "text/plain; charset=utf-8"},
+        )
+
+    async def write(self, points: Sequence[Point]) -> None:
+        if points:
+            await self.write_body(to_body(points))
+
+    # --- queries -----------------------------------------------------------------------
+    def _where(self, selection: Selection, start: int | None, end: int) -> str:
+        parts = [f"time <= {end}"]
+        if start is not None:
+            parts.insert(0, f"time > {start}")
+        for tag, allowed in selection.filters.items():
+            alternatives = " OR ".join(f"{quote_ident(tag)} = {quote_string(v)}" for v in allowed)
+            parts.append(f"({alternatives})" if len(allowed) > 1 else alternatives)
+        return " AND ".join(parts)
+
+    def _statement(self, selection: Selection, select: str, start: int | None, end: int) -> str:
+        q = (
+            f"SELECT {select} FROM {quote_ident(selection.measurement)} "
+            f"WHERE {self._where(selection, start, end)}"
+        )
+        if selection.group_by:
+            q += " GROUP BY " + ",".join(quote_ident(t) for t in selection.group_by)
+        return q
+
+    async def _select(self, q: str) -> list[dict[str, Any]]:
+        await self._ensure_database()
+        return await self._post_query(q)
+
+    async def aggregate(
+        self, selection: Selection, function: str, start: int, end: int
+    ) -> list[Sample]:
+        check_function(function)
+        if function == "last":
+            return await self.last(selection, start, end)
+        q = self._statement(selection, f"{function}({quote_ident(selection.field)})", start, end)
+        out = []
+        for series in await self._select(q):
+            labels = _labels(selection, series)
+            for row in series.get("values", []):
+                if row[1] is not None:
+                    out.append(Sample(labels, float(row[1]), start))
+        return sorted(out, key=lambda s: s.labels)
+
+    async def last(self, selection: Selection, start: int | None, end: int) -> list[Sample]:
+        q = self._statement(selection, f"last({quote_ident(selection.field)})", start, end)
+        out = []
+        for series in await self._select(q):
+            labels = _labels(selection, series)
+            for row in series.get("values", []):
+                if row[1] is not None:
+                    out.append(Sample(labels, _value(row[1]), int(row[0])))
+        return sorted(out, key=lambda s: s.labels)
+
+    async def points(
+        self, selection: Selection, start: int, end: int
+    ) -> dict[Labels, list[tuple[int, FieldValue]]]:
+        q = self._statement(selection, quote_ident(selection.field), start, end)
+        out: dict[Labels, list[tuple[int, FieldValue]]] = {}
+        for series in await self._select(q):
+            rows = [(int(r[0]), _value(r[1])) for r in series.get("values", []) if r[1] is not None]
+            if rows:
+                out.setdefault(_labels(selection, series), []).extend(rows)
+        return out
+
+
+def _value(raw: Any) -> FieldValue:
+    return raw if isinstance(raw, str) else float(raw)
+
+
+def _labels(selection: Selection, series: dict[str, Any]) -> Labels:
+    tags = series.get("tags") or {}
+    return tuple((t, str(tags.get(t, ""))) for t in selection.group_by)
+
+
+def _series_of(body: Any, q: str) -> list[dict[str, Any]]:
+    if not isinstance(body, dict):
+        raise SeriesError(f"unexpected InfluxDB answer to {q!r}")
+    if "error" in body:
+        raise SeriesError(f"InfluxDB error for {q!r}: {body['error']}")
+    out: list[dict[str, Any]] = []
+    for result in body.get("results", []):
+        if "error" in result:
+            raise SeriesError(f"InfluxDB error for {q!r}: {result['error']}")
+        out.extend(result.get("series", []))
+    return out

@@ -1,0 +1,79 @@
+"""Diagnostics uploads: one-time grants bound to a charger, listing and download by role."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from api_helpers import ADMIN_ENV_TOKEN, assert_problem
+from pydantic import SecretStr
+
+from api.backends import Backend
+from api.diagnostics import DiagnosticsUploads
+from chargetwin.database import Database
+from chargetwin.mqtt import MqttClient
+from chargetwin.topics import Topics
+
+Auth = Callable[[str], dict[str, str]]
+
+
+@pytest.fixture
+async def backend(db: Database, api_mqtt: MqttClient, topics: Topics, tmp_path: Path) -> Backend:
+    backend = Backend.build(
+        db, api_mqtt, topics, admin_token=SecretStr(ADMIN_ENV_TOKEN), data_dir=tmp_path
+    )
+    await backend.create_schema()
+    return backend
+
+
+async def test_a_grant_allows_one_upload_by_its_charger(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    backend: Backend,
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    tmp_path: Path,
+) -> None:
+    await register("CP-D-1")
+    assert backend.operations is not None
+    uploads = backend.operations.uploads
+    token = await uploads.grant("CP-D-1")
+    base = f"/api/v1/diagnostics/uploads/CP-D-1/{token}/"
+
+    wrong_charger = f"/api/v1/diagnostics/uploads/CP-D-2/{token}/a.log"
+    assert_problem(await client.put(wrong_charger, content=b"x"), 403)
+    put = await client.put(base + "log-1.txt", content=b"line 1\n")
+    assert put.status_code == 201, put.text
+    assert put.json() == {"name": "log-1.txt", "size": 7}
+    assert (tmp_path / "diagnostics" / "CP-D-1" / "log-1.txt").read_bytes() == b"line 1\n"
+    assert_problem(await client.put(base + "log-2.txt", content=b"again"), 403)  # spent
+
+    second = await uploads.grant("CP-D-1")
+    post = await client.post(
+        f"/api/v1/diagnostics/uploads/CP-D-1/{second}/",
+        files={"file": ("log-1.txt", b"multipart body", "text/plain")},
+    )
+    assert post.status_code == 201, post.text
+    assert post.json()["name"] == "log-1-1.txt"  # never overwrites
+
+    listing = await client.get("/api/v1/chargers/CP-D-1/diagnostics", headers=auth("viewer"))
+    assert sorted(f["name"] for f in listing.json()) == ["log-1-1.txt", "log-1.txt"]
+    path = "/api/v1/chargers/CP-D-1/diagnostics/log-1-1.txt"
+    assert_problem(await client.get(path, headers=auth("viewer")), 403)
+    download = await client.get(path, headers=auth("operator"))
+    assert download.status_code == 200 and download.content == b"multipart body"
+    missing = "/api/v1/chargers/CP-D-1/diagnostics/..secret"
+    assert_problem(await client.get(missing, headers=auth("operator")), 404)
+
+
+async def test_unknown_and_expired_grants_are_refused(
+    client: httpx.AsyncClient, db: Database, tmp_path: Path
+) -> None:
+    assert_problem(await client.put("/api/v1/diagnostics/uploads/CP-D-1/nope/a", content=b"x"), 403)
+    expired = DiagnosticsUploads(db, tmp_path / "diagnostics", ttl=-1)
+    token = await expired.grant("CP-D-1")
+    url = f"/api/v1/diagnostics/uploads/CP-D-1/{token}/a.log"
+    assert_problem(await client.put(url, content=b"x"), 403)
+    assert not (tmp_path / "diagnostics" / "CP-D-1" / "a.log").exists()

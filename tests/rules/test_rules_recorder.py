@@ -1,0 +1,249 @@
+"""The recorder: MQTT → points in the store, batched, spooled while the store is down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from influx_servers import InfluxServer
+from probes import MqttProbe
+
+from chargetwin.mqtt import MqttClient
+from chargetwin.topics import Topics
+from rules.influx import InfluxStore
+from rules.points import NS, Point, Selection
+from rules.recorders import Recorder
+from rules.series import SeriesStore
+from rules.spools import Spool
+
+T0 = 1_700_000_000.0
+
+
+async def count(store: SeriesStore, measurement: str, field: str = "value") -> int:
+    samples = await store.aggregate(Selection(measurement, field), "count", 0, 2**62)
+    return int(samples[0].value) if samples else 0
+
+
+async def wait_for_count(
+    store: SeriesStore, measurement: str, expected: int, field: str = "value"
+) -> None:
+    for _ in range(300):
+        if await count(store, measurement, field) >= expected:
+            break
+        await asyncio.sleep(0.05)
+    assert await count(store, measurement, field) == expected
+
+
+@pytest.fixture
+async def mqtt(mosquitto_url: str) -> AsyncIterator[MqttClient]:
+    client = MqttClient(mosquitto_url, f"test-recorder-{uuid.uuid4().hex[:8]}")
+    await client.connect()
+    yield client
+    await client.disconnect()
+
+
+@pytest.fixture
+async def probe(mosquitto_url: str) -> AsyncIterator[MqttProbe]:
+    p = MqttProbe(mosquitto_url)
+    await p.connected()
+    yield p
+    p.close()
+
+
+def meter_message(i: int, connector: int = 1) -> dict[str, object]:
+    return {
+        "connectorId": connector,
+        "transactionId": 7,
+        "timestamp": T0 + i,
+        "values": [
+            {
+                "measurand": "Energy.Active.Import.Register",
+                "phase": None,
+                "unit": "Wh",
+                "value": 1000.0 + i,
+                "context": "Sample.Periodic",
+                "location": "Outlet",
+            },
+            {
+                "measurand": "Current.Import",
+                "phase": "L1",
+                "unit": None,
+                "value": 16.0,
+                "context": "Sample.Periodic",
+                "location": "Outlet",
+            },
+        ],
+    }
+
+
+async def test_rules_recorder_writes_every_kind_of_message(
+    series_store: SeriesStore, mqtt: MqttClient, probe: MqttProbe, prefix: str, tmp_path: Path
+) -> None:
+    topics = Topics(prefix)
+    recorder = Recorder(series_store, Spool(tmp_path / "spool", max_bytes=1 << 20), topics)
+    await recorder.start(mqtt)
+    try:
+        base = f"{prefix}/chargers/CP-1"
+        await probe.publish(f"{base}/telemetry/meterValues", meter_message(0))
+        await probe.publish(
+            f"{base}/events/status",
+            {
+                "connectorId": 1,
+                "previous": "Available",
+                "status": "Faulted",
+                "errorCode": "GroundFailure",
+                "info": None,
+                "vendorId": None,
+                "vendorErrorCode": None,
+                "timestamp": T0 + 1,
+            },
+        )
+        await probe.publish(
+            f"{base}/presence", {"online": False, "since": T0 + 2, "ocppVersion": "1.6"}
+        )
+        stopped = {
+            "event": "stopped",
+            "transactionId": 7,
+            "connectorId": 1,
+            "idTag": "T",
+            "meterStart": 1000,
+            "meterStop": 1000,
+            "reason": "EVDisconnected",
+            "startedAt": T0,
+            "timestamp": T0 + 60,
+            "known": True,
+        }
+        await probe.publish(f"{base}/events/transaction", stopped)
+        await probe.publish(f"{base}/events/transaction", stopped)  # a retry: deduped
+        await probe.publish(
+            f"{base}/events/firmware", {"status": "InstallationFailed", "timestamp": T0 + 3}
+        )
+        await probe.publish(
+            f"{base}/events/boot", {"vendor": "V", "model": "M", "timestamp": T0 + 4}
+        )
+        await probe.publish(
+            f"{base}/events/diagnostics", {"kind": "log", "status": "Uploaded", "timestamp": T0 + 5}
+        )
+        await probe.publish(f"{base}/telemetry/meterValues", b"not json")  # ignored, not fatal
+        await wait_for_count(series_store, "diagnostics_status", 1, "status")
+
+        current = Selection(
+            "meter_values",
+            "value",
+            {"measurand": ("Current.Import",)},
+            ("charger", "connector", "phase", "unit", "location", "context"),
+        )
+        [sample] = await series_store.last(current, None, 2**62)
+        assert dict(sample.labels) == {
+            "charger": "CP-1",
+            "connector": "1",
+            "phase": "L1",
+            "unit": "",
+            "location": "Outlet",
+            "context": "Sample.Periodic",
+        }
+        assert sample.value == 16.0 and sample.time == int(T0 * NS)
+        [status] = await series_store.last(Selection("connector_status", "status"), None, 2**62)
+        assert status.value == "Faulted"
+        [error] = await series_store.last(Selection("connector_status", "error_code"), None, 2**62)
+        assert error.value == "GroundFailure"
+        [presence] = await series_store.last(Selection("presence", "state"), None, 2**62)
+        assert presence.value == "offline" and presence.time == int((T0 + 2) * NS)
+        assert await count(series_store, "sessions", "zero_energy") == 1
+        [zero] = await series_store.last(Selection("sessions", "zero_energy"), None, 2**62)
+        [ok] = await series_store.last(Selection("sessions", "successful"), None, 2**62)
+        assert (zero.value, ok.value) == (1.0, 0.0)
+        [fw] = await series_store.last(Selection("firmware_status", "status"), None, 2**62)
+        assert fw.value == "InstallationFailed"
+        assert await count(series_store, "boots", "count") == 1
+    finally:
+        await recorder.stop()
+
+
+async def test_rules_recorder_survives_an_influxdb_outage(
+    mqtt: MqttClient, probe: MqttProbe, prefix: str, tmp_path: Path
+) -> None:
+    """Stop influxd mid-stream, keep publishing, restart it: every point is there."""
+    server = InfluxServer(tmp_path / "influxd")
+    server.start()
+    store = InfluxStore(server.url, "outage", timeout=2.0)
+    await store.open()
+    spool = Spool(tmp_path / "spool", max_bytes=64 << 20)
+    recorder = Recorder(store, spool, Topics(prefix), retry_delay=0.1, max_retry_delay=0.5)
+    await recorder.start(mqtt)
+    topic = f"{prefix}/chargers/CP-9/telemetry/meterValues"
+    try:
+        for i in range(100):
+            await probe.publish(topic, meter_message(i))
+        server.stop()
+        for i in range(100, 300):
+            await probe.publish(topic, meter_message(i))
+        for _ in range(100):
+            if recorder.spooled:
+                break
+            await asyncio.sleep(0.05)
+        assert recorder.spooled > 0 and spool.has_data
+        server.start()
+        for i in range(300, 400):
+            await probe.publish(topic, meter_message(i))
+        await wait_for_count(store, "meter_values", 800)
+        assert not spool.has_data
+        energy = Selection(
+            "meter_values", "value", {"measurand": ("Energy.Active.Import.Register",)}
+        )
+        [last] = await store.last(energy, None, 2**62)
+        assert last.value == 1399.0
+    finally:
+        await recorder.stop()
+        await store.close()
+        server.stop()
+
+
+async def test_rules_recorder_replays_a_spool_left_by_a_previous_run(
+    series_store: SeriesStore, prefix: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "spool"
+    left = Spool(folder, max_bytes=1 << 20)
+    await left.append(
+        [Point("m", {"charger": "A"}, {"value": float(i)}, i * NS) for i in range(1, 11)]
+    )
+    recorder = Recorder(series_store, Spool(folder, max_bytes=1 << 20), Topics(prefix))
+    await recorder.start()
+    try:
+        await wait_for_count(series_store, "m", 10)
+        assert list(folder.glob("segment-*")) == []
+    finally:
+        await recorder.stop()
+
+
+async def test_rules_recorder_holds_back_when_the_spool_is_full(
+    prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full spool blocks the handler (no PUBACK) instead of dropping points."""
+    dead = InfluxStore("http://127.0.0.1:9", "nowhere", timeout=0.5)
+    spool = Spool(tmp_path / "spool", max_bytes=200)
+    recorder = Recorder(dead, spool, Topics(prefix), retry_delay=5, linger=0.001)
+    await recorder.start()
+    try:
+        await asyncio.wait_for(
+            recorder.accept([Point("m", {}, {"value": 1.0}, i * NS) for i in range(1, 10)]), 5
+        )
+        assert spool.full
+        blocked = asyncio.ensure_future(recorder.accept([Point("m", {}, {"value": 2.0}, 99 * NS)]))
+        await asyncio.sleep(0.3)
+        assert not blocked.done()
+        assert "spool full" in caplog.text
+        blocked.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+    finally:
+        await recorder.stop()
+        await dead.close()
+    assert (
+        json.loads((sorted(spool.folder.glob("segment-*"))[0]).read_text().splitlines()[0])[0]
+        == "m"
+    )
