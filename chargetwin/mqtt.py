@@ -135,6 +135,7 @@ class MqttClient:
         self.outbox = Outbox(self._client, lambda: self.is_connected, limit=outbox_limit)
         self.on_connect(self.outbox.flush)
         self._suback: dict[int, asyncio.Future[None]] = {}
+        self._resubscribed: list[asyncio.Future[None]] = []
 
     # --- lifecycle ---------------------------------------------------------------------
     async def connect(self, timeout: float = 10.0) -> None:
@@ -160,6 +161,10 @@ class MqttClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         await asyncio.wait_for(self._connected.wait(), timeout)
+        # Return only once the broker confirmed every subscription: a request published
+        # by someone else right after we "started" must not fall between the chairs.
+        pending = self._resubscribed
+        await asyncio.wait_for(asyncio.gather(*pending), timeout)
 
     async def disconnect(self) -> None:
         self._closing = True
@@ -231,8 +236,12 @@ class MqttClient:
 
     # --- gmqtt callbacks -------------------------------------------------------------------
     def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
+        loop = asyncio.get_running_loop()
+        self._resubscribed = []
         for topic_filter, (qos, _) in self._handlers.items():
-            self._client.subscribe(topic_filter, qos=qos)
+            mid = self._client.subscribe(topic_filter, qos=qos)
+            future = self._suback[mid] = loop.create_future()
+            self._resubscribed.append(future)
         self._connected.set()
         log.info(
             "MQTT connected to %s:%s as %s", self.address.host, self.address.port, self.client_id
@@ -243,7 +252,7 @@ class MqttClient:
             task.add_done_callback(self._task_done)
 
     def _on_subscribe(self, client: Any, mid: int, qos: Any, properties: Any) -> None:
-        future = self._suback.get(mid)
+        future = self._suback.pop(mid, None)
         if future is not None and not future.done():
             future.set_result(None)
 
