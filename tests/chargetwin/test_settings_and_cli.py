@@ -90,3 +90,28 @@ def test_configuration_page_is_current() -> None:
         sys.path.pop(0)
     page = (ROOT / "docs" / "configuration.md").read_text()
     assert page == render(), "run: .venv/bin/python scripts/settings_doc.py > docs/configuration.md"
+
+
+def test_rules_check_and_test_report_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pack = sorted((ROOT / "rules" / "pack").glob("*.yaml"))
+    rule_files = [str(p) for p in pack if not p.name.endswith("_test.yaml")]
+    test_files = [str(p) for p in pack if p.name.endswith("_test.yaml")]
+    assert rule_files and test_files
+    assert main(["rules", "check", *rule_files]) == 0
+    assert main(["rules", "test", *test_files]) == 0
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("groups:\n  - name: g\n    rules:\n      - alert: A\n        query: 5\n")
+    capsys.readouterr()
+    assert main(["rules", "check", str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert f"{broken}:5:" in err  # the line of the bad query
+
+
+def test_rules_tool_needs_an_action_and_files() -> None:
+    with pytest.raises(SystemExit):
+        main(["rules", "frobnicate", "x.yaml"])
+    with pytest.raises(SystemExit):
+        main(["rules", "check"])
