@@ -42,6 +42,7 @@ from bench.bridge_load import (
     register,
     rss_kib,
 )
+from bench.brokers import bench_broker
 from bench.machine import describe, median, percentile
 
 
@@ -62,7 +63,7 @@ def ignore(charger: RawCharger, payload: bytes) -> None:
 
 
 async def storm(
-    server: Server, chargers: list[RawCharger], spread: float, figures: Figures
+    server: Server, chargers: list[RawCharger], spread: float, pause: float, figures: Figures
 ) -> None:
     """Drop these sockets, reconnect them (over ``spread`` seconds), BootNotification each.
 
@@ -73,7 +74,7 @@ async def storm(
     for charger in chargers:
         charger.close()
     await asyncio.gather(*(c.closed for c in chargers))
-    await asyncio.sleep(1.0)  # the server notices the closes
+    await asyncio.sleep(pause)  # the server notices the closes
     latencies: list[float] = []
     all_answered = asyncio.Event()
     began: dict[str, float] = {}
@@ -123,7 +124,7 @@ async def measure(server: Server, ids: list[str], args: argparse.Namespace, f: F
         await asyncio.sleep(3.0)  # idle: presence published, buffers settled
         f.held.append(len(chargers))
         f.kib_per_charger.append((rss_kib(server.pid) - before) / len(chargers))
-        await storm(server, chargers[: args.storm], args.spread, f)
+        await storm(server, chargers[: args.storm], args.spread, args.pause, f)
     finally:
         for charger in chargers:
             charger.close()
@@ -184,4 +185,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--spread", type=float, default=0.0, help="reconnects spread over this many seconds"
     )
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument(
+        "--pause", type=float, default=1.0, help="seconds between the drop and the reconnects"
+    )
+    with bench_broker():
+        asyncio.run(main(parser.parse_args()))

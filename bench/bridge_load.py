@@ -33,12 +33,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.brokers import broker_url
 from chargetwin.database import connect
 from twin.registry import ChargerRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-BROKER = "mqtt://127.0.0.1:1883"
 PASSWORD = "bench-password"
 SCRYPT_N = 2**8  # bench cost; production hashes use 2**14 (twin.registry)
 
@@ -266,7 +266,7 @@ class Server:
     def bridge(cls, data_dir: Path, prefix: str, *extra: str) -> Server:
         port = free_port()
         cmd = [
-            str(BIN / "chargetwin"), "bridge", f"--ocpp-port={port}", f"--mqtt-url={BROKER}",
+            str(BIN / "chargetwin"), "bridge", f"--ocpp-port={port}", f"--mqtt-url={broker_url()}",
             f"--mqtt-prefix={prefix}", f"--data-dir={data_dir}", *extra,
         ]  # fmt: skip
         return cls("bridge", cmd, port, data_dir / "bridge.log")
@@ -282,7 +282,11 @@ class Server:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.cmd, cwd=ROOT, stdout=log, stderr=log, preexec_fn=raise_nofile
             )
-        await wait_listening(self.port, self.proc)
+        try:
+            await wait_listening(self.port, self.proc)
+        except RuntimeError as exc:
+            tail = self.log.read_text(errors="replace").splitlines()[-20:]
+            raise RuntimeError(f"{self.name}: {exc}; its log ends:\n" + "\n".join(tail)) from exc
 
     @property
     def pid(self) -> int:

@@ -34,7 +34,6 @@ from pathlib import Path
 
 from bench.bridge_load import (
     BIN,
-    BROKER,
     MqttCounter,
     RawCharger,
     Server,
@@ -45,6 +44,7 @@ from bench.bridge_load import (
     register,
     status_frame,
 )
+from bench.brokers import bench_broker, broker_url
 from bench.machine import describe, median, percentile
 
 MV = meter_values_frame()
@@ -231,7 +231,7 @@ async def main(args: argparse.Namespace) -> None:
             prefix = f"bench-{uuid.uuid4().hex[:8]}"
             await register(data, meter_ids + status_ids)
             twin = await asyncio.create_subprocess_exec(
-                str(BIN / "chargetwin"), "twin", f"--mqtt-url={BROKER}",
+                str(BIN / "chargetwin"), "twin", f"--mqtt-url={broker_url()}",
                 f"--mqtt-prefix={prefix}", f"--data-dir={data}",
                 stdout=asyncio.subprocess.DEVNULL, stderr=(data / "twin.log").open("wb"),
             )  # fmt: skip
@@ -303,4 +303,5 @@ if __name__ == "__main__":
         default=None,
         help="MeterValues/s during the latency step (default: half the measured rate)",
     )
-    asyncio.run(main(parser.parse_args()))
+    with bench_broker():
+        asyncio.run(main(parser.parse_args()))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from bench.brokers import bench_broker
 from bench.machine import describe, median, percentile
 from chargetwin.database import connect
 from chargetwin.mqtt import MqttClient
@@ -194,7 +195,9 @@ async def measure(
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883")
+    parser.add_argument(
+        "--mqtt-url", default=None, help="a broker to use (default: a private Mosquitto)"
+    )
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--updates", type=int, default=20_000)
     parser.add_argument("--chargers", type=int, default=1_000)
@@ -202,7 +205,15 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="latency phase length")
     parser.add_argument("--runs", type=int, default=1, help="repeat and report medians")
     args = parser.parse_args()
+    if args.mqtt_url is None:
+        with bench_broker() as url:
+            args.mqtt_url = url
+            await run(args)
+    else:
+        await run(args)
 
+
+async def run(args: argparse.Namespace) -> None:
     print(f"machine: {describe()}")
     print(
         f"broker: {args.mqtt_url}; {args.updates:,} updates over {args.chargers:,} chargers, "
