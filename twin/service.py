@@ -194,8 +194,13 @@ class ShadowService:
         now = self._clock()
         since = body.get("since")
         since = float(since) if isinstance(since, int | float) and 0 < since <= now + 300 else now
-        online = body["online"] and body.get("bridge") not in self._dead_bridges
-        connection = {"online": online, "since": since if online else max(since, now)}
+        bridge_gone = body["online"] and body.get("bridge") in self._dead_bridges
+        online = body["online"] and not bridge_gone
+        # The bridge's own clock orders a charger's presence changes, so a late "offline" of
+        # an old connection never beats the "online" of the new one. Only when we overrule a
+        # dead bridge's retained "online" is our clock the right one: we just learned it.
+        at = max(since, now) if bridge_gone else since
+        connection = {"online": online, "since": at}
         for key in ("ocppVersion", "bridge"):
             if isinstance(body.get(key), str):
                 connection[key] = body[key]

@@ -282,3 +282,19 @@ async def test_a_refused_update_leaves_the_document_as_it_was(small_twin: Twin) 
     _, after = await small_twin.probe.request(small_twin.shadow("CP-1", "get"), {})
     before.pop("clientToken"), after.pop("clientToken")
     assert after == before
+
+
+async def test_a_late_offline_of_an_old_connection_does_not_beat_the_new_online(
+    twin: Twin,
+) -> None:
+    """A charger reboots: the bridge's "offline" for the old socket may arrive after the
+    "online" of the new one; presence is ordered by the bridge's times, not by arrival."""
+    presence, t = twin.topics.presence("CP-1"), time.time()
+    await twin.probe.publish(presence, {"online": True, "since": t, "bridge": "b1"})
+    await twin.probe.expect(twin.shadow("CP-1") + "/documents")
+    await twin.probe.publish(presence, {"online": False, "since": t - 1, "bridge": "b1"})
+    # An update published after it is answered after it: the stale offline was processed.
+    await twin.probe.request(twin.shadow("CP-1"), {"state": {"reported": {"x": 1}}})
+    _, doc = await twin.probe.request(twin.shadow("CP-1", "get"), {})
+    assert doc["state"]["reported"]["connection"]["online"] is True
+    assert doc["state"]["reported"]["connection"]["since"] == t
