@@ -20,6 +20,7 @@ from api.backends import Backend, open_backend
 from api.diagnostics import MAX_UPLOAD_BYTES
 from api.limits import MAX_BODY_BYTES, BodySizeLimitMiddleware
 from api.problems import install_problem_handlers, problems_only
+from api.rollouts import CampaignEngine
 from api.routes import (
     alerts,
     audit,
@@ -34,6 +35,11 @@ from api.routes import (
     shadows,
     tokens,
 )
+from api.routes import campaigns as campaign_routes
+from api.routes import inspections as inspection_routes
+from api.routes import maintenance as maintenance_routes
+from api.routes import monitoring as monitoring_routes
+from api.routes import profiles as profile_routes
 from api.routes.health import VERSION
 from chargetwin.database import Database
 from chargetwin.mqtt import MqttClient
@@ -64,6 +70,24 @@ TAGS = [
     {"name": "firmware", "description": "The firmware catalog and image downloads."},
     {"name": "diagnostics", "description": "Diagnostics uploads from chargers."},
     {"name": "id tags", "description": "The idTags chargers authorize against."},
+    {
+        "name": "campaigns",
+        "description": "Staged firmware rollouts: canary, waves, thresholds, windows.",
+    },
+    {
+        "name": "profiles",
+        "description": "Named desired configuration for many chargers, and drift.",
+    },
+    {"name": "maintenance", "description": "Work orders, maintenance windows, inspections."},
+    {
+        "name": "monitoring",
+        "description": "Sessions, KPIs, uptime (23 CFR 680.116) and NEVI reports.",
+    },
+    {
+        "name": "alerts",
+        "description": "Alerts raised by the rules engine; acknowledge and silence.",
+    },
+    {"name": "rules", "description": "Loaded rules and their state; validate a rule file."},
     {"name": "audit", "description": "Who changed what, and how it ended."},
     {"name": "tokens", "description": "API tokens and their roles (admin)."},
     {"name": "health", "description": "Liveness of the API and its dependencies."},
@@ -99,6 +123,11 @@ def create_app(backend: Backend) -> FastAPI:
         api.include_router(module.router)
     api.include_router(alerts.router)
     api.include_router(rules.router)
+    api.include_router(campaign_routes.router)
+    api.include_router(profile_routes.router)
+    api.include_router(maintenance_routes.router)
+    api.include_router(inspection_routes.router)
+    api.include_router(monitoring_routes.router)
     app.include_router(api)
     app.include_router(dashboard.router)
     install_problem_handlers(app)
@@ -160,5 +189,17 @@ async def run_api(
     left open; otherwise the API opens its own from ``settings`` and closes them.
     """
     async with open_backend(settings, db=db, mqtt=mqtt) as backend:
-        log.info("API listening on http://%s:%s%s", settings.host, settings.api_port, API_PREFIX)
-        await serve(create_app(backend), settings.host, settings.api_port, stop)
+        app = create_app(backend)
+        assert backend.campaigns is not None
+        engine = CampaignEngine(
+            backend.campaigns,
+            backend.shadows,
+            backend.shadow_client,
+            interval=settings.campaign_interval,
+        )
+        app.state.campaign_engine = engine  # routes wake it after an operator action
+        async with engine.running():
+            log.info(
+                "API listening on http://%s:%s%s", settings.host, settings.api_port, API_PREFIX
+            )
+            await serve(app, settings.host, settings.api_port, stop)

@@ -8,7 +8,7 @@ its own with :func:`open_backend`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +16,18 @@ from fastapi import Request
 from pydantic import SecretStr
 
 from api.audit import AuditLog
+from api.campaigns import CampaignStore
+from api.maintenance import Maintenance
 from api.operations import DEFAULT_PUBLIC_URL, Operations
+from api.profiles import ProfileStore
 from api.tokens import TokenStore
 from chargetwin.database import Database, connect
 from chargetwin.mqtt import MqttClient, client_id_for
 from chargetwin.settings import Settings
 from chargetwin.shadow_client import ShadowClient
 from chargetwin.topics import Topics
+from rules.series import SeriesStore
+from rules.sqlite_series import SQLiteSeriesStore
 from twin.registry import ChargerRegistry
 from twin.stores import ShadowStore
 
@@ -38,6 +43,12 @@ class Backend:
     audit: AuditLog
     admin_token: SecretStr | None = None
     operations: Operations | None = None  # firmware, commands, diagnostics, id tags
+    # work orders, maintenance windows, inspections and their scheduler
+    maintenance: Maintenance | None = None
+    # a fresh (unopened) time-series store per use: status history, meter values
+    series: Callable[[], SeriesStore] | None = None
+    campaigns: CampaignStore | None = None  # firmware campaigns (engine: api.rollouts)
+    profiles: ProfileStore | None = None  # configuration profiles
 
     @classmethod
     def build(
@@ -51,13 +62,17 @@ class Backend:
         data_dir: Path = Path("./data"),
         public_url: str = DEFAULT_PUBLIC_URL,
         command_timeout: float = 35.0,
+        series: Callable[[], SeriesStore] | None = None,
+        maintenance_interval: float = 30.0,
     ) -> Backend:
+        registry = ChargerRegistry(db)
+        shadow_client = ShadowClient(mqtt, topics, timeout=twin_timeout)
         return cls(
             db=db,
             mqtt=mqtt,
-            registry=ChargerRegistry(db),
+            registry=registry,
             shadows=ShadowStore(db),
-            shadow_client=ShadowClient(mqtt, topics, timeout=twin_timeout),
+            shadow_client=shadow_client,
             tokens=TokenStore(db),
             audit=AuditLog(db),
             admin_token=admin_token,
@@ -69,6 +84,12 @@ class Backend:
                 public_url=public_url,
                 command_timeout=command_timeout,
             ),
+            maintenance=Maintenance.build(
+                db, registry, shadow_client, interval=maintenance_interval
+            ),
+            series=series or (lambda: SQLiteSeriesStore(data_dir / "series.db")),
+            campaigns=CampaignStore(db),
+            profiles=ProfileStore(db),
         )
 
     async def create_schema(self) -> None:
@@ -79,13 +100,22 @@ class Backend:
         await self.audit.create_schema()
         if self.operations is not None:
             await self.operations.create_schema()
+        if self.maintenance is not None:
+            await self.maintenance.create_schema()
+        if self.campaigns is not None:
+            await self.campaigns.create_schema()
+        if self.profiles is not None:
+            await self.profiles.create_schema()
 
 
 @contextlib.asynccontextmanager
 async def open_backend(
     settings: Settings, *, db: Database | None = None, mqtt: MqttClient | None = None
 ) -> AsyncIterator[Backend]:
-    """A ready backend; opens (and later closes) the database and MQTT it was not given."""
+    """A ready backend; opens (and later closes) the database and MQTT it was not given,
+    and runs the maintenance scheduler while it is open."""
+    from rules.app import open_series_store
+
     async with contextlib.AsyncExitStack() as stack:
         if db is None:
             db = connect(settings.database_target)
@@ -104,8 +134,12 @@ async def open_backend(
             data_dir=settings.data_dir,
             public_url=settings.api_public_url,
             command_timeout=settings.command_timeout,
+            series=lambda: open_series_store(settings),
+            maintenance_interval=settings.maintenance_interval,
         )
         await backend.create_schema()
+        if backend.maintenance is not None:
+            await stack.enter_async_context(backend.maintenance.scheduler.running())
         yield backend
 
 

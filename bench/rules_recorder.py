@@ -4,10 +4,11 @@
 
 Starts a private influxd (Debian's influxdb) unless ``--influx-url`` is given. Baseline:
 pre-built, pre-gzipped line protocol POSTed to ``/write`` in 5,000-line batches, one
-request at a time (what the recorder does). Measured: meterValues MQTT payloads fed to
-the recorder's handler (JSON decoding, points, the influxdb-client serializer, gzip,
-batching, durability wait), 512 messages in flight as from a broker. Target: >= 50,000
-points/s. The broker's own cost is left out on purpose: it is the same for any recorder.
+request at a time. Measured: meterValues MQTT payloads fed to the recorder's handler
+(JSON decoding, points, line protocol, gzip, batching, up to two writes in flight, the
+durability wait), 512 messages in flight as from a broker. Target: >= 50,000 points/s.
+The broker's own cost is left out on purpose: it is the same for any recorder. The
+machine's load average is printed: on a shared machine, compare runs of the same moment.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -24,7 +26,7 @@ from pathlib import Path
 from bench.machine import describe, median
 from chargetwin.topics import Topics
 from rules.influx import InfluxStore, to_body
-from rules.points import Selection
+from rules.points import Point, Selection
 from rules.recorders import Recorder
 from rules.spools import Spool
 
@@ -65,7 +67,7 @@ async def baseline(url: str, points: int) -> float:
     await store.open()
     from rules.measurements import meter_values
 
-    batch: list = []
+    batch: list[Point] = []
     bodies = []
     for i in range(points // VALUES_PER_MESSAGE):
         batch.extend(meter_values(f"CP-{i % 1000}", json.loads(payload(i)), 0))
@@ -80,6 +82,9 @@ async def baseline(url: str, points: int) -> float:
     elapsed = time.perf_counter() - started
     await store.close()
     return points / elapsed
+
+
+CPU_US: list[float] = []  # the recorder's own CPU time per point, per run: load-independent
 
 
 async def recorder_rate(url: str, points: int) -> float:
@@ -98,9 +103,10 @@ async def recorder_rate(url: str, points: int) -> float:
             for topic, body in queue:
                 await recorder.handle(topic, body)
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
         elapsed = time.perf_counter() - started
+        CPU_US.append((time.process_time() - cpu) / points * 1e6)
         await recorder.stop()
     [count] = await store.aggregate(Selection("meter_values", "value"), "count", 0, 2**62)
     assert int(count.value) == points, f"only {count.value} of {points} points stored"
@@ -127,8 +133,16 @@ async def main() -> None:
         print(f"InfluxDB: {url}; {args.points} points per run, {args.runs} runs")
         raw = [await baseline(url, args.points) for _ in range(args.runs)]
         rec = [await recorder_rate(url, args.points) for _ in range(args.runs)]
+        runs = ", ".join(f"{r:,.0f}" for r in raw)
         print(f"baseline (pre-built line protocol to /write): median {median(raw):,.0f} points/s")
+        print(f"  runs: {runs}")
         print(f"recorder (MQTT payloads -> InfluxDB):         median {median(rec):,.0f} points/s")
+        print(f"  runs: {', '.join(f'{r:,.0f}' for r in rec)}")
+        print(
+            f"recorder CPU time (this process, influxd not counted): median "
+            f"{median(CPU_US):.1f} us/point, i.e. {1e6 / median(CPU_US):,.0f} points/s per core"
+        )
+        print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
         print(f"recorder / baseline: {median(rec) / median(raw):.0%}; target >= 50,000 points/s")
     finally:
         if server is not None:

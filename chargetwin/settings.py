@@ -39,6 +39,22 @@ class Settings(BaseSettings):
         description="Seconds the API waits for a charger's answer to a command; then 504.",
     )
 
+    maintenance_interval: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Most seconds between two looks of the maintenance scheduler (windows, "
+        "inspections); it also wakes at every window edge and on every change.",
+    )
+
+    campaign_interval: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="Seconds between two steps of the firmware campaign engine (it also steps "
+        "at once after a campaign is created, resumed or cancelled).",
+    )
+
     # --- MQTT ---
     mqtt_url: str | None = Field(
         None,

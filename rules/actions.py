@@ -7,12 +7,12 @@ from __future__ import annotations
 import logging
 import string
 import time
-import uuid
 from collections import defaultdict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from api.work_orders import WorkOrderStore
 from chargetwin.database import Database
 from chargetwin.mqtt import MqttClient
 from chargetwin.shadow_client import ShadowClient, ShadowRequestError
@@ -21,11 +21,6 @@ from rules.alerts import Alert
 from rules.files import Action, Rule
 
 log = logging.getLogger(__name__)
-
-WORK_ORDERS = """CREATE TABLE IF NOT EXISTS work_orders (
-    id TEXT PRIMARY KEY, alert_id TEXT UNIQUE, rule TEXT, charger_id TEXT, connector_id TEXT,
-    title TEXT NOT NULL, description TEXT, status TEXT NOT NULL,
-    created_at DOUBLE PRECISION NOT NULL)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +55,7 @@ class Actions:
         dry_run: bool = False,
     ) -> None:
         self.db = db
+        self.work_orders = WorkOrderStore(db)
         self.dry_run = dry_run
         self.mqtt = mqtt
         self.topics = topics
@@ -68,7 +64,7 @@ class Actions:
         self.history: deque[ActionRecord] = deque(maxlen=1000)
 
     async def create_schema(self) -> None:
-        await self.db.execute(WORK_ORDERS)
+        await self.work_orders.create_schema()
 
     async def run(self, rule: Rule, alert: Alert) -> list[ActionRecord]:
         out = []
@@ -113,18 +109,17 @@ class Actions:
             return record("dry-run", repr(options))
         try:
             if action.type == "work_order":
-                await self.db.execute(
-                    "INSERT INTO work_orders (id, alert_id, rule, charger_id, connector_id, title, "
-                    "description, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?) "
-                    "ON CONFLICT (alert_id) DO NOTHING",
-                    (
-                        uuid.uuid4().hex, alert.id, rule.alert, charger,
-                        alert.labels.get("connector"),
-                        options.get("title") or alert.annotations.get("summary") or rule.alert,
-                        options.get("description") or alert.annotations.get("description"),
-                        time.time(),
-                    ),
-                )  # fmt: skip
+                await self.work_orders.create(
+                    options.get("title") or alert.annotations.get("summary") or rule.alert,
+                    actor=f"rule:{rule.alert}",
+                    source="rule",
+                    description=options.get("description") or alert.annotations.get("description"),
+                    charger_id=charger,
+                    connector_id=alert.labels.get("connector"),
+                    alert_id=alert.id,
+                    rule=rule.alert,
+                    priority=str(options.get("priority") or "normal"),
+                )
             elif action.type == "desired":
                 if self.shadow_client is None:
                     return record("skipped", "no MQTT connection")
@@ -148,15 +143,14 @@ class Actions:
 
 
 async def list_work_orders(db: Database, charger_id: str | None = None) -> list[dict[str, Any]]:
-    sql = (
-        "SELECT id, alert_id, rule, charger_id, connector_id, title, description, status, "
-        "created_at FROM work_orders"
-    )
-    rows = await (
-        db.fetchall(sql + " WHERE charger_id = ? ORDER BY created_at", (charger_id,))
-        if charger_id
-        else db.fetchall(sql + " ORDER BY created_at")
-    )
-    keys = ("id", "alertId", "rule", "chargerId", "connectorId", "title", "description",
-            "status", "createdAt")  # fmt: skip
-    return [dict(zip(keys, r, strict=True)) for r in rows]
+    """The work orders (oldest first), as the rules tests and tools read them."""
+    store = WorkOrderStore(db)
+    orders, _ = await store.list(charger_ids=[charger_id] if charger_id else None, limit=100_000)
+    return [
+        {
+            "id": o.id, "alertId": o.alert_id, "rule": o.rule, "chargerId": o.charger_id,
+            "connectorId": o.connector_id, "title": o.title, "description": o.description,
+            "status": o.status, "createdAt": o.created_at,
+        }
+        for o in reversed(orders)
+    ]  # fmt: skip

@@ -21,7 +21,7 @@ from typing import Any
 from chargetwin.database import Database
 from rules.evaluations import Observation
 from rules.files import Rule
-from rules.points import format_duration
+from rules.points import Labels, format_duration
 
 PENDING, FIRING, RESOLVED = "pending", "firing", "resolved"
 
@@ -83,7 +83,9 @@ class Alert:
     acknowledged_at: float | None = None
     ack_comment: str | None = None
     ack_expires_at: float | None = None
-    changed: bool = field(default=False, compare=False)
+    changed: bool = field(default=False, compare=False)  # to save now: new or state moved
+    stale: bool = field(default=False, compare=False)  # value/annotations moved since saved
+    saved_at: float = field(default=0.0, compare=False)
 
     def as_dict(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
@@ -148,19 +150,28 @@ def render(rule: Rule, labels: Mapping[str, str], value: float) -> dict[str, str
 
 
 def step(
-    rule: Rule, current: dict[str, Alert], observations: Iterable[Observation], at: float
+    rule: Rule,
+    current: dict[str, Alert],
+    observations: Iterable[Observation],
+    at: float,
+    fingerprints: dict[Labels, str] | None = None,
 ) -> list[Alert]:
     """Advance one rule's alerts to ``at``; return the alerts whose state changed.
 
     ``current`` (fingerprint → pending or firing alert) is updated in place: resolved
-    and dropped alerts leave it. Every alert still in it has ``changed`` set when its
-    value or annotations moved, so the caller knows what to save.
+    and dropped alerts leave it. An alert gets ``changed`` when it must be saved now (new,
+    or its state moved) and ``stale`` when only its value and annotations moved, which
+    the caller saves less often. ``fingerprints`` caches the rule's group → fingerprint
+    across calls (a sha256 per group and evaluation is most of the cost otherwise).
     """
     transitions: list[Alert] = []
+    opened: set[str] = set()
     breached: set[str] = set()
+    cache: dict[Labels, str] = {} if fingerprints is None else fingerprints
     for obs in observations:
-        labels = labels_for(rule, obs.labels)
-        fp = fingerprint(labels)
+        fp = cache.get(obs.labels)
+        if fp is None:
+            fp = cache[obs.labels] = fingerprint(labels_for(rule, obs.labels))
         alert = current.get(fp)
         if obs.breach is None:
             assert rule.condition is not None
@@ -168,25 +179,29 @@ def step(
         else:
             breach = obs.breach
         if not breach:
-            if alert is not None:
-                alert.value = obs.value
+            if alert is not None and alert.value != obs.value:
+                alert.value, alert.stale = obs.value, True
             continue
         breached.add(fp)
         if alert is None:
+            labels = labels_for(rule, obs.labels)
             alert = Alert(
                 id=uuid.uuid4().hex, fingerprint=fp, rule=rule.alert, state=PENDING,
-                severity=rule.severity, labels=labels, annotations={}, value=obs.value,
-                active_at=at, last_active_at=at, updated_at=at,
+                severity=rule.severity, labels=labels, annotations=render(rule, labels, obs.value),
+                value=obs.value, active_at=at, last_active_at=at, updated_at=at, changed=True,
             )  # fmt: skip
             current[fp] = alert
+            opened.add(fp)
             transitions.append(alert)
-        alert.value = obs.value
+        elif alert.value != obs.value or not alert.annotations:
+            alert.value = obs.value
+            alert.annotations = render(rule, alert.labels, obs.value)
+            alert.stale = True
         alert.last_active_at = at
-        alert.annotations = render(rule, labels, obs.value)
-        alert.changed = True
         if alert.state == PENDING and at - alert.active_at >= rule.for_:
             alert.state, alert.fired_at, alert.updated_at = FIRING, at, at
-            if alert not in transitions:
+            alert.changed = True
+            if fp not in opened:
                 transitions.append(alert)
     for fp, alert in list(current.items()):
         if fp in breached:

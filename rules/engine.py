@@ -21,9 +21,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from rules.actions import Actions
 from rules.alerts import FIRING, PENDING, RESOLVED, Alert, AlertStore, matches, step
-from rules.evaluations import observe
+from rules.evaluations import Outcome, SharedQueries, observe
 from rules.files import Rule, RuleSet
 from rules.notifiers import Notifier
+from rules.points import Labels
 from rules.series import SeriesError, SeriesStore
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class Engine:
         *,
         notifier: Notifier | None = None,
         actions: Actions | None = None,
+        concurrency: int = 4,
+        value_refresh: float = 60.0,
     ) -> None:
         self.store = store
         self.alert_store = alert_store
@@ -48,7 +51,10 @@ class Engine:
         self.states: dict[str, dict[str, Any]] = {
             r.alert: {"health": "unknown", "pending": 0, "firing": 0} for r in ruleset.rules
         }
+        self.value_refresh = value_refresh
         self._lock = asyncio.Lock()
+        self._concurrency = asyncio.Semaphore(concurrency)
+        self._fingerprints: dict[str, dict[Labels, str]] = {}
 
     @property
     def rules(self) -> list[Rule]:
@@ -72,33 +78,57 @@ class Engine:
     async def evaluate(
         self, at: float | None = None, rules: Iterable[Rule] | None = None
     ) -> list[Alert]:
-        """Evaluate ``rules`` (all by default) at ``at`` (now); return the transitions."""
+        """Evaluate ``rules`` (all by default) at ``at`` (now); return the transitions.
+
+        The rules' queries run concurrently (at most ``concurrency`` at once) and identical
+        queries are asked once; alerts then advance rule by rule, in the rules' order.
+        """
         at = time.time() if at is None else at
         async with self._lock:
-            transitions: list[Alert] = []
             evaluated = list(self.rules if rules is None else rules)
-            for rule in evaluated:
-                transitions.extend(await self._evaluate_rule(rule, at))
+            queries = SharedQueries(self.store)
+            async with asyncio.TaskGroup() as group:
+                observing = [
+                    group.create_task(self._observe(rule, queries, at), name=f"rule-{rule.alert}")
+                    for rule in evaluated
+                ]
+            transitions: list[Alert] = []
+            for rule, task in zip(evaluated, observing, strict=True):
+                transitions.extend(self._advance(rule, *task.result(), at))
             await self._finish(transitions, evaluated, at)
             return transitions
 
-    async def _evaluate_rule(self, rule: Rule, at: float) -> list[Alert]:
+    async def _observe(
+        self, rule: Rule, queries: SharedQueries, at: float
+    ) -> tuple[Outcome | SeriesError, float]:
+        async with self._concurrency:
+            started = time.perf_counter()
+            try:
+                outcome: Outcome | SeriesError = await observe(rule, queries, at)
+            except SeriesError as exc:
+                outcome = exc
+            return outcome, time.perf_counter() - started
+
+    def _advance(
+        self, rule: Rule, outcome: Outcome | SeriesError, seconds: float, at: float
+    ) -> list[Alert]:
         started = time.perf_counter()
         state = self.states.setdefault(rule.alert, {})
-        try:
-            outcome = await observe(rule, self.store, at)
-        except SeriesError as exc:
+        if isinstance(outcome, SeriesError):
             if state.get("health") != "error":
-                log.warning("rule %s (%s:%d) in error: %s", rule.alert, rule.file, rule.line, exc)
-            state.update(health="error", lastError=str(exc))
+                log.warning(
+                    "rule %s (%s:%d) in error: %s", rule.alert, rule.file, rule.line, outcome
+                )
+            state.update(health="error", lastError=str(outcome))
             return []
         current = self.current[rule.alert]
-        transitions = step(rule, current, outcome.observations, at)
+        fingerprints = self._fingerprints.setdefault(rule.alert, {})
+        transitions = step(rule, current, outcome.observations, at, fingerprints)
         state.update(
             health="nodata" if outcome.no_data else "ok",
             lastError=None,
             lastEvaluation=at,
-            evaluationSeconds=time.perf_counter() - started,
+            evaluationSeconds=seconds + time.perf_counter() - started,
             pending=sum(1 for a in current.values() if a.state == PENDING),
             firing=sum(1 for a in current.values() if a.state == FIRING),
         )
@@ -139,18 +169,27 @@ class Engine:
             ):
                 alert.notified = alert.changed = True
                 notify.append(alert)
-        changed = {id(a): a for a in [*transitions, *(a for a in everything if a.changed)]}
+        # Saved: what changed state (at once), and alerts whose value or annotations moved
+        # (at most every ``value_refresh`` seconds each: a held-for duration moves every
+        # evaluation, and rewriting thousands of rows per cycle for it is the slow part).
+        changed = {id(a): a for a in transitions}
+        for alert in everything:
+            if alert.changed or (alert.stale and at - alert.saved_at >= self.value_refresh):
+                changed[id(alert)] = alert
         await self.alert_store.save(changed.values())
         for alert in changed.values():
-            alert.changed = False
+            alert.changed = alert.stale = False
+            alert.saved_at = at
         for rule in rules:
             await self.alert_store.save_rule_state(rule, self.states[rule.alert])
+        notified = {id(a) for a in notify}
+        moved = {id(a) for a in transitions}
         for alert in transitions:
             if alert.state in (PENDING, FIRING, RESOLVED) and self.notifier is not None:
-                webhook = alert in notify or (alert.state == RESOLVED and alert.notified)
+                webhook = id(alert) in notified or (alert.state == RESOLVED and alert.notified)
                 self.notifier.transition(alert, webhook=webhook)
         for alert in notify:
-            if self.notifier is not None and alert not in transitions:
+            if self.notifier is not None and id(alert) not in moved:
                 self.notifier.transition(alert, webhook=True)
             owner = by_rule.get(alert.rule)
             if owner is not None and owner.actions and self.actions is not None:

@@ -6,17 +6,21 @@ the same data gives the same alerts on SQLite and InfluxDB.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
 
 from rules.files import Rule
-from rules.points import NS, FieldValue, Labels
-from rules.series import SeriesStore
+from rules.points import NS, FieldValue, Labels, Sample, Selection
+from rules.series import SeriesReader
+
+T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
+class Observation(NamedTuple):
     """One group's value; ``breach`` is the rule's own test (threshold rules: None, as the
-    hysteresis depends on the alert's state)."""
+    hysteresis depends on the alert's state). A tuple: one is built per group and rule."""
 
     labels: Labels
     value: float
@@ -29,7 +33,7 @@ class Outcome:
     no_data: bool
 
 
-async def observe(rule: Rule, store: SeriesStore, at: float) -> Outcome:
+async def observe(rule: Rule, store: SeriesReader, at: float) -> Outcome:
     """Run the rule's query at ``at`` (epoch seconds); SeriesError when the store fails."""
     end = round(at * NS)
     start = end - round(rule.window * NS)
@@ -51,24 +55,84 @@ async def observe(rule: Rule, store: SeriesStore, at: float) -> Outcome:
     return Outcome([Observation(s.labels, float(s.value)) for s in samples], not samples)
 
 
-async def _states(rule: Rule, store: SeriesStore, start: int, end: int) -> Outcome:
+async def _states(rule: Rule, store: SeriesReader, start: int, end: int) -> Outcome:
     """How long each group has been in one of ``rule.states``, from the points' own times."""
     window = await store.points(rule.selection, start, end)
     before = {s.labels: (s.time, s.value) for s in await store.last(rule.selection, None, start)}
     wanted = set(rule.states)
     obs = []
-    for labels in sorted(set(window) | set(before)):
-        history: list[tuple[int, FieldValue]] = []
-        if labels in before:
-            history.append(before[labels])
-        history.extend(window.get(labels, []))
-        if not history or str(history[-1][1]) not in wanted:
-            continue
-        since = history[-1][0]
-        for time, value in reversed(history):
+    for labels, points in window.items():
+        newest = points[-1]
+        if str(newest[1]) not in wanted:
+            continue  # most groups: one look at the newest point
+        since = newest[0]
+        for time, value in reversed(points):
             if str(value) not in wanted:
                 break
             since = time
+        else:  # in those states through the window: maybe since before it
+            earlier = before.get(labels)
+            if earlier is not None and str(earlier[1]) in wanted:
+                since = earlier[0]
         held = (end - since) / NS
         obs.append(Observation(labels, held, held >= rule.held_for))
+    for labels, (time, value) in before.items():
+        if labels not in window and str(value) in wanted:
+            held = (end - time) / NS
+            obs.append(Observation(labels, held, held >= rule.held_for))
+    obs.sort(key=lambda o: o.labels)
     return Outcome(obs, not window and not before)
+
+
+class SharedQueries:
+    """One evaluation cycle's queries, each asked of the store once: rules that read the
+    same selection and window (the pack's connector-status rules do) share the answer,
+    also while it is still on its way."""
+
+    def __init__(self, store: SeriesReader) -> None:
+        self.store = store
+        self._answers: dict[Hashable, asyncio.Future[Any]] = {}
+
+    async def _shared(self, key: Hashable, ask: Callable[[], Awaitable[T]]) -> T:
+        answer = self._answers.get(key)
+        if answer is not None:
+            result: T = await asyncio.shield(answer)
+            return result
+        answer = self._answers[key] = asyncio.get_running_loop().create_future()
+        try:
+            value = await ask()
+        except Exception as exc:
+            answer.set_exception(exc)
+            answer.exception()  # retrieved: no "never retrieved" warning when unshared
+            raise
+        except BaseException:
+            answer.cancel()
+            raise
+        answer.set_result(value)
+        return value
+
+    async def aggregate(
+        self, selection: Selection, function: str, start: int, end: int
+    ) -> list[Sample]:
+        return await self._shared(
+            ("aggregate", _key(selection), function, start, end),
+            lambda: self.store.aggregate(selection, function, start, end),
+        )
+
+    async def last(self, selection: Selection, start: int | None, end: int) -> list[Sample]:
+        return await self._shared(
+            ("last", _key(selection), start, end), lambda: self.store.last(selection, start, end)
+        )
+
+    async def points(
+        self, selection: Selection, start: int, end: int
+    ) -> dict[Labels, list[tuple[int, FieldValue]]]:
+        return await self._shared(
+            ("points", _key(selection), start, end),
+            lambda: self.store.points(selection, start, end),
+        )
+
+
+def _key(selection: Selection) -> Hashable:
+    filters = tuple(sorted((tag, tuple(allowed)) for tag, allowed in selection.filters.items()))
+    return (selection.measurement, selection.field, filters, selection.group_by)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import gzip
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -27,40 +28,91 @@ LinePoint: Any = line_points.Point
 NANOSECONDS: Any = write_precision.WritePrecision.NS
 
 
-_PREFIXES: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
-_MARKER = " f=0"
+# Caches of what the official serializer makes of names: series repeat, so the escaping
+# of ``measurement,tag=value,...`` and of field keys is paid once per series and key.
+_PREFIXES: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}
+_FIELD_KEYS: dict[str, str] = {}
+_CACHE_SIZE = 100_000
+# What the serializer does to string field values (line protocol: escape " and \).
+_ESCAPE_STRING = str.maketrans({'"': '\\"', "\\": "\\\\"})
 
 
-def _series_prefix(point: Point) -> str:
-    """``measurement,tag=value,...`` escaped by the serializer, cached per series (the
-    serializer costs ~20 us a point; series repeat, so most points skip that part)."""
-    key = (point.measurement, tuple(point.tags.items()))
+def _series_prefix(measurement: str, tags: Mapping[str, str]) -> str:
+    """``measurement,tag=value,...`` as the serializer escapes and sorts it."""
+    key = (measurement, tuple(tags), tuple(tags.values()))  # no pair tuples: cheaper
     prefix = _PREFIXES.get(key)
     if prefix is None:
-        line = LinePoint(point.measurement)
-        for tag, value in point.tags.items():
+        line = LinePoint(measurement)
+        for tag, value in tags.items():
             line.tag(tag, value)
         text = str(line.field("f", 0.0).to_line_protocol())
-        assert text.endswith(_MARKER), text
-        prefix = text[: -len(_MARKER)]
-        if len(_PREFIXES) >= 100_000:
+        assert text.endswith(" f=0"), text
+        prefix = text[:-4]
+        if len(_PREFIXES) >= _CACHE_SIZE:
             _PREFIXES.clear()
         _PREFIXES[key] = prefix
     return prefix
 
 
+def _field_key(name: str) -> str:
+    """A field key as the serializer escapes it."""
+    escaped = _FIELD_KEYS.get(name)
+    if escaped is None:
+        text = str(LinePoint("m").field(name, 0.0).to_line_protocol())
+        assert text.startswith("m ") and text.endswith("=0"), text
+        escaped = text[2:-2]
+        if len(_FIELD_KEYS) >= _CACHE_SIZE:
+            _FIELD_KEYS.clear()
+        _FIELD_KEYS[name] = escaped
+    return escaped
+
+
+def _field(name: str, value: FieldValue) -> str | None:
+    """``key=value`` as the serializer writes it; None for a value it leaves out."""
+    if isinstance(value, str):
+        return f'{_field_key(name)}="{value.translate(_ESCAPE_STRING)}"'
+    number = float(value)
+    if not math.isfinite(number):
+        return None
+    text = str(number)
+    return f"{_field_key(name)}={text[:-2] if text.endswith('.0') else text}"
+
+
 def to_line(point: Point) -> str:
-    """One line of line protocol: series and fields escaped by the official serializer."""
-    line = LinePoint("x")
-    for key, field in point.fields.items():
-        line.field(key, field if isinstance(field, str) else float(field))
-    line.time(point.time, NANOSECONDS)
-    return _series_prefix(point) + str(line.to_line_protocol())[1:]
+    """One line of line protocol, byte for byte what influxdb-client's ``Point`` makes of
+    it (with numbers as floats), at a fraction of the cost; "" when no field has a value.
+
+    Names are escaped by the official serializer and cached; values are formatted here
+    with its rules (floats by ``str`` without a trailing ``.0``, non-finite ones left out,
+    strings quoted with ``"`` and ``\\`` escaped). ``tests/rules/test_rules_lines.py``
+    checks the equality on generated points.
+    """
+    fields = point.fields
+    if len(fields) == 1:
+        [(name, value)] = fields.items()
+        if type(value) is float and math.isfinite(value):  # the common case, inlined
+            number = str(value)
+            text = f"{_field_key(name)}={number[:-2] if number.endswith('.0') else number}"
+        else:
+            maybe = _field(name, value)
+            if maybe is None:
+                return ""
+            text = maybe
+    else:
+        parts = [_field(name, fields[name]) for name in sorted(fields)]
+        text = ",".join(p for p in parts if p is not None)
+        if not text:
+            return ""
+    return f"{_series_prefix(point.measurement, point.tags)} {text} {int(point.time)}"
 
 
 def to_body(points: Sequence[Point]) -> bytes:
-    """A gzipped ``/write`` body (level 1: the CPU matters more than the bytes here)."""
-    return gzip.compress("\n".join(to_line(p) for p in points).encode(), compresslevel=1)
+    """A gzipped ``/write`` body (level 1: the CPU matters more than the bytes here);
+    b"" when no point has a value to write."""
+    lines = [line for line in map(to_line, points) if line]
+    if not lines:
+        return b""
+    return gzip.compress("\n".join(lines).encode(), compresslevel=1)
 
 
 def quote_ident(name: str) -> str:
@@ -140,8 +192,9 @@ class InfluxStore:
         )
 
     async def write(self, points: Sequence[Point]) -> None:
-        if points:
-            await self.write_body(to_body(points))
+        body = to_body(points)
+        if body:
+            await self.write_body(body)
 
     # --- queries -----------------------------------------------------------------------
     def _where(self, selection: Selection, start: int | None, end: int) -> str:

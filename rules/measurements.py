@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from rules.points import Point, make_point, to_ns
+from rules.points import FieldValue, Point, make_point, to_ns
 
 # Stop reasons (OCPP 1.6 section 7.38 Reason) that end a session normally; anything else
 # (EmergencyStop, PowerLoss, Reboot, ...) is not a successful completion (EV-ChART).
@@ -20,32 +20,37 @@ NORMAL_STOP_REASONS = frozenset({"Local", "Remote", "EVDisconnected", "DeAuthori
 Converter = Callable[[str, dict[str, Any], float], list[Point]]
 
 
+# Sampled-value keys that become meter_values tags (OCPP 1.6 section 7.43 SampledValue).
+_SAMPLE_TAGS = ("measurand", "phase", "unit", "location", "context")
+
+
 def meter_values(charger: str, body: dict[str, Any], now: float) -> list[Point]:
+    """One point per sampled value; the hot path of the recorder, so it builds the points
+    itself with the rules of :func:`make_point` (null tags dropped, numbers as floats)."""
     time = to_ns(body.get("timestamp"), now)
+    series: dict[str, str] = {"charger": charger}
+    connector = body.get("connectorId")
+    if connector is not None and (text := str(connector)):
+        series["connector"] = text
     out = []
-    for sample in body.get("values") or []:
+    for sample in body.get("values") or ():
         if not isinstance(sample, dict):
             continue
         value = sample.get("value")
-        fields: dict[str, Any] = {"value": value if isinstance(value, int | float) else None}
-        if fields["value"] is None:
-            fields["raw"] = sample.get("raw") or sample.get("signedData")
-        point = make_point(
-            "meter_values",
-            {
-                "charger": charger,
-                "connector": body.get("connectorId"),
-                "measurand": sample.get("measurand"),
-                "phase": sample.get("phase"),
-                "unit": sample.get("unit"),
-                "location": sample.get("location"),
-                "context": sample.get("context"),
-            },
-            fields,
-            time,
-        )
-        if point is not None:
-            out.append(point)
+        fields: dict[str, FieldValue]
+        if isinstance(value, int | float):  # bool included, as 1.0/0.0
+            fields = {"value": float(value)}
+        else:
+            raw = sample.get("raw") or sample.get("signedData")
+            if raw is None:
+                continue
+            fields = {"raw": str(raw)}
+        tags = series.copy()
+        for key in _SAMPLE_TAGS:
+            tag = sample.get(key)
+            if tag is not None and (text := str(tag)):
+                tags[key] = text
+        out.append(Point("meter_values", tags, fields, time))
     return out
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 NS = 1_000_000_000
 
@@ -73,9 +73,12 @@ def to_ns(value: Any, default: float) -> int:
     return round(default * NS)
 
 
-@dataclass(frozen=True, slots=True)
-class Point:
-    """One measurement at one time: tags identify the series, fields hold the values."""
+class Point(NamedTuple):
+    """One measurement at one time: tags identify the series, fields hold the values.
+
+    A named tuple, not a dataclass: the recorder builds one per sampled value, and a tuple
+    is built several times faster than a frozen dataclass.
+    """
 
     measurement: str
     tags: Mapping[str, str]
@@ -138,8 +141,7 @@ class Selection:
         return tuple((k, tags.get(k, "")) for k in self.group_by)
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(NamedTuple):
     """One group's answer: its group-by labels, a value and the time it refers to (ns)."""
 
     labels: Labels

@@ -24,17 +24,8 @@ class StoreUnavailable(SeriesError):
     """The store cannot be reached or is overloaded: try again later, nothing is lost."""
 
 
-class SeriesStore(Protocol):
-    """What the recorder and the rules engine need from a time-series store."""
-
-    name: str
-
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-
-    async def write(self, points: Sequence[Point]) -> None:
-        """Store points; a point with the series and time of a stored one replaces it."""
-        ...
+class SeriesReader(Protocol):
+    """The queries the rules engine runs (a store, or a per-cycle memo of one)."""
 
     async def aggregate(
         self, selection: Selection, function: str, start: int, end: int
@@ -51,6 +42,19 @@ class SeriesStore(Protocol):
         self, selection: Selection, start: int, end: int
     ) -> dict[tuple[tuple[str, str], ...], list[tuple[int, float | str]]]:
         """Every point per group in the window, oldest first."""
+        ...
+
+
+class SeriesStore(SeriesReader, Protocol):
+    """What the recorder and the rules engine need from a time-series store."""
+
+    name: str
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def write(self, points: Sequence[Point]) -> None:
+        """Store points; a point with the series and time of a stored one replaces it."""
         ...
 
 

@@ -1,24 +1,34 @@
 """The embedded time-series store: one SQLite file in the data dir, no service to run.
 
-Why this layout: series (measurement + tag set) get an integer id held in memory, so
-filters and group-by are decided in Python over the few series, and SQL only scans the
-``(measurement, field, time)`` index and aggregates per series. Per-series partial
-aggregates (sum, count, min, max, newest) merge exactly into group results, so groups
-answer as InfluxDB does. ``(series, field, time)`` is the key: a replayed point replaces
-itself, as in InfluxDB.
+Why this layout: ``samples`` is keyed ``(series_id, field, time)`` (a series belongs to one
+measurement, so this is the (measurement, series, time) order), so a window of one
+series is one range of the table, and a replayed point replaces itself, as in InfluxDB.
+Queries push everything into SQL, as InfluxQL does on the server: the tag filters select
+series (``json_extract`` on their tag set, a missing tag reading as ``""``), the window
+is a key range per series, and grouping and aggregation are ``GROUP BY`` the group-by
+tags — so a query returns one row per group, not per series or per point.
+
+SQLite runs in WAL mode: one writer connection (its own thread) and a small pool of
+reader connections, so rules evaluate while the recorder writes, and several rules'
+queries run at once (sqlite releases the GIL while it steps).
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
-from collections import defaultdict
-from collections.abc import Sequence
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from chargetwin.database import Database, DatabaseError, connect
 from rules.points import FieldValue, Labels, Point, Sample, Selection
 from rules.series import SeriesError, StoreUnavailable, check_function
+
+T = TypeVar("T")
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS series (
@@ -28,10 +38,12 @@ SCHEMA = (
         measurement TEXT NOT NULL, field TEXT NOT NULL, time INTEGER NOT NULL,
         series_id INTEGER NOT NULL, num REAL, str TEXT,
         PRIMARY KEY (series_id, field, time)) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS samples_by_time ON samples (measurement, field, time)",
+    # Earlier versions scanned by time across series; every query now goes by series.
+    "DROP INDEX IF EXISTS samples_by_time",
 )
 
 _INSERT = "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?)"
+_NO_START = -(2**62)
 
 
 class SQLiteSeriesStore:
@@ -39,72 +51,114 @@ class SQLiteSeriesStore:
 
     name = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readers: int = 2) -> None:
         self.path = path
-        self._db: Database = connect(f"sqlite:///{path}")
-        self._series: dict[tuple[str, str], int] = {}
-        self._tags: dict[int, dict[str, str]] = {}
-        self._by_measurement: dict[str, list[int]] = defaultdict(list)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="series-write")
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="series-read")
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._write_conn: sqlite3.Connection | None = None
+        # (measurement, tag keys, tag values) → series id; only the writer thread uses it.
+        self._series: dict[tuple[str, tuple[str, ...], tuple[str, ...]], int] = {}
+
+    # --- connections ---------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    async def _in(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     async def open(self) -> None:
-        try:
-            await self._db.open()
+        def _open() -> None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._write_conn = self._connect()
             for statement in SCHEMA:
-                await self._db.execute(statement)
-            for sid, measurement, tags in await self._db.fetchall(
-                "SELECT id, measurement, tags FROM series"
-            ):
-                self._remember(int(sid), str(measurement), str(tags))
-        except DatabaseError as exc:
+                conn.execute(statement)
+
+        try:
+            await self._in(self._writer, _open)
+        except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open series store {self.path}: {exc}") from exc
 
     async def close(self) -> None:
-        await self._db.close()
+        def _close() -> None:
+            with self._connections_lock:
+                connections, self._connections = self._connections, []
+            for conn in connections:
+                conn.close()
 
-    def _remember(self, sid: int, measurement: str, tags: str) -> None:
-        self._series[(measurement, tags)] = sid
-        self._tags[sid] = json.loads(tags)
-        self._by_measurement[measurement].append(sid)
+        self._readers.shutdown(wait=True)
+        await self._in(self._writer, _close)
+        self._writer.shutdown(wait=True)
 
-    async def _series_id(self, measurement: str, tags: dict[str, str]) -> int:
-        key = json.dumps(tags, sort_keys=True, separators=(",", ":"))
-        sid = self._series.get((measurement, key))
-        if sid is None:
-            await self._db.execute(
-                "INSERT OR IGNORE INTO series (measurement, tags) VALUES (?, ?)", (measurement, key)
-            )
-            row = await self._db.fetchone(
-                "SELECT id FROM series WHERE measurement = ? AND tags = ?", (measurement, key)
-            )
-            assert row is not None
-            sid = int(row[0])
-            self._remember(sid, measurement, key)
-        return sid
-
+    # --- writing -------------------------------------------------------------------------
     async def write(self, points: Sequence[Point]) -> None:
-        rows: list[tuple[str, Sequence[Any]]] = []
         try:
-            for point in points:
-                sid = await self._series_id(point.measurement, dict(point.tags))
-                for name, value in point.fields.items():
-                    num, text = (None, value) if isinstance(value, str) else (float(value), None)
-                    rows.append((_INSERT, (point.measurement, name, point.time, sid, num, text)))
-            if rows:
-                await self._db.execute_batch(rows)
-        except DatabaseError as exc:
+            await self._in(self._writer, self._write_sync, points)
+        except sqlite3.Error as exc:
             raise StoreUnavailable(f"series store write failed: {exc}") from exc
 
-    def _matching(self, selection: Selection) -> dict[int, Labels]:
-        return {
-            sid: selection.labels_of(self._tags[sid])
-            for sid in self._by_measurement.get(selection.measurement, ())
-            if selection.matches(self._tags[sid])
-        }
-
-    async def _query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    def _write_sync(self, points: Sequence[Point]) -> None:
+        conn = self._write_conn
+        if conn is None:
+            raise sqlite3.OperationalError("series store not open")
+        series = self._series
+        rows: list[tuple[str, str, int, int, float | None, str | None]] = []
+        added = []  # series created in this transaction: forgotten if it rolls back
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            return await self._db.fetchall(sql, params)
-        except DatabaseError as exc:
+            for point in points:
+                tags = point.tags
+                key = (point.measurement, tuple(tags), tuple(tags.values()))
+                sid = series.get(key)
+                if sid is None:
+                    sid = series[key] = self._series_id(conn, point.measurement, tags)
+                    added.append(key)
+                for name, value in point.fields.items():
+                    if isinstance(value, str):
+                        rows.append((point.measurement, name, point.time, sid, None, value))
+                    else:
+                        rows.append((point.measurement, name, point.time, sid, float(value), None))
+            conn.executemany(_INSERT, rows)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            for key in added:
+                series.pop(key, None)
+            raise
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _series_id(conn: sqlite3.Connection, measurement: str, tags: Any) -> int:
+        text = json.dumps(dict(tags), sort_keys=True, separators=(",", ":"))
+        conn.execute(
+            "INSERT OR IGNORE INTO series (measurement, tags) VALUES (?, ?)", (measurement, text)
+        )
+        row = conn.execute(
+            "SELECT id FROM series WHERE measurement = ? AND tags = ?", (measurement, text)
+        ).fetchone()
+        return int(row[0])
+
+    # --- queries ---------------------------------------------------------------------------
+    async def _query(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        def _fetch() -> list[Any]:
+            return self._reader().execute(sql, params).fetchall()
+
+        try:
+            return await self._in(self._readers, _fetch)
+        except sqlite3.Error as exc:
             raise SeriesError(f"series query failed: {exc}") from exc
 
     async def aggregate(
@@ -113,99 +167,115 @@ class SQLiteSeriesStore:
         check_function(function)
         if function == "last":
             return await self.last(selection, start, end)
-        wanted = self._matching(selection)
+        labels, where, params = _selecting(selection)
         rows = await self._query(
-            "SELECT series_id, SUM(num), COUNT(COALESCE(num, str)), MIN(num), MAX(num), "
-            "COUNT(num) FROM samples WHERE measurement = ? AND field = ? AND time > ? "
-            "AND time <= ? GROUP BY series_id",
-            (selection.measurement, selection.field, start, end),
+            f"SELECT {labels}SUM(x.num), COUNT(COALESCE(x.num, x.str)), MIN(x.num), MAX(x.num), "
+            "COUNT(x.num) FROM series s JOIN samples x ON x.series_id = s.id AND x.field = ? "
+            f"AND x.time > ? AND x.time <= ? WHERE {where}{_group_by(selection)}",
+            (selection.field, start, end, *params),
         )
-        groups: dict[Labels, list[Any]] = {}
-        for sid, total, count, low, high, numeric in rows:
-            labels = wanted.get(int(sid))
-            if labels is None or not count:
-                continue
-            acc = groups.get(labels)
-            part: list[Any] = [float(total or 0.0), float(count), low, high, float(numeric)]
-            if acc is None:
-                groups[labels] = part
-            else:
-                acc[0] += part[0]
-                acc[1] += part[1]
-                acc[2] = _pick(min, acc[2], low)
-                acc[3] = _pick(max, acc[3], high)
-                acc[4] += part[4]
+        width = len(selection.group_by)
         out = []
-        for labels, (total, count, low, high, numeric) in groups.items():
-            value = _finish(function, total, count, low, high, numeric, selection)
-            out.append(Sample(labels, value, start))
+        for row in rows:
+            total, count, low, high, numeric = row[width:]
+            if count:
+                value = _finish(function, total, count, low, high, numeric, selection)
+                out.append(Sample(_labels(selection, row), value, start))
         return sorted(out, key=lambda s: s.labels)
 
     async def last(self, selection: Selection, start: int | None, end: int) -> list[Sample]:
-        wanted = self._matching(selection)
-        # SQLite returns the bare columns of the row holding MAX(time) (documented behaviour).
+        labels, where, params = _selecting(selection)
+        # The newest point of each series is one key lookup (not a scan of its history);
+        # SQLite then returns the bare columns of the row holding MAX(time) (documented).
         rows = await self._query(
-            "SELECT series_id, MAX(time), num, str FROM samples WHERE measurement = ? "
-            "AND field = ? AND time > ? AND time <= ? GROUP BY series_id",
-            (selection.measurement, selection.field, -(2**62) if start is None else start, end),
+            f"SELECT {labels}MAX(x.time), x.num, x.str FROM series s JOIN samples x "
+            "ON x.series_id = s.id AND x.field = ? AND x.time = (SELECT MAX(y.time) "
+            "FROM samples y WHERE y.series_id = s.id AND y.field = ? AND y.time > ? "
+            f"AND y.time <= ?) WHERE {where}{_group_by(selection)}",
+            (
+                selection.field,
+                selection.field,
+                _NO_START if start is None else start,
+                end,
+                *params,
+            ),
         )
-        best: dict[Labels, Sample] = {}
-        for sid, time, num, text in rows:
-            labels = wanted.get(int(sid))
-            if labels is None:
-                continue
-            value: FieldValue = float(num) if num is not None else str(text)
-            seen = best.get(labels)
-            if seen is None or int(time) > seen.time:
-                best[labels] = Sample(labels, value, int(time))
-        return sorted(best.values(), key=lambda s: s.labels)
+        width = len(selection.group_by)
+        out = []
+        for row in rows:
+            time, num, text = row[width:]
+            if time is not None:
+                value: FieldValue = float(num) if num is not None else str(text)
+                out.append(Sample(_labels(selection, row), value, int(time)))
+        return sorted(out, key=lambda s: s.labels)
 
     async def points(
         self, selection: Selection, start: int, end: int
     ) -> dict[Labels, list[tuple[int, FieldValue]]]:
-        wanted = self._matching(selection)
+        labels, where, params = _selecting(selection)
+        width = len(selection.group_by)
+        order = ", ".join(str(i) for i in range(1, width + 1))
         rows = await self._query(
-            "SELECT series_id, time, num, str FROM samples WHERE measurement = ? AND field = ? "
-            "AND time > ? AND time <= ? ORDER BY time",
-            (selection.measurement, selection.field, start, end),
+            f"SELECT {labels}x.time, COALESCE(x.num, x.str) FROM series s JOIN samples x "
+            "ON x.series_id = s.id AND x.field = ? AND x.time > ? AND x.time <= ? "
+            f"WHERE {where} ORDER BY {order + ', ' if order else ''}x.time",
+            (selection.field, start, end, *params),
         )
-        out: dict[Labels, list[tuple[int, FieldValue]]] = defaultdict(list)
-        for sid, time, num, text in rows:
-            labels = wanted.get(int(sid))
-            if labels is not None:
-                out[labels].append((int(time), float(num) if num is not None else str(text)))
-        return dict(out)
+        group_by = selection.group_by
+        return {
+            tuple(zip(group_by, key, strict=True)): [row[width:] for row in group]
+            for key, group in itertools.groupby(rows, key=lambda row: row[:width])
+        }
 
 
-def _pick(fn: Any, a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return float(fn(a, b))
+def _tag(tag: str) -> str:
+    # Tag names are checked identifiers (rules.points.check_name): safe in a JSON path.
+    return f"COALESCE(json_extract(s.tags, '$.{tag}'), '')"
+
+
+def _selecting(selection: Selection) -> tuple[str, str, list[str]]:
+    """The group-by columns (each followed by a comma), the series filter and its values."""
+    labels = "".join(f"{_tag(tag)}, " for tag in selection.group_by)
+    where = ["s.measurement = ?"]
+    params = [selection.measurement]
+    for tag, allowed in selection.filters.items():
+        where.append(f"{_tag(tag)} IN ({', '.join('?' for _ in allowed)})")
+        params.extend(allowed)
+    return labels, " AND ".join(where), params
+
+
+def _group_by(selection: Selection) -> str:
+    if not selection.group_by:
+        return ""
+    return " GROUP BY " + ", ".join(str(i) for i in range(1, len(selection.group_by) + 1))
+
+
+def _labels(selection: Selection, row: Sequence[Any]) -> Labels:
+    # The group-by columns come first, as text (COALESCE of the tag's text or "").
+    return tuple(zip(selection.group_by, row, strict=False))
 
 
 def _finish(
     function: str,
-    total: float,
-    count: float,
+    total: float | None,
+    count: int,
     low: float | None,
     high: float | None,
-    numeric: float,
+    numeric: int,
     selection: Selection,
 ) -> float:
     if function == "count":
-        return count
+        return float(count)
     if numeric < count:
         raise SeriesError(
             f"{function}() needs a numeric field; {selection.measurement}.{selection.field} "
             "holds strings"
         )
+    assert total is not None and low is not None and high is not None
     if function == "sum":
-        return total
+        return float(total)
     if function == "mean":
-        return total / count
-    assert low is not None and high is not None
+        return float(total) / count
     if function == "min":
         return float(low)
     if function == "max":

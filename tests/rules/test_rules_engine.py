@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
@@ -16,13 +16,14 @@ from chargetwin.database import Database, connect
 from chargetwin.mqtt import MqttClient
 from chargetwin.topics import Topics
 from rules.actions import Actions, list_work_orders
-from rules.alerts import AlertStore
+from rules.alerts import Alert, AlertStore
 from rules.engine import Engine
 from rules.files import bundled_pack, load_rules
 from rules.influx import InfluxStore
 from rules.notifiers import Notifier
-from rules.points import NS, Point
+from rules.points import NS, FieldValue, Labels, Point, Selection
 from rules.series import SeriesStore
+from rules.sqlite_series import SQLiteSeriesStore
 from rules.testing import T0, run_test_file
 
 RULES = """groups:
@@ -308,3 +309,71 @@ async def _webhook_server(received: list[dict[str, object]]) -> _Server:
     port = server.sockets[0].getsockname()[1]
     holder.append(_Server(server, f"http://127.0.0.1:{port}/"))
     return holder[0]
+
+
+class _CountingAlertStore(AlertStore):
+    """The real alert store, noting which alerts each evaluation saves."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.saves: list[list[str]] = []
+
+    async def save(self, alerts: Iterable[Alert]) -> None:
+        alerts = list(alerts)
+        self.saves.append([f"{a.rule}:{a.state}" for a in alerts])
+        await super().save(alerts)
+
+
+async def test_rules_engine_saves_only_what_changed(
+    series_store: SeriesStore, db: Database, rules_path: Path
+) -> None:
+    alerts = _CountingAlertStore(db)
+    engine = Engine(series_store, alerts, load_rules([rules_path]), value_refresh=120)
+    await engine.load()
+    hot = engine.rules[0]
+    await series_store.write([temp("CP-1", 80, t) for t in range(0, 600, 10)])
+    for t in (0, 30, 60, 90):
+        await engine.evaluate(T0 + t, [hot])
+    assert alerts.saves == [["Hot:pending"], [], ["Hot:firing"], []]  # value 80 throughout
+    await series_store.write([temp("CP-1", 90, t) for t in range(100, 600, 10)])
+    await engine.evaluate(T0 + 120, [hot])  # value moved, saved 60 s ago: not yet
+    await engine.evaluate(T0 + 180, [hot])  # 120 s since the last save
+    assert alerts.saves[4:] == [[], ["Hot:firing"]]
+    [stored] = await alerts.find(states=["firing"])
+    assert stored.value == 90.0 and stored.annotations == {"summary": "CP-1/1 at 90"}
+    [current] = engine.firing()
+    assert current.annotations == stored.annotations
+
+
+class _CountingSeriesStore(SQLiteSeriesStore):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.asked: list[str] = []
+
+    async def points(
+        self, selection: Selection, start: int, end: int
+    ) -> dict[Labels, list[tuple[int, FieldValue]]]:
+        self.asked.append(f"points {selection.measurement}.{selection.field}")
+        return await super().points(selection, start, end)
+
+
+async def test_rules_engine_asks_a_shared_query_once_per_cycle(
+    db: Database, tmp_path: Path
+) -> None:
+    """ConnectorFaulted, StuckInPreparing and StuckInFinishing read the same points."""
+    store = _CountingSeriesStore(tmp_path / "series.db")
+    await store.open()
+    try:
+        engine = Engine(store, AlertStore(db), load_rules([bundled_pack()]))
+        await engine.load()
+        status = {"charger": "CP-1", "connector": "1"}
+        await store.write(
+            [Point("connector_status", status, {"status": "Preparing"}, int(T0 * NS))]
+        )
+        await engine.evaluate(T0 + 3600)
+        assert store.asked.count("points connector_status.status") == 1
+        assert store.asked.count("points connector_status.error_code") == 1
+        [stuck] = engine.firing()
+        assert stuck.rule == "StuckInPreparing" and stuck.value == 3600.0
+    finally:
+        await store.close()

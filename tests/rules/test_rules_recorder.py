@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,8 +17,9 @@ from chargetwin.topics import Topics
 from rules.influx import InfluxStore
 from rules.points import NS, Point, Selection
 from rules.recorders import Recorder
-from rules.series import SeriesStore
+from rules.series import SeriesStore, StoreUnavailable
 from rules.spools import Spool
+from rules.sqlite_series import SQLiteSeriesStore
 
 T0 = 1_700_000_000.0
 
@@ -247,3 +248,84 @@ async def test_rules_recorder_holds_back_when_the_spool_is_full(
         json.loads((sorted(spool.folder.glob("segment-*"))[0]).read_text().splitlines()[0])[0]
         == "m"
     )
+
+
+class _WatchedStore(SQLiteSeriesStore):
+    """The real SQLite store, with its writes watched (sizes, overlap) and slowed down,
+    and optionally one outage, so the recorder's pipelining can be observed."""
+
+    def __init__(self, path: Path, *, fail_write: int | None = None) -> None:
+        super().__init__(path)
+        self.sizes: list[int] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.fail_write = fail_write
+
+    async def write(self, points: Sequence[Point]) -> None:
+        self.sizes.append(len(points))
+        number = len(self.sizes)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.05)
+            if number == self.fail_write:
+                raise StoreUnavailable("outage for the test")
+            await super().write(points)
+        finally:
+            self.in_flight -= 1
+
+
+def numbered(i: int) -> Point:
+    # The same series and time for every point: the stored value shows which write was last.
+    return Point("m", {"charger": "A"}, {"value": float(i)}, NS)
+
+
+async def test_rules_recorder_pipelines_two_writes_and_splits_a_burst(
+    prefix: str, tmp_path: Path
+) -> None:
+    store = _WatchedStore(tmp_path / "series.db")
+    await store.open()
+    recorder = Recorder(
+        store, Spool(tmp_path / "spool", max_bytes=1 << 20), Topics(prefix), min_split=10
+    )
+    await recorder.start()
+    try:
+        handlers = [
+            asyncio.ensure_future(recorder.accept([Point("m", {"c": str(i)}, {"value": 1.0}, NS)]))
+            for i in range(100)
+        ]
+        await asyncio.sleep(0)
+        done, _ = await asyncio.wait(handlers, timeout=0.04)
+        assert not done  # nothing is acknowledged before it is written
+        await asyncio.wait(handlers, return_when=asyncio.FIRST_COMPLETED)
+        assert store.sizes[:2] == [50, 50] and store.most_in_flight == 2
+        assert 0 < sum(h.done() for h in handlers) <= 50  # the first half's messages first
+        await asyncio.gather(*handlers)
+        assert await count(store, "m") == 100
+    finally:
+        await recorder.stop()
+        await store.close()
+
+
+async def test_rules_recorder_outage_of_one_write_keeps_the_order(
+    prefix: str, tmp_path: Path
+) -> None:
+    """The first write fails while the second is in flight: both go to the spool, in order,
+    so the later value is the one the store ends up with."""
+    store = _WatchedStore(tmp_path / "series.db", fail_write=1)
+    await store.open()
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    recorder = Recorder(store, spool, Topics(prefix), min_split=1, retry_delay=0.05)
+    await recorder.start()
+    try:
+        await asyncio.gather(recorder.accept([numbered(1)]), recorder.accept([numbered(2)]))
+        assert store.most_in_flight == 2 and recorder.spooled == 2
+        for _ in range(100):
+            if not spool.has_data:
+                break
+            await asyncio.sleep(0.02)
+        [last] = await store.last(Selection("m", "value"), None, 2**62)
+        assert last.value == 2.0
+    finally:
+        await recorder.stop()
+        await store.close()

@@ -1,0 +1,364 @@
+"""The campaign engine: one owned asyncio task that moves every campaign a step each tick.
+
+Each tick, per active campaign: read the shadows of the chargers being updated (one query
+per 500, from the shadow store), turn what they report into campaign states, check the
+phase's thresholds (pause above the failure threshold, move on at the success threshold),
+then start as many queued chargers as the concurrency limit allows, when inside the
+maintenance window and (if asked) only on idle chargers, by setting
+``desired.firmware.version`` through the twin (:class:`~chargetwin.shadow_client.ShadowClient`).
+
+Why poll the store rather than subscribe to ``shadow/update/documents``: the store is the
+truth after any restart (nothing to catch up on), several API instances can read it, and a
+tick costs O(chargers in flight) — bounded by ``maxConcurrent`` — where the documents topic
+would bring every shadow change of the whole fleet (heartbeats, meter-driven status) into
+the API process. The price is latency of one tick (``--campaign-interval``, 5 s).
+
+A retry is the same desired version written again: the twin stamps the desired leaf anew,
+and the bridge tries once more when the desired leaf is newer than its refusal
+(docs/firmware.md). A charger that goes offline mid-update keeps its state; the twin
+re-sends the delta when it returns, and an attempt without news (a status) for
+``attemptTimeoutS`` is retried like a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from api.campaigns import (
+    CHARGER_STATES,
+    COMPLETED,
+    DOWNLOADED,
+    DOWNLOADING,
+    FAILED,
+    IN_FLIGHT,
+    INSTALLED,
+    INSTALLING,
+    PAUSED,
+    QUEUED,
+    RUNNING,
+    SCHEDULED,
+    SKIPPED,
+    TERMINAL,
+    Campaign,
+    CampaignStore,
+    Transition,
+    phase_name,
+)
+from api.targets import documents, section
+from chargetwin.database import Database, DatabaseError
+from chargetwin.shadow_client import ShadowClient, ShadowRequestError, ShadowTimeoutError
+from twin.stores import ShadowFilter, ShadowStore
+
+log = logging.getLogger(__name__)
+
+BUSY = frozenset({"Charging", "SuspendedEV", "SuspendedEVSE", "Preparing", "Finishing"})
+_STATUS_STATES = {
+    "Downloading": DOWNLOADING,
+    "Downloaded": DOWNLOADED,
+    "Installing": INSTALLING,
+    "Installed": INSTALLING,  # installed, rebooting: done once the boot reports the version
+}
+_PAGE = 500
+_PUBLISH_CONCURRENCY = 64
+RETRY = "retry"  # an attempt failed; the charger goes back to the queue if retries are left
+
+
+def progress(
+    document: dict[str, Any] | None, version: str, started_at: float, timeout_s: float, now: float
+) -> tuple[str, str | None]:
+    """What one in-flight charger's shadow says about its attempt: ``(state, reason)``.
+
+    Returns a charger state, :data:`RETRY` (the attempt failed; ``reason`` says how), or
+    ``"republish"`` when the desired version is missing (set again: idempotent).
+    """
+    if document is None:
+        return SKIPPED, "the charger has no shadow any more (unregistered?)"
+    firmware = section(document, "reported", "firmware")
+    if firmware.get("version") == version:
+        return INSTALLED, None
+    desired = section(document, "desired", "firmware").get("version")
+    if desired is None:
+        return "republish", None
+    if desired != version:
+        return SKIPPED, f"desired firmware changed to {desired!r} outside the campaign"
+    meta = ((document.get("metadata") or {}).get("desired") or {}).get("firmware") or {}
+    asked_at = float((meta.get("version") or {}).get("timestamp") or started_at)
+    refusal = section(document, "reported", "refused").get("firmware") or {}
+    if refusal.get("value") == version and float(refusal.get("at") or 0) >= asked_at:
+        return RETRY, str(refusal.get("status") or "refused")
+    requested = firmware.get("requested") or {}
+    state, news = "", started_at
+    if requested.get("version") == version and float(requested.get("at") or 0) >= asked_at:
+        updated = float(firmware.get("updatedAt") or 0)
+        news = max(started_at, float(requested["at"]), updated)
+        state = SCHEDULED
+        if updated >= float(requested["at"]):
+            state = _STATUS_STATES.get(str(firmware.get("status")), SCHEDULED)
+    if now - news > timeout_s:
+        return RETRY, f"no news within {timeout_s:g} s"
+    return state, None  # "" when nothing changed
+
+
+def _totals(counts: dict[tuple[int, str], int]) -> dict[str, int]:
+    out: Counter[str] = Counter()
+    for (_, state), n in counts.items():
+        out[state] += n
+    return dict(out)
+
+
+class CampaignEngine:
+    """Drives campaigns; :meth:`running` owns the ticking task for the caller's lifetime."""
+
+    def __init__(
+        self,
+        store: CampaignStore,
+        shadows: ShadowStore,
+        shadow_client: ShadowClient,
+        *,
+        interval: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.shadows = shadows
+        self.client = shadow_client
+        self.interval = interval
+        self._db: Database = store.db
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[CampaignEngine]:
+        """Tick every ``interval`` until the block ends; the task is stopped on the way out."""
+        stop = asyncio.Event()
+        task = asyncio.create_task(self._run(stop), name="campaign-engine")
+        try:
+            yield self
+        finally:
+            stop.set()
+            self._wake.set()
+            await task
+
+    def wake(self) -> None:
+        """Tick now (after an operator action) rather than at the next interval."""
+        self._wake.set()
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        log.info("campaign engine started (every %g s)", self.interval)
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except (DatabaseError, ShadowRequestError) as exc:
+                log.warning("campaign tick failed, next one in %g s: %s", self.interval, exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
+            self._wake.clear()
+        log.info("campaign engine stopped")
+
+    async def tick(self) -> None:
+        """One step of every active campaign, and the clean-up of cancelled ones."""
+        async with self._lock:
+            for campaign in await self.store.list((RUNNING, PAUSED)):
+                await self._drive(campaign)
+            for campaign in await self.store.cancelled_with_claims():
+                await self._clean_up(campaign)
+
+    # --- one campaign ---------------------------------------------------------------------
+    async def _drive(self, campaign: Campaign) -> None:
+        await self._track(campaign)
+        if campaign.state != RUNNING:
+            return
+        counts = await self.store.counts(campaign.campaign_id)
+        if not await self._check_phases(campaign, counts):
+            return
+        in_flight = sum(n for (_, state), n in counts.items() if state in IN_FLIGHT)
+        await self._start(campaign, campaign.policy.max_concurrent - in_flight)
+
+    async def _track(self, campaign: Campaign) -> None:
+        """Read the shadows of in-flight chargers and record what they report."""
+        cid, now = campaign.campaign_id, time.time()
+        rows = await self.store.chargers(cid, states=IN_FLIGHT, limit=2**31 - 1)
+        docs = await documents(self._db, [r.charger_id for r in rows])
+        timeout, retries = campaign.policy.attempt_timeout_s, campaign.policy.retries
+        changes, republish = [], []
+        for row in rows:
+            state, reason = progress(
+                docs.get(row.charger_id), campaign.version, row.started_at or now, timeout, now
+            )
+            if state == "republish":
+                republish.append(row.charger_id)
+            elif state == RETRY:
+                left = row.attempts <= retries
+                new = QUEUED if left else FAILED
+                why = f"attempt {row.attempts} failed: {reason}" + ("; retrying" if left else "")
+                log.warning("%s: campaign %s: %s", row.charger_id, cid, why)
+                changes.append(Transition(row.charger_id, row.state, new, why))
+            elif state and state != row.state:
+                if state == INSTALLED:
+                    log.info("%s: campaign %s: %s installed", row.charger_id, cid, campaign.version)
+                changes.append(Transition(row.charger_id, row.state, state, reason))
+        await self.store.apply(cid, changes)
+        if republish:
+            log.info(
+                "campaign %s: desired firmware set again on %d charger(s)", cid, len(republish)
+            )
+            await self._publish(campaign, republish)
+
+    async def _check_phases(self, campaign: Campaign, counts: dict[tuple[int, str], int]) -> bool:
+        """Pause or complete the campaign, or move to the next phase; True to start more."""
+        cid, policy = campaign.campaign_id, campaign.policy
+        per_phase: dict[int, Counter[str]] = {}
+        for (phase, state), n in counts.items():
+            per_phase.setdefault(phase, Counter())[state] += n
+        for index in range(campaign.phase + 1):
+            c = per_phase.get(index, Counter())
+            size = sum(c.values()) - c[SKIPPED]
+            if size and c[FAILED] * 100 / size > policy.failure_threshold:
+                reason = (
+                    f"{c[FAILED]} of {size} chargers failed in the {phase_name(index)}, above the "
+                    f"failure threshold of {policy.failure_threshold:g}%"
+                )
+                await self._pause(campaign, reason)
+                return False
+        while True:
+            index = campaign.phase
+            c = per_phase.get(index, Counter())
+            size = sum(c.values()) - c[SKIPPED]
+            needed = math.ceil(size * policy.success_threshold / 100 - 1e-9)
+            in_flight = sum(c[s] for s in IN_FLIGHT)
+            if c[INSTALLED] >= needed and in_flight == 0:
+                if index + 1 < len(campaign.phases):
+                    if not await self.store.advance(cid, index):
+                        return False
+                    campaign.phase = index + 1
+                    log.info("campaign %s: %s starts", cid, phase_name(campaign.phase))
+                    continue
+                left = sum(n for (p, s), n in counts.items() if s not in TERMINAL)
+                if left == 0:
+                    if await self.store.set_state(cid, COMPLETED, old=(RUNNING,)):
+                        await self.store.release(cid)
+                        log.info("campaign %s completed: %s", cid, _totals(counts))
+                    return False
+            elif in_flight == 0 and c[QUEUED] == 0:
+                reason = (
+                    f"{c[INSTALLED]} of {size} chargers installed in the {phase_name(index)}, "
+                    f"below the success threshold of {policy.success_threshold:g}%"
+                )
+                await self._pause(campaign, reason)
+                return False
+            return True
+
+    async def _pause(self, campaign: Campaign, reason: str) -> None:
+        if await self.store.set_state(campaign.campaign_id, PAUSED, old=(RUNNING,), reason=reason):
+            campaign.state = PAUSED
+            log.warning("campaign %s paused: %s", campaign.campaign_id, reason)
+
+    async def _start(self, campaign: Campaign, slots: int) -> None:
+        """Start up to ``slots`` queued chargers of the phases reached so far."""
+        policy = campaign.policy
+        if slots <= 0:
+            return
+        if policy.window is not None and not policy.window.contains(datetime.now(UTC)):
+            return
+        cid, offset = campaign.campaign_id, 0
+        chosen: list[str] = []
+        changes: list[Transition] = []
+        while len(chosen) < slots:
+            page = await self.store.chargers(
+                cid, states=(QUEUED,), max_phase=campaign.phase, limit=_PAGE, offset=offset
+            )
+            if not page:
+                break
+            offset += len(page)
+            ids = tuple(r.charger_id for r in page)
+            summaries = {
+                s.charger_id: s
+                for s in await self.shadows.list(ShadowFilter(charger_ids=ids, limit=len(ids)))
+            }
+            for row in page:
+                s = summaries.get(row.charger_id)
+                if s is None or not s.online:
+                    continue  # stays queued until it is online
+                if (s.vendor, s.model) != (campaign.vendor, campaign.model):
+                    why = f"it now reports {s.vendor} {s.model}, which the image does not fit"
+                    changes.append(Transition(row.charger_id, QUEUED, SKIPPED, why))
+                elif s.firmware_version == campaign.version:
+                    changes.append(Transition(row.charger_id, QUEUED, INSTALLED, None))
+                elif policy.only_idle and BUSY & set(s.statuses.values()):
+                    continue
+                elif len(chosen) < slots:
+                    chosen.append(row.charger_id)
+                    changes.append(
+                        Transition(row.charger_id, QUEUED, SCHEDULED, row.reason, start=True)
+                    )
+        applied = await self.store.apply(cid, changes)
+        started = [t.charger_id for t, ok in zip(changes, applied, strict=True) if ok and t.start]
+        if started:
+            log.info("campaign %s: starting %d charger(s)", cid, len(started))
+            await self._publish(campaign, started)
+
+    async def _publish(self, campaign: Campaign, charger_ids: list[str]) -> None:
+        """Set ``desired.firmware.version`` on each charger, a bounded number at a time."""
+        limit = asyncio.Semaphore(_PUBLISH_CONCURRENCY)
+        refused: list[Transition] = []
+
+        async def one(charger_id: str) -> None:
+            async with limit:
+                try:
+                    await self.client.update(
+                        charger_id, {"desired": {"firmware": {"version": campaign.version}}}
+                    )
+                except ShadowTimeoutError as exc:
+                    log.warning(
+                        "%s: campaign %s: %s (set again next tick)",
+                        charger_id,
+                        campaign.campaign_id,
+                        exc,
+                    )
+                except ShadowRequestError as exc:
+                    log.warning(
+                        "%s: campaign %s: the twin refused: %s",
+                        charger_id,
+                        campaign.campaign_id,
+                        exc,
+                    )
+                    why = f"the twin refused the desired firmware: {exc}"
+                    refused.append(Transition(charger_id, SCHEDULED, SKIPPED, why))
+
+        async with asyncio.TaskGroup() as tg:
+            for charger_id in charger_ids:
+                tg.create_task(one(charger_id), name=f"campaign-publish-{charger_id}")
+        await self.store.apply(campaign.campaign_id, refused)
+
+    # --- cancelled campaigns ----------------------------------------------------------------
+    async def _clean_up(self, campaign: Campaign) -> None:
+        """Remove the desired firmware the campaign set on chargers it did not finish."""
+        cid = campaign.campaign_id
+        unfinished = [s for s in CHARGER_STATES if s != INSTALLED]
+        rows = await self.store.chargers(cid, states=unfinished, desired_set=True, limit=_PAGE)
+        if rows:
+            docs = await documents(self._db, [r.charger_id for r in rows])
+            ours = [
+                r.charger_id
+                for r in rows
+                if section(docs.get(r.charger_id), "desired", "firmware").get("version")
+                == campaign.version
+            ]
+            await asyncio.gather(*(self._unset(cid, charger_id) for charger_id in ours))
+            await self.store.forget_desired(cid, [r.charger_id for r in rows])
+            log.info("campaign %s: desired firmware removed from %d charger(s)", cid, len(ours))
+            return
+        await self.store.release(cid)
+
+    async def _unset(self, cid: str, charger_id: str) -> None:
+        try:
+            await self.client.update(charger_id, {"desired": {"firmware": None}})
+        except ShadowRequestError as exc:
+            log.warning("%s: campaign %s: desired firmware not removed: %s", charger_id, cid, exc)
