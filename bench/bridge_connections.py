@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.bridge_connections [--runs 3] [--chargers 10000] [--storm 5000]
 
-Needs Mosquitto on 127.0.0.1:1883. Per run, against ``chargetwin bridge`` (fresh SQLite
+The broker is a private Mosquitto (bench/brokers.py). Per run, against
+``chargetwin bridge`` (fresh SQLite
 data dir, unique prefix) and the bare ``ocpp`` library baseline (:mod:`bench.ocpp_baseline`),
 each its own process, with this process as the load generator (:mod:`bench.bridge_load`,
 source addresses 127.0.0.1-8, ``RLIMIT_NOFILE`` raised to the hard limit):

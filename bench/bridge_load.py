@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from bench.brokers import broker_url
 from chargetwin.database import connect
@@ -342,14 +343,16 @@ class MqttCounter:
         self._arrived = asyncio.Event()
 
     async def start(self) -> None:
-        args = ["mosquitto_sub", "-h", "127.0.0.1", "-p", "1883", "-q", "0", "-F", "%t"]
+        address = urlsplit(broker_url())
+        host, port = address.hostname or "127.0.0.1", str(address.port or 1883)
+        args = ["mosquitto_sub", "-h", host, "-p", port, "-q", "0", "-F", "%t"]
         for topic_filter in [*self.filters, self._probe]:
             args += ["-t", topic_filter]
         self.proc = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE)
         self._reader = asyncio.create_task(self._read())
         while not self._probed.is_set():  # subscribed once a probe comes back
             pub = await asyncio.create_subprocess_exec(
-                "mosquitto_pub", "-h", "127.0.0.1", "-t", self._probe, "-m", "x"
+                "mosquitto_pub", "-h", host, "-p", port, "-t", self._probe, "-m", "x"
             )
             await pub.wait()
             try:

@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.bridge_throughput [--runs 3] [--chargers 200] [--frames 30000]
 
-Needs Mosquitto on 127.0.0.1:1883 and ``mosquitto_sub``. Per run it starts, each as its
+Needs ``mosquitto_sub``; the broker is a private Mosquitto (bench/brokers.py).
+Per run it starts, each as its
 own process: the baseline (:mod:`bench.ocpp_baseline`, the bare ``ocpp`` library), then
 ``chargetwin bridge`` and ``chargetwin twin`` sharing a fresh SQLite data dir and a unique
 topic prefix. The load generator is this process (:mod:`bench.bridge_load`).
