@@ -126,7 +126,14 @@ class SimulatedCharger:
         if self._link_tasks is None:
             coro.close()
             return
-        self._link_tasks.create_task(self._guard(coro))
+        guarded = self._guard(coro)
+        try:
+            self._link_tasks.create_task(guarded)
+        except RuntimeError:
+            # The connection's task group is shutting down (the socket just closed):
+            # drop the work like above, closing both coroutines so none is left unawaited.
+            guarded.close()
+            coro.close()
 
     async def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
         """A task's failure is the charger's to log and count, never a crash of the fleet."""
