@@ -15,9 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from api.auth import Operator, Viewer
 from api.backends import Backend, get_backend
 from api.inspections import Inspection, InspectionNotFound
-from api.problems import Problem, ProblemError, problem_responses
-from api.routes.maintenance import ChargerId, Id, LongText, Text, check_charger, iso, maintenance_of
-from api.windows import cron_trigger
+from api.problems import Problem, problem_responses
+from api.routes.maintenance import (
+    ChargerId,
+    Id,
+    LongText,
+    Text,
+    check_charger,
+    check_schedule,
+    iso,
+    maintenance_of,
+)
 
 router = APIRouter(prefix="/inspections", tags=["maintenance"])
 
@@ -94,13 +102,7 @@ async def create_inspection(
     body: InspectionIn, backend: BackendDep, who: Operator
 ) -> InspectionOut:
     await check_charger(backend, body.chargerId, "/chargerId")
-    try:
-        cron_trigger(body.cron, body.timezone)
-    except ValueError as exc:
-        raise Problem(
-            422, str(exc), kind="invalid-schedule",
-            errors=[ProblemError(pointer="/cron", message=str(exc))],
-        ) from exc  # fmt: skip
+    check_schedule(body.cron, body.timezone)
     maintenance = maintenance_of(backend)
     inspection = await maintenance.inspections.create(
         title=body.title, cron=body.cron, timezone=body.timezone, created_by=who.name,

@@ -64,6 +64,17 @@ async def check_charger(backend: Backend, charger_id: str | None, pointer: str) 
         )
 
 
+def check_schedule(cron: str, timezone: str) -> None:
+    """A cron expression and time zone APScheduler accepts, or a 422 pointing at ``/cron``."""
+    try:
+        cron_trigger(cron, timezone)
+    except ValueError as exc:
+        raise Problem(
+            422, str(exc), kind="invalid-schedule",
+            errors=[ProblemError(pointer="/cron", message=str(exc))],
+        ) from exc  # fmt: skip
+
+
 # --- work orders ---------------------------------------------------------------------------
 class WorkOrderIn(BaseModel):
     model_config = ConfigDict(
@@ -425,13 +436,7 @@ async def window_out(backend: Backend, window: Window, now: float) -> WindowOut:
 async def create_window(body: WindowIn, backend: BackendDep, who: Operator) -> WindowOut:
     await check_charger(backend, body.chargerId, "/chargerId")
     if body.cron is not None:
-        try:
-            cron_trigger(body.cron, body.timezone)
-        except ValueError as exc:
-            raise Problem(
-                422, str(exc), kind="invalid-schedule",
-                errors=[ProblemError(pointer="/cron", message=str(exc))],
-            ) from exc  # fmt: skip
+        check_schedule(body.cron, body.timezone)
     maintenance = maintenance_of(backend)
     window = await maintenance.windows.create(
         title=body.title, created_by=who.name, charger_id=body.chargerId, site=body.site,
