@@ -140,10 +140,12 @@ def labels_for(rule: Rule, group: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 
 def render(rule: Rule, labels: Mapping[str, str], value: float) -> dict[str, str]:
-    """Annotations with ``$label``, ``$value`` and ``$duration`` (value as 1h5m) filled in."""
+    """Annotations with ``$label``, ``$value``, ``$percent`` (value x 100, for fractions)
+    and ``$duration`` (value as 1h5m) filled in."""
     values = {
         **labels,
         "value": f"{value:.4g}",
+        "percent": f"{value * 100:.4g}",
         "duration": format_duration(value) if value == value and value >= 0 else "",
     }
     return {k: string.Template(v).safe_substitute(values) for k, v in rule.annotations.items()}

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
-from rules.files import Rule
+from rules.files import TIME_IN, Rule
 from rules.points import NS, FieldValue, Labels, Sample, Selection
 from rules.series import SeriesReader
 
@@ -46,6 +46,8 @@ async def observe(rule: Rule, store: SeriesReader, at: float) -> Outcome:
         return Outcome(obs, not last)
     if rule.kind == "state":
         return await _states(rule, store, start, end)
+    if rule.aggregation == TIME_IN:
+        return await _time_in(rule, store, start, end)
     samples = await store.aggregate(rule.selection, rule.aggregation, start, end)
     if rule.min_points is not None and samples:
         counts = await store.aggregate(rule.selection, "count", start, end)
@@ -81,6 +83,28 @@ async def _states(rule: Rule, store: SeriesReader, start: int, end: int) -> Outc
             held = (end - time) / NS
             obs.append(Observation(labels, held, held >= rule.held_for))
     obs.sort(key=lambda o: o.labels)
+    return Outcome(obs, not window and not before)
+
+
+async def _time_in(rule: Rule, store: SeriesReader, start: int, end: int) -> Outcome:
+    """The fraction of the window each group spent in one of ``rule.states`` (time-weighted:
+    a value holds from its point to the next). The state at the window's start is the
+    newest point before it; with none, the time up to the first point counts as outside."""
+    window = await store.points(rule.selection, start, end)
+    before = {s.labels: s.value for s in await store.last(rule.selection, None, start)}
+    wanted = set(rule.states)
+    span = end - start
+    obs = []
+    for labels in sorted(window.keys() | before.keys()):
+        inside = str(before[labels]) in wanted if labels in before else False
+        since, total = start, 0
+        for time, value in window.get(labels, ()):
+            if inside:
+                total += time - since
+            inside, since = str(value) in wanted, time
+        if inside:
+            total += end - since
+        obs.append(Observation(labels, total / span))
     return Outcome(obs, not window and not before)
 
 

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERVAL = 30.0
 DEFAULT_WINDOW = 300.0
 DEFAULT_LOOKBACK = 7 * 86400.0
+# Time-weighted share of the window in ``states``: computed by the engine from the points
+# (rules.evaluations), not by the store, so both stores give the same answer.
+TIME_IN = "time_in"
 
 
 @cache
@@ -177,6 +180,8 @@ def _rule(doc: Document, path: tuple[Any, ...], group: dict[str, Any], raw: dict
         raise ValueError("query.window must be longer than 0s")
     if kind == "absence" and window <= absent_for:
         raise ValueError("query.window must be longer than absent_for")
+    if query.get("aggregation") == TIME_IN and "min_points" in query:
+        raise ValueError("query.min_points does not apply to aggregation time_in")
     condition = raw.get("condition")
     actions = tuple(
         Action(

@@ -353,14 +353,16 @@ class _CountingSeriesStore(SQLiteSeriesStore):
     async def points(
         self, selection: Selection, start: int, end: int
     ) -> dict[Labels, list[tuple[int, FieldValue]]]:
-        self.asked.append(f"points {selection.measurement}.{selection.field}")
+        window = (end - start) // NS
+        self.asked.append(f"points {selection.measurement}.{selection.field} {window}s")
         return await super().points(selection, start, end)
 
 
 async def test_rules_engine_asks_a_shared_query_once_per_cycle(
     db: Database, tmp_path: Path
 ) -> None:
-    """ConnectorFaulted, StuckInPreparing and StuckInFinishing read the same points."""
+    """ConnectorFaulted, StuckInPreparing and StuckInFinishing read the same points (7 days);
+    PortUptimeBudgetBurning reads its own 24 h window."""
     store = _CountingSeriesStore(tmp_path / "series.db")
     await store.open()
     try:
@@ -371,8 +373,9 @@ async def test_rules_engine_asks_a_shared_query_once_per_cycle(
             [Point("connector_status", status, {"status": "Preparing"}, int(T0 * NS))]
         )
         await engine.evaluate(T0 + 3600)
-        assert store.asked.count("points connector_status.status") == 1
-        assert store.asked.count("points connector_status.error_code") == 1
+        assert store.asked.count("points connector_status.status 604800s") == 1
+        assert store.asked.count("points connector_status.error_code 604800s") == 1
+        assert store.asked.count("points connector_status.status 86400s") == 1
         [stuck] = engine.firing()
         assert stuck.rule == "StuckInPreparing" and stuck.value == 3600.0
     finally:
