@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
+from retained import USED_PREFIXES, clear_retained, noted
 
 from chargetwin.broker import EmbeddedBroker
 
@@ -41,7 +42,17 @@ def free_port() -> int:
 @pytest.fixture
 def prefix() -> str:
     """A topic prefix no other test uses, so tests can share one broker."""
-    return f"test-{uuid.uuid4().hex[:12]}"
+    return noted(f"test-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clear_retained_at_exit() -> Iterator[None]:
+    """Leave the shared broker as found: no retained presence of this run's prefixes."""
+    yield
+    try:
+        clear_retained(MQTT_URL, USED_PREFIXES)
+    except OSError as exc:  # the broker went away: nothing of ours is left on it anyway
+        warnings.warn(f"could not clear retained test messages: {exc}", stacklevel=1)
 
 
 @pytest.fixture

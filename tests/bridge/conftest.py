@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from retained import noted
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -124,7 +125,7 @@ class MqttWatcher:
 
 @pytest.fixture
 def prefix() -> str:
-    return f"test-{uuid.uuid4().hex[:12]}"
+    return noted(f"test-{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture

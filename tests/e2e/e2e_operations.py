@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 from pydantic import SecretStr
+from retained import noted
 
 from api.app import create_app, serve
 from api.backends import Backend
@@ -82,7 +83,7 @@ async def platform(
     chargers: int = 0,
     command_timeout: float = 5.0,
 ) -> AsyncIterator[Platform]:
-    prefix = f"e2e-{uuid.uuid4().hex[:10]}"
+    prefix = noted(f"e2e-{uuid.uuid4().hex[:10]}")
     topics = Topics(prefix)
     api_port = free_port()
     public_url = f"http://127.0.0.1:{api_port}"
