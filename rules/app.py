@@ -26,6 +26,7 @@ from rules.influx import InfluxStore
 from rules.notifiers import Notifier
 from rules.recorders import Recorder
 from rules.series import SeriesStore
+from rules.sites import SiteDirectory
 from rules.spools import Spool
 from rules.sqlite_series import SQLiteSeriesStore
 
@@ -81,7 +82,10 @@ async def run_rules(settings: Settings, stop: asyncio.Event) -> None:
         engine = Engine(store, AlertStore(db), ruleset, notifier=notifier, actions=actions)
         await engine.load()
         spool = Spool(settings.data_dir / "spool", max_bytes=settings.spool_max_bytes)
-        recorder = Recorder(store, spool, topics)
+        sites = SiteDirectory(db)
+        await sites.start()
+        stack.push_async_callback(sites.stop)
+        recorder = Recorder(store, spool, topics, sites=sites)
         await mqtt.connect()
         stack.push_async_callback(mqtt.disconnect)
         await notifier.start()
