@@ -11,7 +11,7 @@ state held since, which state rules and reports read however old it is.
 A pass runs every ``interval`` seconds as a series of small steps (one short write
 transaction each, on the store's writer thread), so the recorder's writes go in between
 and are never held up by more than one step. Freed pages are reused by SQLite; the file
-does not shrink (no VACUUM: it would lock the store for minutes).
+does not shrink (no VACUUM: it rewrites the whole file while holding the write lock).
 
 InfluxDB keeps points by its own retention policy, set on the server (docs/operations.md).
 """

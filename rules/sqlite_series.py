@@ -185,8 +185,8 @@ class SQLiteSeriesStore:
     ) -> Pruned:
         """One step of a retention pass: delete the points older than their measurement's
         cutoff (ns; ``default_cutoff`` for measurements not in ``cutoffs``; None keeps
-        every point) in the series with ids above ``after``, at most ``max_series`` series and
-        ``max_rows`` values, in one short transaction on the writer thread.
+        every point) in the series with ids above ``after``, at most ``max_series``
+        series and ``max_rows`` values, in one short transaction on the writer thread.
 
         The newest point before the cutoff of each series and field is kept: it is the
         value held at the cutoff, which state rules and uptime reports read as "the
