@@ -90,6 +90,21 @@ class Settings(BaseSettings):
     rules_dry_run: bool = Field(
         False, description="Log rule actions (work orders, desired state, commands) only."
     )
+    series_retention_days: float = Field(
+        500.0,
+        ge=0,
+        description="Days the embedded time-series store keeps status, presence, session and "
+        "other event history (0: forever). NEVI quarterly reports read twelve months ending "
+        "with each month of the quarter, so keep 15 months or more. The newest point of "
+        "each series before the cutoff is always kept. InfluxDB: set the server's retention "
+        "policy instead (docs/operations.md).",
+    )
+    meter_values_retention_days: float = Field(
+        200.0,
+        ge=0,
+        description="Days the embedded time-series store keeps meter values (0: forever); "
+        "the sessions' peak power in EV-ChART session records comes from them.",
+    )
     spool_max_bytes: int = Field(
         1 << 30,
         ge=1 << 20,

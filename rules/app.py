@@ -1,8 +1,9 @@
 """Running the rules component: the recorder, the engine on its schedule, notifications.
 
-Start order: stores, then the engine (it takes back open alerts), then MQTT with the
-recorder's subscriptions. Stop order: stop evaluating, stop taking messages, make the open
-batch durable, then close the connections and stores.
+Start order: stores, then the engine (it takes back open alerts), the site directory,
+then MQTT with the recorder's subscriptions, then retention of the embedded store. Stop
+order: stop evaluating, stop retention, stop taking messages, make the open batch durable,
+then close the connections and stores.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from rules.files import bundled_pack, load_rules
 from rules.influx import InfluxStore
 from rules.notifiers import Notifier
 from rules.recorders import Recorder
+from rules.retention import RetentionPolicy, SeriesRetention
 from rules.series import SeriesStore
+from rules.sites import SiteDirectory
 from rules.spools import Spool
 from rules.sqlite_series import SQLiteSeriesStore
 
@@ -81,13 +84,23 @@ async def run_rules(settings: Settings, stop: asyncio.Event) -> None:
         engine = Engine(store, AlertStore(db), ruleset, notifier=notifier, actions=actions)
         await engine.load()
         spool = Spool(settings.data_dir / "spool", max_bytes=settings.spool_max_bytes)
-        recorder = Recorder(store, spool, topics)
+        sites = SiteDirectory(db)
+        await sites.start()
+        stack.push_async_callback(sites.stop)
+        recorder = Recorder(store, spool, topics, sites=sites)
         await mqtt.connect()
         stack.push_async_callback(mqtt.disconnect)
         await notifier.start()
         stack.push_async_callback(notifier.stop)
         await recorder.start(mqtt, settings.mqtt_share_group)
         stack.push_async_callback(recorder.stop)
+        if isinstance(store, SQLiteSeriesStore):
+            policy = RetentionPolicy.from_days(
+                settings.series_retention_days, settings.meter_values_retention_days
+            )
+            retention = SeriesRetention(store, policy)
+            await retention.start()
+            stack.push_async_callback(retention.stop)
         scheduler = AsyncIOScheduler()
         engine.schedule(scheduler)
         scheduler.start()

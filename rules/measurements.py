@@ -1,14 +1,16 @@
 """MQTT telemetry, events and presence → points: the schema of ``docs/telemetry.md``.
 
-Pure functions, one per kind of message, so the recorder only batches and ships.
-Numbers are written as floats and states as strings, one type per field, as InfluxDB
-requires. Times are the charger's own where the bridge carries one, receipt time else.
+Pure functions, one per kind of message, so the recorder only batches and ships. Each
+gets the charger's own tags (``charger``, and ``site`` when the registry gives one):
+every point starts from them, so rules filter and group by site as by charger. Numbers
+are written as floats and states as strings, one type per field, as InfluxDB requires.
+Times are the charger's own where the bridge carries one, receipt time else.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rules.points import FieldValue, Point, make_point, to_ns
@@ -17,18 +19,18 @@ from rules.points import FieldValue, Point, make_point, to_ns
 # (EmergencyStop, PowerLoss, Reboot, ...) is not a successful completion (EV-ChART).
 NORMAL_STOP_REASONS = frozenset({"Local", "Remote", "EVDisconnected", "DeAuthorized", ""})
 
-Converter = Callable[[str, dict[str, Any], float], list[Point]]
+Converter = Callable[[Mapping[str, str], dict[str, Any], float], list[Point]]
 
 
 # Sampled-value keys that become meter_values tags (OCPP 1.6 section 7.43 SampledValue).
 _SAMPLE_TAGS = ("measurand", "phase", "unit", "location", "context")
 
 
-def meter_values(charger: str, body: dict[str, Any], now: float) -> list[Point]:
+def meter_values(charger: Mapping[str, str], body: dict[str, Any], now: float) -> list[Point]:
     """One point per sampled value; the hot path of the recorder, so it builds the points
     itself with the rules of :func:`make_point` (null tags dropped, numbers as floats)."""
     time = to_ns(body.get("timestamp"), now)
-    series: dict[str, str] = {"charger": charger}
+    series = dict(charger)
     connector = body.get("connectorId")
     if connector is not None and (text := str(connector)):
         series["connector"] = text
@@ -54,10 +56,10 @@ def meter_values(charger: str, body: dict[str, Any], now: float) -> list[Point]:
     return out
 
 
-def status(charger: str, body: dict[str, Any], now: float) -> list[Point]:
+def status(charger: Mapping[str, str], body: dict[str, Any], now: float) -> list[Point]:
     point = make_point(
         "connector_status",
-        {"charger": charger, "connector": body.get("connectorId")},
+        {**charger, "connector": body.get("connectorId")},
         {
             "status": body.get("status"),
             "previous": body.get("previous"),
@@ -70,18 +72,18 @@ def status(charger: str, body: dict[str, Any], now: float) -> list[Point]:
     return [point] if point else []
 
 
-def presence(charger: str, body: dict[str, Any], now: float) -> list[Point]:
+def presence(charger: Mapping[str, str], body: dict[str, Any], now: float) -> list[Point]:
     online = bool(body.get("online"))
     point = make_point(
         "presence",
-        {"charger": charger},
+        charger,
         {"state": "online" if online else "offline", "online": online},
         to_ns(body.get("since"), now),
     )
     return [point] if point else []
 
 
-def transaction(charger: str, body: dict[str, Any], now: float) -> list[Point]:
+def transaction(charger: Mapping[str, str], body: dict[str, Any], now: float) -> list[Point]:
     event = body.get("event")
     fields: dict[str, Any] = {"transaction_id": _text(body.get("transactionId"))}
     if event == "started":
@@ -110,17 +112,17 @@ def transaction(charger: str, body: dict[str, Any], now: float) -> list[Point]:
         return []
     point = make_point(
         "sessions",
-        {"charger": charger, "connector": body.get("connectorId"), "event": event},
+        {**charger, "connector": body.get("connectorId"), "event": event},
         fields,
         to_ns(body.get("timestamp"), now),
     )
     return [point] if point else []
 
 
-def boot(charger: str, body: dict[str, Any], now: float) -> list[Point]:
+def boot(charger: Mapping[str, str], body: dict[str, Any], now: float) -> list[Point]:
     point = make_point(
         "boots",
-        {"charger": charger},
+        charger,
         {
             "count": 1.0,
             "vendor": body.get("chargePointVendor") or body.get("vendor"),
@@ -132,20 +134,20 @@ def boot(charger: str, body: dict[str, Any], now: float) -> list[Point]:
     return [point] if point else []
 
 
-def firmware(charger: str, body: dict[str, Any], now: float) -> list[Point]:
+def firmware(charger: Mapping[str, str], body: dict[str, Any], now: float) -> list[Point]:
     point = make_point(
         "firmware_status",
-        {"charger": charger},
+        charger,
         {"status": body.get("status"), "request_id": _text(body.get("requestId"))},
         to_ns(body.get("timestamp"), now),
     )
     return [point] if point else []
 
 
-def diagnostics(charger: str, body: dict[str, Any], now: float) -> list[Point]:
+def diagnostics(charger: Mapping[str, str], body: dict[str, Any], now: float) -> list[Point]:
     point = make_point(
         "diagnostics_status",
-        {"charger": charger, "kind": body.get("kind") or "diagnostics"},
+        {**charger, "kind": body.get("kind") or "diagnostics"},
         {"status": body.get("status"), "request_id": _text(body.get("requestId"))},
         to_ns(body.get("timestamp"), now),
     )
@@ -168,7 +170,17 @@ CONVERTERS: dict[str, Converter] = {
 }
 
 
-def convert(prefix: str, topic: str, payload: bytes, now: float) -> list[Point]:
+def charger_of(prefix: str, topic: str) -> str:
+    """The charger id of a ``{prefix}/chargers/{id}/...`` topic; "" for other topics."""
+    head = f"{prefix}/chargers/"
+    if not topic.startswith(head):
+        return ""
+    return topic[len(head) :].partition("/")[0]
+
+
+def convert(
+    prefix: str, topic: str, payload: bytes, now: float, site: str | None = None
+) -> list[Point]:
     """The points of one message; [] for kinds not recorded or unreadable payloads."""
     head = f"{prefix}/chargers/"
     if not topic.startswith(head):
@@ -183,4 +195,5 @@ def convert(prefix: str, topic: str, payload: bytes, now: float) -> list[Point]:
         return []
     if not isinstance(body, dict):
         return []
-    return converter(charger, body, now)
+    tags = {"charger": charger, "site": site} if site else {"charger": charger}
+    return converter(tags, body, now)

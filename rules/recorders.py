@@ -12,6 +12,9 @@ write started before its failure was seen go to the spool; while the spool holds
 anything, new batches are appended behind it, so the store receives points in the order
 they were accepted. When the spool is full the handler
 waits (backpressure): the broker holds the messages instead of us dropping them.
+
+Points carry the charger's ``site`` tag from a :class:`~rules.sites.SiteDirectory`, an
+in-memory copy of the charger registry: no query per message.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from chargetwin.topics import Topics, shared
 from rules import measurements
 from rules.points import Point
 from rules.series import SeriesError, SeriesStore, StoreUnavailable
+from rules.sites import SiteDirectory
 from rules.spools import Spool
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,7 @@ class Recorder:
         spool: Spool,
         topics: Topics,
         *,
+        sites: SiteDirectory | None = None,
         max_lines: int = 5000,
         max_delay: float = 1.0,
         linger: float = 0.002,
@@ -71,6 +76,7 @@ class Recorder:
         self.store = store
         self.spool = spool
         self.topics = topics
+        self.sites = sites
         self.max_lines = max_lines
         self.max_delay = max_delay
         self.linger = linger
@@ -148,7 +154,11 @@ class Recorder:
     # --- accepting -----------------------------------------------------------------------
     async def handle(self, topic: str, payload: bytes) -> None:
         """The MQTT handler: returns once the message's points are durable."""
-        points = measurements.convert(self.topics.prefix, topic, payload, time.time())
+        prefix = self.topics.prefix
+        site = None
+        if self.sites is not None:
+            site = await self.sites.site_of(measurements.charger_of(prefix, topic))
+        points = measurements.convert(prefix, topic, payload, time.time(), site)
         if points and points[0].measurement == "sessions":
             points = [p for p in points if not self._duplicate(p)]
         if points:

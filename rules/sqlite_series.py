@@ -11,6 +11,9 @@ tags — so a query returns one row per group, not per series or per point.
 SQLite runs in WAL mode: one writer connection (its own thread) and a small pool of
 reader connections, so rules evaluate while the recorder writes, and several rules'
 queries run at once (sqlite releases the GIL while it steps).
+
+Retention (:meth:`SQLiteSeriesStore.prune`, driven by :mod:`rules.retention`) deletes old
+points in small transactions on the writer thread, between the recorder's writes.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import itertools
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from rules.points import FieldValue, Labels, Point, Sample, Selection
 from rules.series import SeriesError, StoreUnavailable, check_function
@@ -44,6 +47,25 @@ SCHEMA = (
 
 _INSERT = "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?)"
 _NO_START = -(2**62)
+
+# Retention walks the samples key (series_id, field, time): every statement is a seek.
+_SERIES_AFTER = "SELECT id, measurement FROM series WHERE id > ? ORDER BY id LIMIT ?"
+_OLDEST_OF_NEXT_FIELD = (
+    "SELECT field, time FROM samples WHERE series_id = ? AND field > ? ORDER BY field, time LIMIT 1"
+)
+_NEWEST_BEFORE = "SELECT MAX(time) FROM samples WHERE series_id = ? AND field = ? AND time < ?"
+_NTH_BEFORE = (
+    "SELECT time FROM samples WHERE series_id = ? AND field = ? AND time < ? ORDER BY time "
+    "LIMIT 1 OFFSET ?"
+)
+_DELETE_BEFORE = "DELETE FROM samples WHERE series_id = ? AND field = ? AND time < ?"
+
+
+class Pruned(NamedTuple):
+    """What one :meth:`SQLiteSeriesStore.prune` step did, and where the next one starts."""
+
+    removed: dict[str, int]  # values deleted (one per point and field), per measurement
+    resume_after: int | None  # series id to pass as ``after`` next; None: the pass is done
 
 
 class SQLiteSeriesStore:
@@ -150,6 +172,84 @@ class SQLiteSeriesStore:
             "SELECT id FROM series WHERE measurement = ? AND tags = ?", (measurement, text)
         ).fetchone()
         return int(row[0])
+
+    # --- retention -----------------------------------------------------------------------
+    async def prune(
+        self,
+        cutoffs: Mapping[str, int | None],
+        default_cutoff: int | None,
+        *,
+        after: int = 0,
+        max_series: int = 200,
+        max_rows: int = 5000,
+    ) -> Pruned:
+        """One step of a retention pass: delete the points older than their measurement's
+        cutoff (ns; ``default_cutoff`` for measurements not in ``cutoffs``; None keeps
+        every point) in the series with ids above ``after``, at most ``max_series``
+        series and ``max_rows`` values, in one short transaction on the writer thread.
+
+        The newest point before the cutoff of each series and field is kept: it is the
+        value held at the cutoff, which state rules and uptime reports read as "the
+        newest point before the window" however old it is.
+        """
+        try:
+            return await self._in(
+                self._writer,
+                self._prune_sync,
+                cutoffs,
+                default_cutoff,
+                after,
+                max_series,
+                max_rows,
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"series store retention failed: {exc}") from exc
+
+    def _prune_sync(
+        self,
+        cutoffs: Mapping[str, int | None],
+        default_cutoff: int | None,
+        after: int,
+        max_series: int,
+        max_rows: int,
+    ) -> Pruned:
+        conn = self._write_conn
+        if conn is None:
+            raise sqlite3.OperationalError("series store not open")
+        removed: dict[str, int] = {}
+        budget = max_rows
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            series = conn.execute(_SERIES_AFTER, (after, max_series)).fetchall()
+            for sid, measurement in series:
+                cutoff = cutoffs.get(measurement, default_cutoff)
+                if cutoff is None:
+                    continue
+                field = ""
+                while row := conn.execute(_OLDEST_OF_NEXT_FIELD, (sid, field)).fetchone():
+                    field, oldest = row
+                    if oldest >= cutoff:
+                        continue
+                    keep = conn.execute(_NEWEST_BEFORE, (sid, field, cutoff)).fetchone()[0]
+                    if oldest >= keep:
+                        continue  # only the value held at the cutoff is older
+                    # Up to ``budget`` points: the time of the point after them bounds the
+                    # delete; without one, everything before ``keep`` fits.
+                    nth = conn.execute(_NTH_BEFORE, (sid, field, keep, budget)).fetchone()
+                    bound = keep if nth is None else nth[0]
+                    count = conn.execute(_DELETE_BEFORE, (sid, field, bound)).rowcount
+                    removed[measurement] = removed.get(measurement, 0) + count
+                    budget -= count
+                    if budget <= 0:
+                        # This series may hold more: the next step starts with it again.
+                        conn.execute("COMMIT")
+                        return Pruned(removed, sid - 1)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        done = len(series) < max_series
+        return Pruned(removed, None if done else int(series[-1][0]))
 
     # --- queries ---------------------------------------------------------------------------
     async def _query(self, sql: str, params: Sequence[Any]) -> list[Any]:

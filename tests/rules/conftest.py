@@ -2,7 +2,8 @@
 
 ``influx`` is one influxd for the whole session (each test uses its own database);
 ``series_store`` is parametrized over the embedded SQLite store and InfluxDB, so every
-store test runs on both and proves they answer alike.
+store test runs on both and proves they answer alike. ``mqtt`` is a client of the real
+Mosquitto for a recorder to subscribe with, ``probe`` publishes to it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from influx_servers import InfluxServer
+from probes import MqttProbe
 
+from chargetwin.mqtt import MqttClient
 from rules.influx import InfluxStore
 from rules.series import SeriesStore
 from rules.sqlite_series import SQLiteSeriesStore
@@ -46,3 +49,19 @@ async def series_store(
     await store.open()
     yield store
     await store.close()
+
+
+@pytest.fixture
+async def mqtt(mosquitto_url: str) -> AsyncIterator[MqttClient]:
+    client = MqttClient(mosquitto_url, f"test-recorder-{uuid.uuid4().hex[:8]}")
+    await client.connect()
+    yield client
+    await client.disconnect()
+
+
+@pytest.fixture
+async def probe(mosquitto_url: str) -> AsyncIterator[MqttProbe]:
+    p = MqttProbe(mosquitto_url)
+    await p.connected()
+    yield p
+    p.close()

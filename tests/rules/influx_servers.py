@@ -67,6 +67,10 @@ class InfluxServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def start(self, timeout: float = 30.0) -> None:
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(

@@ -1,4 +1,5 @@
-"""``run_rules`` as a component: telemetry in over MQTT, an alert out on MQTT."""
+"""``run_rules`` as a component: telemetry in over MQTT (tagged with the site from the
+charger registry), an alert out on MQTT."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 
 from probes import MqttProbe
 
+from chargetwin.database import connect
 from chargetwin.settings import Settings
 from rules.app import run_rules
+from twin.registry import ChargerRegistry
 
 RULES = """groups:
   - name: fast
@@ -17,7 +20,7 @@ RULES = """groups:
     rules:
       - alert: Hot
         query: {measurement: meter_values, field: value, filters: {measurand: Temperature},
-                aggregation: max, window: 1h, group_by: [charger, connector]}
+                aggregation: max, window: 1h, group_by: [site, charger, connector]}
         condition: {op: ">", threshold: 70}
         severity: critical
         annotations: {summary: "$charger at $value"}
@@ -37,6 +40,13 @@ async def test_rules_app_records_evaluates_and_publishes(
         data_dir=tmp_path / "data",
         rules=tmp_path / "rules",
     )
+    # The charger's site comes from the registry in the same database (the API writes it).
+    db = connect(settings.database_target)
+    await db.open()
+    registry = ChargerRegistry(db)
+    await registry.create_schema()
+    await registry.register("CP-7", None, site="depot-north")
+    await db.close()
     probe = MqttProbe(mosquitto_url)
     stop = asyncio.Event()
     task = asyncio.create_task(run_rules(settings, stop))
@@ -60,6 +70,7 @@ async def test_rules_app_records_evaluates_and_publishes(
         else:
             raise AssertionError("no firing alert on MQTT")
         assert alert["labels"]["charger"] == "CP-7"
+        assert alert["labels"]["site"] == "depot-north"
         assert alert["annotations"] == {"summary": "CP-7 at 85"}
     finally:
         stop.set()

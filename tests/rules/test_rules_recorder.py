@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -37,22 +36,6 @@ async def wait_for_count(
             break
         await asyncio.sleep(0.05)
     assert await count(store, measurement, field) == expected
-
-
-@pytest.fixture
-async def mqtt(mosquitto_url: str) -> AsyncIterator[MqttClient]:
-    client = MqttClient(mosquitto_url, f"test-recorder-{uuid.uuid4().hex[:8]}")
-    await client.connect()
-    yield client
-    await client.disconnect()
-
-
-@pytest.fixture
-async def probe(mosquitto_url: str) -> AsyncIterator[MqttProbe]:
-    p = MqttProbe(mosquitto_url)
-    await p.connected()
-    yield p
-    p.close()
 
 
 def meter_message(i: int, connector: int = 1) -> dict[str, object]:
