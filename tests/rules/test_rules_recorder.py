@@ -235,14 +235,19 @@ async def test_rules_recorder_holds_back_when_the_spool_is_full(
 
 class _WatchedStore(SQLiteSeriesStore):
     """The real SQLite store, with its writes watched (sizes, overlap) and slowed down,
-    and optionally one outage, so the recorder's pipelining can be observed."""
+    optionally one outage and one write held until released, so the recorder's pipelining
+    can be observed without depending on how fast the machine is."""
 
-    def __init__(self, path: Path, *, fail_write: int | None = None) -> None:
+    def __init__(
+        self, path: Path, *, fail_write: int | None = None, hold_write: int | None = None
+    ) -> None:
         super().__init__(path)
         self.sizes: list[int] = []
         self.in_flight = 0
         self.most_in_flight = 0
         self.fail_write = fail_write
+        self.hold_write = hold_write
+        self.release = asyncio.Event()
 
     async def write(self, points: Sequence[Point]) -> None:
         self.sizes.append(len(points))
@@ -251,6 +256,8 @@ class _WatchedStore(SQLiteSeriesStore):
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             await asyncio.sleep(0.05)
+            if number == self.hold_write:
+                await self.release.wait()
             if number == self.fail_write:
                 raise StoreUnavailable("outage for the test")
             await super().write(points)
@@ -266,7 +273,7 @@ def numbered(i: int) -> Point:
 async def test_rules_recorder_pipelines_two_writes_and_splits_a_burst(
     prefix: str, tmp_path: Path
 ) -> None:
-    store = _WatchedStore(tmp_path / "series.db")
+    store = _WatchedStore(tmp_path / "series.db", hold_write=2)
     await store.open()
     recorder = Recorder(
         store, Spool(tmp_path / "spool", max_bytes=1 << 20), Topics(prefix), min_split=10
@@ -282,7 +289,9 @@ async def test_rules_recorder_pipelines_two_writes_and_splits_a_burst(
         assert not done  # nothing is acknowledged before it is written
         await asyncio.wait(handlers, return_when=asyncio.FIRST_COMPLETED)
         assert store.sizes[:2] == [50, 50] and store.most_in_flight == 2
-        assert 0 < sum(h.done() for h in handlers) <= 50  # the first half's messages first
+        await asyncio.sleep(0.05)  # the second write is held: only the first half settles
+        assert sum(h.done() for h in handlers) == 50  # the first half's messages first
+        store.release.set()
         await asyncio.gather(*handlers)
         assert await count(store, "m") == 100
     finally:
