@@ -247,12 +247,29 @@ class InfluxStore:
     async def points(
         self, selection: Selection, start: int, end: int
     ) -> dict[Labels, list[tuple[int, FieldValue]]]:
-        q = self._statement(selection, quote_ident(selection.field), start, end)
+        # The group-by tags as columns of one time-ordered series, grouped here: influxd
+        # answers this several times faster than a GROUP BY of the same rows, whose cost
+        # is per group (thousands of chargers) more than per point.
+        columns = [f"{quote_ident(selection.field)}::field"]
+        columns += [f"{quote_ident(tag)}::tag" for tag in selection.group_by]
+        q = (
+            f"SELECT {', '.join(columns)} FROM {quote_ident(selection.measurement)} "
+            f"WHERE {self._where(selection, start, end)}"
+        )
         out: dict[Labels, list[tuple[int, FieldValue]]] = {}
+        group_by = selection.group_by
         for series in await self._select(q):
-            rows = [(int(r[0]), _value(r[1])) for r in series.get("values", []) if r[1] is not None]
-            if rows:
-                out.setdefault(_labels(selection, series), []).extend(rows)
+            for row in series.get("values", []):
+                if row[1] is None:
+                    continue
+                labels = tuple(
+                    (tag, "" if value is None else str(value))
+                    for tag, value in zip(group_by, row[2:], strict=True)
+                )
+                points = out.get(labels)
+                if points is None:
+                    points = out[labels] = []
+                points.append((int(row[0]), _value(row[1])))
         return out
 
 
