@@ -26,6 +26,7 @@ from rules.files import Rule, RuleSet
 from rules.notifiers import Notifier
 from rules.points import Labels
 from rules.series import SeriesError, SeriesStore
+from rules.tracking import Tracker, tracked
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,13 @@ class Engine:
         actions: Actions | None = None,
         concurrency: int = 4,
         value_refresh: float = 60.0,
+        settle: float = 120.0,
+        full_read_every: float = 900.0,
     ) -> None:
+        """``settle`` and ``full_read_every`` (seconds) tune the rules with long windows
+        that carry their points across evaluations (:mod:`rules.tracking`): points up to
+        ``settle`` late still count at the next evaluation, later ones at the next full
+        read."""
         self.store = store
         self.alert_store = alert_store
         self.ruleset = ruleset
@@ -55,6 +62,15 @@ class Engine:
         self._lock = asyncio.Lock()
         self._concurrency = asyncio.Semaphore(concurrency)
         self._fingerprints: dict[str, dict[Labels, str]] = {}
+        self.settle = settle
+        self.full_read_every = full_read_every
+        self.trackers: dict[str, Tracker] = {}
+        long_windows = [r for r in ruleset.rules if tracked(r, settle)]
+        for i, rule in enumerate(long_windows):
+            self.trackers[rule.alert] = self._tracker(rule, (i + 1) / len(long_windows))
+
+    def _tracker(self, rule: Rule, phase: float = 1.0) -> Tracker:
+        return Tracker(rule, settle=self.settle, refresh=self.full_read_every, phase=phase)
 
     @property
     def rules(self) -> list[Rule]:
@@ -101,10 +117,13 @@ class Engine:
     async def _observe(
         self, rule: Rule, queries: SharedQueries, at: float
     ) -> tuple[Outcome | SeriesError, float]:
+        tracker = self.trackers.get(rule.alert)
+        if tracker is not None and tracker.rule is not rule:  # a rule given by the caller
+            tracker = self.trackers[rule.alert] = self._tracker(rule)
         async with self._concurrency:
             started = time.perf_counter()
             try:
-                outcome: Outcome | SeriesError = await observe(rule, queries, at)
+                outcome: Outcome | SeriesError = await observe(rule, queries, at, tracker)
             except SeriesError as exc:
                 outcome = exc
             return outcome, time.perf_counter() - started

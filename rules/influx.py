@@ -286,12 +286,24 @@ def _value(raw: Any) -> FieldValue:
     return raw if isinstance(raw, str) else float(raw)
 
 
+# Labels of the groups seen: the same thousands of groups come back every evaluation,
+# and building their tuples was a good part of the engine's time per cycle.
+_LABELS: dict[tuple[Any, ...], Labels] = {}
+
+
 def _row_labels(group_by: tuple[str, ...], row: list[Any]) -> Labels:
     """The labels of a ``time, value, group-by tags...`` row (a missing tag reads "")."""
-    return tuple(
-        (tag, "" if value is None else str(value))
-        for tag, value in zip(group_by, row[2:], strict=True)
-    )
+    key = (group_by, *row[2:])
+    labels = _LABELS.get(key)
+    if labels is None:
+        labels = tuple(
+            (tag, "" if value is None else str(value))
+            for tag, value in zip(group_by, row[2:], strict=True)
+        )
+        if len(_LABELS) >= _CACHE_SIZE:
+            _LABELS.clear()
+        _LABELS[key] = labels
+    return labels
 
 
 def _series_of(body: Any, q: str) -> list[dict[str, Any]]:
