@@ -48,7 +48,7 @@ class Engine:
         """``settle`` and ``full_read_every`` (seconds) tune the rules with long windows
         that carry their points across evaluations (:mod:`rules.tracking`): points up to
         ``settle`` late still count at the next evaluation, later ones at the next full
-        read."""
+        read; ``settle=math.inf`` carries none (every window is read whole each time)."""
         self.store = store
         self.alert_store = alert_store
         self.ruleset = ruleset
