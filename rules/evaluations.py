@@ -41,12 +41,14 @@ async def observe(
 
     With a ``tracker`` (rules with long windows, :mod:`rules.tracking`) the points come
     from what it carries plus what is new, and aggregations are computed here; the
-    outcome is the same as reading the window whole.
+    outcome is the same as reading the window whole (which it does when the tracker holds
+    too many points).
     """
     end = round(at * NS)
     start = end - round(rule.window * NS)
-    if tracker is not None:
-        window, before = await tracker.read(store, start, end)
+    carried = None if tracker is None else await tracker.read(store, start, end)
+    if carried is not None:
+        window, before = carried
         if rule.kind == "absence":
             return _absence(rule, [Sample(k, p[-1][1], p[-1][0]) for k, p in window.items()], end)
         if rule.kind == "state":

@@ -37,6 +37,10 @@ Before = dict[Labels, TimedValue]
 # group, and carrying it saves little.
 TRACKED_WINDOW_FACTOR = 4
 
+# Points one rule may carry (about 100 bytes each); a rule whose window holds more is
+# read whole, as it would be without carrying, until its next full read.
+MAX_CARRIED = 1_000_000
+
 _TIME = itemgetter(0)
 
 
@@ -54,10 +58,20 @@ class Tracker:
     """The points one rule needs, per group: ``before`` (the newest point at or before the
     window's start) and the window's points up to the settled time."""
 
-    def __init__(self, rule: Rule, *, settle: float, refresh: float, phase: float = 1.0) -> None:
+    def __init__(
+        self,
+        rule: Rule,
+        *,
+        settle: float,
+        refresh: float,
+        phase: float = 1.0,
+        max_carried: int = MAX_CARRIED,
+    ) -> None:
         """``phase`` (0..1] staggers the first periodic full read of the engine's trackers,
-        so they do not all read everything in the same cycle."""
+        so they do not all read everything in the same cycle. A rule whose window holds
+        more than ``max_carried`` points is read whole until its next full read."""
         self.rule = rule
+        self.max_carried = max_carried
         self.settle = round(settle * NS)
         self.refresh = round(refresh * NS)
         self.phase = phase
@@ -68,6 +82,7 @@ class Tracker:
         self._settled = 0
         self._end = 0
         self._refresh_at: int | None = None
+        self._whole_until: int | None = None
         self.full_reads = 0
 
     @property
@@ -79,23 +94,36 @@ class Tracker:
         """Read everything again next time (after a failed query, or on demand)."""
         self._points = None
 
-    async def read(self, store: SeriesReader, start: int, end: int) -> tuple[Window, Before]:
+    async def read(self, store: SeriesReader, start: int, end: int) -> tuple[Window, Before] | None:
         """The window ``(start, end]``'s points per group (oldest first) and each group's
-        newest point at or before ``start`` (only for rules that need it)."""
+        newest point at or before ``start`` (only for rules that need it); None when the
+        window holds too many points to carry: the caller reads it whole."""
         try:
             return await self._read(store, start, end)
         except BaseException:
             self.forget()
             raise
 
-    async def _read(self, store: SeriesReader, start: int, end: int) -> tuple[Window, Before]:
+    async def _read(
+        self, store: SeriesReader, start: int, end: int
+    ) -> tuple[Window, Before] | None:
         rule = self.rule
+        if self._whole_until is not None and self._whole_until > end >= self._end:
+            return None
+        self._whole_until = None
         if (
             self._points is None
             or end < self._end
             or self._settled < start
             or (self._refresh_at is not None and end >= self._refresh_at)
         ):
+            if not self._with_before and rule.kind != "absence":
+                # An aggregation's window may hold far more points than groups (meter
+                # values every few seconds): count them on the store before reading them.
+                counts = await store.aggregate(rule.selection, "count", start, end)
+                if sum(float(s.value) for s in counts) > self.max_carried:
+                    self._too_many(end)
+                    return None
             new = await store.points(rule.selection, start, end)
             before: Before = {}
             if self._with_before:
@@ -120,12 +148,20 @@ class Tracker:
                 unsettled[labels] = points[i:]
         self._settled = cut
         self._advance(start)
+        if self.carried > self.max_carried:
+            self._too_many(end)
+            return None
         window = self._points
         if unsettled:
             window = dict(window)
             for labels, points in unsettled.items():
                 window[labels] = window.get(labels, []) + points
         return window, self._before
+
+    def _too_many(self, end: int) -> None:
+        self.forget()
+        self._end = end
+        self._whole_until = end + self.refresh
 
     def _settle(self, labels: Labels, points: list[TimedValue]) -> None:
         assert self._points is not None
