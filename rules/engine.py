@@ -21,7 +21,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from rules.actions import Actions
 from rules.alerts import FIRING, PENDING, RESOLVED, Alert, AlertStore, matches, step
-from rules.evaluations import Outcome, SharedQueries, observe
+from rules.evaluations import Outcome, SharedQueries, observe, selection_key
 from rules.files import Rule, RuleSet
 from rules.notifiers import Notifier
 from rules.points import Labels
@@ -65,9 +65,13 @@ class Engine:
         self.settle = settle
         self.full_read_every = full_read_every
         self.trackers: dict[str, Tracker] = {}
+        # Periodic full reads are staggered, but rules evaluated together (one group) that
+        # read the same points do theirs in the same cycle: one shared query serves them.
         long_windows = [r for r in ruleset.rules if tracked(r, settle)]
-        for i, rule in enumerate(long_windows):
-            self.trackers[rule.alert] = self._tracker(rule, (i + 1) / len(long_windows))
+        reads = [(r.file, r.group, selection_key(r.selection), r.window) for r in long_windows]
+        phases = {read: (i + 1) / len(set(reads)) for i, read in enumerate(dict.fromkeys(reads))}
+        for rule, read in zip(long_windows, reads, strict=True):
+            self.trackers[rule.alert] = self._tracker(rule, phases[read])
 
     def _tracker(self, rule: Rule, phase: float = 1.0) -> Tracker:
         return Tracker(rule, settle=self.settle, refresh=self.full_read_every, phase=phase)

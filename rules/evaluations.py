@@ -164,24 +164,25 @@ class SharedQueries:
         self, selection: Selection, function: str, start: int, end: int
     ) -> list[Sample]:
         return await self._shared(
-            ("aggregate", _key(selection), function, start, end),
+            ("aggregate", selection_key(selection), function, start, end),
             lambda: self.store.aggregate(selection, function, start, end),
         )
 
     async def last(self, selection: Selection, start: int | None, end: int) -> list[Sample]:
         return await self._shared(
-            ("last", _key(selection), start, end), lambda: self.store.last(selection, start, end)
+            ("last", selection_key(selection), start, end),
+            lambda: self.store.last(selection, start, end),
         )
 
     async def points(
         self, selection: Selection, start: int, end: int
     ) -> dict[Labels, list[tuple[int, FieldValue]]]:
         return await self._shared(
-            ("points", _key(selection), start, end),
+            ("points", selection_key(selection), start, end),
             lambda: self.store.points(selection, start, end),
         )
 
 
-def _key(selection: Selection) -> Hashable:
+def selection_key(selection: Selection) -> Hashable:
     filters = tuple(sorted((tag, tuple(allowed)) for tag, allowed in selection.filters.items()))
     return (selection.measurement, selection.field, filters, selection.group_by)

@@ -13,9 +13,10 @@ from chargetwin.database import connect
 from rules.alerts import AlertStore
 from rules.engine import Engine
 from rules.evaluations import Outcome, observe
-from rules.files import Rule, load_rules
+from rules.files import Rule, bundled_pack, load_rules
 from rules.points import NS, FieldValue, Labels, Point, Sample, Selection
 from rules.series import SeriesError, SeriesReader, SeriesStore
+from rules.sqlite_series import SQLiteSeriesStore
 from rules.testing import T0
 from rules.tracking import Tracker, tracked
 
@@ -247,3 +248,40 @@ async def test_rules_tracking_reads_whole_a_window_with_too_many_points(
             rule, series_store, T0 + 800
         )
         assert tracker.carried > 0 and tracker.full_reads == 1 + (rule is downtime)
+
+
+class _CountingStore(SQLiteSeriesStore):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.full_reads: list[str] = []
+
+    async def points(
+        self, selection: Selection, start: int, end: int
+    ) -> dict[Labels, list[tuple[int, FieldValue]]]:
+        if end - start > 3600 * NS:
+            self.full_reads.append(f"{selection.measurement}.{selection.field}")
+        return await super().points(selection, start, end)
+
+
+async def test_rules_tracking_rules_of_a_group_reading_the_same_points_read_all_together(
+    tmp_path: Path,
+) -> None:
+    """GroundFailure and ComponentFailure (one group, connector_status.error_code over
+    7 days) share each full read; ConnectorFaulted (that group) and StuckInPreparing /
+    StuckInFinishing (another group) read connector_status.status at different times."""
+    store = _CountingStore(tmp_path / "series.db")
+    await store.open()
+    db = connect(f"sqlite:///{tmp_path}/alerts.db")
+    await db.open()
+    try:
+        engine = Engine(store, AlertStore(db), load_rules([bundled_pack()]))
+        await engine.load()
+        for now in range(0, 901, 30):  # the first full reads, then one periodic each
+            await engine.evaluate(T0 + now)
+        assert store.full_reads.count("connector_status.error_code") == 2  # first, periodic
+        # First: one 7-day read (three rules asked together) and the 24 h one (uptime);
+        # periodic: ConnectorFaulted, the two Stuck* rules together, the uptime rule.
+        assert store.full_reads.count("connector_status.status") == 2 + 3
+    finally:
+        await db.close()
+        await store.close()
