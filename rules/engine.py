@@ -21,11 +21,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from rules.actions import Actions
 from rules.alerts import FIRING, PENDING, RESOLVED, Alert, AlertStore, matches, step
-from rules.evaluations import Outcome, SharedQueries, observe
+from rules.evaluations import Outcome, SharedQueries, observe, selection_key
 from rules.files import Rule, RuleSet
 from rules.notifiers import Notifier
 from rules.points import Labels
 from rules.series import SeriesError, SeriesStore
+from rules.tracking import Tracker, tracked
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,13 @@ class Engine:
         actions: Actions | None = None,
         concurrency: int = 4,
         value_refresh: float = 60.0,
+        settle: float = 120.0,
+        full_read_every: float = 900.0,
     ) -> None:
+        """``settle`` and ``full_read_every`` (seconds) tune the rules with long windows
+        that carry their points across evaluations (:mod:`rules.tracking`): points up to
+        ``settle`` late still count at the next evaluation, later ones at the next full
+        read; ``settle=math.inf`` carries none (every window is read whole each time)."""
         self.store = store
         self.alert_store = alert_store
         self.ruleset = ruleset
@@ -55,6 +62,19 @@ class Engine:
         self._lock = asyncio.Lock()
         self._concurrency = asyncio.Semaphore(concurrency)
         self._fingerprints: dict[str, dict[Labels, str]] = {}
+        self.settle = settle
+        self.full_read_every = full_read_every
+        self.trackers: dict[str, Tracker] = {}
+        # Periodic full reads are staggered, but rules evaluated together (one group) that
+        # read the same points do theirs in the same cycle: one shared query serves them.
+        long_windows = [r for r in ruleset.rules if tracked(r, settle)]
+        reads = [(r.file, r.group, selection_key(r.selection), r.window) for r in long_windows]
+        phases = {read: (i + 1) / len(set(reads)) for i, read in enumerate(dict.fromkeys(reads))}
+        for rule, read in zip(long_windows, reads, strict=True):
+            self.trackers[rule.alert] = self._tracker(rule, phases[read])
+
+    def _tracker(self, rule: Rule, phase: float = 1.0) -> Tracker:
+        return Tracker(rule, settle=self.settle, refresh=self.full_read_every, phase=phase)
 
     @property
     def rules(self) -> list[Rule]:
@@ -101,10 +121,13 @@ class Engine:
     async def _observe(
         self, rule: Rule, queries: SharedQueries, at: float
     ) -> tuple[Outcome | SeriesError, float]:
+        tracker = self.trackers.get(rule.alert)
+        if tracker is not None and tracker.rule is not rule:  # a rule given by the caller
+            tracker = self.trackers[rule.alert] = self._tracker(rule)
         async with self._concurrency:
             started = time.perf_counter()
             try:
-                outcome: Outcome | SeriesError = await observe(rule, queries, at)
+                outcome: Outcome | SeriesError = await observe(rule, queries, at, tracker)
             except SeriesError as exc:
                 outcome = exc
             return outcome, time.perf_counter() - started

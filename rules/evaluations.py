@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, TypeVar
 from rules.files import TIME_IN, Rule
 from rules.points import NS, FieldValue, Labels, Sample, Selection
 from rules.series import SeriesReader
+from rules.tracking import Before, Tracker, Window, aggregate
 
 T = TypeVar("T")
 
@@ -33,21 +34,41 @@ class Outcome:
     no_data: bool
 
 
-async def observe(rule: Rule, store: SeriesReader, at: float) -> Outcome:
-    """Run the rule's query at ``at`` (epoch seconds); SeriesError when the store fails."""
+async def observe(
+    rule: Rule, store: SeriesReader, at: float, tracker: Tracker | None = None
+) -> Outcome:
+    """Run the rule's query at ``at`` (epoch seconds); SeriesError when the store fails.
+
+    With a ``tracker`` (rules with long windows, :mod:`rules.tracking`) the points come
+    from what it carries plus what is new, and aggregations are computed here; the
+    outcome is the same as reading the window whole (which it does when the tracker holds
+    too many points).
+    """
     end = round(at * NS)
     start = end - round(rule.window * NS)
+    carried = None if tracker is None else await tracker.read(store, start, end)
+    if carried is not None:
+        window, before = carried
+        if rule.kind == "absence":
+            return _absence(rule, [Sample(k, p[-1][1], p[-1][0]) for k, p in window.items()], end)
+        if rule.kind == "state":
+            return _states(rule, window, before, end)
+        if rule.aggregation == TIME_IN:
+            return _time_in(rule, window, before, start, end)
+        samples = aggregate(rule, window, start)
+        if rule.min_points is not None:
+            enough = {k for k, p in window.items() if len(p) >= rule.min_points}
+            samples = [s for s in samples if s.labels in enough]
+        return Outcome([Observation(s.labels, float(s.value)) for s in samples], not window)
     if rule.kind == "absence":
-        last = await store.last(rule.selection, start, end)
-        obs = []
-        for sample in last:
-            silent = (end - sample.time) / NS
-            obs.append(Observation(sample.labels, silent, silent >= rule.absent_for))
-        return Outcome(obs, not last)
-    if rule.kind == "state":
-        return await _states(rule, store, start, end)
-    if rule.aggregation == TIME_IN:
-        return await _time_in(rule, store, start, end)
+        return _absence(rule, await store.last(rule.selection, start, end), end)
+    if rule.kind == "state" or rule.aggregation == TIME_IN:
+        window = await store.points(rule.selection, start, end)
+        earlier = await store.last(rule.selection, None, start)
+        before = {s.labels: (s.time, s.value) for s in earlier}
+        if rule.kind == "state":
+            return _states(rule, window, before, end)
+        return _time_in(rule, window, before, start, end)
     samples = await store.aggregate(rule.selection, rule.aggregation, start, end)
     if rule.min_points is not None and samples:
         counts = await store.aggregate(rule.selection, "count", start, end)
@@ -57,10 +78,16 @@ async def observe(rule: Rule, store: SeriesReader, at: float) -> Outcome:
     return Outcome([Observation(s.labels, float(s.value)) for s in samples], not samples)
 
 
-async def _states(rule: Rule, store: SeriesReader, start: int, end: int) -> Outcome:
+def _absence(rule: Rule, last: list[Sample], end: int) -> Outcome:
+    obs = []
+    for sample in sorted(last, key=lambda s: s.labels):
+        silent = (end - sample.time) / NS
+        obs.append(Observation(sample.labels, silent, silent >= rule.absent_for))
+    return Outcome(obs, not last)
+
+
+def _states(rule: Rule, window: Window, before: Before, end: int) -> Outcome:
     """How long each group has been in one of ``rule.states``, from the points' own times."""
-    window = await store.points(rule.selection, start, end)
-    before = {s.labels: (s.time, s.value) for s in await store.last(rule.selection, None, start)}
     wanted = set(rule.states)
     obs = []
     for labels, points in window.items():
@@ -86,17 +113,15 @@ async def _states(rule: Rule, store: SeriesReader, start: int, end: int) -> Outc
     return Outcome(obs, not window and not before)
 
 
-async def _time_in(rule: Rule, store: SeriesReader, start: int, end: int) -> Outcome:
+def _time_in(rule: Rule, window: Window, before: Before, start: int, end: int) -> Outcome:
     """The fraction of the window each group spent in one of ``rule.states`` (time-weighted:
     a value holds from its point to the next). The state at the window's start is the
     newest point before it; with none, the time up to the first point counts as outside."""
-    window = await store.points(rule.selection, start, end)
-    before = {s.labels: s.value for s in await store.last(rule.selection, None, start)}
     wanted = set(rule.states)
     span = end - start
     obs = []
     for labels in sorted(window.keys() | before.keys()):
-        inside = str(before[labels]) in wanted if labels in before else False
+        inside = str(before[labels][1]) in wanted if labels in before else False
         since, total = start, 0
         for time, value in window.get(labels, ()):
             if inside:
@@ -139,24 +164,25 @@ class SharedQueries:
         self, selection: Selection, function: str, start: int, end: int
     ) -> list[Sample]:
         return await self._shared(
-            ("aggregate", _key(selection), function, start, end),
+            ("aggregate", selection_key(selection), function, start, end),
             lambda: self.store.aggregate(selection, function, start, end),
         )
 
     async def last(self, selection: Selection, start: int | None, end: int) -> list[Sample]:
         return await self._shared(
-            ("last", _key(selection), start, end), lambda: self.store.last(selection, start, end)
+            ("last", selection_key(selection), start, end),
+            lambda: self.store.last(selection, start, end),
         )
 
     async def points(
         self, selection: Selection, start: int, end: int
     ) -> dict[Labels, list[tuple[int, FieldValue]]]:
         return await self._shared(
-            ("points", _key(selection), start, end),
+            ("points", selection_key(selection), start, end),
             lambda: self.store.points(selection, start, end),
         )
 
 
-def _key(selection: Selection) -> Hashable:
+def selection_key(selection: Selection) -> Hashable:
     filters = tuple(sorted((tag, tuple(allowed)) for tag, allowed in selection.filters.items()))
     return (selection.measurement, selection.field, filters, selection.group_by)

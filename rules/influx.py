@@ -207,17 +207,39 @@ class InfluxStore:
         return " AND ".join(parts)
 
     def _statement(self, selection: Selection, select: str, start: int | None, end: int) -> str:
+        """``select`` (one aggregate or selector) per group, as one series whose rows are
+        ``time, value, group-by tags...``.
+
+        The grouped statement runs as a subquery and the outer one lists its groups as
+        rows: influxd 1.x spends most of a grouped answer's time on its per-group series
+        objects (and so does the JSON parsing here), so with thousands of groups this shape
+        answers two to three times faster for the same work on the points.
+        """
         q = (
-            f"SELECT {select} FROM {quote_ident(selection.measurement)} "
+            f'SELECT {select} AS "value" FROM {quote_ident(selection.measurement)} '
             f"WHERE {self._where(selection, start, end)}"
         )
-        if selection.group_by:
-            q += " GROUP BY " + ",".join(quote_ident(t) for t in selection.group_by)
-        return q
+        if not selection.group_by:
+            return q
+        tags = ", ".join(f"{quote_ident(t)}::tag" for t in selection.group_by)
+        grouped = ",".join(quote_ident(t) for t in selection.group_by)
+        return f'SELECT "value"::field, {tags} FROM ({q} GROUP BY {grouped})'
 
     async def _select(self, q: str) -> list[dict[str, Any]]:
         await self._ensure_database()
         return await self._post_query(q)
+
+    async def _per_group(
+        self, selection: Selection, select: str, start: int | None, end: int
+    ) -> list[tuple[Labels, int, FieldValue]]:
+        out = []
+        group_by = selection.group_by
+        for series in await self._select(self._statement(selection, select, start, end)):
+            for row in series.get("values", []):
+                if row[1] is not None:
+                    out.append((_row_labels(group_by, row), int(row[0]), _value(row[1])))
+        out.sort(key=lambda r: r[0])
+        return out
 
     async def aggregate(
         self, selection: Selection, function: str, start: int, end: int
@@ -225,34 +247,38 @@ class InfluxStore:
         check_function(function)
         if function == "last":
             return await self.last(selection, start, end)
-        q = self._statement(selection, f"{function}({quote_ident(selection.field)})", start, end)
-        out = []
-        for series in await self._select(q):
-            labels = _labels(selection, series)
-            for row in series.get("values", []):
-                if row[1] is not None:
-                    out.append(Sample(labels, float(row[1]), start))
-        return sorted(out, key=lambda s: s.labels)
+        select = f"{function}({quote_ident(selection.field)})"
+        rows = await self._per_group(selection, select, start, end)
+        return [Sample(labels, float(value), start) for labels, _, value in rows]
 
     async def last(self, selection: Selection, start: int | None, end: int) -> list[Sample]:
-        q = self._statement(selection, f"last({quote_ident(selection.field)})", start, end)
-        out = []
-        for series in await self._select(q):
-            labels = _labels(selection, series)
-            for row in series.get("values", []):
-                if row[1] is not None:
-                    out.append(Sample(labels, _value(row[1]), int(row[0])))
-        return sorted(out, key=lambda s: s.labels)
+        select = f"last({quote_ident(selection.field)})"
+        rows = await self._per_group(selection, select, start, end)
+        return [Sample(labels, value, time) for labels, time, value in rows]
 
     async def points(
         self, selection: Selection, start: int, end: int
     ) -> dict[Labels, list[tuple[int, FieldValue]]]:
-        q = self._statement(selection, quote_ident(selection.field), start, end)
+        # The group-by tags as columns of one time-ordered series, grouped here: influxd
+        # answers this several times faster than a GROUP BY of the same rows, whose cost
+        # is per group (thousands of chargers) more than per point.
+        columns = [f"{quote_ident(selection.field)}::field"]
+        columns += [f"{quote_ident(tag)}::tag" for tag in selection.group_by]
+        q = (
+            f"SELECT {', '.join(columns)} FROM {quote_ident(selection.measurement)} "
+            f"WHERE {self._where(selection, start, end)}"
+        )
         out: dict[Labels, list[tuple[int, FieldValue]]] = {}
+        group_by = selection.group_by
         for series in await self._select(q):
-            rows = [(int(r[0]), _value(r[1])) for r in series.get("values", []) if r[1] is not None]
-            if rows:
-                out.setdefault(_labels(selection, series), []).extend(rows)
+            for row in series.get("values", []):
+                if row[1] is None:
+                    continue
+                labels = _row_labels(group_by, row)
+                points = out.get(labels)
+                if points is None:
+                    points = out[labels] = []
+                points.append((int(row[0]), _value(row[1])))
         return out
 
 
@@ -260,9 +286,24 @@ def _value(raw: Any) -> FieldValue:
     return raw if isinstance(raw, str) else float(raw)
 
 
-def _labels(selection: Selection, series: dict[str, Any]) -> Labels:
-    tags = series.get("tags") or {}
-    return tuple((t, str(tags.get(t, ""))) for t in selection.group_by)
+# Labels of the groups seen: the same thousands of groups come back every evaluation,
+# and building their tuples was a good part of the engine's time per cycle.
+_LABELS: dict[tuple[Any, ...], Labels] = {}
+
+
+def _row_labels(group_by: tuple[str, ...], row: list[Any]) -> Labels:
+    """The labels of a ``time, value, group-by tags...`` row (a missing tag reads "")."""
+    key = (group_by, *row[2:])
+    labels = _LABELS.get(key)
+    if labels is None:
+        labels = tuple(
+            (tag, "" if value is None else str(value))
+            for tag, value in zip(group_by, row[2:], strict=True)
+        )
+        if len(_LABELS) >= _CACHE_SIZE:
+            _LABELS.clear()
+        _LABELS[key] = labels
+    return labels
 
 
 def _series_of(body: Any, q: str) -> list[dict[str, Any]]:

@@ -321,9 +321,8 @@ class SQLiteSeriesStore:
             f"WHERE {where} ORDER BY {order + ', ' if order else ''}x.time",
             (selection.field, start, end, *params),
         )
-        group_by = selection.group_by
         return {
-            tuple(zip(group_by, key, strict=True)): [row[width:] for row in group]
+            _labels(selection, key): [row[width:] for row in group]
             for key, group in itertools.groupby(rows, key=lambda row: row[:width])
         }
 
@@ -350,9 +349,23 @@ def _group_by(selection: Selection) -> str:
     return " GROUP BY " + ", ".join(str(i) for i in range(1, len(selection.group_by) + 1))
 
 
+# Labels of the groups seen: the same groups come back every evaluation, and one labels
+# object per group is both cheaper to get than to build and quicker to compare later.
+_LABELS: dict[tuple[Any, ...], Labels] = {}
+_LABELS_SIZE = 100_000
+
+
 def _labels(selection: Selection, row: Sequence[Any]) -> Labels:
     # The group-by columns come first, as text (COALESCE of the tag's text or "").
-    return tuple(zip(selection.group_by, row, strict=False))
+    group_by = selection.group_by
+    key = (group_by, *row[: len(group_by)])
+    labels = _LABELS.get(key)
+    if labels is None:
+        labels = tuple(zip(group_by, row, strict=False))
+        if len(_LABELS) >= _LABELS_SIZE:
+            _LABELS.clear()
+        _LABELS[key] = labels
+    return labels
 
 
 def _finish(

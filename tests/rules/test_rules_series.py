@@ -151,6 +151,27 @@ async def test_rules_series_points_are_ordered_per_group(loaded: SeriesStore) ->
     }
 
 
+async def test_rules_series_points_group_missing_tags_as_empty(
+    series_store: SeriesStore,
+) -> None:
+    await series_store.write(
+        [
+            Point("m", {"charger": "A", "phase": "L1"}, {"value": 1.0}, T0 + NS),
+            Point("m", {"charger": "A"}, {"value": 2.0}, T0 + 2 * NS),
+            Point("m", {"charger": "B"}, {"value": 3.0}, T0 + 3 * NS),
+            Point("m", {"charger": "A", "phase": "L1"}, {"value": 4.0}, T0 + 4 * NS),
+        ]
+    )
+    grouped = Selection("m", "value", group_by=("phase", "charger"))
+    assert await series_store.points(grouped, T0, T0 + 10 * NS) == {
+        (("phase", "L1"), ("charger", "A")): [(T0 + NS, 1.0), (T0 + 4 * NS, 4.0)],
+        (("phase", ""), ("charger", "A")): [(T0 + 2 * NS, 2.0)],
+        (("phase", ""), ("charger", "B")): [(T0 + 3 * NS, 3.0)],
+    }
+    everything = await series_store.points(Selection("m", "value"), T0 + NS, T0 + 10 * NS)
+    assert everything == {(): [(T0 + 2 * NS, 2.0), (T0 + 3 * NS, 3.0), (T0 + 4 * NS, 4.0)]}
+
+
 async def test_rules_series_same_series_and_time_replaces(series_store: SeriesStore) -> None:
     point = meter("CP1", "1", 10.0, 10)
     await series_store.write([point, point, meter("CP1", "1", 11.0, 10)])
