@@ -252,14 +252,19 @@ class OcppServer:
         self.connections[charger_id] = connection
         try:
             if previous is not None:
-                log.info("%s: new connection replaces the previous one", charger_id)
-                await previous.close(CloseCode.NORMAL_CLOSURE, "replaced by a new connection")
-                await previous.finished.wait()
+                await self._replace(previous)
+                del previous  # not kept alive for the whole life of the new connection
             if self.connections.get(charger_id) is not connection:
                 return  # replaced again while we waited
             await self._run(charger_id, connection)
         finally:
             connection.finished.set()
+
+    @staticmethod
+    async def _replace(previous: ChargerConnection) -> None:
+        log.info("%s: new connection replaces the previous one", previous.charger_id)
+        await previous.close(CloseCode.NORMAL_CLOSURE, "replaced by a new connection")
+        await previous.finished.wait()
 
     async def _run(self, charger_id: str, connection: ChargerConnection) -> None:
         reporter = self.services.reporter
@@ -271,7 +276,8 @@ class OcppServer:
             if self.connections.get(charger_id) is connection:
                 del self.connections[charger_id]
                 reporter.presence(charger_id, False, connection.closed_at)
-                log.info("%s: offline", charger_id)
+                code = connection.websocket.close_code
+                log.info("%s: offline (close code %s)", charger_id, code)
 
     async def _route_delta(self, topic: str, payload: bytes) -> None:
         connection = self._connection_for(topic)
