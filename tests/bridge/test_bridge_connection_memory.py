@@ -3,6 +3,8 @@
 With 10,000 chargers held a full garbage collection stops the bridge for about a second
 (``chargetwin.collector``), so whatever the bridge builds per connection must stay out of
 reference cycles: dropped or replaced, a connection is freed by reference counting alone.
+(asyncio's socket transport keeps a cycle of its own, about 600 bytes, left to the
+collector.)
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ def no_cycle_collector() -> Iterator[None]:
 
 
 def references(connection: ChargerConnection) -> list[weakref.ref[object]]:
-    parts = (connection, connection.handler, connection.reconciler, connection.commands)
+    parts = (
+        connection,
+        connection.handler,
+        connection.reconciler,
+        connection.commands,
+        connection.websocket,  # websockets' own objects too (bridge.server.ChargerWebSocket)
+    )
     return [weakref.ref(part) for part in parts]
 
 
