@@ -69,6 +69,8 @@ from bridge.errors import (
 log = logging.getLogger(__name__)
 
 UNREADABLE_ID = "-1"
+# json.dumps with options builds a new encoder per call; the fast path answers with this one.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 Check = Callable[[Any], bool]
 # A fast handler gets the endpoint and the camelCase payload (proven valid) and returns the
@@ -341,7 +343,7 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
             await self._send(msg.create_call_error(Exception()).to_json())
             return False
         frame = [MessageType.CallResult, msg.unique_id, answer]
-        await self._connection.send(json.dumps(frame, separators=(",", ":")))
+        await self._connection.send(_COMPACT_JSON.encode(frame))
         return True
 
     async def _send_error(self, unique_id: str, error: OCPPError) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from ocpp.charge_point import camel_to_snake_case
@@ -38,6 +39,13 @@ DEFAULT_STOP_REASON = "Local"
 OPERATIVE_STATUSES = frozenset(
     {"Available", "Preparing", "Charging", "SuspendedEVSE", "SuspendedEV", "Finishing", "Reserved"}
 )
+
+
+@cache
+def _snake_case(key: str) -> str:
+    """The library's snake_case of a payload key (two regular expressions), kept per key:
+    fast-path payloads are schema-valid, so the keys come from a small closed set."""
+    return str(next(iter(camel_to_snake_case({key: None}))))
 
 
 def on(action: Action) -> Callable[[F], F]:
@@ -93,7 +101,8 @@ class ChargePointHandler(OcppEndpoint):
     # --- the fast path: camelCase payloads already proven valid (bridge.endpoints) ---------
     async def _fast_boot_notification(self, payload: dict[str, Any]) -> dict[str, Any]:
         # Every field is a top-level string: camelCase -> snake_case is the whole mapping.
-        answer = await self.on_boot_notification(**camel_to_snake_case(payload))
+        boot = {_snake_case(key): value for key, value in payload.items()}
+        answer = await self.on_boot_notification(**boot)
         return {
             "currentTime": answer.current_time,
             "interval": answer.interval,
