@@ -307,8 +307,10 @@ class ChargerWebSocket(ServerConnection):
     A closed connection otherwise stays in cycles (its logger adapter names it, the
     keepalive task's cancellation and the parser's end-of-stream error keep frames that
     hold it), so only a full garbage collection frees it: with 10,000 chargers held that
-    stops the bridge for about a second (``chargetwin.collector``). What is cut here is
-    read by nobody once the connection is lost.
+    stops the bridge for about a second (``chargetwin.collector``). Cut here: the adapter
+    names the connection weakly, and once the connection is lost the keepalive task
+    (cancelled by then) is dropped and the parser's error loses its traceback (the error
+    stays, as the cause websockets gives ConnectionClosed).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -2,7 +2,7 @@
 
 Why: CPython's cyclic collector scans every tracked object of the oldest generation in a
 full collection, while the whole process waits. A bridge holding 10,000 chargers tracks
-~1.3 million objects, so a full collection takes 0.7-2 s on a small machine, and with the
+over a million objects, so a full collection takes 0.5-2 s on a small machine, and with the
 default thresholds the objects of new connections trigger one every few thousand
 connections: a reconnect storm of 5,000 chargers ran into several of them and waited
 seconds for its BootNotification answers (``docs/bridge-benchmarks.md``).
@@ -16,10 +16,9 @@ Two standard tunings (Python's ``gc`` documentation, "gc.freeze"):
   the long-lived ones). The young generations keep their defaults, so short-lived cycles
   are still freed within milliseconds.
 
-What a full collection frees is garbage in reference cycles; the bridge keeps its own
-per-connection objects out of cycles (``bridge.connections``), so what waits for it is
-mostly what the websocket and asyncio layers leave behind a closed socket (~60 small
-objects per connection).
+What a full collection frees is garbage in reference cycles; the bridge keeps a closed
+connection out of cycles (``bridge.connections``, ``bridge.server.ChargerWebSocket``),
+so what waits for it is asyncio's socket transport, ~600 bytes per closed connection.
 """
 
 from __future__ import annotations
