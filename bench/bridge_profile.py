@@ -1,12 +1,17 @@
-"""Where the bridge spends its time under MeterValues load: py-spy samples, aggregated.
+"""Where the bridge spends its time under MeterValues load or in a reconnect storm.
 
     .venv/bin/pip install py-spy
     .venv/bin/python -m bench.bridge_profile [--seconds 12] [--chargers 200] [--top 30]
+    .venv/bin/python -m bench.bridge_profile --chargers 10000 --storm 5000 [--spread 10]
 
-Starts ``chargetwin bridge`` (as :mod:`bench.bridge_throughput` does), drives closed-loop
-MeterValues at it from this process, records the bridge with ``py-spy record -f raw`` and
-prints the functions with the most samples, by self time and inclusive time. Not a
-benchmark: a map of the hot path to read before optimising it.
+Starts ``chargetwin bridge`` (as :mod:`bench.bridge_throughput` does) and records it with
+``py-spy record -f raw --gil`` (the thread holding the interpreter lock, so idle worker
+threads do not count), then prints the functions with the most samples, by self time and
+inclusive time. The load: closed-loop MeterValues from this process, or with ``--storm``
+the reconnect storm of :mod:`bench.bridge_connections` (the recording covers the drop,
+the pause and the reconnects). Not a benchmark: a map of the hot path to read before
+optimising it. A garbage collection shows up as time in whatever line allocated when it
+started (a JSON encoder, say); ``gc.callbacks`` in the bridge time them directly.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from bench.bridge_load import BIN, MqttCounter, Server, raise_nofile, register
+from bench.bridge_connections import Figures, ignore, storm
+from bench.bridge_load import BIN, MqttCounter, Server, open_fleet, raise_nofile, register
 from bench.bridge_throughput import Load
 
 
@@ -46,11 +52,50 @@ def aggregate(raw: Path, top: int) -> None:
         print(f"{n / total * 100:5.1f}% {frame[:140]}")
 
 
+async def record(spy_bin: str, pid: int, seconds: float, raw: Path) -> asyncio.Task[int]:
+    spy = await asyncio.create_subprocess_exec(
+        spy_bin, "record", "-p", str(pid), "-f", "raw", "-r", "200", "--gil",
+        "-d", str(seconds), "-o", str(raw),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    return asyncio.create_task(spy.wait())
+
+
+async def profile_storm(spy_bin: str, args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
+        data = Path(tmp)
+        ids = [f"ST{i:05d}" for i in range(args.chargers)]
+        await register(data, ids)
+        server = Server.bridge(data, f"profile-{uuid.uuid4().hex[:8]}")
+        await server.start()
+        chargers = []
+        try:
+            chargers = await open_fleet(ids, server.port, ignore)
+            await asyncio.sleep(3.0)  # idle: presence published, buffers settled
+            raw = data / "profile.txt"
+            recording = await record(spy_bin, server.pid, args.seconds, raw)
+            figures = Figures()
+            await storm(server, chargers[: args.storm], args.spread, 1.0, figures)
+            await recording
+            print(
+                f"storm of {args.storm} with {args.chargers} held: p99 {figures.p99_ms[0]:.0f} ms,"
+                f" {figures.answered[0]} answered"
+            )
+            aggregate(raw, args.top)
+        finally:
+            for charger in chargers:
+                charger.close()
+            await server.stop()
+
+
 async def main(args: argparse.Namespace) -> None:
     spy_bin = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")
     if spy_bin is None:
         sys.exit("needs py-spy: .venv/bin/pip install py-spy")
     raise_nofile()
+    if args.storm:
+        await profile_storm(spy_bin, args)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         data = Path(tmp)
         ids = [f"MV{i:05d}" for i in range(args.chargers)]
@@ -65,12 +110,7 @@ async def main(args: argparse.Namespace) -> None:
             await load.connect()
             await load.closed_loop(2000, 2)
             raw = data / "profile.txt"
-            spy = await asyncio.create_subprocess_exec(
-                spy_bin, "record", "-p", str(server.pid), "-f", "raw", "-r", "200",
-                "-d", str(args.seconds), "-o", str(raw),
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
-            recording = asyncio.create_task(spy.wait())
+            recording = await record(spy_bin, server.pid, args.seconds, raw)
             while not recording.done():
                 await load.closed_loop(5000, 2)
             aggregate(raw, args.top)
@@ -85,4 +125,6 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=int, default=12)
     parser.add_argument("--chargers", type=int, default=200)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--storm", type=int, default=0, help="profile a reconnect storm of N")
+    parser.add_argument("--spread", type=float, default=0.0, help="storm over this many s")
     asyncio.run(main(parser.parse_args()))

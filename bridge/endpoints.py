@@ -31,9 +31,10 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from functools import cache
-from typing import Any
+from typing import Any, ClassVar
 
 from ocpp.charge_point import LOGGER
 from ocpp.exceptions import (
@@ -68,10 +69,13 @@ from bridge.errors import (
 log = logging.getLogger(__name__)
 
 UNREADABLE_ID = "-1"
+# json.dumps with options builds a new encoder per call; the fast path answers with this one.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 Check = Callable[[Any], bool]
-# A fast handler gets the camelCase payload (proven valid) and returns the camelCase answer.
-FastHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# A fast handler gets the endpoint and the camelCase payload (proven valid) and returns the
+# camelCase answer.
+FastHandler = Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any]]]
 _IGNORED_KEYWORDS = frozenset({"$schema", "id", "title", "description", "format"})
 
 
@@ -188,33 +192,59 @@ _ROUTES: dict[type, dict[str, dict[str, Any]]] = {}
 _BOUND = ("_on_action", "_after_action")
 
 
-def _bound_routes(endpoint: Any) -> dict[str, dict[str, Any]]:
-    """``create_route_map(endpoint)``, from a per-class template bound to ``endpoint``."""
-    cls = type(endpoint)
-    template = _ROUTES.get(cls)
-    if template is None:
-        template = _ROUTES[cls] = create_route_map(cls)
-    return {
-        action: {
+class RouteMap(Mapping[str, dict[str, Any]]):
+    """``create_route_map(endpoint)``, from a per-class template bound at each lookup.
+
+    The library reads ``route_map[action]`` only on its slow path, so nothing is bound for
+    the frequent messages, and the endpoint is held weakly: a map of bound methods would
+    put every endpoint in a reference cycle, which only a full garbage collection frees
+    (see ``docs/bridge-benchmarks.md``).
+    """
+
+    __slots__ = ("_endpoint", "_template")
+
+    def __init__(self, endpoint: Any) -> None:
+        cls = type(endpoint)
+        template = _ROUTES.get(cls)
+        if template is None:
+            template = _ROUTES[cls] = create_route_map(cls)
+        self._template = template
+        self._endpoint = weakref.ref(endpoint)
+
+    def __getitem__(self, action: str) -> dict[str, Any]:
+        entry = self._template[action]
+        endpoint = self._endpoint()
+        if endpoint is None:
+            raise KeyError(action)  # the endpoint is gone: nothing to route to
+        cls = type(endpoint)
+        return {
             key: value.__get__(endpoint, cls) if key in _BOUND else value
             for key, value in entry.items()
         }
-        for action, entry in template.items()
-    }
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._template)
+
+    def __len__(self) -> int:
+        return len(self._template)
 
 
 class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type information
     """One charger's OCPP-J 1.6 session: inbound routing and outbound calls."""
 
+    # Actions answered without the library's routing (see the module docstring): plain
+    # functions on the class, so an endpoint holds no bound methods of itself.
+    fast_handlers: ClassVar[Mapping[str, FastHandler]] = {}
+
     def __init__(self, charger_id: str, connection: Any, *, call_timeout: float = 30.0) -> None:
         # ChargePoint.__init__ without its create_route_map(self), which probes every @on
         # name of every class in the process with getattr (a third of the CPU of accepting
-        # a charger); the route map is built once per class and bound here instead.
+        # a charger); the route map is built once per class and bound on lookup instead.
         # tests/bridge/test_bridge_settings_fast_checks.py checks we set what it sets.
         self.id = charger_id
         self._response_timeout = call_timeout
         self._connection = connection
-        self.route_map = _bound_routes(self)
+        self.route_map = RouteMap(self)
         self._call_lock = asyncio.Lock()
         self._response_queue: asyncio.Queue[Any] = asyncio.Queue()
         self._unique_id_generator = uuid.uuid4
@@ -226,8 +256,6 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
         # Work that must start only once the CALLRESULT is on the wire (e.g. GetConfiguration
         # after BootNotification), queued by handlers and run by route_message.
         self._after_response: list[Callable[[], None]] = []
-        # Actions answered without the library's routing (see the module docstring).
-        self.fast_handlers: dict[str, FastHandler] = {}
 
     # --- inbound -------------------------------------------------------------------------
     async def route_message(self, raw_msg: str | bytes, admitted: bool = True) -> None:
@@ -308,14 +336,14 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
     async def _route_fast(self, msg: Call, fast: FastHandler) -> bool:
         """Answer a proven-valid CALL through its fast handler; False if it failed."""
         try:
-            answer = await fast(msg.payload)
+            answer = await fast(self, msg.payload)
         except Exception:
             # As the library does for a failing handler: InternalError, and a log line.
             log.exception("%s: %s %s failed", self.charger_id, msg.action, msg.unique_id)
             await self._send(msg.create_call_error(Exception()).to_json())
             return False
         frame = [MessageType.CallResult, msg.unique_id, answer]
-        await self._connection.send(json.dumps(frame, separators=(",", ":")))
+        await self._connection.send(_COMPACT_JSON.encode(frame))
         return True
 
     async def _send_error(self, unique_id: str, error: OCPPError) -> None:

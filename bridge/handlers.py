@@ -11,16 +11,17 @@ events.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, cast
+from functools import cache
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from ocpp.charge_point import camel_to_snake_case
 from ocpp.routing import on as ocpp_on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
-from bridge.endpoints import OcppEndpoint
+from bridge.endpoints import FastHandler, OcppEndpoint
 from bridge.firmwares import FirmwareSupport
 from bridge.reports import Reporter, charge_point_of, meter_value_messages
 from bridge.stores import IdTagStore, TransactionStore
@@ -38,6 +39,13 @@ DEFAULT_STOP_REASON = "Local"
 OPERATIVE_STATUSES = frozenset(
     {"Available", "Preparing", "Charging", "SuspendedEVSE", "SuspendedEV", "Finishing", "Reserved"}
 )
+
+
+@cache
+def _snake_case(key: str) -> str:
+    """The library's snake_case of a payload key (two regular expressions), kept per key:
+    fast-path payloads are schema-valid, so the keys come from a small closed set."""
+    return str(next(iter(camel_to_snake_case({key: None}))))
 
 
 def on(action: Action) -> Callable[[F], F]:
@@ -87,17 +95,14 @@ class ChargePointHandler(OcppEndpoint):
         self.events = events
         self._reporter = services.reporter
         self._statuses: dict[int, str] = {}
-        self.fast_handlers.update(
-            BootNotification=self._fast_boot_notification,
-            Heartbeat=self._fast_heartbeat,
-            StatusNotification=self._fast_status_notification,
-            MeterValues=self._fast_meter_values,
-        )
+        # The BootNotification of this connection, as reported (vendor, model, firmware...).
+        self.charge_point: dict[str, Any] | None = None
 
     # --- the fast path: camelCase payloads already proven valid (bridge.endpoints) ---------
     async def _fast_boot_notification(self, payload: dict[str, Any]) -> dict[str, Any]:
         # Every field is a top-level string: camelCase -> snake_case is the whole mapping.
-        answer = await self.on_boot_notification(**camel_to_snake_case(payload))
+        boot = {_snake_case(key): value for key, value in payload.items()}
+        answer = await self.on_boot_notification(**boot)
         return {
             "currentTime": answer.current_time,
             "interval": answer.interval,
@@ -131,8 +136,13 @@ class ChargePointHandler(OcppEndpoint):
             transaction_id=payload.get("transactionId"),
         )
         return {}
-        # The BootNotification of this connection, as reported (vendor, model, firmware...).
-        self.charge_point: dict[str, Any] | None = None
+
+    fast_handlers: ClassVar[Mapping[str, FastHandler]] = {
+        "BootNotification": _fast_boot_notification,
+        "Heartbeat": _fast_heartbeat,
+        "StatusNotification": _fast_status_notification,
+        "MeterValues": _fast_meter_values,
+    }
 
     # --- core: registration and liveness ----------------------------------------------------
     @on(Action.boot_notification)

@@ -80,6 +80,10 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
     return len(f_parts) == len(t_parts)
 
 
+# One encoder for every payload: json.dumps with options builds a new one per call.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(payload: Payload) -> bytes:
     if payload is None:
         return b""
@@ -87,7 +91,7 @@ def encode(payload: Payload) -> bytes:
         return payload
     if isinstance(payload, str):
         return payload.encode()
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return _JSON.encode(payload).encode()
 
 
 class MqttClient:

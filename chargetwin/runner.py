@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from chargetwin.broker import BrokerStartError, EmbeddedBroker, port_is_free
+from chargetwin.collector import tune_for_long_running
 from chargetwin.settings import Settings
 
 log = logging.getLogger("chargetwin")
@@ -179,6 +180,7 @@ async def _main(settings: Settings, command: str, chargers: int) -> int:
                 break
         if command == "demo" and token is not None:
             _announce_demo(settings, token, chargers)
+        tune_for_long_running()
         signals = asyncio.create_task(requested.wait(), name="signals")
         waiters: list[asyncio.Future[Any]] = [signals, *(c.task for c in components)]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
