@@ -101,7 +101,7 @@ class Section:
         accepted = [(p, v) for p, v in writes if self._record(p, (timestamp, v))]
         if not accepted:
             return False
-        if timestamp > self.newest:
+        if timestamp > self.newest and not any(self._below_a_value(p) for p, _ in accepted):
             for path, value in sorted(accepted, key=lambda pv: _order(pv[0], (timestamp, pv[1]))):
                 _set(self.state, self.metadata, path, value, timestamp)
             self.newest = timestamp
@@ -126,6 +126,17 @@ class Section:
             if self.writes[other][0] < ts:
                 del self.writes[other]
         return True
+
+    def _below_a_value(self, path: Path) -> bool:
+        """Whether an ancestor of ``path`` holds a scalar or array write. A write below it
+        turned that value into an object at replay; the write just recorded may have
+        replaced or wiped that write, and then only a replay tells whether the object is
+        still there (applying the new write on top of the current state would keep it)."""
+        writes = self.writes
+        return any(
+            (held := writes.get(path[:i])) is not None and held[1] is not None
+            for i in range(1, len(path))
+        )
 
     def replay(self) -> None:
         self.state, self.metadata = {}, {}

@@ -33,6 +33,20 @@ def _build(updates: list[tuple[str, Any, float]]) -> ShadowDocument:
     return doc
 
 
+def test_a_delete_below_a_scalar_gives_the_same_document_in_any_order() -> None:
+    """``c`` = 0 and ``c.a`` = 0 at the same time (the deeper write wins: ``c`` becomes an
+    object), then ``c.a`` deleted later: the writes held are ``c`` = 0 and that delete, so
+    ``c`` is 0 whichever arrives first (found by the test below)."""
+    updates: list[tuple[str, Any, float]] = [
+        ("reported", {"c": 0}, 1.0),
+        ("reported", {"c": {"a": None}}, 2.0),
+        ("reported", {"c": {"a": 0}}, 1.0),
+    ]
+    for order in ([0, 1, 2], [2, 0, 1], [1, 2, 0], [2, 1, 0]):
+        doc = _build([updates[i] for i in order])
+        assert doc.reported == {"c": 0}, order
+
+
 @settings(max_examples=400, deadline=None)
 @given(UPDATES, st.randoms(use_true_random=False))
 def test_final_document_does_not_depend_on_arrival_order(
