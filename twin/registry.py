@@ -22,7 +22,8 @@ from chargetwin.database import Database
 from chargetwin.topics import validate_charger_id
 
 # scrypt cost: N=2**14, r=8, p=1 takes ~16 MiB and tens of milliseconds, so it runs off
-# the event loop. Verified passwords are cached in memory so reconnects stay cheap.
+# the event loop. Verified passwords are cached in memory (per stored hash) so reconnects
+# stay cheap.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _VERIFIED_CACHE_MAX = 100_000
 
@@ -104,7 +105,8 @@ class ChargerRegistry:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._known: set[str] = set()
-        self._verified: dict[str, bytes] = {}
+        # charger id -> (stored hash, fingerprint of the password that matched it)
+        self._verified: dict[str, tuple[str, bytes]] = {}
 
     async def create_schema(self) -> None:
         await self._db.execute(SCHEMA)
@@ -174,21 +176,28 @@ class ChargerRegistry:
         return [_charger(row) for row in rows]
 
     async def verify(self, charger_id: str, password: str) -> bool:
-        """True when ``password`` is this charger's (always False for unknown ids)."""
-        fingerprint = hashlib.sha256(f"{charger_id}\0{password}".encode()).digest()
-        cached = self._verified.get(charger_id)
-        if cached is not None and hmac.compare_digest(cached, fingerprint):
-            return True
+        """True when ``password`` is this charger's (always False for unknown ids).
+
+        The stored hash is read every time (one indexed row): the API may have changed the
+        password or removed the charger from another process. Only the scrypt check is
+        cached, for the stored hash it was made against, so a reconnect costs a read.
+        """
         row = await self._db.fetchone(
             "SELECT password_hash FROM chargers WHERE charger_id = ?", (charger_id,)
         )
         if row is None or row[0] is None:
+            self._verified.pop(charger_id, None)
             return False
-        ok = await asyncio.to_thread(check_password, password, str(row[0]))
+        stored = str(row[0])
+        fingerprint = hashlib.sha256(f"{charger_id}\0{password}".encode()).digest()
+        cached = self._verified.get(charger_id)
+        if cached is not None and cached[0] == stored:
+            return hmac.compare_digest(cached[1], fingerprint)
+        ok = await asyncio.to_thread(check_password, password, stored)
         if ok:
             if len(self._verified) >= _VERIFIED_CACHE_MAX:
                 self._verified.clear()
-            self._verified[charger_id] = fingerprint
+            self._verified[charger_id] = (stored, fingerprint)
         return ok
 
 

@@ -10,6 +10,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from bridge import Bridge
+from twin.registry import ChargerRegistry
 
 
 async def refused(url: str, **kwargs: object) -> InvalidStatus:
@@ -101,3 +102,32 @@ async def test_wrong_path_is_404_and_bad_id_is_400(bridge: Bridge) -> None:
         additional_headers=headers,
     )
     assert error.response.status_code == 400
+
+
+async def test_a_password_changed_or_charger_removed_elsewhere_counts_at_once(
+    bridge: Bridge,
+) -> None:
+    """The API changes passwords and removes chargers in its own process: the bridge's
+    cache of verified passwords must not let the old password in afterwards."""
+    assert bridge.db is not None
+    charger_id = new_id()
+    await register(bridge, charger_id)
+    url = url_of(bridge, charger_id)
+    async with connect(
+        url, subprotocols=["ocpp1.6"], additional_headers=basic(charger_id, PASSWORD)
+    ):
+        pass  # verified, and cached
+    api_side = ChargerRegistry(bridge.db)  # another registry, as in the API process
+
+    await api_side.set_password(charger_id, "a-new-password-1")
+    old = await refused(
+        url, subprotocols=["ocpp1.6"], additional_headers=basic(charger_id, PASSWORD)
+    )
+    assert old.response.status_code == 401
+    new_headers = basic(charger_id, "a-new-password-1")
+    async with connect(url, subprotocols=["ocpp1.6"], additional_headers=new_headers):
+        pass
+
+    await api_side.delete(charger_id)
+    gone = await refused(url, subprotocols=["ocpp1.6"], additional_headers=new_headers)
+    assert gone.response.status_code == 401
