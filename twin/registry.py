@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import secrets
 import time
@@ -107,6 +108,7 @@ class ChargerRegistry:
         self._known: set[str] = set()
         # charger id -> (stored hash, fingerprint of the password that matched it)
         self._verified: dict[str, tuple[str, bytes]] = {}
+        self._hashes = _PasswordHashReader(db)
 
     async def create_schema(self) -> None:
         await self._db.execute(SCHEMA)
@@ -182,13 +184,10 @@ class ChargerRegistry:
         password or removed the charger from another process. Only the scrypt check is
         cached, for the stored hash it was made against, so a reconnect costs a read.
         """
-        row = await self._db.fetchone(
-            "SELECT password_hash FROM chargers WHERE charger_id = ?", (charger_id,)
-        )
-        if row is None or row[0] is None:
+        stored = await self._hashes.read(charger_id)
+        if stored is None:
             self._verified.pop(charger_id, None)
             return False
-        stored = str(row[0])
         fingerprint = hashlib.sha256(f"{charger_id}\0{password}".encode()).digest()
         cached = self._verified.get(charger_id)
         if cached is not None and cached[0] == stored:
@@ -199,6 +198,56 @@ class ChargerRegistry:
                 self._verified.clear()
             self._verified[charger_id] = (stored, fingerprint)
         return ok
+
+
+class _PasswordHashReader:
+    """Reads of stored password hashes that arrive together go to the database together.
+
+    Why: every upgrade reads its charger's hash (see :meth:`ChargerRegistry.verify`), and
+    in a reconnect storm thousands arrive at once; one query per charger would queue them
+    all behind the database's thread one round trip at a time. A read that finds nothing
+    waiting starts a query at once; those that arrive meanwhile share the next one.
+    """
+
+    MAX_BATCH = 500
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._waiting: dict[str, list[asyncio.Future[str | None]]] = {}
+        self._reading: asyncio.Task[None] | None = None
+
+    async def read(self, charger_id: str) -> str | None:
+        """The charger's stored hash; None when it is not registered or has no password."""
+        answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(charger_id, []).append(answer)
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.get_running_loop().create_task(
+                self._read_waiting(), name="registry-password-hashes"
+            )
+        return await answer
+
+    async def _read_waiting(self) -> None:
+        while self._waiting:
+            ids = list(itertools.islice(self._waiting, self.MAX_BATCH))
+            batch = {charger_id: self._waiting.pop(charger_id) for charger_id in ids}
+            try:
+                rows = await self._db.fetchall(
+                    "SELECT charger_id, password_hash FROM chargers"
+                    f" WHERE charger_id IN ({', '.join('?' for _ in ids)})",
+                    ids,
+                )
+            except Exception as exc:  # each waiting upgrade answers it (503)
+                for answers in batch.values():
+                    for answer in answers:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                continue
+            found = {str(charger_id): stored for charger_id, stored in rows}
+            for charger_id, answers in batch.items():
+                stored = found.get(charger_id)
+                for answer in answers:
+                    if not answer.done():
+                        answer.set_result(None if stored is None else str(stored))
 
 
 def _charger(row: tuple[Any, ...]) -> Charger:
