@@ -118,6 +118,7 @@ class OcppServer:
         self._filters: dict[str, Handler] = {
             topics.shadow("+", "update", "delta"): self._route_delta,
             topics.command("+"): self._route_command,
+            topics.shadow("+", "delete", "accepted"): self._route_shadow_deleted,
         }
 
     async def start(self, host: str, port: int) -> int:
@@ -291,6 +292,17 @@ class OcppServer:
         connection = self._connection_for(topic)
         if connection is not None:
             connection.on_command(payload)
+
+    async def _route_shadow_deleted(self, topic: str, payload: bytes) -> None:
+        """The API unregisters a charger by removing its registration, then its shadow: a
+        charger this bridge holds whose shadow is deleted and that is no longer registered
+        is disconnected (it could not connect again). A shadow deleted while the charger
+        stays registered changes nothing here."""
+        connection = self._connection_for(topic)
+        if connection is None or await self.registry.registered(connection.charger_id):
+            return
+        log.info("%s: unregistered; closing its connection", connection.charger_id)
+        await connection.close(CloseCode.POLICY_VIOLATION, "charger unregistered")
 
     def _connection_for(self, topic: str) -> ChargerConnection | None:
         """The connection of the charger a topic names, when this bridge holds it."""

@@ -160,6 +160,21 @@ class ChargerRegistry:
             self._known.add(charger_id)
         return row is not None
 
+    async def registered(self, charger_id: str) -> bool:
+        """Whether the charger is registered now (read, not cached: another process may
+        have just removed it); a charger found gone is forgotten here too."""
+        row = await self._db.fetchone("SELECT 1 FROM chargers WHERE charger_id = ?", (charger_id,))
+        if row is None:
+            self.forget(charger_id)
+            return False
+        self._known.add(charger_id)
+        return True
+
+    def forget(self, charger_id: str) -> None:
+        """Drop what is cached about the charger: the next check reads the database."""
+        self._known.discard(charger_id)
+        self._verified.pop(charger_id, None)
+
     async def get(self, charger_id: str) -> Charger:
         row = await self._db.fetchone(
             "SELECT charger_id, site, tags, description, created_at, password_hash"

@@ -339,6 +339,9 @@ class ShadowService:
             if doc is None:
                 raise ShadowError(404, f"no shadow for charger {cid!r}")
             working[cid].deleted = True
+            # Usually the charger was just unregistered: a late report must not recreate
+            # its shadow on the strength of a cached registration.
+            self._registry.forget(cid)
             log.info("charger %s: shadow deleted at version %d", cid, doc.version)
             answer = {"version": doc.version, "timestamp": self._clock()}
             return _Outcome(

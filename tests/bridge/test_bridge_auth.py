@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -131,3 +132,24 @@ async def test_a_password_changed_or_charger_removed_elsewhere_counts_at_once(
     await api_side.delete(charger_id)
     gone = await refused(url, subprotocols=["ocpp1.6"], additional_headers=new_headers)
     assert gone.response.status_code == 401
+
+
+async def test_an_unregistered_charger_is_disconnected_when_its_shadow_goes(
+    bridge: Bridge, open_charger: OpenCharger, watcher: MqttWatcher, prefix: str
+) -> None:
+    """The API removes the registration, then the twin deletes the shadow and announces it
+    on ``shadow/delete/accepted``: the bridge holding the charger closes its socket (1008).
+    A shadow deleted while the charger stays registered leaves the connection alone."""
+    assert bridge.db is not None
+    kept = await open_charger()
+    removed = await open_charger()
+    for charger in (kept, removed):
+        await charger.result("Heartbeat", {})
+
+    await ChargerRegistry(bridge.db).delete(removed.charger_id)
+    for charger in (kept, removed):
+        watcher.publish(f"{prefix}/chargers/{charger.charger_id}/shadow/delete/accepted", {})
+    await asyncio.wait_for(removed.ws.wait_closed(), 5)
+    assert removed.ws.close_code == 1008
+    assert removed.ws.close_reason == "charger unregistered"
+    assert (await kept.result("Heartbeat", {}))["currentTime"]

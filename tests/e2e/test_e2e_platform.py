@@ -258,3 +258,38 @@ async def test_a_charger_mirrored_reconfigured_and_kept_across_a_restart(
     async with httpx.AsyncClient(base_url=platform.api, headers=admin, timeout=10) as http:
         after = (await http.get("/chargers/E2E-1/shadow")).json()
     assert after == before
+
+
+async def test_an_unregistered_charger_is_disconnected_and_stays_out(platform: Platform) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    async with httpx.AsyncClient(base_url=platform.api, headers=admin, timeout=10) as http:
+        created = await http.post("/chargers", json={"id": "E2E-GONE", "password": "pw-gone-1"})
+        assert created.status_code == 201, created.text
+        charger = await open_charger(platform, "E2E-GONE", "pw-gone-1")
+        try:
+            boot = await charger.call(
+                "BootNotification", {"chargePointVendor": "Acme", "chargePointModel": "AC-22"}
+            )
+            assert boot[2]["status"] == "Accepted"
+            await eventually(
+                lambda: _shadow_online(http, "E2E-GONE"),
+            )
+
+            assert (await http.delete("/chargers/E2E-GONE")).status_code == 204
+            await asyncio.wait_for(charger.ws.wait_closed(), 10)
+            assert charger.ws.close_code == 1008
+        finally:
+            await charger.close()
+        with pytest.raises(Exception, match="401"):
+            await open_charger(platform, "E2E-GONE", "pw-gone-1")
+        # The bridge's "offline" for the closed socket does not bring the shadow back.
+        await asyncio.sleep(1.0)
+        assert (await http.get("/chargers/E2E-GONE/shadow")).status_code == 404
+
+
+async def _shadow_online(http: httpx.AsyncClient, charger_id: str) -> bool:
+    answer = await http.get(f"/chargers/{charger_id}/shadow")
+    if answer.status_code != 200:
+        return False
+    connection = answer.json()["state"]["reported"].get("connection", {})
+    return connection.get("online") is True
