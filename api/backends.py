@@ -28,7 +28,7 @@ from chargetwin.shadow_client import ShadowClient
 from chargetwin.topics import Topics
 from rules.series import SeriesStore
 from rules.sqlite_series import SQLiteSeriesStore
-from twin.registry import ChargerRegistry
+from twin.registry import DEFAULT_PASSWORD_COST, ChargerRegistry
 from twin.stores import ShadowStore
 
 
@@ -64,8 +64,9 @@ class Backend:
         command_timeout: float = 35.0,
         series: Callable[[], SeriesStore] | None = None,
         maintenance_interval: float = 30.0,
+        password_cost: int = DEFAULT_PASSWORD_COST,
     ) -> Backend:
-        registry = ChargerRegistry(db)
+        registry = ChargerRegistry(db, password_cost=password_cost)
         shadow_client = ShadowClient(mqtt, topics, timeout=twin_timeout)
         return cls(
             db=db,
@@ -136,6 +137,7 @@ async def open_backend(
             command_timeout=settings.command_timeout,
             series=lambda: open_series_store(settings),
             maintenance_interval=settings.maintenance_interval,
+            password_cost=settings.charger_password_cost,
         )
         await backend.create_schema()
         if backend.maintenance is not None:

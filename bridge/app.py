@@ -105,7 +105,7 @@ class Bridge:
         ssl_context = server_context(options.tls) if options.tls is not None else None
         self.db = connect(self.settings.database_target)
         await self.db.open()
-        registry = ChargerRegistry(self.db)
+        registry = ChargerRegistry(self.db, password_cost=self.settings.charger_password_cost)
         transactions = TransactionStore(self.db)
         id_tags = IdTagStore(self.db)
         await registry.create_schema()

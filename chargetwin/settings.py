@@ -162,6 +162,17 @@ class Settings(BaseSettings):
     auto_register: bool = Field(
         False, description="Let unknown chargers in and register them (demo only)."
     )
+    charger_password_cost: int = Field(
+        14,
+        ge=8,
+        le=16,
+        description="scrypt cost of charger passwords set from now on, as log2 N (r=8): 14 "
+        "takes 16 MiB and ~40 ms per check on a small machine, 10 takes 1 MiB and ~2 ms. A "
+        "bridge checks each charger's password once per process, so after a restart it "
+        "pays this once per charger: with many thousands of chargers whose passwords are "
+        "random and 16 bytes or longer (as OCPP's security whitepaper asks), 10 keeps a "
+        "reconnect storm short. Stored hashes keep their own cost.",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("mqtt_url")

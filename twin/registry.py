@@ -22,10 +22,12 @@ from typing import Any
 from chargetwin.database import Database
 from chargetwin.topics import validate_charger_id
 
-# scrypt cost: N=2**14, r=8, p=1 takes ~16 MiB and tens of milliseconds, so it runs off
-# the event loop. Verified passwords are cached in memory (per stored hash) so reconnects
-# stay cheap.
-_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+# scrypt cost of new hashes, as log2 N (r=8, p=1): 14 takes 16 MiB and ~40 ms on a small
+# machine, 10 takes 1 MiB and ~2 ms (--charger-password-cost). Checks run off the event
+# loop, and a process checks each charger's password once (cached per stored hash), so a
+# restarted bridge pays the cost once per charger. Stored hashes name their own cost.
+DEFAULT_PASSWORD_COST = 14
+_SCRYPT_R, _SCRYPT_P = 8, 1
 _VERIFIED_CACHE_MAX = 100_000
 
 SCHEMA = """
@@ -52,13 +54,27 @@ class ChargerNotFoundError(RegistryError):
     """No charger with this id is registered."""
 
 
-def hash_password(password: str) -> str:
+def hash_password(password: str, cost: int = DEFAULT_PASSWORD_COST) -> str:
+    """A salted scrypt hash at N = 2**cost, in the self-describing stored form."""
+    n = 2**cost
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(
-        password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+        password.encode(),
+        salt=salt,
+        n=n,
+        r=_SCRYPT_R,
+        p=_SCRYPT_P,
+        dklen=32,
+        maxmem=_scrypt_memory(n, _SCRYPT_R),
     )
     b64 = base64.b64encode
-    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+    return f"scrypt${n}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def _scrypt_memory(n: int, r: int) -> int:
+    """Room for scrypt's 128 * N * r bytes and its bookkeeping (OpenSSL's default limit,
+    32 MiB, stops at N = 2**14 with r = 8)."""
+    return 2 * 128 * n * r
 
 
 def check_password(password: str, stored: str) -> bool:
@@ -74,6 +90,7 @@ def check_password(password: str, stored: str) -> bool:
             r=int(r),
             p=int(p),
             dklen=len(expected),
+            maxmem=_scrypt_memory(int(n), int(r)),
         )
     except (ValueError, TypeError):
         return False
@@ -103,8 +120,9 @@ class Charger:
 class ChargerRegistry:
     """Registered chargers in the shared database (table ``chargers``)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, password_cost: int = DEFAULT_PASSWORD_COST) -> None:
         self._db = db
+        self.password_cost = password_cost
         self._known: set[str] = set()
         # charger id -> (stored hash, fingerprint of the password that matched it)
         self._verified: dict[str, tuple[str, bytes]] = {}
@@ -123,7 +141,11 @@ class ChargerRegistry:
         description: str | None = None,
     ) -> Charger:
         validate_charger_id(charger_id)
-        hashed = await asyncio.to_thread(hash_password, password) if password else None
+        hashed = (
+            await asyncio.to_thread(hash_password, password, self.password_cost)
+            if password
+            else None
+        )
         now = time.time()
         changed = await self._db.execute(
             "INSERT INTO chargers (charger_id, password_hash, site, tags, description, created_at)"
@@ -136,7 +158,7 @@ class ChargerRegistry:
         return Charger(charger_id, site, tags or [], description, now, hashed is not None)
 
     async def set_password(self, charger_id: str, password: str) -> None:
-        hashed = await asyncio.to_thread(hash_password, password)
+        hashed = await asyncio.to_thread(hash_password, password, self.password_cost)
         changed = await self._db.execute(
             "UPDATE chargers SET password_hash = ? WHERE charger_id = ?", (hashed, charger_id)
         )
@@ -226,8 +248,9 @@ class _PasswordHashReader:
 
     MAX_BATCH = 500
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, password_cost: int = DEFAULT_PASSWORD_COST) -> None:
         self._db = db
+        self.password_cost = password_cost
         self._waiting: dict[str, list[asyncio.Future[str | None]]] = {}
         self._reading: asyncio.Task[None] | None = None
 

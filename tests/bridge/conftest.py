@@ -154,6 +154,7 @@ async def make_bridge(tmp_path: Any, prefix: str) -> AsyncIterator[MakeBridge]:
         database_url: str | None = None,
         mqtt_url: str = BROKER_URL,
         auto_register: bool = False,
+        charger_password_cost: int = 14,
         **options: Any,
     ) -> Bridge:
         settings = Settings(
@@ -163,6 +164,7 @@ async def make_bridge(tmp_path: Any, prefix: str) -> AsyncIterator[MakeBridge]:
             data_dir=tmp_path,
             database_url=database_url,
             auto_register=auto_register,
+            charger_password_cost=charger_password_cost,
         )
         defaults: dict[str, Any] = {
             "port": 0,

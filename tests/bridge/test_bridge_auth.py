@@ -74,6 +74,24 @@ async def test_auto_register_lets_an_unknown_charger_in_with_its_password(
         pass
 
 
+async def test_auto_registered_passwords_are_hashed_at_the_configured_cost(
+    make_bridge: MakeBridge, watcher: MqttWatcher
+) -> None:
+    bridge = await make_bridge(auto_register=True, charger_password_cost=10)
+    assert bridge.db is not None
+    charger_id = new_id()
+    async with connect(
+        url_of(bridge, charger_id),
+        subprotocols=["ocpp1.6"],
+        additional_headers=basic(charger_id, PASSWORD),
+    ):
+        pass
+    row = await bridge.db.fetchone(
+        "SELECT password_hash FROM chargers WHERE charger_id = ?", (charger_id,)
+    )
+    assert row is not None and str(row[0]).startswith("scrypt$1024$8$1$")
+
+
 @pytest.mark.parametrize("offered", [None, ["ocpp2.0.1"], ["chat", "ocpp1.5"]])
 async def test_no_supported_subprotocol_is_a_clear_400(
     bridge: Bridge, offered: list[str] | None

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from chargetwin.database import Database, DatabaseError, connect
-from twin.registry import ChargerRegistry
+from twin.registry import ChargerRegistry, check_password, hash_password
 
 
 def cheap_hash(password: str) -> str:
@@ -93,3 +93,23 @@ async def test_an_outage_answers_every_waiting_check_with_the_error(db: Database
     assert all(isinstance(r, DatabaseError) for r in results)
     counting.fail = False
     assert await registry.verify("CP-1", "secret-1")
+
+
+async def test_new_passwords_take_the_configured_cost_and_old_hashes_keep_theirs(
+    db: Database,
+) -> None:
+    cheap = ChargerRegistry(db, password_cost=10)
+    await cheap.register("CP-CHEAP", "secret-cheap")
+    row = await db.fetchone("SELECT password_hash FROM chargers WHERE charger_id = 'CP-CHEAP'")
+    assert row is not None and str(row[0]).startswith("scrypt$1024$8$1$")
+    await add(db, "CP-OLD", "secret-old")  # stored at N=2^8 by an earlier setting
+    assert await cheap.verify("CP-CHEAP", "secret-cheap")
+    assert await cheap.verify("CP-OLD", "secret-old")
+    assert await ChargerRegistry(db).verify("CP-CHEAP", "secret-cheap")
+
+
+def test_the_highest_cost_allowed_hashes_and_checks() -> None:
+    stored = hash_password("secret", 16)  # 128 MiB of scrypt memory: over OpenSSL's default
+    assert stored.startswith("scrypt$65536$")
+    assert check_password("secret", stored)
+    assert not check_password("other", stored)
