@@ -6,6 +6,7 @@
 - ``database_url``: parametrized over SQLite (a file in tmp_path) and PostgreSQL
   (``CHARGETWIN_TEST_POSTGRES_URL``, default postgresql://postgres@127.0.0.1:5432/test; each
   test gets its own schema). Set the variable to an empty string to skip PostgreSQL.
+- ``db``: that database, open.
 - Every test fails if it logs an exception or leaves asyncio tasks running.
 """
 
@@ -26,6 +27,7 @@ import pytest
 from retained import USED_PREFIXES, clear_retained, noted
 
 from chargetwin.broker import EmbeddedBroker
+from chargetwin.database import Database, connect
 
 POSTGRES_URL = os.environ.get(
     "CHARGETWIN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -103,6 +105,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[s
     yield f"{POSTGRES_URL}{sep}options={quote(f'-csearch_path={schema}')}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """The database of ``database_url``, open for the test."""
+    database = connect(database_url)
+    await database.open()
+    yield database
+    await database.close()
 
 
 class _ExceptionRecorder(logging.Handler):

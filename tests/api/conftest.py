@@ -21,20 +21,12 @@ from pydantic import SecretStr
 from api.app import create_app
 from api.backends import Backend
 from api.tokens import create_token
-from chargetwin.database import Database, connect
+from chargetwin.database import Database
 from chargetwin.mqtt import MqttClient
 from chargetwin.topics import Topics
 from twin.service import ShadowService
 
 TWIN_TIMEOUT = 3.0
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = connect(database_url)
-    await database.open()
-    yield database
-    await database.close()
 
 
 @pytest.fixture

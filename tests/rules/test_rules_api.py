@@ -13,7 +13,7 @@ import pytest
 from api.app import create_app
 from api.backends import Backend
 from api.tokens import create_token
-from chargetwin.database import Database, connect
+from chargetwin.database import Database
 from chargetwin.mqtt import MqttClient
 from chargetwin.topics import Topics
 from rules.alerts import AlertStore
@@ -22,14 +22,6 @@ from rules.files import bundled_pack, load_rules
 from rules.points import NS, Point
 from rules.sqlite_series import SQLiteSeriesStore
 from rules.testing import T0
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = connect(database_url)
-    await database.open()
-    yield database
-    await database.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from probes import MqttProbe
 
-from chargetwin.database import Database, connect
+from chargetwin.database import Database
 from chargetwin.mqtt import MqttClient
 from chargetwin.topics import Topics
 from rules.alerts import AlertStore
@@ -33,14 +33,6 @@ from twin.registry import ChargerRegistry
 
 T0 = 1_700_000_000.0
 EVERYTHING = (0, 2**62)
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = connect(database_url)
-    await database.open()
-    yield database
-    await database.close()
 
 
 @pytest.fixture

@@ -6,12 +6,11 @@ import asyncio
 import base64
 import hashlib
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from chargetwin.database import Database, DatabaseError, connect
+from chargetwin.database import Database, DatabaseError
 from twin.registry import ChargerRegistry, check_password, hash_password
 
 
@@ -41,13 +40,9 @@ class CountingDatabase:
         return getattr(self.db, name)
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = connect(database_url)
-    await database.open()
-    await ChargerRegistry(database).create_schema()
-    yield database
-    await database.close()
+@pytest.fixture(autouse=True)
+async def registry_schema(db: Database) -> None:
+    await ChargerRegistry(db).create_schema()
 
 
 async def add(db: Database, charger_id: str, password: str | None) -> None:
