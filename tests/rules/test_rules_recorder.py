@@ -199,6 +199,11 @@ async def test_rules_recorder_replays_a_spool_left_by_a_previous_run(
     await recorder.start()
     try:
         await wait_for_count(series_store, "m", 10)
+        # The segment goes once the store has taken all of it: just after the points land.
+        for _ in range(100):
+            if not list(folder.glob("segment-*")):
+                break
+            await asyncio.sleep(0.02)
         assert list(folder.glob("segment-*")) == []
     finally:
         await recorder.stop()
