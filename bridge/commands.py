@@ -143,12 +143,13 @@ class CommandRunner:
         )
 
     def _mirror(self, action: str, payload: dict[str, Any], answer: dict[str, Any]) -> None:
-        """Results that change what we know about the charger go into reported state too."""
+        """What a command changed on the charger goes into reported state too; a refusal
+        stays in the command's answer (see :meth:`Reconciler.command_config`)."""
         status = str(answer.get("status"))
         if action == "ChangeConfiguration":
-            self._reconciler.record_config(str(payload["key"]), str(payload["value"]), status)
+            self._reconciler.command_config(str(payload["key"]), str(payload["value"]), status)
         elif action == "ChangeAvailability":
-            self._reconciler.record_availability(
+            self._reconciler.command_availability(
                 str(payload["connectorId"]), str(payload["type"]), status
             )
         elif action == "GetConfiguration":

@@ -82,9 +82,22 @@ class Reconciler:
             log.warning("%s: delta without a state object ignored", self.charger_id)
             return
         self._delta = state
+        self._forget_undesired()
         metadata = message.get("metadata")
         self._metadata = metadata if isinstance(metadata, dict) else {}
         self._wake.set()
+
+    def _forget_undesired(self) -> None:
+        """Refusals of leaves the delta no longer holds explain nothing: desired was
+        deleted or reached another way. Cleared, so no refusal outlives what was desired."""
+        stale: dict[str, dict[str, None]] = {}
+        for section, key in list(self._refused):
+            leaves = self._delta.get(section)
+            if not isinstance(leaves, dict) or key not in leaves:
+                del self._refused[(section, key)]
+                stale.setdefault(section, {})[key] = None
+        if stale:
+            self._reporter.report(self.charger_id, {"refused": stale}, now())
 
     def poke(self) -> None:
         """Run again with the delta we have (after boot and GetConfiguration)."""
@@ -186,7 +199,7 @@ class Reconciler:
             return
         self.record_availability(connector, value, str(answer.get("status")))
 
-    # --- results (also used by operator commands) --------------------------------------------
+    # --- results ---------------------------------------------------------------------------
     def record_configuration(self, answer: Mapping[str, Any]) -> dict[str, str]:
         """Report a GetConfiguration answer into ``reported.config`` (keys with a value)."""
         values: dict[str, str] = {}
@@ -223,6 +236,45 @@ class Reconciler:
             self._refused[("config", key)] = value
             reported = {"refused": {"config": {key: _refusal(value, status, at, reason)}}}
         self._reporter.report(self.charger_id, reported, at)
+
+    # --- one-off operator commands ----------------------------------------------------------
+    # A command's outcome goes to the command's answer; only what the charger now *has* goes
+    # into reported state. A refusal is never recorded for a command: ``reported.refused``
+    # explains why a *desired* value stays in the delta, and nobody desired this one (a
+    # refused one-off would otherwise sit in the shadow for good, for a key nobody wants).
+    def command_config(self, key: str, value: str, status: str) -> None:
+        """The outcome of a ``change-configuration`` command."""
+        if status not in ACCEPTED_CONFIG:
+            return
+        self._known[("config", key)] = value
+        reported: dict[str, Any] = {"config": {key: value}}
+        if status == "RebootRequired":
+            reported["rebootRequired"] = True
+        if self._wanted("config", key) == value:
+            # The command gave the charger the desired value it had refused: the refusal
+            # no longer explains anything.
+            self._refused.pop(("config", key), None)
+            reported["refused"] = {"config": {key: None}}
+        self._reporter.report(self.charger_id, reported, now())
+
+    def command_availability(self, connector: str, value: str, status: str) -> None:
+        """The outcome of a ``change-availability`` command (Scheduled: nothing changed yet)."""
+        if status != "Accepted":
+            return
+        leaf = ("availability", connector)
+        self._known[leaf] = value
+        reported: dict[str, Any] = {"availability": {connector: value}}
+        if self._wanted("availability", connector) == value:
+            self._refused.pop(leaf, None)
+            reported["refused"] = {"availability": {connector: None}}
+        self._reporter.report(self.charger_id, reported, now())
+
+    def _wanted(self, section: str, key: str) -> str | None:
+        """The desired value of a leaf as the latest delta has it (None: not in the delta)."""
+        leaves = self._delta.get(section)
+        if not isinstance(leaves, dict) or key not in leaves:
+            return None
+        return config_text(leaves[key]) if section == "config" else str(leaves[key])
 
     def record_availability(
         self, connector: str, value: str, status: str, reason: str | None = None
