@@ -16,6 +16,11 @@ One :class:`FirmwareReconciler` per connection, driven by :class:`~bridge.reconc
   and not retried, until the operator asks again: a new desired version, or the same one
   written again (``PATCH .../shadow/desired`` with the same ``firmware.version`` gives the
   desired leaf a newer timestamp than the refusal's ``at``).
+- ``Installed`` and then a boot on another version than the one installed (OCPP 1.6
+  section 4.5: after Installed the charger reboots into the new image; a boot on the old
+  one means the image did not take, e.g. the charger rolled back) is a failed
+  installation at once: ``InstalledButNotRunning`` in ``reported.refused.firmware``, so a
+  campaign counts the failure with its reason instead of waiting for its timeout.
 - With a signing certificate and signature in the catalog, SignedUpdateFirmware (1.6
   security extension, whitepaper edition 2, section 4.3 of the firmware use cases) is
   tried first; a charger that answers NotImplemented / NotSupported gets UpdateFirmware.
@@ -53,6 +58,7 @@ FAILED = frozenset(
         "RevokedCertificate",
     }
 )
+INSTALLED_BUT_NOT_RUNNING = "InstalledButNotRunning"
 FALLBACK_ERRORS = frozenset({"NotImplemented", "NotSupported"})
 # In-progress news older than this no longer stops a new request (the charger lost the job).
 STALE_PROGRESS_S = 3600.0
@@ -86,6 +92,9 @@ class FirmwareReconciler:
         self._reporter = reporter
         self._support = support
         self._charge_point: Mapping[str, Any] | None = None
+        self._booted_at = 0.0
+        # The version this connection's charger said it had Installed, waiting for its boot.
+        self._installed: str | None = None
         self._attempt: _Attempt | None = None
         self._desired: str | None = None
         self.sent: list[str] = []  # actions sent on this connection (for tests and logs)
@@ -94,9 +103,18 @@ class FirmwareReconciler:
     def booted(self, charge_point: Mapping[str, Any]) -> None:
         """The BootNotification's fields (``vendor``, ``model``, ``firmwareVersion``)."""
         self._charge_point = dict(charge_point)
+        self._booted_at = now()
+        installed, self._installed = self._installed, None
+        running = charge_point.get("firmwareVersion")
+        if installed is not None and running != installed:
+            # Installed on this connection, then rebooted without closing the socket.
+            self._not_running(installed, running)
 
     def status(self, status: str) -> None:
         """A (Signed)FirmwareStatusNotification; a failure becomes a refusal."""
+        if status == "Installed":
+            self._installed = self._attempt.version if self._attempt else self._desired
+            return
         if status not in FAILED:
             return
         version = self._attempt.version if self._attempt else self._desired
@@ -152,13 +170,14 @@ class FirmwareReconciler:
             return True
         firmware = reported.get("firmware") or {}
         requested = firmware.get("requested") or {}
-        fresh = float(firmware.get("updatedAt") or 0) > now() - STALE_PROGRESS_S
-        if (
-            requested.get("version") == version
-            and float(requested.get("at") or 0) >= asked_at
-            and firmware.get("status") in IN_PROGRESS
-            and fresh
-        ):
+        updated_at = float(firmware.get("updatedAt") or 0)
+        ours = requested.get("version") == version and float(requested.get("at") or 0) >= asked_at
+        if ours and firmware.get("status") == "Installed" and updated_at < self._booted_at:
+            # Installed before this connection's boot, which reports another version.
+            self._not_running(version, (self._charge_point or {}).get("firmwareVersion"))
+            return True
+        fresh = updated_at > now() - STALE_PROGRESS_S
+        if ours and firmware.get("status") in IN_PROGRESS and fresh:
             log.info(
                 "%s: firmware %s already %s; not asked again",
                 self.charger_id,
@@ -244,6 +263,13 @@ class FirmwareReconciler:
                 "signature": image.signature,
             },
         }
+
+    def _not_running(self, version: str, running: object) -> None:
+        self._refuse(
+            version,
+            INSTALLED_BUT_NOT_RUNNING,
+            f"installed, but the charger booted on {running or 'an unreported version'}",
+        )
 
     def _refuse(self, version: str, status: str, reason: str | None) -> None:
         at = now()
