@@ -60,10 +60,19 @@ class ChargerConnection:
         # every connection in a reference cycle, freed only by a full garbage collection
         # (~1 s with 10,000 chargers held) instead of as soon as the socket closes.
         self.handler = ChargePointHandler(
-            charger_id, websocket, services, weakref.proxy(self), call_timeout=options.call_timeout
+            charger_id,
+            websocket,
+            services,
+            weakref.proxy(self),
+            call_timeout=options.call_timeout,
+            connected_at=self.since,
         )
         self.reconciler = Reconciler(
-            charger_id, self.handler.request, services.reporter, services.firmware
+            charger_id,
+            self.handler.request,
+            services.reporter,
+            services.firmware,
+            self.handler.clock,
         )
         self.commands = CommandRunner(
             charger_id,
@@ -104,6 +113,7 @@ class ChargerConnection:
 
     # --- events from the handler (ConnectionEvents) -------------------------------------------
     def booted(self) -> None:
+        self.reconciler.booted()
         if self.reconciler.firmware is not None and self.handler.charge_point is not None:
             self.reconciler.firmware.booted(self.handler.charge_point)
         self.tasks.spawn(self._after_boot(), "configuration")
@@ -116,7 +126,8 @@ class ChargerConnection:
         self.reconciler.observe("availability", connector, value)
 
     async def _after_boot(self) -> None:
-        """Read the whole configuration into reported.config, then reconcile against it."""
+        """Read the whole configuration into reported.config, ask for every connector's
+        status (the boot made them unknown), then reconcile."""
         try:
             answer = await self.handler.request("GetConfiguration", {})
         except OutgoingCallError as exc:
@@ -124,6 +135,20 @@ class ChargerConnection:
         else:
             values = self.reconciler.record_configuration(answer)
             log.debug("%s: %d configuration keys reported", self.charger_id, len(values))
+        try:
+            # OCPP 1.6 section 5.17: without connectorId, for every connector.
+            trigger = {"requestedMessage": "StatusNotification"}
+            triggered = await self.handler.request("TriggerMessage", trigger)
+        except OutgoingCallError as exc:
+            # The charger's own StatusNotifications after boot will do (section 4.9).
+            log.info("%s: TriggerMessage StatusNotification failed: %s", self.charger_id, exc)
+        else:
+            if triggered.get("status") != "Accepted":
+                log.info(
+                    "%s: TriggerMessage StatusNotification %s",
+                    self.charger_id,
+                    triggered.get("status"),
+                )
         self.reconciler.poke()
 
     # --- MQTT inputs ---------------------------------------------------------------------

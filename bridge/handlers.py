@@ -4,8 +4,14 @@ Core profile, firmware management and the 1.6 security extension (whitepaper edi
 whose actions ``ocpp.v16.enums.Action`` includes. Each handler gets the payload as
 snake_case keywords (the ocpp library's convention) after schema validation, answers with
 a ``call_result`` dataclass, and publishes through the :class:`~bridge.reports.Reporter`:
-shadow reports stamped with the charger's own timestamp where OCPP gives one, telemetry,
-events.
+shadow reports stamped with the charger's own timestamp where OCPP gives one and it is
+plausible (:class:`~bridge.times.ChargerClock`), telemetry, events.
+
+A BootNotification is a new start of the charger: what it reported about its connectors
+before (status, availability) may no longer hold (a reboot, a factory reset), so the boot
+clears ``reported.connectors`` and ``reported.availability`` and the connection asks for
+fresh StatusNotifications (TriggerMessage). Meanwhile the delta shows every desired
+availability again, so reconciliation runs again instead of trusting a stale value.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from bridge.endpoints import FastHandler, OcppEndpoint
 from bridge.firmwares import FirmwareSupport
 from bridge.reports import Reporter, charge_point_of, meter_value_messages
 from bridge.stores import IdTagStore, TransactionStore
-from bridge.times import iso_time, now, parse_timestamp
+from bridge.times import ChargerClock, iso_time, now
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +95,18 @@ class ChargePointHandler(OcppEndpoint):
         events: ConnectionEvents,
         *,
         call_timeout: float = 30.0,
+        connected_at: float | None = None,
     ) -> None:
         super().__init__(charger_id, connection, call_timeout=call_timeout)
         self.services = services
         self.events = events
         self._reporter = services.reporter
         self._statuses: dict[int, str] = {}
+        self.clock = ChargerClock(
+            charger_id,
+            now() if connected_at is None else connected_at,
+            SkewPublisher(services.reporter, charger_id),
+        )
         # The BootNotification of this connection, as reported (vendor, model, firmware...).
         self.charge_point: dict[str, Any] | None = None
 
@@ -150,10 +162,17 @@ class ChargePointHandler(OcppEndpoint):
         at = now()
         charge_point = charge_point_of(boot)
         self.charge_point = charge_point
-        reported: dict[str, Any] = {"chargePoint": charge_point, "rebootRequired": None}
+        # Connector state from before this boot is unknown now (see the module docstring).
+        reported: dict[str, Any] = {
+            "chargePoint": charge_point,
+            "rebootRequired": None,
+            "connectors": None,
+            "availability": None,
+        }
         if "firmwareVersion" in charge_point:
             reported["firmware"] = {"version": charge_point["firmwareVersion"]}
-        self._reporter.report(self.charger_id, reported, at)
+        self._statuses.clear()
+        self._reporter.report(self.charger_id, reported, self.clock.reset_state(at))
         self._reporter.event(self.charger_id, "boot", {**charge_point, "timestamp": at})
         log.info(
             "%s: booted (%s %s, firmware %s)",
@@ -185,7 +204,7 @@ class ChargePointHandler(OcppEndpoint):
         vendor_error_code: str | None = None,
         **_: Any,
     ) -> call_result.StatusNotification:
-        at = parse_timestamp(timestamp, self.charger_id)
+        at = self.clock.read(timestamp, "StatusNotification")
         connector = str(connector_id)
         # Absent optional fields are sent as null so an old info/vendor code is deleted.
         state = {
@@ -201,7 +220,7 @@ class ChargePointHandler(OcppEndpoint):
         if availability is not None:
             reported["availability"] = {connector: availability}
             self.events.availability_seen(connector, availability)
-        self._reporter.report(self.charger_id, reported, at)
+        self._reporter.report(self.charger_id, reported, self.clock.state_stamp(connector, at))
         previous = self._statuses.get(connector_id)
         self._statuses[connector_id] = status
         self._reporter.event(
@@ -221,7 +240,7 @@ class ChargePointHandler(OcppEndpoint):
         **_: Any,
     ) -> call_result.MeterValues:
         for message in meter_value_messages(
-            self.charger_id, connector_id, transaction_id, meter_value
+            self._meter_value_time, connector_id, transaction_id, meter_value
         ):
             self._reporter.telemetry(self.charger_id, "meterValues", message)
         return call_result.MeterValues()
@@ -242,10 +261,19 @@ class ChargePointHandler(OcppEndpoint):
         reservation_id: int | None = None,
         **_: Any,
     ) -> call_result.StartTransaction:
-        at = parse_timestamp(timestamp, self.charger_id)
+        reading = self.clock.reading(timestamp, "StartTransaction")
+        at = reading.at
         info = await self.services.id_tags.lookup(id_tag)
+        # A retried start is recognised by its timestamp; one not believed was replaced by
+        # the receipt time, which differs at every retry (bridge.stores).
         started = await self.services.transactions.start(
-            self.charger_id, connector_id, id_tag, meter_start, at, reservation_id
+            self.charger_id,
+            connector_id,
+            id_tag,
+            meter_start,
+            at,
+            reservation_id,
+            exact_time=reading.kept,
         )
         log.info(
             "%s: transaction %d started on connector %d (%s%s)",
@@ -283,7 +311,7 @@ class ChargePointHandler(OcppEndpoint):
         transaction_data: list[dict[str, Any]] | None = None,
         **_: Any,
     ) -> call_result.StopTransaction:
-        at = parse_timestamp(timestamp, self.charger_id)
+        at = self.clock.read(timestamp, "StopTransaction")
         stop_reason = reason or DEFAULT_STOP_REASON
         stopped = await self.services.transactions.stop(
             self.charger_id, transaction_id, meter_stop, at, stop_reason, id_tag
@@ -293,7 +321,7 @@ class ChargePointHandler(OcppEndpoint):
                 "%s: StopTransaction for unknown transaction %d", self.charger_id, transaction_id
             )
         for message in meter_value_messages(
-            self.charger_id, stopped.connector_id, transaction_id, transaction_data or []
+            self._meter_value_time, stopped.connector_id, transaction_id, transaction_data or []
         ):
             self._reporter.telemetry(self.charger_id, "meterValues", message)
         self._reporter.event(
@@ -379,7 +407,7 @@ class ChargePointHandler(OcppEndpoint):
     async def on_security_event_notification(
         self, type: str, timestamp: str, tech_info: str | None = None, **_: Any
     ) -> call_result.SecurityEventNotification:
-        at = parse_timestamp(timestamp, self.charger_id)
+        at = self.clock.read(timestamp, "SecurityEventNotification")
         log.info("%s: security event %s", self.charger_id, type)
         self._reporter.event(
             self.charger_id, "security", {"type": type, "techInfo": tech_info, "timestamp": at}
@@ -402,6 +430,9 @@ class ChargePointHandler(OcppEndpoint):
         return call_result.SignCertificate(status="Rejected")
 
     # --- helpers --------------------------------------------------------------------------
+    def _meter_value_time(self, value: object) -> float:
+        return self.clock.read(value, "MeterValues")
+
     def _firmware_status(self, status: str, request_id: int | None) -> None:
         at = now()
         self._reporter.report(
@@ -413,6 +444,30 @@ class ChargePointHandler(OcppEndpoint):
         self._reporter.event(self.charger_id, "firmware", event)
         log.info("%s: firmware status %s", self.charger_id, status)
         self.events.firmware_status(status)
+
+
+class SkewPublisher:
+    """Publishes a clock's verdict: ``reported.connection.clockSkew``, and the ``clockSkew``
+    event when a skew appears or goes (for rules to alert on). Holds no reference to the
+    handler, so the handler and its clock form no reference cycle."""
+
+    __slots__ = ("_charger_id", "_published", "_reporter")
+
+    def __init__(self, reporter: Reporter, charger_id: str) -> None:
+        self._reporter = reporter
+        self._charger_id = charger_id
+        self._published = False
+
+    def __call__(self, skew: dict[str, Any] | None, at: float) -> None:
+        self._reporter.report(self._charger_id, {"connection": {"clockSkew": skew}}, at)
+        if skew is not None:
+            self._published = True
+            self._reporter.event(self._charger_id, "clockSkew", {**skew, "timestamp": at})
+        elif self._published:
+            self._published = False
+            self._reporter.event(
+                self._charger_id, "clockSkew", {"status": "ok", "seconds": None, "timestamp": at}
+            )
 
 
 def _availability_of(status: str) -> str | None:

@@ -28,7 +28,7 @@ from bridge.errors import (
 )
 from bridge.firmwares import FirmwareReconciler, FirmwareSupport
 from bridge.reports import Reporter
-from bridge.times import now
+from bridge.times import ChargerClock, now
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,13 @@ class Reconciler:
         request: Request,
         reporter: Reporter,
         firmware: FirmwareSupport | None = None,
+        clock: ChargerClock | None = None,
     ) -> None:
         self.charger_id = charger_id
         self._request = request
         self._reporter = reporter
+        # Orders availability reports with the StatusNotifications of the same connector.
+        self._clock = clock
         self._delta: dict[str, Any] = {}
         self._metadata: dict[str, Any] = {}
         self.firmware = (
@@ -102,6 +105,13 @@ class Reconciler:
     def poke(self) -> None:
         """Run again with the delta we have (after boot and GetConfiguration)."""
         self._wake.set()
+
+    def booted(self) -> None:
+        """The charger (re)booted: what it had is unknown until it reports again (its
+        connectors' availability; its configuration comes with the GetConfiguration that
+        follows), and what it refused is tried once more, as on a new connection."""
+        self._known = {leaf: v for leaf, v in self._known.items() if leaf[0] != "availability"}
+        self._refused.clear()
 
     def observe(self, section: str, key: str, value: str) -> None:
         """The charger told us it has ``value`` (config key or connector availability)."""
@@ -267,7 +277,11 @@ class Reconciler:
         if self._wanted("availability", connector) == value:
             self._refused.pop(leaf, None)
             reported["refused"] = {"availability": {connector: None}}
-        self._reporter.report(self.charger_id, reported, now())
+        self._reporter.report(self.charger_id, reported, self._stamp(connector))
+
+    def _stamp(self, connector: str) -> float:
+        at = now()
+        return at if self._clock is None else self._clock.state_stamp(connector, at)
 
     def _wanted(self, section: str, key: str) -> str | None:
         """The desired value of a leaf as the latest delta has it (None: not in the delta)."""
@@ -284,7 +298,7 @@ class Reconciler:
         Scheduled (OCPP 1.6 section 5.2: the change waits for a transaction to end) is not
         sent again; the StatusNotification that follows the change reports the new value.
         """
-        at = now()
+        at = self._stamp(connector)
         leaf = ("availability", connector)
         reported: dict[str, Any]
         if status == "Accepted":

@@ -8,10 +8,11 @@ presence and bridge status are retained so a late subscriber sees the current st
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from bridge.times import now, parse_timestamp
+from bridge.times import now
 from chargetwin.mqtt import MqttClient
 from chargetwin.topics import Topics
 
@@ -125,19 +126,26 @@ def sampled_value(sample: Mapping[str, Any]) -> dict[str, Any]:
         out["signedData"] = raw
         return out
     try:
-        out["value"] = float(str(raw))
+        value = float(str(raw))
     except ValueError:
+        value = math.nan
+    if math.isfinite(value):
+        out["value"] = value
+    else:
+        # Not a number, or NaN / Infinity / beyond a double ("1e999"): no store and no
+        # consumer can use it as a number (JSON has no NaN), so the text goes in ``raw``.
         out["raw"] = raw
     return out
 
 
 def meter_value_messages(
-    charger_id: str,
+    read_time: Callable[[object], float],
     connector_id: int | None,
     transaction_id: int | None,
     meter_values: Iterable[Mapping[str, Any]],
 ) -> list[dict[str, Any]]:
-    """One telemetry message per MeterValue element (each carries its own timestamp)."""
+    """One telemetry message per MeterValue element (each carries its own timestamp, judged
+    by ``read_time``: :meth:`bridge.times.ChargerClock.read`)."""
     messages = []
     for meter_value in meter_values:
         samples = meter_value.get("sampled_value") or []
@@ -145,7 +153,7 @@ def meter_value_messages(
             {
                 "connectorId": connector_id,
                 "transactionId": transaction_id,
-                "timestamp": parse_timestamp(meter_value.get("timestamp"), charger_id),
+                "timestamp": read_time(meter_value.get("timestamp")),
                 "values": [sampled_value(sample) for sample in samples],
             }
         )

@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS id_tags (
 # OCPP 1.6 transactionId is an integer; stay within a signed 32-bit value.
 _MAX_TRANSACTION_ID = 2**31 - 1
 _ALLOCATE_ATTEMPTS = 20
+# A StartTransaction is retried until answered (OCPP 1.6 section 4.8), after a reconnect
+# at worst: one day covers any charger's retry schedule.
+_RETRY_WINDOW_S = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,16 +86,33 @@ class TransactionStore:
         meter_start: int,
         started_at: float,
         reservation_id: int | None = None,
+        *,
+        exact_time: bool = True,
     ) -> StartedTransaction:
-        """The transaction id for this start, the same one for a retried identical start."""
+        """The transaction id for this start, the same one for a retried identical start.
+
+        ``exact_time`` False: ``started_at`` is our receipt time (the charger's was not
+        believed), so a retry is the open transaction of the same connector, tag and meter
+        start received within :data:`_RETRY_WINDOW_S` instead.
+        """
         key = (charger_id, connector_id, id_tag, meter_start, started_at)
         for _ in range(_ALLOCATE_ATTEMPTS):
             async with self._db.transaction() as tx:
-                rows = await tx.fetchall(
-                    "SELECT transaction_id FROM transactions WHERE charger_id = ?"
-                    " AND connector_id = ? AND id_tag = ? AND meter_start = ? AND started_at = ?",
-                    key,
-                )
+                if exact_time:
+                    rows = await tx.fetchall(
+                        "SELECT transaction_id FROM transactions WHERE charger_id = ?"
+                        " AND connector_id = ? AND id_tag = ? AND meter_start = ?"
+                        " AND started_at = ?",
+                        key,
+                    )
+                else:
+                    rows = await tx.fetchall(
+                        "SELECT transaction_id FROM transactions WHERE charger_id = ?"
+                        " AND connector_id = ? AND id_tag = ? AND meter_start = ?"
+                        " AND stopped_at IS NULL AND created_at > ?"
+                        " ORDER BY transaction_id DESC LIMIT 1",
+                        (*key[:4], time.time() - _RETRY_WINDOW_S),
+                    )
                 if rows:
                     return StartedTransaction(int(rows[0][0]), retried=True)
                 (next_id,) = (

@@ -26,7 +26,9 @@ from websockets.exceptions import ConnectionClosed
 
 from bridge import Bridge, BridgeOptions
 from chargetwin.settings import Settings
+from twin.app import run_twin
 from twin.registry import ChargerRegistry
+from twin.stores import ShadowStore
 
 BROKER_URL = os.environ.get("CHARGETWIN_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
 PASSWORD = "correct-horse-battery"
@@ -253,12 +255,21 @@ class RawCharger:
     async def reply(self, call: list[Any], payload: dict[str, Any]) -> None:
         await self.ws.send(json.dumps([3, call[1], payload]))
 
-    async def boot(self) -> None:
-        """BootNotification, then answer the GetConfiguration the bridge sends after it."""
-        await self.result("BootNotification", {"chargePointVendor": "V", "chargePointModel": "M"})
+    async def boot(self, **fields: Any) -> None:
+        """BootNotification (vendor V, model M, plus ``fields``), then answer the calls the
+        bridge makes after it: GetConfiguration (empty) and TriggerMessage StatusNotification
+        (Rejected, so no StatusNotification is owed)."""
+        payload = {"chargePointVendor": "V", "chargePointModel": "M", **fields}
+        await self.result("BootNotification", payload)
+        await self.after_boot()
+
+    async def after_boot(self) -> None:
         get_configuration = await self.next_call()
         assert get_configuration[2] == "GetConfiguration"
         await self.reply(get_configuration, {"configurationKey": []})
+        trigger = await self.next_call()
+        assert trigger[2:] == ["TriggerMessage", {"requestedMessage": "StatusNotification"}]
+        await self.reply(trigger, {"status": "Rejected"})
 
     async def closed(self, timeout: float = 5.0) -> int | None:
         async with asyncio.timeout(timeout):
@@ -305,6 +316,55 @@ async def open_charger(bridge: Bridge) -> AsyncIterator[OpenCharger]:
     yield open_
     for charger in chargers:
         await charger.close()
+
+
+# --- a real twin, for tests about what a shadow ends up holding -----------------------------
+class RunningTwin:
+    """The twin component (``twin.app.run_twin``) on the bridge's database and prefix."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        assert bridge.db is not None
+        self.store = ShadowStore(bridge.db)
+
+    async def document(self, charger_id: str) -> dict[str, Any]:
+        return await self.store.get_document(charger_id) or {}
+
+    async def reported(self, charger_id: str) -> dict[str, Any]:
+        return dict(((await self.document(charger_id)).get("state") or {}).get("reported") or {})
+
+    async def wait_reported(
+        self, charger_id: str, check: Callable[[dict[str, Any]], Any], timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """The shadow's reported state once ``check`` accepts it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            reported = await self.reported(charger_id)
+            if check(reported):
+                return reported
+            if loop.time() > deadline:
+                raise AssertionError(f"shadow of {charger_id} never matched: {reported}")
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def twin(bridge: Bridge, watcher: MqttWatcher) -> AsyncIterator[RunningTwin]:
+    settings = bridge.settings.model_copy(update={"mqtt_client_id": f"t-{uuid.uuid4().hex[:8]}"})
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(run_twin(settings, stop))
+    probe = f"probe-{uuid.uuid4().hex[:6]}"
+    answered = bridge.topics.shadow(probe, "get", "rejected")
+
+    def ready() -> bool:
+        if task.done():
+            task.result()  # raise what stopped it
+        watcher.publish(bridge.topics.shadow(probe, "get"), {})
+        return bool(watcher.on(answered))
+
+    await eventually(ready, timeout=10, what="the twin to answer")
+    yield RunningTwin(bridge)
+    stop.set()
+    await task
 
 
 def pytest_configure(config: pytest.Config) -> None:

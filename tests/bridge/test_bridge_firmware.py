@@ -34,9 +34,7 @@ async def add_image(bridge: Bridge, model: str = "M", **extra: Any) -> None:
 async def boot(charger: RawCharger, firmware: str = "1.0") -> None:
     payload = {"chargePointVendor": "V", "chargePointModel": "M", "firmwareVersion": firmware}
     await charger.result("BootNotification", payload)
-    get_configuration = await charger.next_call()
-    assert get_configuration[2] == "GetConfiguration"
-    await charger.reply(get_configuration, {"configurationKey": []})
+    await charger.after_boot()
 
 
 async def no_call(charger: RawCharger, within: float = 0.4) -> None:

@@ -27,9 +27,7 @@ def delta(version: str, at: float) -> dict[str, Any]:
 async def boot(charger: RawCharger, firmware: str) -> None:
     payload = {"chargePointVendor": "V", "chargePointModel": "M", "firmwareVersion": firmware}
     await charger.result("BootNotification", payload)
-    get_configuration = await charger.next_call()
-    assert get_configuration[2] == "GetConfiguration"
-    await charger.reply(get_configuration, {"configurationKey": []})
+    await charger.after_boot()
 
 
 def refused_firmware(message: dict[str, Any]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -9,9 +10,11 @@ from conftest import MqttWatcher, OpenCharger, RawCharger
 
 from bridge import Bridge
 from bridge.stores import IdTagStore
+from bridge.times import iso_time
 
-T0 = "2025-03-01T10:00:00Z"
-T0_EPOCH = 1740823200.0
+# An hour ago: a plausible charger time (bridge.times), and distinct from receipt time.
+T0_EPOCH = float(int(time.time()) - 3600)
+T0 = iso_time(T0_EPOCH)
 
 
 def topic(bridge: Bridge, charger: RawCharger, *parts: str) -> str:
@@ -72,6 +75,10 @@ async def test_boot_mirrors_the_charge_point_and_reads_the_configuration(
         "HeartbeatInterval": "300",
         "NumberOfConnectors": "2",
     }
+    # ... and every connector's status, which the boot made unknown.
+    trigger = await charger.next_call()
+    assert trigger[2:] == ["TriggerMessage", {"requestedMessage": "StatusNotification"}]
+    await charger.reply(trigger, {"status": "Accepted"})
 
 
 async def test_heartbeat_answers_the_current_time(open_charger: OpenCharger) -> None:
@@ -84,6 +91,8 @@ async def test_status_notification_reports_the_connector_and_an_event(
     bridge: Bridge, open_charger: OpenCharger, watcher: MqttWatcher
 ) -> None:
     charger = await open_charger()
+    # A charger clock a little ahead of ours: plausible, so its time is kept.
+    at = float(int(time.time()) + 30)
     assert (
         await charger.result(
             "StatusNotification",
@@ -93,7 +102,7 @@ async def test_status_notification_reports_the_connector_and_an_event(
                 "status": "Faulted",
                 "info": "earth leak",
                 "vendorErrorCode": "E42",
-                "timestamp": T0,
+                "timestamp": iso_time(at),
             },
         )
         == {}
@@ -105,7 +114,7 @@ async def test_status_notification_reports_the_connector_and_an_event(
                 "connectorId": 1,
                 "errorCode": "NoError",
                 "status": "Unavailable",
-                "timestamp": "2025-03-01T10:05:00Z",
+                "timestamp": iso_time(at + 5),
             },
         )
         == {}
@@ -115,14 +124,14 @@ async def test_status_notification_reports_the_connector_and_an_event(
         shadow, lambda m: m["state"]["reported"].get("availability") == {"1": "Inoperative"}
     )
     faulted, unavailable = [m for m in watcher.on(shadow) if "connectors" in m["state"]["reported"]]
-    assert faulted["timestamp"] == T0_EPOCH  # the charger's own time, not receipt time
+    assert faulted["timestamp"] == at  # the charger's own time, not receipt time
     assert faulted["state"]["reported"]["connectors"]["1"] == {
         "status": "Faulted",
         "errorCode": "GroundFailure",
         "info": "earth leak",
         "vendorId": None,
         "vendorErrorCode": "E42",
-        "timestamp": T0_EPOCH,
+        "timestamp": at,
     }
     # Absent optional fields are sent as null, which deletes the old info in the shadow.
     assert unavailable["state"]["reported"]["connectors"]["1"]["info"] is None
@@ -170,7 +179,7 @@ async def test_meter_values_keep_every_measurand_phase_and_unit(
                             },
                         ],
                     },
-                    {"timestamp": "2025-03-01T10:01:00Z", "sampledValue": [{"value": "1300"}]},
+                    {"timestamp": iso_time(T0_EPOCH + 60), "sampledValue": [{"value": "1300"}]},
                 ],
             },
         )

@@ -118,6 +118,9 @@ async def test_after_boot_the_configuration_is_read_then_the_delta_applied(
             ]
         },
     )
+    trigger = await charger.next_call()
+    assert trigger[2] == "TriggerMessage"
+    await charger.reply(trigger, {"status": "NotImplemented"})
     only_b = await charger.next_call()
     assert only_b[2:] == ["ChangeConfiguration", {"key": "B", "value": "2"}]
     await charger.reply(only_b, {"status": "Accepted"})

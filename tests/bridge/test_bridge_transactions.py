@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from conftest import MakeBridge, MqttWatcher, OpenCharger
 
 from bridge.stores import TransactionStore
+from bridge.times import iso_time
 from chargetwin.database import connect
+
+T0 = float(int(time.time()) - 7200)  # a plausible charger time (bridge.times)
 
 START = {
     "connectorId": 1,
     "idTag": "TAG-1",
     "meterStart": 1000,
-    "timestamp": "2025-03-01T10:00:00Z",
+    "timestamp": iso_time(T0),
 }
 
 
@@ -37,11 +41,11 @@ async def test_start_and_stop_are_idempotent_and_durable(
         "transactionId": first["transactionId"],
         "meterStop": 5400,
         "idTag": "TAG-1",
-        "timestamp": "2025-03-01T11:00:00Z",
+        "timestamp": iso_time(T0 + 3600),
         "reason": "EVDisconnected",
         "transactionData": [
             {
-                "timestamp": "2025-03-01T11:00:00Z",
+                "timestamp": iso_time(T0 + 3600),
                 "sampledValue": [
                     {"value": "5400", "context": "Transaction.End"},
                 ],
@@ -89,7 +93,7 @@ async def test_stop_without_id_tag_and_reason_uses_the_spec_default(
     stop = {
         "transactionId": started["transactionId"],
         "meterStop": 1500,
-        "timestamp": "2025-03-01T10:30:00Z",
+        "timestamp": iso_time(T0 + 1800),
     }
     assert await charger.result("StopTransaction", stop) == {}
     events = f"{bridge.topics.charger(charger.charger_id)}/events/transaction"

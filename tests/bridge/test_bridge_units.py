@@ -54,8 +54,8 @@ def test_ocpp_date_times_parse_to_epoch_seconds(text: str, epoch: float) -> None
     assert parse_timestamp(text) == epoch
 
 
-def test_a_bad_date_time_falls_back_to_receipt_time() -> None:
-    assert parse_timestamp("yesterday", default=42.0) == 42.0
+def test_a_bad_date_time_is_none() -> None:
+    assert parse_timestamp("yesterday") is None
     assert iso_time(1740823200.0) == "2025-03-01T10:00:00.000Z"
 
 

@@ -1,0 +1,112 @@
+"""A BootNotification is a new start: connector state from before it is not trusted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from conftest import OpenCharger, RawCharger, RunningTwin, eventually
+
+from bridge import Bridge
+from bridge.times import iso_time
+from twin.documents import ShadowDocument
+
+
+async def answer_calls(charger: RawCharger, seen: list[list[Any]], statuses: bool) -> None:
+    """Play a charger that answers what the bridge asks; a triggered StatusNotification is
+    sent only when ``statuses`` (a factory-reset charger that reports nothing unasked)."""
+    while True:
+        call = await charger.calls.get()
+        seen.append(call)
+        action = call[2]
+        if action == "GetConfiguration":
+            await charger.reply(call, {"configurationKey": []})
+        elif action == "TriggerMessage":
+            await charger.reply(call, {"status": "Accepted" if statuses else "Rejected"})
+            if statuses:
+                for connector in (0, 1):
+                    payload = {
+                        "connectorId": connector,
+                        "errorCode": "NoError",
+                        "status": "Available",
+                        "timestamp": iso_time(),
+                    }
+                    frame = [2, f"status-{connector}", "StatusNotification", payload]
+                    await charger.ws.send(json.dumps(frame))
+        else:
+            await charger.reply(call, {"status": "Accepted"})
+
+
+async def seed_inoperative(twin: RunningTwin, charger_id: str) -> None:
+    """What an earlier life of the charger left: desired and reported Inoperative."""
+    at = time.time() - 3600
+    earlier = ShadowDocument(charger_id)
+    earlier.apply({"desired": {"availability": {"0": "Inoperative"}}}, at)
+    earlier.apply(
+        {
+            "reported": {
+                "chargePoint": {"vendor": "V", "model": "M"},
+                "availability": {"0": "Inoperative"},
+                "connectors": {"0": {"status": "Unavailable", "errorCode": "NoError"}},
+            }
+        },
+        at + 1,
+    )
+    earlier.version = 1
+    await twin.store.save_many([(earlier, 0)])
+
+
+async def test_availability_is_reconciled_again_after_a_factory_reset(
+    bridge: Bridge, open_charger: OpenCharger, twin: RunningTwin
+) -> None:
+    charger_id = "cp-factory-reset"
+    await seed_inoperative(twin, charger_id)
+    charger = await open_charger(charger_id)
+    seen: list[list[Any]] = []
+    player = asyncio.get_running_loop().create_task(answer_calls(charger, seen, statuses=False))
+    try:
+        await charger.result(
+            "BootNotification", {"chargePointVendor": "V", "chargePointModel": "M"}
+        )
+
+        # The old Inoperative is forgotten: the delta holds it again and it is sent again.
+        def changes() -> list[Any]:
+            return [c[2:] for c in seen if c[2] == "ChangeAvailability"]
+
+        await eventually(changes, what="a ChangeAvailability")
+        assert changes() == [["ChangeAvailability", {"connectorId": 0, "type": "Inoperative"}]]
+        await twin.wait_reported(
+            charger_id, lambda r: r.get("availability") == {"0": "Inoperative"}
+        )
+        assert ["TriggerMessage", {"requestedMessage": "StatusNotification"}] in [
+            c[2:] for c in seen
+        ]
+    finally:
+        player.cancel()
+
+
+async def test_triggered_statuses_replace_the_old_connectors(
+    bridge: Bridge, open_charger: OpenCharger, twin: RunningTwin
+) -> None:
+    charger_id = "cp-rebooted"
+    await seed_inoperative(twin, charger_id)
+    charger = await open_charger(charger_id)
+    seen: list[list[Any]] = []
+    player = asyncio.get_running_loop().create_task(answer_calls(charger, seen, statuses=True))
+    try:
+        await charger.result(
+            "BootNotification", {"chargePointVendor": "V", "chargePointModel": "M"}
+        )
+        reported = await twin.wait_reported(
+            charger_id,
+            lambda r: (
+                {k: v.get("status") for k, v in (r.get("connectors") or {}).items()}
+                == {"0": "Available", "1": "Available"}
+                and r.get("availability") == {"0": "Inoperative", "1": "Operative"}
+            ),
+        )
+        assert reported["connectors"]["0"]["errorCode"] == "NoError"
+    finally:
+        player.cancel()
