@@ -79,6 +79,7 @@ class CommandRunner:
         *,
         timeout: float = 30.0,
         max_running: int = 64,
+        accepted: asyncio.Event | None = None,
     ) -> None:
         self.charger_id = charger_id
         self._request = request
@@ -88,6 +89,7 @@ class CommandRunner:
         self._timeout = timeout
         self._max_running = max_running
         self._running = 0
+        self._accepted = accepted
 
     def submit(self, raw: bytes) -> None:
         """Check one request and start it; a bad request is answered at once."""
@@ -109,6 +111,11 @@ class CommandRunner:
             return
         if not isinstance(payload, dict):
             self._error(token, name, 400, "payload must be a JSON object")
+            return
+        if self._accepted is not None and not self._accepted.is_set() and name != "trigger":
+            # OCPP 1.6 section 4.2: nothing is asked of a charger that is not accepted, but
+            # a TriggerMessage may ask it to boot.
+            self._error(token, name, 409, "charger not accepted yet: no BootNotification")
             return
         if self._running >= self._max_running:
             self._error(token, name, 503, f"{self._running} commands already waiting")

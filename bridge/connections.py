@@ -2,7 +2,8 @@
 
 The connection owns its handler (answers and mirrors), its reconciler (one task), its
 commands (one task each) and the GetConfiguration after each boot; all of them end with
-the socket.
+the socket. It decides when the charger is *online*: once it is accepted (its boot on this
+connection, or an earlier accepted boot; see :mod:`bridge.handlers`), not at the upgrade.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from bridge.errors import OutgoingCallError
 from bridge.handlers import ChargePointHandler, Services
 from bridge.limits import FloodGuard, FloodLimit
 from bridge.reconcilers import Reconciler
+from bridge.stores import booted_before
 from bridge.tasks import TaskSet
 from bridge.times import now
+from chargetwin.database import DatabaseError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,9 @@ class ChargerConnection:
         self.finished = asyncio.Event()
         self.tasks = TaskSet(charger_id)
         self.guard = FloodGuard(options.flood)
+        self.services = services
+        # Set once the charger is accepted: presence says online, reconciliation may act.
+        self.accepted = asyncio.Event()
         # The handler reports back through a weak proxy: a strong back-reference would put
         # every connection in a reference cycle, freed only by a full garbage collection
         # (~1 s with 10,000 chargers held) instead of as soon as the socket closes.
@@ -73,6 +79,7 @@ class ChargerConnection:
             services.reporter,
             services.firmware,
             self.handler.clock,
+            self.accepted,
         )
         self.commands = CommandRunner(
             charger_id,
@@ -81,12 +88,14 @@ class ChargerConnection:
             self.reconciler,
             self.tasks,
             timeout=options.command_timeout,
+            accepted=self.accepted,
         )
 
     # --- lifecycle -----------------------------------------------------------------------
     async def serve(self) -> None:
         """Read frames until the socket closes; always cancels the owned tasks."""
         self.tasks.spawn(self.reconciler.run(), "reconciler")
+        self.tasks.spawn(self._recall(), "history")
         try:
             async for frame in self.websocket:
                 admitted = self.guard.admit()
@@ -111,12 +120,59 @@ class ChargerConnection:
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         await self.websocket.close(code, reason)
 
+    @property
+    def online(self) -> bool:
+        """Announced online (accepted); an MQTT reconnect announces only these again."""
+        return self.accepted.is_set()
+
+    def _accept(self) -> None:
+        if self.accepted.is_set():
+            return
+        self.handler.accepted = True
+        self.accepted.set()
+        self.services.reporter.presence(self.charger_id, True, now())
+        log.info("%s: online", self.charger_id)
+
+    async def _recall(self) -> None:
+        """Was a boot of this charger accepted before? (It need not boot again.)"""
+        known = self.charger_id in self.services.accepted
+        firmware = self.services.firmware
+        if not known and firmware is not None:
+            try:
+                known = await booted_before(firmware.shadows.db, self.charger_id)
+            except DatabaseError as exc:
+                # Unknown history must not lock a working charger out: let it talk.
+                log.warning("%s: boot history unreadable (%s); accepted", self.charger_id, exc)
+                known = True
+        elif not known:
+            known = True  # no store to ask (firmware support off): as if accepted
+        if not self.handler.history.done():
+            self.handler.history.set_result(known)
+        if known:
+            self._accept()
+
     # --- events from the handler (ConnectionEvents) -------------------------------------------
     def booted(self) -> None:
+        self._accept()
         self.reconciler.booted()
         if self.reconciler.firmware is not None and self.handler.charge_point is not None:
             self.reconciler.firmware.booted(self.handler.charge_point)
         self.tasks.spawn(self._after_boot(), "configuration")
+
+    def boot_wanted(self) -> None:
+        self.tasks.spawn(self._ask_boot(), "boot request")
+
+    async def _ask_boot(self) -> None:
+        """OCPP 1.6 section 5.17: TriggerMessage BootNotification, once per connection."""
+        try:
+            answer = await self.handler.request(
+                "TriggerMessage", {"requestedMessage": "BootNotification"}
+            )
+        except OutgoingCallError as exc:
+            log.info("%s: TriggerMessage BootNotification failed: %s", self.charger_id, exc)
+        else:
+            status = answer.get("status")
+            log.info("%s: TriggerMessage BootNotification %s", self.charger_id, status)
 
     def firmware_status(self, status: str) -> None:
         if self.reconciler.firmware is not None:

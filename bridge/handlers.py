@@ -7,6 +7,17 @@ a ``call_result`` dataclass, and publishes through the :class:`~bridge.reports.R
 shadow reports stamped with the charger's own timestamp where OCPP gives one and it is
 plausible (:class:`~bridge.times.ChargerClock`), telemetry, events.
 
+**Accepted first** (OCPP 1.6 section 4.2): a charger sends BootNotification each time it
+boots and "SHALL NOT send any other request" until one is accepted. It does not boot again
+after a mere reconnect, so a charger is accepted on a connection when it boots on it, or
+when one of its boots was accepted before (this bridge process remembers the chargers it
+accepted; any bridge's accepted boot shows in the shadow store,
+:func:`bridge.stores.booted_before`). Before that, every other CALL is answered CALLERROR
+``SecurityError`` (OCPP-J 1.6 section 4.2.3; OCPP 2.0.1 prescribes the same answer,
+B02.FR.09), the connection asks once for a BootNotification (TriggerMessage, section
+5.17), and the charger is not online (presence is published when it is accepted). Its
+messages are neither mirrored nor published.
+
 A BootNotification is a new start of the charger: what it reported about its connectors
 before (status, availability) may no longer hold (a reboot, a factory reset), so the boot
 clears ``reported.connectors`` and ``reported.availability`` and the connection asks for
@@ -16,6 +27,7 @@ availability again, so reconciliation runs again instead of trusting a stale val
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +35,8 @@ from functools import cache
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from ocpp.charge_point import camel_to_snake_case
+from ocpp.exceptions import SecurityError
+from ocpp.messages import Call
 from ocpp.routing import on as ocpp_on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
@@ -71,6 +85,9 @@ class ConnectionEvents(Protocol):
     def firmware_status(self, status: str) -> None:
         """A (Signed)FirmwareStatusNotification arrived (firmware reconciliation follows it)."""
 
+    def boot_wanted(self) -> None:
+        """A charger not accepted yet sent something else than a BootNotification."""
+
 
 @dataclass(frozen=True, slots=True)
 class Services:
@@ -82,6 +99,9 @@ class Services:
     heartbeat_interval: int = 300
     data_transfer_vendors: frozenset[str] = field(default_factory=frozenset)
     firmware: FirmwareSupport | None = None  # None: firmware deltas are not acted on
+    # Chargers whose BootNotification this process accepted (they may reconnect without
+    # booting again); shared by all connections, at most one entry per charger.
+    accepted: set[str] = field(default_factory=set)
 
 
 class ChargePointHandler(OcppEndpoint):
@@ -102,6 +122,11 @@ class ChargePointHandler(OcppEndpoint):
         self.events = events
         self._reporter = services.reporter
         self._statuses: dict[int, str] = {}
+        # May the charger talk (a boot accepted on this connection, or earlier)? Until the
+        # connection has looked the charger's history up, ``history`` is pending.
+        self.accepted = False
+        self.history: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._boot_asked = False
         self.clock = ChargerClock(
             charger_id,
             now() if connected_at is None else connected_at,
@@ -156,6 +181,32 @@ class ChargePointHandler(OcppEndpoint):
         "MeterValues": _fast_meter_values,
     }
 
+    # --- accepted first (see the module docstring) --------------------------------------------
+    async def _route_call(self, msg: Call) -> None:
+        if self.accepted or msg.action == "BootNotification":
+            await super()._route_call(msg)
+            return
+        if not self.history.done():
+            await asyncio.shield(self.history)
+        if self.history.result():
+            await super()._route_call(msg)
+            return
+        if not self._boot_asked:
+            self._boot_asked = True
+            log.warning(
+                "%s: %s before an accepted BootNotification: SecurityError",
+                self.charger_id,
+                msg.action,
+            )
+            self.events.boot_wanted()
+        await self._send_error(
+            msg.unique_id,
+            SecurityError(
+                description="BootNotification not accepted yet",
+                details={"cause": "send BootNotification first (OCPP 1.6 section 4.2)"},
+            ),
+        )
+
     # --- core: registration and liveness ----------------------------------------------------
     @on(Action.boot_notification)
     async def on_boot_notification(self, **boot: Any) -> call_result.BootNotification:
@@ -172,6 +223,8 @@ class ChargePointHandler(OcppEndpoint):
         if "firmwareVersion" in charge_point:
             reported["firmware"] = {"version": charge_point["firmwareVersion"]}
         self._statuses.clear()
+        self.accepted = True
+        self.services.accepted.add(self.charger_id)
         self._reporter.report(self.charger_id, reported, self.clock.reset_state(at))
         self._reporter.event(self.charger_id, "boot", {**charge_point, "timestamp": at})
         log.info(

@@ -58,12 +58,15 @@ class Reconciler:
         reporter: Reporter,
         firmware: FirmwareSupport | None = None,
         clock: ChargerClock | None = None,
+        accepted: asyncio.Event | None = None,
     ) -> None:
         self.charger_id = charger_id
         self._request = request
         self._reporter = reporter
         # Orders availability reports with the StatusNotifications of the same connector.
         self._clock = clock
+        # Nothing is sent before the charger is accepted (OCPP 1.6 section 4.2).
+        self._accepted = accepted
         self._delta: dict[str, Any] = {}
         self._metadata: dict[str, Any] = {}
         self.firmware = (
@@ -122,6 +125,8 @@ class Reconciler:
         """The connection's reconciliation task: never two runs at once."""
         while True:
             await self._wake.wait()
+            if self._accepted is not None:
+                await self._accepted.wait()
             self._wake.clear()
             try:
                 await self.reconcile_once()

@@ -272,8 +272,7 @@ class OcppServer:
 
     async def _run(self, charger_id: str, connection: ChargerConnection) -> None:
         reporter = self.services.reporter
-        reporter.presence(charger_id, True, connection.since)
-        log.info("%s: connected", charger_id)
+        log.info("%s: connected", charger_id)  # online once accepted (bridge.connections)
         try:
             await connection.serve()
         finally:

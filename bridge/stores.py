@@ -184,6 +184,18 @@ class TransactionStore:
         return dict(zip(names, row, strict=True))
 
 
+async def booted_before(db: Database, charger_id: str) -> bool:
+    """Whether a BootNotification of ``charger_id`` was ever accepted, by any bridge.
+
+    Read from the twin's shadow table: its ``vendor`` column is
+    ``reported.chargePoint.vendor``, which only an accepted BootNotification writes
+    (``chargePointVendor`` is required there), and a factory reset or unregistering deletes
+    the shadow with it.
+    """
+    row = await db.fetchone("SELECT vendor FROM shadows WHERE charger_id = ?", (charger_id,))
+    return row is not None and row[0] is not None
+
+
 class IdTagStore:
     """The ``id_tags`` table behind Authorize and the idTagInfo of transactions.
 

@@ -295,13 +295,18 @@ async def open_charger(bridge: Bridge) -> AsyncIterator[OpenCharger]:
         password: str = PASSWORD,
         target: Bridge | None = None,
         registered: bool = True,
+        accepted: bool = True,
     ) -> RawCharger:
+        """``accepted``: the charger booted on this bridge before (so it may talk at once,
+        like a charger reconnecting); False for one that must boot first."""
         target = target or bridge
         charger_id = charger_id or f"cp-{uuid.uuid4().hex[:10]}"
         if registered and target.db is not None:
             registry = ChargerRegistry(target.db)
             if not await registry.exists(charger_id):
                 await registry.register(charger_id, password)
+        if accepted and target.services is not None:
+            target.services.accepted.add(charger_id)
         ws = await connect(
             url_of(target, charger_id),
             subprotocols=["ocpp1.6"],  # type: ignore[list-item]

@@ -102,14 +102,16 @@ def wss(bridge: Bridge, charger_id: str) -> str:
 
 
 async def heartbeat(url: str, context: ssl.SSLContext, headers: dict[str, str]) -> str:
-    """Connect, send one Heartbeat, return the answer frame."""
+    """Connect, send one BootNotification (a new charger's first call), return the answer."""
     async with connect(
         url,
         ssl=context,
         subprotocols=["ocpp1.6"],
         additional_headers=headers,  # type: ignore[list-item]
     ) as ws:
-        await ws.send('[2,"hb-1","Heartbeat",{}]')
+        await ws.send(
+            '[2,"b-1","BootNotification",{"chargePointVendor":"V","chargePointModel":"M"}]'
+        )
         answer = await ws.recv()
         return str(answer)
 
@@ -131,7 +133,7 @@ async def test_profile2_charger_with_password_connects_over_tls(
     answer = await heartbeat(
         wss(profile2, CHARGER), client_context(certificates), basic(CHARGER, PASSWORD)
     )
-    assert answer.startswith('[3,"hb-1",{"currentTime"')
+    assert answer.startswith('[3,"b-1",{"currentTime"')
 
 
 async def test_profile2_without_password_is_401(
@@ -181,7 +183,7 @@ async def test_profile3_charger_with_its_certificate_connects_without_password(
 ) -> None:
     context = client_context(certificates, certificates.charger)
     answer = await heartbeat(wss(profile3, CHARGER), context, {})
-    assert answer.startswith('[3,"hb-1",{"currentTime"')
+    assert answer.startswith('[3,"b-1",{"currentTime"')
     presence = f"{profile3.topics.prefix}/chargers/{CHARGER}/presence"
     await watcher.wait_for(presence, lambda p: p and p["online"])
 
