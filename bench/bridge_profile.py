@@ -25,6 +25,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from bench.boots import mark_booted
 from bench.bridge_connections import Figures, ignore, storm
 from bench.bridge_load import BIN, MqttCounter, Server, open_fleet, raise_nofile, register
 from bench.bridge_throughput import Load
@@ -66,6 +67,7 @@ async def profile_storm(spy_bin: str, args: argparse.Namespace) -> None:
         data = Path(tmp)
         ids = [f"ST{i:05d}" for i in range(args.chargers)]
         await register(data, ids)
+        await mark_booted(data, ids)
         server = Server.bridge(data, f"profile-{uuid.uuid4().hex[:8]}")
         await server.start()
         chargers = []
@@ -100,6 +102,7 @@ async def main(args: argparse.Namespace) -> None:
         data = Path(tmp)
         ids = [f"MV{i:05d}" for i in range(args.chargers)]
         await register(data, ids)
+        await mark_booted(data, ids)
         prefix = f"profile-{uuid.uuid4().hex[:8]}"
         server = Server.bridge(data, prefix, "--ocpp-flood-rate=1000", "--ocpp-flood-burst=1000")
         await server.start()

@@ -33,6 +33,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.boots import mark_booted
 from bench.bridge_load import (
     BIN,
     MqttCounter,
@@ -231,6 +232,7 @@ async def main(args: argparse.Namespace) -> None:
             data = Path(tmp)
             prefix = f"bench-{uuid.uuid4().hex[:8]}"
             await register(data, meter_ids + status_ids)
+            await mark_booted(data, meter_ids + status_ids)
             twin = await asyncio.create_subprocess_exec(
                 str(BIN / "chargetwin"), "twin", f"--mqtt-url={broker_url()}",
                 f"--mqtt-prefix={prefix}", f"--data-dir={data}",
