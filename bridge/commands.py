@@ -161,6 +161,8 @@ class CommandRunner:
             )
         elif action == "GetConfiguration":
             self._reconciler.record_configuration(answer)
+        elif action in ("UpdateFirmware", "SignedUpdateFirmware") and self._reconciler.firmware:
+            self._reconciler.firmware.one_off()
 
     def _error(self, token: Any, name: Any, code: int, message: str, **extra: Any) -> None:
         if code >= 500:

@@ -189,7 +189,7 @@ class ChargerConnection:
         except OutgoingCallError as exc:
             log.warning("%s: GetConfiguration after boot failed: %s", self.charger_id, exc)
         else:
-            values = self.reconciler.record_configuration(answer)
+            values = self.reconciler.record_configuration(answer, complete=True)
             log.debug("%s: %d configuration keys reported", self.charger_id, len(values))
         try:
             # OCPP 1.6 section 5.17: without connectorId, for every connector.

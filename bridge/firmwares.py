@@ -97,6 +97,9 @@ class FirmwareReconciler:
         self._installed: str | None = None
         self._attempt: _Attempt | None = None
         self._desired: str | None = None
+        # The last firmware request on this connection was an operator's one-off command:
+        # its news belong to the command, not to desired state (no refusal from them).
+        self._one_off = False
         self.sent: list[str] = []  # actions sent on this connection (for tests and logs)
 
     # --- inputs --------------------------------------------------------------------------
@@ -110,8 +113,16 @@ class FirmwareReconciler:
             # Installed on this connection, then rebooted without closing the socket.
             self._not_running(installed, running)
 
+    def one_off(self) -> None:
+        """An ``update-firmware`` / ``signed-update-firmware`` command was sent."""
+        self._one_off = True
+        self._attempt = None
+        self._installed = None
+
     def status(self, status: str) -> None:
         """A (Signed)FirmwareStatusNotification; a failure becomes a refusal."""
+        if self._one_off:
+            return
         if status == "Installed":
             self._installed = self._attempt.version if self._attempt else self._desired
             return
@@ -136,6 +147,7 @@ class FirmwareReconciler:
         if attempt is not None and attempt.version == version and attempt.asked_at >= asked_at:
             return
         self._attempt = _Attempt(version, asked_at)
+        self._one_off = False
         if await self._settled_before(version, asked_at):
             return
         vendor, model = str(charge_point.get("vendor")), str(charge_point.get("model"))

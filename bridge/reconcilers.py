@@ -215,16 +215,28 @@ class Reconciler:
         self.record_availability(connector, value, str(answer.get("status")))
 
     # --- results ---------------------------------------------------------------------------
-    def record_configuration(self, answer: Mapping[str, Any]) -> dict[str, str]:
-        """Report a GetConfiguration answer into ``reported.config`` (keys with a value)."""
+    def record_configuration(
+        self, answer: Mapping[str, Any], *, complete: bool = False
+    ) -> dict[str, str]:
+        """Report a GetConfiguration answer into ``reported.config`` (keys with a value).
+
+        ``complete``: the answer to a GetConfiguration without keys, which lists every key
+        (OCPP 1.6 section 5.8); it replaces ``reported.config`` whole, so a key the charger
+        no longer has (a factory reset, new firmware) does not stay reported for ever.
+        """
         values: dict[str, str] = {}
         for entry in answer.get("configurationKey") or []:
             if isinstance(entry, dict) and isinstance(entry.get("value"), str):
                 values[str(entry["key"])] = entry["value"]
+        at = now()
+        if complete:
+            self._known = {leaf: v for leaf, v in self._known.items() if leaf[0] != "config"}
+            self._reporter.report(self.charger_id, {"config": None}, at)
+            at += 1e-6  # the values land after the clearing, in the twin's order
         for key, value in values.items():
             self._known[("config", key)] = value
         if values:
-            self._reporter.report(self.charger_id, {"config": values}, now())
+            self._reporter.report(self.charger_id, {"config": values}, at)
         return values
 
     def record_config(self, key: str, value: str, status: str, reason: str | None = None) -> None:

@@ -97,3 +97,26 @@ async def test_a_refusal_goes_when_its_leaf_leaves_the_delta(
     )
     assert cleared
     await charger.reply(call, {"status": "Accepted"})
+
+
+async def test_a_failed_one_off_firmware_update_is_not_a_refusal_of_desired_firmware(
+    bridge: Bridge, open_charger: OpenCharger, watcher: MqttWatcher
+) -> None:
+    charger = await open_charger()
+    await charger.boot(firmwareVersion="2.0")
+    shadow = bridge.topics.shadow(charger.charger_id, "update")
+    delta_topic = bridge.topics.shadow(charger.charger_id, "update", "delta")
+    # Desired is what it runs; a field engineer tries an image by hand, and it fails.
+    watcher.publish(delta_topic, {"state": {"firmware": {"version": "2.0"}}})
+    command = bridge.topics.command(charger.charger_id)
+    payload = {"location": "ftp://field/x.bin", "retrieveDate": "2030-01-01T00:00:00Z"}
+    watcher.publish(command, {"name": "update-firmware", "payload": payload, "clientToken": "fw"})
+    call = await charger.next_call()
+    assert call[2] == "UpdateFirmware"
+    await charger.reply(call, {})
+    await watcher.wait_for(f"{command}/result", lambda m: m["clientToken"] == "fw")
+    await charger.result("FirmwareStatusNotification", {"status": "InstallationFailed"})
+    # Everything the status caused is published before this marker (QoS 1, in order).
+    await charger.result("DataTransfer", {"vendorId": "marker"})
+    await watcher.wait_for(bridge.topics.events(charger.charger_id, "dataTransfer"))
+    assert not [m for m in watcher.on(shadow) if has_refusal(m)]

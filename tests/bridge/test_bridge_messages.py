@@ -70,7 +70,11 @@ async def test_boot_mirrors_the_charge_point_and_reads_the_configuration(
             "unknownKey": [],
         },
     )
-    config = await watcher.wait_for(shadow, lambda m: "config" in m["state"]["reported"])
+    # The whole configuration replaces the old one: cleared, then the values.
+    config = await watcher.wait_for(shadow, lambda m: m["state"]["reported"].get("config"))
+    cleared = next(m for m in watcher.on(shadow) if "config" in m["state"]["reported"])
+    assert cleared["state"]["reported"] == {"config": None}
+    assert cleared["timestamp"] < config["timestamp"]
     assert config["state"]["reported"]["config"] == {
         "HeartbeatInterval": "300",
         "NumberOfConnectors": "2",

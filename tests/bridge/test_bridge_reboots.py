@@ -110,3 +110,32 @@ async def test_triggered_statuses_replace_the_old_connectors(
         assert reported["connectors"]["0"]["errorCode"] == "NoError"
     finally:
         player.cancel()
+
+
+async def test_the_configuration_read_after_a_boot_replaces_the_old_one(
+    bridge: Bridge, open_charger: OpenCharger, twin: RunningTwin
+) -> None:
+    charger_id = "cp-new-config"
+    earlier = ShadowDocument(charger_id)
+    earlier.apply(
+        {
+            "reported": {
+                "chargePoint": {"vendor": "V", "model": "M"},
+                "config": {"HeartbeatInterval": "300", "VendorGone": "1"},
+            }
+        },
+        time.time() - 60,
+    )
+    earlier.version = 1
+    await twin.store.save_many([(earlier, 0)])
+    charger = await open_charger(charger_id)
+    await charger.result("BootNotification", {"chargePointVendor": "V", "chargePointModel": "M"})
+    get_configuration = await charger.next_call()
+    await charger.reply(
+        get_configuration,
+        {"configurationKey": [{"key": "HeartbeatInterval", "readonly": False, "value": "60"}]},
+    )
+    reported = await twin.wait_reported(
+        charger_id, lambda r: r.get("config") == {"HeartbeatInterval": "60"}
+    )
+    assert "VendorGone" not in reported["config"]
