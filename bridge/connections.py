@@ -135,19 +135,18 @@ class ChargerConnection:
 
     async def _recall(self) -> None:
         """Was a boot of this charger accepted before? (It need not boot again.)"""
-        known = self.charger_id in self.services.accepted
         firmware = self.services.firmware
-        if not known and firmware is not None:
-            try:
+        # Unknown history must not lock a working charger out: it may talk unless the
+        # store says it never booted (the handler waits for this answer, so it always comes).
+        known = True
+        try:
+            if self.charger_id not in self.services.accepted and firmware is not None:
                 known = await booted_before(firmware.shadows.db, self.charger_id)
-            except DatabaseError as exc:
-                # Unknown history must not lock a working charger out: let it talk.
-                log.warning("%s: boot history unreadable (%s); accepted", self.charger_id, exc)
-                known = True
-        elif not known:
-            known = True  # no store to ask (firmware support off): as if accepted
-        if not self.handler.history.done():
-            self.handler.history.set_result(known)
+        except DatabaseError as exc:
+            log.warning("%s: boot history unreadable (%s); accepted", self.charger_id, exc)
+        finally:
+            if not self.handler.history.done():
+                self.handler.history.set_result(known)
         if known:
             self._accept()
 
