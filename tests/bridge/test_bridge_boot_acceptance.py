@@ -83,3 +83,17 @@ async def test_a_charger_accepted_before_need_not_boot_again(
     await watcher.wait_for(presence, lambda m: m and m["online"])
     assert (await charger.call("StatusNotification", {**STATUS, "timestamp": iso_time()}))[0] == 3
     assert charger.calls.empty()  # no boot asked for
+
+
+async def test_an_unreadable_boot_history_does_not_lock_a_charger_out(
+    bridge: Bridge, open_charger: OpenCharger, watcher: MqttWatcher
+) -> None:
+    assert bridge.db is not None
+    await bridge.db.execute("ALTER TABLE shadows RENAME TO shadows_elsewhere")
+    try:
+        charger = await open_charger(accepted=False)
+        assert (await charger.call("Heartbeat", {}))[0] == 3
+        presence = bridge.topics.presence(charger.charger_id)
+        await watcher.wait_for(presence, lambda m: m and m["online"])
+    finally:
+        await bridge.db.execute("ALTER TABLE shadows_elsewhere RENAME TO shadows")
