@@ -5,15 +5,29 @@ gets the charger's own tags (``charger``, and ``site`` when the registry gives o
 every point starts from them, so rules filter and group by site as by charger. Numbers
 are written as floats and states as strings, one type per field, as InfluxDB requires.
 Times are the charger's own where the bridge carries one, receipt time else.
+
+MQTT is an open contract (anyone allowed on the telemetry topics may publish), so a
+message is validated here: what no store can hold (a time beyond 64-bit nanoseconds, a
+number that is not finite, a lone surrogate, ...) comes back as a :class:`Rejection`
+with its reason, point by point, next to the message's good points.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-from rules.points import FieldValue, Point, make_point, to_ns
+from rules.points import (
+    FieldValue,
+    InvalidPoint,
+    Point,
+    Rejection,
+    as_number,
+    make_point,
+    problem_of,
+    to_ns,
+)
 
 # Stop reasons (OCPP 1.6 section 7.38 Reason) that end a session normally; anything else
 # (EmergencyStop, PowerLoss, Reboot, ...) is not a successful completion (EV-ChART).
@@ -41,7 +55,7 @@ def meter_values(charger: Mapping[str, str], body: dict[str, Any], now: float) -
         value = sample.get("value")
         fields: dict[str, FieldValue]
         if isinstance(value, int | float):  # bool included, as 1.0/0.0
-            fields = {"value": float(value)}
+            fields = {"value": as_number(value)}
         else:
             raw = sample.get("raw") or sample.get("signedData")
             if raw is None:
@@ -178,22 +192,52 @@ def charger_of(prefix: str, topic: str) -> str:
     return topic[len(head) :].partition("/")[0]
 
 
+class Conversion(NamedTuple):
+    """What one message gives: the points to record, and what was refused and why."""
+
+    points: list[Point]
+    rejections: list[Rejection]
+
+
+NOTHING = Conversion([], [])
+
+
 def convert(
     prefix: str, topic: str, payload: bytes, now: float, site: str | None = None
-) -> list[Point]:
-    """The points of one message; [] for kinds not recorded or unreadable payloads."""
+) -> Conversion:
+    """The points of one message and its rejections; nothing for kinds not recorded.
+
+    Never raises for a payload, whatever it holds: an unreadable message is one rejection,
+    a point no store can hold is a rejection of that point alone.
+    """
     head = f"{prefix}/chargers/"
     if not topic.startswith(head):
-        return []
+        return NOTHING
     charger, _, tail = topic[len(head) :].partition("/")
     converter = CONVERTERS.get(tail)
     if converter is None or not charger:
-        return []
+        return NOTHING
     try:
         body = json.loads(payload)
-    except ValueError:
-        return []
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        return Conversion([], [Rejection(f"payload is not JSON: {type(exc).__name__}: {exc}")])
     if not isinstance(body, dict):
-        return []
+        return Conversion(
+            [], [Rejection(f"payload is a JSON {type(body).__name__}, not an object")]
+        )
     tags = {"charger": charger, "site": site} if site else {"charger": charger}
-    return converter(tags, body, now)
+    try:
+        points = converter(tags, body, now)
+    except InvalidPoint as exc:
+        return Conversion([], [Rejection(str(exc))])
+    except Exception as exc:  # a payload shape no converter foresaw: refuse it, with why
+        return Conversion([], [Rejection(f"unreadable {tail}: {type(exc).__name__}: {exc}")])
+    good: list[Point] = []
+    rejections: list[Rejection] = []
+    for point in points:
+        problem = problem_of(point)
+        if problem is None:
+            good.append(point)
+        else:
+            rejections.append(Rejection(problem, point))
+    return Conversion(good, rejections)

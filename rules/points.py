@@ -6,6 +6,7 @@ stores compare the same numbers and a replayed point lands on the same timestamp
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,19 @@ NS = 1_000_000_000
 
 FieldValue = float | str
 Labels = tuple[tuple[str, str], ...]
+
+# The times both stores hold: InfluxDB's line protocol refuses anything outside
+# MinInt64 + 2 .. MaxInt64 - 1 ns ("time outside range"), SQLite's INTEGER is 64 bits.
+MIN_TIME = -(2**63) + 2
+MAX_TIME = 2**63 - 2
+# Bounds InfluxDB sets (a series key, measurement and tags, is at most 65,535 bytes) with
+# room to spare; a string field is kept below 64 KiB, the largest string InfluxDB 1.x
+# documents. Nothing the bridge publishes comes near them.
+MAX_SERIES_KEY_BYTES = 4096
+MAX_STRING_BYTES = 65_535
+# Keys InfluxDB refuses (``invalid field name`` / ``invalid tag key``).
+_RESERVED_KEYS = frozenset({"time"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -61,16 +75,141 @@ def format_duration(seconds: float) -> str:
     return "".join(out)
 
 
+class InvalidPoint(ValueError):
+    """A value no store can hold (a time out of range, a number that is not finite, ...);
+    the message says which and why."""
+
+
 def to_ns(value: Any, default: float) -> int:
-    """An epoch-seconds float or an ISO 8601 string → ns; ``default`` (seconds) otherwise."""
+    """An epoch-seconds number or an ISO 8601 string → ns; ``default`` (seconds) otherwise.
+
+    A number that is not finite, or out of any float's range, raises :class:`InvalidPoint`;
+    a time outside what the stores hold comes back as it is, for :func:`problem_of` to
+    refuse with the time in its reason.
+    """
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return round(float(value) * NS)
+        try:
+            return round(float(value) * NS)
+        except (OverflowError, ValueError) as exc:  # inf, NaN, an int beyond any float
+            raise InvalidPoint(f"timestamp {_shown(value)} is not a time: {exc}") from exc
     if isinstance(value, str) and value:
         try:
-            return round(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * NS)
-        except ValueError:
+            seconds = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except (ValueError, OverflowError):
             pass
+        else:
+            return round(seconds * NS)
     return round(default * NS)
+
+
+def as_number(value: int | float) -> float:
+    """A JSON number as a float field; an int beyond any float stays as it is, so
+    :func:`problem_of` refuses its point with a reason instead of the conversion raising."""
+    try:
+        return float(value)
+    except OverflowError:
+        return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
+def _text_problem(text: Any, what: str, *, allow_control: bool = False) -> str | None:
+    """Why a tag or field value cannot be stored as it is, or None."""
+    if not isinstance(text, str):
+        return f"{what} {_shown(text)} is not a string"
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # a lone surrogate: JSON's \ud800 escape decodes to one
+        return f"{what} {_shown(text)} is not valid Unicode (lone surrogate)"
+    if size > MAX_STRING_BYTES:
+        return f"{what} is {size} bytes long, more than {MAX_STRING_BYTES}"
+    if not allow_control and _CONTROL.search(text):
+        return f"{what} {_shown(text)} holds a control character"
+    return None
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)  # an int beyond any float raises
+    except OverflowError:
+        return False
+
+
+# Series and field keys already found good, so the recorder checks a series once.
+_GOOD_SERIES: set[tuple[Any, tuple[Any, ...], tuple[Any, ...]]] = set()
+_GOOD_FIELD_KEYS: set[Any] = set()
+_CHECKED_SIZE = 100_000
+
+
+def _series_problem(measurement: Any, tags: Mapping[Any, Any]) -> str | None:
+    if not isinstance(measurement, str) or not NAME_PATTERN.fullmatch(measurement):
+        return f"measurement {_shown(measurement)} is not a name (letters, digits and _)"
+    key_bytes = len(measurement)
+    for key, value in tags.items():
+        # Rules select tags by name (check_name): a tag key that is not one is unreadable.
+        if not isinstance(key, str) or not NAME_PATTERN.fullmatch(key) or key in _RESERVED_KEYS:
+            return f"tag key {_shown(key)} is not a name (letters, digits and _; not time)"
+        if problem := _text_problem(value, f"tag {key!r}"):
+            return problem
+        key_bytes += len(key) + len(value) + 2
+    if key_bytes > MAX_SERIES_KEY_BYTES:
+        return f"series key of about {key_bytes} bytes, more than {MAX_SERIES_KEY_BYTES}"
+    return None
+
+
+def problem_of(point: Any) -> str | None:
+    """Why no store can take ``point`` as it is, or None when both can.
+
+    Checked before a point is written, so one bad point is refused alone with its reason
+    instead of failing the write of the whole batch: a time beyond 64-bit nanoseconds
+    (``OverflowError`` in SQLite, "time outside range" in InfluxDB), a number that is not
+    finite (NaN would be stored as NULL by SQLite and left out by the line protocol), a
+    lone surrogate (``UnicodeEncodeError`` in both), tag values with control characters
+    (line protocol cannot carry a newline there), names that rules cannot select
+    (:func:`check_name`) or InfluxDB refuses (``time``), series keys and strings too long
+    for InfluxDB.
+    """
+    if not isinstance(point, Point):
+        return f"not a point: {_shown(point)}"
+    measurement, tags, fields, time = point
+    if type(time) is not int:
+        return f"time {_shown(time)} is not an integer"
+    if not MIN_TIME <= time <= MAX_TIME:
+        return f"time {time} ns is outside what the stores hold ({MIN_TIME}..{MAX_TIME})"
+    if not isinstance(tags, Mapping):
+        return f"tags {_shown(tags)} are not a mapping"
+    # Series repeat: a series checked once is not checked again (the recorder's hot path).
+    try:
+        series = (measurement, tuple(tags), tuple(tags.values()))
+        known = series in _GOOD_SERIES
+    except TypeError:  # an unhashable tag value (a spool file edited by hand)
+        return _series_problem(measurement, tags) or f"tags {_shown(tags)} are not strings"
+    if not known:
+        if problem := _series_problem(measurement, tags):
+            return problem
+        if len(_GOOD_SERIES) >= _CHECKED_SIZE:
+            _GOOD_SERIES.clear()
+        _GOOD_SERIES.add(series)
+    if not isinstance(fields, Mapping) or not fields:
+        return f"fields {_shown(fields)} are not a non-empty mapping"
+    for key, value in fields.items():
+        if key not in _GOOD_FIELD_KEYS:
+            if not isinstance(key, str) or not NAME_PATTERN.fullmatch(key) or key in _RESERVED_KEYS:
+                return f"field key {_shown(key)} is not a name (letters, digits and _; not time)"
+            if len(_GOOD_FIELD_KEYS) >= _CHECKED_SIZE:
+                _GOOD_FIELD_KEYS.clear()
+            _GOOD_FIELD_KEYS.add(key)
+        if isinstance(value, str):
+            if problem := _text_problem(value, f"field {key!r}", allow_control=True):
+                return problem
+        elif type(value) is not float and not isinstance(value, int):
+            return f"field {key!r} = {_shown(value)} is neither a number nor a string"
+        elif not _finite(value):
+            return f"field {key!r} = {_shown(value)} is not a finite number"
+    return None
 
 
 class Point(NamedTuple):
@@ -107,7 +246,7 @@ def make_point(
         if isinstance(value, bool):
             clean_fields[key] = 1.0 if value else 0.0
         elif isinstance(value, int | float):
-            clean_fields[key] = float(value)
+            clean_fields[key] = as_number(value)
         else:
             clean_fields[key] = str(value)
     if not clean_fields:
@@ -139,6 +278,13 @@ class Selection:
 
     def labels_of(self, tags: Mapping[str, str]) -> Labels:
         return tuple((k, tags.get(k, "")) for k in self.group_by)
+
+
+class Rejection(NamedTuple):
+    """A point (or a message that gave none) refused, and why."""
+
+    reason: str
+    point: Point | None = None
 
 
 class Sample(NamedTuple):
