@@ -18,7 +18,7 @@ import httpx
 from influxdb_client.client.write import point as line_points
 from influxdb_client.domain import write_precision
 
-from rules.points import FieldValue, Labels, Point, Rejection, Sample, Selection, problem_of
+from rules.points import FieldValue, Labels, Point, Rejection, Sample, Selection, sort_out
 from rules.series import SeriesError, StoreUnavailable, check_function
 
 log = logging.getLogger(__name__)
@@ -206,14 +206,7 @@ class InfluxStore:
         twice; it replaces itself (same series, time and value), so the database holds it
         once.
         """
-        rejections: list[Rejection] = []
-        good: list[Point] = []
-        for point in points:
-            problem = problem_of(point)
-            if problem is None:
-                good.append(point)
-            else:
-                rejections.append(Rejection(problem, point))
+        good, rejections = sort_out(points)
         if good:
             try:
                 await self._ensure_database()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import datetime
@@ -23,10 +23,11 @@ Labels = tuple[tuple[str, str], ...]
 # MinInt64 + 2 .. MaxInt64 - 1 ns ("time outside range"), SQLite's INTEGER is 64 bits.
 MIN_TIME = -(2**63) + 2
 MAX_TIME = 2**63 - 2
-# Bounds InfluxDB sets (a series key, measurement and tags, is at most 65,535 bytes) with
-# room to spare; a string field is kept below 64 KiB, the largest string InfluxDB 1.x
-# documents. Nothing the bridge publishes comes near them.
-MAX_SERIES_KEY_BYTES = 4096
+# InfluxDB keeps a series key (measurement and tags) under 65,535 bytes: at most 32 tags
+# of 1 KiB each stay well below it. A string field is kept below 64 KiB, the largest
+# string InfluxDB 1.x documents. Nothing the bridge publishes comes near either.
+MAX_TAGS = 32
+MAX_TAG_BYTES = 1024
 MAX_STRING_BYTES = 65_535
 # Keys InfluxDB refuses (``invalid field name`` / ``invalid tag key``).
 _RESERVED_KEYS = frozenset({"time"})
@@ -116,7 +117,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
-def _text_problem(text: Any, what: str, *, allow_control: bool = False) -> str | None:
+def _text_problem(text: Any, what: str, limit: int, *, allow_control: bool = False) -> str | None:
     """Why a tag or field value cannot be stored as it is, or None."""
     if not isinstance(text, str):
         return f"{what} {_shown(text)} is not a string"
@@ -124,39 +125,45 @@ def _text_problem(text: Any, what: str, *, allow_control: bool = False) -> str |
         size = len(text.encode())
     except UnicodeEncodeError:  # a lone surrogate: JSON's \ud800 escape decodes to one
         return f"{what} {_shown(text)} is not valid Unicode (lone surrogate)"
-    if size > MAX_STRING_BYTES:
-        return f"{what} is {size} bytes long, more than {MAX_STRING_BYTES}"
+    if size > limit:
+        return f"{what} is {size} bytes long, more than {limit}"
     if not allow_control and _CONTROL.search(text):
         return f"{what} {_shown(text)} holds a control character"
     return None
 
 
-def _finite(value: float) -> bool:
-    try:
-        return math.isfinite(value)  # an int beyond any float raises
-    except OverflowError:
-        return False
+def _name_problem(name: Any, what: str) -> str | None:
+    # Rules select by name (check_name): a key that is not one could never be read.
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name in _RESERVED_KEYS:
+        return f"{what} {_shown(name)} is not a name (letters, digits and _; not time)"
+    return None
 
 
-# Series and field keys already found good, so the recorder checks a series once.
-_GOOD_SERIES: set[tuple[Any, tuple[Any, ...], tuple[Any, ...]]] = set()
-_GOOD_FIELD_KEYS: set[Any] = set()
+# Names and tag values found good: they repeat (chargers, measurands, units), so the
+# recorder's hot path checks each once, not once per point. Bounded, cleared when full.
+_GOOD_NAMES: set[str] = set()
+_GOOD_TAG_VALUES: set[str] = set()
 _CHECKED_SIZE = 100_000
+_GOOD_TAG_VALUE = _GOOD_TAG_VALUES.__contains__
+is_known_tag_value = _GOOD_TAG_VALUE  # for converters that check as they build (hot path)
 
 
-def _series_problem(measurement: Any, tags: Mapping[Any, Any]) -> str | None:
-    if not isinstance(measurement, str) or not NAME_PATTERN.fullmatch(measurement):
-        return f"measurement {_shown(measurement)} is not a name (letters, digits and _)"
-    key_bytes = len(measurement)
+def _remember(good: set[str], text: str) -> None:
+    if len(good) >= _CHECKED_SIZE:
+        good.clear()
+    good.add(text)
+
+
+def _tags_problem(tags: Mapping[Any, Any]) -> str | None:
     for key, value in tags.items():
-        # Rules select tags by name (check_name): a tag key that is not one is unreadable.
-        if not isinstance(key, str) or not NAME_PATTERN.fullmatch(key) or key in _RESERVED_KEYS:
-            return f"tag key {_shown(key)} is not a name (letters, digits and _; not time)"
-        if problem := _text_problem(value, f"tag {key!r}"):
-            return problem
-        key_bytes += len(key) + len(value) + 2
-    if key_bytes > MAX_SERIES_KEY_BYTES:
-        return f"series key of about {key_bytes} bytes, more than {MAX_SERIES_KEY_BYTES}"
+        if key not in _GOOD_NAMES:
+            if problem := _name_problem(key, "tag key"):
+                return problem
+            _remember(_GOOD_NAMES, key)
+        if value not in _GOOD_TAG_VALUES:
+            if problem := _text_problem(value, f"tag {key!r}", MAX_TAG_BYTES):
+                return problem
+            _remember(_GOOD_TAG_VALUES, value)
     return None
 
 
@@ -169,47 +176,86 @@ def problem_of(point: Any) -> str | None:
     finite (NaN would be stored as NULL by SQLite and left out by the line protocol), a
     lone surrogate (``UnicodeEncodeError`` in both), tag values with control characters
     (line protocol cannot carry a newline there), names that rules cannot select
-    (:func:`check_name`) or InfluxDB refuses (``time``), series keys and strings too long
-    for InfluxDB.
+    (:func:`check_name`) or InfluxDB refuses (``time``), tags and strings too long for
+    InfluxDB.
     """
-    if not isinstance(point, Point):
+    if type(point) is not Point:
         return f"not a point: {_shown(point)}"
     measurement, tags, fields, time = point
     if type(time) is not int:
         return f"time {_shown(time)} is not an integer"
     if not MIN_TIME <= time <= MAX_TIME:
         return f"time {time} ns is outside what the stores hold ({MIN_TIME}..{MAX_TIME})"
-    if not isinstance(tags, Mapping):
-        return f"tags {_shown(tags)} are not a mapping"
-    # Series repeat: a series checked once is not checked again (the recorder's hot path).
     try:
-        series = (measurement, tuple(tags), tuple(tags.values()))
-        known = series in _GOOD_SERIES
-    except TypeError:  # an unhashable tag value (a spool file edited by hand)
-        return _series_problem(measurement, tags) or f"tags {_shown(tags)} are not strings"
-    if not known:
-        if problem := _series_problem(measurement, tags):
-            return problem
-        if len(_GOOD_SERIES) >= _CHECKED_SIZE:
-            _GOOD_SERIES.clear()
-        _GOOD_SERIES.add(series)
-    if not isinstance(fields, Mapping) or not fields:
-        return f"fields {_shown(fields)} are not a non-empty mapping"
-    for key, value in fields.items():
-        if key not in _GOOD_FIELD_KEYS:
-            if not isinstance(key, str) or not NAME_PATTERN.fullmatch(key) or key in _RESERVED_KEYS:
-                return f"field key {_shown(key)} is not a name (letters, digits and _; not time)"
-            if len(_GOOD_FIELD_KEYS) >= _CHECKED_SIZE:
-                _GOOD_FIELD_KEYS.clear()
-            _GOOD_FIELD_KEYS.add(key)
-        if isinstance(value, str):
-            if problem := _text_problem(value, f"field {key!r}", allow_control=True):
+        if measurement not in _GOOD_NAMES:
+            if problem := _name_problem(measurement, "measurement"):
                 return problem
-        elif type(value) is not float and not isinstance(value, int):
-            return f"field {key!r} = {_shown(value)} is neither a number nor a string"
-        elif not _finite(value):
-            return f"field {key!r} = {_shown(value)} is not a finite number"
+            _remember(_GOOD_NAMES, measurement)
+        if type(tags) is not dict and not isinstance(tags, Mapping):
+            return f"tags {_shown(tags)} are not a mapping"
+        if len(tags) > MAX_TAGS:
+            return f"{len(tags)} tags, more than {MAX_TAGS}"
+        # Checked in C (no Python frame per tag) for the usual case: every tag seen before.
+        known = tags.keys() <= _GOOD_NAMES and all(map(_GOOD_TAG_VALUE, tags.values()))
+        if not known and (problem := _tags_problem(tags)):
+            return problem
+        if type(fields) is not dict and not isinstance(fields, Mapping):
+            return f"fields {_shown(fields)} are not a mapping"
+        if not fields:
+            return "no field"
+        if not fields.keys() <= _GOOD_NAMES:
+            for name in fields:
+                if problem := _name_problem(name, "field name"):
+                    return problem
+                _remember(_GOOD_NAMES, name)
+        for name, field in fields.items():
+            if type(field) is float:
+                if not math.isfinite(field):
+                    return f"field {name!r} = {field!r} is not a finite number"
+            elif isinstance(field, str):
+                if problem := _text_problem(
+                    field, f"field {name!r}", MAX_STRING_BYTES, allow_control=True
+                ):
+                    return problem
+            elif not isinstance(field, int):
+                return f"field {name!r} = {_shown(field)} is neither a number nor a string"
+            elif not _finite(field):
+                return f"field {name!r} = {_shown(field)} is beyond any float"
+    except TypeError:  # an unhashable name or tag value (a spool file edited by hand)
+        return f"a name or tag value of {_shown(tuple(point))} is not a string"
     return None
+
+
+class CheckedPoints(list["Point"]):
+    """Points that passed :func:`problem_of`: a store need not check them again (the
+    recorder checks each point once, when it converts its message)."""
+
+    __slots__ = ()
+
+
+def sort_out(points: Sequence[Point]) -> tuple[CheckedPoints, list[Rejection]]:
+    """The points both stores can take, and the others refused with their reason."""
+    if type(points) is CheckedPoints:
+        return points, []
+    problems = [problem_of(point) for point in points]
+    if not any(problems):
+        return CheckedPoints(points), []
+    good = CheckedPoints(
+        point for point, problem in zip(points, problems, strict=True) if problem is None
+    )
+    refused = [
+        Rejection(problem, point)
+        for point, problem in zip(points, problems, strict=True)
+        if problem is not None
+    ]
+    return good, refused
+
+
+def _finite(value: int) -> bool:
+    try:
+        return math.isfinite(value)  # an int beyond any float raises
+    except OverflowError:
+        return False
 
 
 class Point(NamedTuple):

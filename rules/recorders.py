@@ -42,7 +42,7 @@ from chargetwin.mqtt import MqttClient
 from chargetwin.topics import Topics, shared
 from rules import measurements
 from rules.dead_letters import DeadLetters
-from rules.points import Point, Rejection
+from rules.points import CheckedPoints, Point, Rejection, sort_out
 from rules.series import SeriesStore, StoreUnavailable
 from rules.sites import SiteDirectory
 from rules.spools import Spool
@@ -200,7 +200,7 @@ class Recorder:
         if rejections:
             await self._dead_letter(rejections, lambda _: source)
         if points and points[0].measurement == "sessions":
-            points = [p for p in points if not self._duplicate(p)]
+            points = CheckedPoints(p for p in points if not self._duplicate(p))
         if points:
             await self.accept(points, source)
 
@@ -225,6 +225,11 @@ class Recorder:
     async def accept(self, points: Sequence[Point], source: Source | None = None) -> None:
         """Add points to the open batch and wait until they are durable (or refused and
         kept in the dead letter)."""
+        points, rejections = sort_out(points)  # checked once: the store trusts the batch
+        if rejections:
+            await self._dead_letter(rejections, lambda _: source)
+        if not points:
+            return
         if self._stopped:  # a message that raced the shutdown: ship it on its own
             async with self._shipping:
                 await self._ship(list(points), [], [(len(points), source)])
@@ -253,7 +258,7 @@ class Recorder:
         """The first ``messages`` messages of the open batch: points, futures, sources."""
         marks, self._marks = self._marks[:messages], self._marks[messages:]
         end = marks[-1][0] if marks else 0
-        points, self._buffer = self._buffer[:end], self._buffer[end:]
+        points, self._buffer = CheckedPoints(self._buffer[:end]), self._buffer[end:]
         if self._marks:
             self._marks = [(i - end, f, s) for i, f, s in self._marks]
         return points, [f for _, f, _ in marks], [(i, s) for i, _, s in marks]
@@ -391,7 +396,7 @@ class Recorder:
         """Write (or spool) points now, after the writes in flight: the shutdown path."""
         await self._shipments.join()
         for start in range(0, len(points), self.max_lines):
-            chunk = points[start : start + self.max_lines]
+            chunk = CheckedPoints(points[start : start + self.max_lines])
             shifted = [(end - start, source) for end, source in sources if end > start]
             error = await self._settle(self._shipment(chunk, [], shifted))
             if error is not None:

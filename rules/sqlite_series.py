@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from rules.points import FieldValue, Labels, Point, Rejection, Sample, Selection, problem_of
+from rules.points import FieldValue, Labels, Point, Rejection, Sample, Selection, sort_out
 from rules.series import SeriesError, StoreUnavailable, check_function
 
 T = TypeVar("T")
@@ -147,14 +147,7 @@ class SQLiteSeriesStore:
         writing the batch again point by point, each in a savepoint, so one bad point never
         fails the others. Only an outage of the file (locked, full, I/O) fails the write.
         """
-        rejections: list[Rejection] = []
-        good: list[Point] = []
-        for point in points:
-            problem = problem_of(point)
-            if problem is None:
-                good.append(point)
-            else:
-                rejections.append(Rejection(problem, point))
+        good, rejections = sort_out(points)
         if good:
             try:
                 rejections += await self._in(self._writer, self._write_sync, good)

@@ -124,12 +124,12 @@ POISONS: list[tuple[str, bytes, str]] = [
     ("telemetry/meterValues", json.dumps(meter(0, timestamp=10**400)).encode(), "not a time"),
     ("telemetry/meterValues", json.dumps(meter(0, value=math.nan)).encode(), "finite"),
     ("telemetry/meterValues", json.dumps(meter(0, value=-math.inf)).encode(), "finite"),
-    ("telemetry/meterValues", json.dumps(meter(0, value=10**400)).encode(), "finite"),
+    ("telemetry/meterValues", json.dumps(meter(0, value=10**400)).encode(), "beyond any float"),
     ("telemetry/meterValues", b'{"timestamp": 1e999, "values": []}', "not a time"),
     ("events/status", b'{"connectorId": 1, "status": "Faulted\\ud800"}', "surrogate"),
     ("events/status", b'{"connectorId": "1\\n2", "status": "Faulted"}', "control character"),
     ("events/status", json.dumps({"status": "x" * 70_000}).encode(), "bytes long"),
-    ("events/transaction", json.dumps(STOPPED_HUGE).encode(), "finite"),
+    ("events/transaction", json.dumps(STOPPED_HUGE).encode(), "beyond any float"),
     ("events/boot", b"not json", "not JSON"),
     ("events/boot", b"[1, 2]", "not an object"),
     ("events/boot", b"[" * 100_000 + b"]" * 100_000, "not JSON"),
@@ -337,3 +337,18 @@ async def test_rules_dead_letter_is_bounded(tmp_path: Path) -> None:
     assert again.bytes == total
     await again.add([again.entry("after restart")])
     assert entries(tmp_path)[-1]["reason"] == "after restart"
+
+
+def test_rules_measurements_check_meter_values_when_every_tag_is_known() -> None:
+    """The hot path trusts tag values seen before, never the values and times: a poisoned
+    message whose tags are all known is refused like any other."""
+    topic = "p/chargers/CP-1/telemetry/meterValues"
+    warm = convert("p", topic, json.dumps(meter(0)).encode(), T0)
+    assert len(warm.points) == 1 and not warm.rejections
+    for body, reason in (
+        (meter(1, value=math.nan), "finite"),
+        (meter(1, value=10**400), "beyond any float"),
+        (meter(1, timestamp="9999-12-31T23:59:59Z"), "outside"),
+    ):
+        points, rejections = convert("p", topic, json.dumps(body).encode(), T0)
+        assert not points and reason in rejections[0].reason
