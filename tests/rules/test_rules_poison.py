@@ -27,7 +27,7 @@ from rules.influx import InfluxStore
 from rules.measurements import convert
 from rules.points import NS, Point, Rejection, Selection
 from rules.recorders import Recorder
-from rules.series import SeriesStore
+from rules.series import SeriesStore, StoreUnavailable
 from rules.spools import Spool
 from rules.sqlite_series import SQLiteSeriesStore
 
@@ -352,3 +352,71 @@ def test_rules_measurements_check_meter_values_when_every_tag_is_known() -> None
     ):
         points, rejections = convert("p", topic, json.dumps(body).encode(), T0)
         assert not points and reason in rejections[0].reason
+
+
+class _AnsweringServer:
+    """A real HTTP server on a free port that answers every ``/write`` with one status
+    (``/query`` with an empty result), to see how the InfluxDB store reads each answer."""
+
+    def __init__(self) -> None:
+        self.status = 204
+        self.writes = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                lines = head.decode().split("\r\n")
+                length = next(
+                    (int(h.split(":")[1]) for h in lines if h.lower().startswith("content-length")),
+                    0,
+                )
+                await reader.readexactly(length)
+                if lines[0].startswith("POST /write"):
+                    self.writes += 1
+                    status, body = self.status, b'{"error":"as configured"}'
+                else:
+                    status, body = 200, b'{"results":[{"statement_id":0}]}'
+                writer.write(
+                    f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_rules_influx_store_tells_an_outage_from_a_refusal() -> None:
+    """5xx, 401/403 and 404 are outages (the recorder spools and retries: none is the
+    points' fault); only 400 and 413 refuse points, found by halving the batch."""
+    points = [Point("m", {"c": str(i)}, {"value": 1.0}, NS) for i in range(4)]
+    server = _AnsweringServer()
+    async with server as url:
+        store = InfluxStore(url, "d", timeout=2.0)
+        await store.open()
+        try:
+            for status in (500, 503, 401, 403, 404):
+                server.status = status
+                with pytest.raises(StoreUnavailable):
+                    await store.write(points)
+            server.status, server.writes = 400, 0
+            rejections = await store.write(points)
+            assert [r.point for r in rejections] == points  # every point refused alone
+            assert server.writes == 7  # the batch, two halves, four points
+            server.status = 204
+            assert await store.write(points) == []
+        finally:
+            await store.close()
