@@ -409,7 +409,13 @@ class Recorder:
         delay = self.retry_delay
         while True:
             await self._spooled.wait()
-            oldest = await self.spool.oldest()
+            try:
+                oldest = await self.spool.oldest()
+            except OSError as exc:  # the disk, not the points: try again, never give up
+                log.error("recorder: cannot read the spool in %s: %s", self.spool.folder, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_retry_delay)
+                continue
             if oldest is None:
                 self._spooled.clear()
                 log.info("recorder: spool replayed; writing to the %s store again", self.store.name)

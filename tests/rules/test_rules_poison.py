@@ -420,3 +420,33 @@ async def test_rules_influx_store_tells_an_outage_from_a_refusal() -> None:
             assert await store.write(points) == []
         finally:
             await store.close()
+
+
+async def test_rules_recorder_replay_outlives_an_unreadable_segment(
+    prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A segment the disk cannot read (here: a folder in its place) is tried again, with
+    backoff, instead of ending the replay for good."""
+    folder = tmp_path / "spool"
+    segment = folder / "segment-000000000001.jsonl"
+    segment.mkdir(parents=True)
+    store = SQLiteSeriesStore(tmp_path / "series.db")
+    await store.open()
+    recorder = Recorder(store, Spool(folder, max_bytes=1 << 20), Topics(prefix), retry_delay=0.05)
+    await recorder.start()
+    try:
+
+        async def complained() -> bool:
+            return "cannot read the spool" in caplog.text
+
+        await wait_until(complained)
+        segment.rmdir()
+        segment.write_text(json.dumps(["m", {"charger": "A"}, {"value": 1.0}, NS]) + "\n")
+
+        async def replayed() -> bool:
+            return await count(store, "m") == 1 and not segment.exists()
+
+        await wait_until(replayed)
+    finally:
+        await recorder.stop()
+        await store.close()
