@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 from influx_servers import InfluxServer
 from probes import MqttProbe
+from test_rules_files import GOOD
 
 from chargetwin.mqtt import MqttClient
 from chargetwin.topics import Topics
+from rules import cli
 from rules.dead_letters import DeadLetters
 from rules.influx import InfluxStore
 from rules.measurements import convert
@@ -450,3 +452,25 @@ async def test_rules_recorder_replay_outlives_an_unreadable_segment(
     finally:
         await recorder.stop()
         await store.close()
+
+
+def test_rules_test_files_name_an_input_point_no_store_can_hold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rule test's input point that a store would refuse is reported with its line,
+    not dropped unseen (the rule would then fail for a reason nobody could see)."""
+    (tmp_path / "hot.yaml").write_text(GOOD)
+    test = tmp_path / "hot_test.yaml"
+    test.write_text(
+        """rule_files: [hot.yaml]
+tests:
+  - name: hot
+    input_series:
+      - measurement: meter_values
+        tags: {charger: "CP\\n1"}
+        values: "80 80"
+    alert_rule_test: []
+"""
+    )
+    assert cli.test_files([test]) == 1
+    assert f"{test}:5: input point at 0 s: tag 'charger'" in capsys.readouterr().err
