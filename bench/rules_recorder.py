@@ -85,7 +85,7 @@ async def baseline(url: str, points: int, with_sites: bool) -> float:
         charger = {"charger": f"CP-{i % CHARGERS}"}
         if site := site_of(i % CHARGERS, with_sites):
             charger["site"] = site
-        batch.extend(meter_values(charger, json.loads(payload(i)), 0))
+        batch.extend(meter_values(charger, json.loads(payload(i)), 0).points)
         if len(batch) >= 5000:
             bodies.append(to_body(batch))
             batch = []

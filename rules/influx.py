@@ -18,7 +18,7 @@ import httpx
 from influxdb_client.client.write import point as line_points
 from influxdb_client.domain import write_precision
 
-from rules.points import FieldValue, Labels, Point, Sample, Selection
+from rules.points import FieldValue, Labels, Point, Rejection, Sample, Selection, sort_out
 from rules.series import SeriesError, StoreUnavailable, check_function
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,10 @@ def to_body(points: Sequence[Point]) -> bytes:
     return gzip.compress("\n".join(lines).encode(), compresslevel=1)
 
 
+class _Refused(SeriesError):
+    """influxd refused (some of) a write's lines: 400 or 413."""
+
+
 def quote_ident(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -191,10 +195,67 @@ class InfluxStore:
             headers={"Content-Encoding": "gzip", "Content-Type": "text/plain; charset=utf-8"},
         )
 
-    async def write(self, points: Sequence[Point]) -> None:
-        body = to_body(points)
-        if body:
-            await self.write_body(body)
+    async def write(self, points: Sequence[Point]) -> list[Rejection]:
+        """Write the points; those InfluxDB cannot take are refused alone, with the reason.
+
+        Points no store can hold are found before sending (:func:`~rules.points.problem_of`),
+        so a batch is not refused for them. What only the server can judge (a field whose
+        type conflicts with the shard's, a time before the retention policy) answers 400
+        "partial write", and influxd has written the batch's other lines: the batch is
+        then sent again in halves, down to the refused points. A good point may so be sent
+        twice; it replaces itself (same series, time and value), so the database holds it
+        once.
+        """
+        good, rejections = sort_out(points)
+        if good:
+            try:
+                await self._ensure_database()
+            except StoreUnavailable:
+                raise
+            except SeriesError as exc:  # e.g. a user allowed to write but not to create
+                log.warning(
+                    "InfluxDB: cannot create %s (%s); writing to it anyway", self.database, exc
+                )
+                self._database_ready = True  # /write answers 404 if it really is missing
+            rejections += await self._write_isolating(good)
+        return rejections
+
+    async def _write_isolating(self, points: Sequence[Point]) -> list[Rejection]:
+        try:
+            await self._post_write(to_body(points))
+        except _Refused as exc:
+            if len(points) == 1:
+                return [Rejection(f"refused by InfluxDB: {exc}", points[0])]
+            half = len(points) // 2
+            first = await self._write_isolating(points[:half])
+            return first + await self._write_isolating(points[half:])
+        return []
+
+    async def _post_write(self, body: bytes) -> None:
+        """POST a gzipped body to ``/write``: 400 and 413 refuse the points, anything else
+        that is not a success is an outage (the recorder spools and retries)."""
+        if not body:
+            return
+        try:
+            response = await self._client.post(
+                "/write",
+                params={"db": self.database, "precision": "ns"},
+                content=body,
+                headers={"Content-Encoding": "gzip", "Content-Type": "text/plain; charset=utf-8"},
+            )
+        except httpx.HTTPError as exc:
+            raise StoreUnavailable(f"InfluxDB at {self.url} unreachable: {exc!r}") from exc
+        status = response.status_code
+        if status < 300:
+            return
+        text = response.text[:300]
+        if status in (400, 413):  # the line protocol's content, or a body too large
+            raise _Refused(f"{status} {text}")
+        if status == 404:  # the database was dropped: create it again on the next try
+            self._database_ready = False
+        # Credentials, permissions, a missing database, an overloaded or failing server:
+        # none is the points' fault, and none may cost an accepted point.
+        raise StoreUnavailable(f"InfluxDB at {self.url} answered {status} to /write: {text}")
 
     # --- queries -----------------------------------------------------------------------
     def _where(self, selection: Selection, start: int | None, end: int) -> str:

@@ -5,35 +5,76 @@ gets the charger's own tags (``charger``, and ``site`` when the registry gives o
 every point starts from them, so rules filter and group by site as by charger. Numbers
 are written as floats and states as strings, one type per field, as InfluxDB requires.
 Times are the charger's own where the bridge carries one, receipt time else.
+
+MQTT is an open contract (anyone allowed on the telemetry topics may publish), so a
+message is validated here: what no store can hold (a time beyond 64-bit nanoseconds, a
+number that is not finite, a lone surrogate, ...) comes back as a :class:`Rejection`
+with its reason, point by point, next to the message's good points.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-from rules.points import FieldValue, Point, make_point, to_ns
+from rules.points import (
+    MAX_TIME,
+    MIN_TIME,
+    CheckedPoints,
+    FieldValue,
+    InvalidPoint,
+    Point,
+    Rejection,
+    is_known_tag_value,
+    make_point,
+    sort_out,
+    to_ns,
+)
 
 # Stop reasons (OCPP 1.6 section 7.38 Reason) that end a session normally; anything else
 # (EmergencyStop, PowerLoss, Reboot, ...) is not a successful completion (EV-ChART).
 NORMAL_STOP_REASONS = frozenset({"Local", "Remote", "EVDisconnected", "DeAuthorized", ""})
 
-Converter = Callable[[Mapping[str, str], dict[str, Any], float], list[Point]]
+
+class Conversion(NamedTuple):
+    """What one message gives: the points to record, and what was refused and why."""
+
+    points: CheckedPoints
+    rejections: list[Rejection]
+
+
+NOTHING = Conversion(CheckedPoints(), [])
+
+
+def _refused(reason: str) -> Conversion:
+    """A message that gives no point, refused with ``reason``."""
+    return Conversion(CheckedPoints(), [Rejection(reason)])
+
+
+# A converter's points are checked by convert, unless it checked them itself (Conversion).
+Converter = Callable[[Mapping[str, str], dict[str, Any], float], list[Point] | Conversion]
 
 
 # Sampled-value keys that become meter_values tags (OCPP 1.6 section 7.43 SampledValue).
 _SAMPLE_TAGS = ("measurand", "phase", "unit", "location", "context")
 
 
-def meter_values(charger: Mapping[str, str], body: dict[str, Any], now: float) -> list[Point]:
+def meter_values(charger: Mapping[str, str], body: dict[str, Any], now: float) -> Conversion:
     """One point per sampled value; the hot path of the recorder, so it builds the points
-    itself with the rules of :func:`make_point` (null tags dropped, numbers as floats)."""
+    itself with the rules of :func:`make_point` (null tags dropped, numbers as floats),
+    and checks them as it goes: what it has not seen good before (a tag value, a number
+    that is not finite, a raw string, a time out of range) sends the message through
+    :func:`~rules.points.sort_out`, which refuses the bad points with their reason."""
     time = to_ns(body.get("timestamp"), now)
+    # Names are this function's own; values are the payload's and must be known good.
+    known = MIN_TIME <= time <= MAX_TIME and all(map(is_known_tag_value, charger.values()))
     series = dict(charger)
     connector = body.get("connectorId")
     if connector is not None and (text := str(connector)):
         series["connector"] = text
+        known = known and is_known_tag_value(text)
     out = []
     for sample in body.get("values") or ():
         if not isinstance(sample, dict):
@@ -41,19 +82,28 @@ def meter_values(charger: Mapping[str, str], body: dict[str, Any], now: float) -
         value = sample.get("value")
         fields: dict[str, FieldValue]
         if isinstance(value, int | float):  # bool included, as 1.0/0.0
-            fields = {"value": float(value)}
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond any float: kept for the checks to refuse
+                fields, known = {"value": value}, False
+            else:
+                fields = {"value": number}
+                known = known and math.isfinite(number)
         else:
             raw = sample.get("raw") or sample.get("signedData")
             if raw is None:
                 continue
-            fields = {"raw": str(raw)}
+            fields, known = {"raw": str(raw)}, False
         tags = series.copy()
         for key in _SAMPLE_TAGS:
             tag = sample.get(key)
             if tag is not None and (text := str(tag)):
                 tags[key] = text
+                known = known and is_known_tag_value(text)
         out.append(Point("meter_values", tags, fields, time))
-    return out
+    if known:
+        return Conversion(CheckedPoints(out), [])
+    return Conversion(*sort_out(out))
 
 
 def status(charger: Mapping[str, str], body: dict[str, Any], now: float) -> list[Point]:
@@ -180,20 +230,32 @@ def charger_of(prefix: str, topic: str) -> str:
 
 def convert(
     prefix: str, topic: str, payload: bytes, now: float, site: str | None = None
-) -> list[Point]:
-    """The points of one message; [] for kinds not recorded or unreadable payloads."""
+) -> Conversion:
+    """The points of one message and its rejections; nothing for kinds not recorded.
+
+    Never raises for a payload, whatever it holds: an unreadable message is one rejection,
+    a point no store can hold is a rejection of that point alone.
+    """
     head = f"{prefix}/chargers/"
     if not topic.startswith(head):
-        return []
+        return NOTHING
     charger, _, tail = topic[len(head) :].partition("/")
     converter = CONVERTERS.get(tail)
     if converter is None or not charger:
-        return []
+        return NOTHING
     try:
         body = json.loads(payload)
-    except ValueError:
-        return []
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        return _refused(f"payload is not JSON: {type(exc).__name__}: {exc}")
     if not isinstance(body, dict):
-        return []
+        return _refused(f"payload is a JSON {type(body).__name__}, not an object")
     tags = {"charger": charger, "site": site} if site else {"charger": charger}
-    return converter(tags, body, now)
+    try:
+        points = converter(tags, body, now)
+    except InvalidPoint as exc:
+        return _refused(str(exc))
+    except Exception as exc:  # a payload shape no converter foresaw: refuse it, with why
+        return _refused(f"unreadable {tail}: {type(exc).__name__}: {exc}")
+    if isinstance(points, Conversion):
+        return points
+    return Conversion(*sort_out(points))

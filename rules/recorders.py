@@ -13,6 +13,15 @@ anything, new batches are appended behind it, so the store receives points in th
 they were accepted. When the spool is full the handler
 waits (backpressure): the broker holds the messages instead of us dropping them.
 
+A bad point never costs another point. A message that gives points no store can hold
+(a time beyond 64-bit nanoseconds, a number that is not finite, a lone surrogate, an
+unreadable payload) has them refused at conversion (:mod:`rules.measurements`); a point
+a store still refuses is refused alone, the rest of its batch written (the stores
+isolate it; a store error that is not an outage splits the batch here, down to the
+point). Refused points and messages go to the dead letter (:mod:`rules.dead_letters`)
+with their reason, durably, before the message is acknowledged; ``dead_lettered``
+counts them and a warning says so at most every ``dead_letter_log_interval``.
+
 Points carry the charger's ``site`` tag from a :class:`~rules.sites.SiteDirectory`, an
 in-memory copy of the charger registry: no query per message.
 """
@@ -23,37 +32,57 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import math
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from chargetwin.mqtt import MqttClient
 from chargetwin.topics import Topics, shared
 from rules import measurements
-from rules.points import Point
-from rules.series import SeriesError, SeriesStore, StoreUnavailable
+from rules.dead_letters import DeadLetters
+from rules.points import CheckedPoints, Point, Rejection, sort_out
+from rules.series import SeriesStore, StoreUnavailable
 from rules.sites import SiteDirectory
 from rules.spools import Spool
 
 log = logging.getLogger(__name__)
 
 
+class Source(NamedTuple):
+    """The message points came from, kept for the dead letter: its topic and payload."""
+
+    topic: str
+    payload: bytes
+
+
 class _Shipment:
     """One closed batch on its way: its points, the futures of its messages, the write."""
 
-    __slots__ = ("durables", "points", "seq", "write")
+    __slots__ = ("durables", "points", "seq", "sources", "write")
 
     def __init__(
         self,
         seq: int,
         points: list[Point],
         durables: list[asyncio.Future[None]],
-        write: asyncio.Task[None] | None,
+        write: asyncio.Task[list[Rejection]] | None,
+        sources: list[tuple[int, Source | None]],
     ) -> None:
         self.seq = seq
         self.points = points
         self.durables = durables
         self.write = write  # None: goes to the spool (the spool holds older points)
+        self.sources = sources  # per message: the index after its last point, its source
+
+    def source_of(self, point: Point | None) -> Source | None:
+        """The message ``point`` came from, when it is one of this batch's."""
+        for index, candidate in enumerate(self.points):
+            if candidate is point:
+                at = bisect.bisect_right(self.sources, index, key=lambda mark: mark[0])
+                return self.sources[at][1] if at < len(self.sources) else None
+        return None
 
 
 class Recorder:
@@ -72,9 +101,14 @@ class Recorder:
         retry_delay: float = 0.5,
         max_retry_delay: float = 30.0,
         dedupe_size: int = 100_000,
+        dead_letters: DeadLetters | None = None,
+        dead_letter_log_interval: float = 10.0,
     ) -> None:
         self.store = store
         self.spool = spool
+        # Beside the spool: {data_dir}/dead-letter when the spool is {data_dir}/spool.
+        self.dead_letters = dead_letters or DeadLetters(spool.folder.parent / "dead-letter")
+        self.dead_letter_log_interval = dead_letter_log_interval
         self.topics = topics
         self.sites = sites
         self.max_lines = max_lines
@@ -86,7 +120,7 @@ class Recorder:
         # The open batch: points, and per message the index after its last point and the
         # future its handler waits on, so a batch can be cut between messages.
         self._buffer: list[Point] = []
-        self._marks: list[tuple[int, asyncio.Future[None]]] = []
+        self._marks: list[tuple[int, asyncio.Future[None], Source | None]] = []
         self._first_at = 0.0
         self._grew = asyncio.Event()
         self._spooled = asyncio.Event()
@@ -107,6 +141,9 @@ class Recorder:
         self._stopped = False
         self.written = 0
         self.spooled = 0
+        self.dead_lettered = 0  # points and messages refused, kept in the dead letter
+        self._unlogged = 0  # of them, not yet in a log line
+        self._dead_logged_at = -math.inf
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self, mqtt: MqttClient | None = None, share_group: str | None = None) -> None:
@@ -148,8 +185,8 @@ class Recorder:
                 await completer
         async with self._shipping:
             if self._buffer:
-                points, durables = self._take(len(self._marks))
-                await self._ship(points, durables)
+                points, durables, sources = self._take(len(self._marks))
+                await self._ship(points, durables, sources)
 
     # --- accepting -----------------------------------------------------------------------
     async def handle(self, topic: str, payload: bytes) -> None:
@@ -158,11 +195,14 @@ class Recorder:
         site = None
         if self.sites is not None:
             site = await self.sites.site_of(measurements.charger_of(prefix, topic))
-        points = measurements.convert(prefix, topic, payload, time.time(), site)
+        points, rejections = measurements.convert(prefix, topic, payload, time.time(), site)
+        source = Source(topic, payload)
+        if rejections:
+            await self._dead_letter(rejections, lambda _: source)
         if points and points[0].measurement == "sessions":
-            points = [p for p in points if not self._duplicate(p)]
+            points = CheckedPoints(p for p in points if not self._duplicate(p))
         if points:
-            await self.accept(points)
+            await self.accept(points, source)
 
     def _duplicate(self, point: Point) -> bool:
         # Retried StartTransaction/StopTransaction are published again: dedupe by
@@ -182,11 +222,17 @@ class Recorder:
             self._seen.popitem(last=False)
         return False
 
-    async def accept(self, points: Sequence[Point]) -> None:
-        """Add points to the open batch and wait until they are durable."""
+    async def accept(self, points: Sequence[Point], source: Source | None = None) -> None:
+        """Add points to the open batch and wait until they are durable (or refused and
+        kept in the dead letter)."""
+        points, rejections = sort_out(points)  # checked once: the store trusts the batch
+        if rejections:
+            await self._dead_letter(rejections, lambda _: source)
+        if not points:
+            return
         if self._stopped:  # a message that raced the shutdown: ship it on its own
             async with self._shipping:
-                await self._ship(list(points), [])
+                await self._ship(list(points), [], [(len(points), source)])
             return
         while self.spool.full:
             if self._room.is_set():
@@ -202,18 +248,20 @@ class Recorder:
             self._first_at = time.monotonic()
         durable = asyncio.get_running_loop().create_future()
         self._buffer.extend(points)
-        self._marks.append((len(self._buffer), durable))
+        self._marks.append((len(self._buffer), durable, source))
         self._grew.set()
         await durable
 
-    def _take(self, messages: int) -> tuple[list[Point], list[asyncio.Future[None]]]:
-        """The first ``messages`` messages of the open batch, their points and futures."""
+    def _take(
+        self, messages: int
+    ) -> tuple[list[Point], list[asyncio.Future[None]], list[tuple[int, Source | None]]]:
+        """The first ``messages`` messages of the open batch: points, futures, sources."""
         marks, self._marks = self._marks[:messages], self._marks[messages:]
         end = marks[-1][0] if marks else 0
-        points, self._buffer = self._buffer[:end], self._buffer[end:]
+        points, self._buffer = CheckedPoints(self._buffer[:end]), self._buffer[end:]
         if self._marks:
-            self._marks = [(i - end, f) for i, f in self._marks]
-        return points, [f for _, f in marks]
+            self._marks = [(i - end, f, s) for i, f, s in self._marks]
+        return points, [f for _, f, _ in marks], [(i, s) for i, _, s in marks]
 
     # --- shipping ----------------------------------------------------------------------
     async def _flush_loop(self) -> None:
@@ -250,23 +298,43 @@ class Recorder:
 
     def _dispatch(self, messages: int) -> None:
         """Start writing the first ``messages`` messages (or queue them for the spool)."""
-        points, durables = self._take(messages)
-        self._queue(points, durables)
-
-    def _queue(self, points: list[Point], durables: list[asyncio.Future[None]]) -> None:
         self._in_flight += 1
-        self._shipments.put_nowait(self._shipment(points, durables))
+        self._shipments.put_nowait(self._shipment(*self._take(messages)))
 
-    def _shipment(self, points: list[Point], durables: list[asyncio.Future[None]]) -> _Shipment:
+    def _shipment(
+        self,
+        points: list[Point],
+        durables: list[asyncio.Future[None]],
+        sources: list[tuple[int, Source | None]],
+    ) -> _Shipment:
         self._seq += 1
         write = None
         if self.spool.has_data or self._spool_bound:
             self._spool_bound += 1  # behind the spool: the store gets points in order
         else:
             write = asyncio.get_running_loop().create_task(
-                self.store.write(points), name=f"recorder-write-{self._seq}"
+                self._write(points), name=f"recorder-write-{self._seq}"
             )
-        return _Shipment(self._seq, points, durables, write)
+        return _Shipment(self._seq, points, durables, write, sources)
+
+    async def _write(self, points: Sequence[Point]) -> list[Rejection]:
+        """Write points; what the store refuses comes back, the rest is written.
+
+        The stores refuse bad points alone. A store error that is not an outage (a
+        refusal of the whole batch, or an error the store did not translate) must not
+        cost the batch either: the batch is written again in halves, down to the point
+        that fails, which is refused with the error as its reason.
+        """
+        try:
+            return list(await self.store.write(points))
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            if len(points) <= 1:
+                reason = f"refused by the {self.store.name} store: {type(exc).__name__}: {exc}"
+                return [Rejection(reason, point) for point in points]
+            half = len(points) // 2
+            return await self._write(points[:half]) + await self._write(points[half:])
 
     async def _complete_loop(self) -> None:
         """Settle shipments in the order they were dispatched, so the spool keeps it too."""
@@ -295,7 +363,7 @@ class Recorder:
                 self._spool_bound -= 1
             else:
                 try:
-                    await write
+                    rejections = await write
                 except StoreUnavailable as exc:
                     log.warning(
                         "recorder: %s store unavailable, spooling to %s: %s",
@@ -306,15 +374,11 @@ class Recorder:
                     # Writes started after this one go to the spool too, whatever they
                     # did, so the store receives the points in acceptance order.
                     self._spill_until = self._seq
-                except SeriesError as exc:
-                    path = await self.spool.reject(points, str(exc))
-                    log.error(
-                        "recorder: store refused %d points, kept in %s: %s", len(points), path, exc
-                    )
-                    return None
                 else:
                     if shipment.seq > self._spill_until:
-                        self.written += len(points)
+                        self.written += len(points) - len(rejections)
+                        if rejections:
+                            await self._dead_letter(rejections, shipment.source_of)
                         return None
             await self.spool.append(points)
         except Exception as exc:
@@ -323,11 +387,18 @@ class Recorder:
         self._spooled.set()
         return None
 
-    async def _ship(self, points: list[Point], durables: list[asyncio.Future[None]]) -> None:
+    async def _ship(
+        self,
+        points: list[Point],
+        durables: list[asyncio.Future[None]],
+        sources: list[tuple[int, Source | None]],
+    ) -> None:
         """Write (or spool) points now, after the writes in flight: the shutdown path."""
         await self._shipments.join()
         for start in range(0, len(points), self.max_lines):
-            error = await self._settle(self._shipment(points[start : start + self.max_lines], []))
+            chunk = CheckedPoints(points[start : start + self.max_lines])
+            shifted = [(end - start, source) for end, source in sources if end > start]
+            error = await self._settle(self._shipment(chunk, [], shifted))
             if error is not None:
                 raise RuntimeError(f"batch not recorded: {error!r}") from error
         for durable in durables:
@@ -338,24 +409,72 @@ class Recorder:
         delay = self.retry_delay
         while True:
             await self._spooled.wait()
-            oldest = await self.spool.oldest()
+            try:
+                oldest = await self.spool.oldest()
+            except OSError as exc:  # the disk, not the points: try again, never give up
+                log.error("recorder: cannot read the spool in %s: %s", self.spool.folder, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_retry_delay)
+                continue
             if oldest is None:
                 self._spooled.clear()
                 log.info("recorder: spool replayed; writing to the %s store again", self.store.name)
                 continue
             path, points = oldest
+            # A segment goes only once the store took or refused every point of it: a
+            # poisoned point is refused alone and kept, so it cannot block the replay.
+            rejections: list[Rejection] = []
             try:
                 for start in range(0, len(points), self.max_lines):
-                    await self.store.write(points[start : start + self.max_lines])
-            except StoreUnavailable:
+                    rejections += await self._write(points[start : start + self.max_lines])
+                await self._dead_letter(rejections, lambda _: None)
+            except (StoreUnavailable, OSError) as exc:
+                if not isinstance(exc, StoreUnavailable):  # the dead letter not writable
+                    log.error("recorder: cannot keep refused spooled points: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_retry_delay)
                 continue
-            except SeriesError as exc:
-                kept = await self.spool.reject(points, str(exc))
-                log.error("recorder: store refused spooled points, kept in %s: %s", kept, exc)
             delay = self.retry_delay
-            self.written += len(points)
+            self.written += len(points) - len(rejections)
             await self.spool.remove(path)
             if not self.spool.full:
                 self._room.set()
+
+    # --- the dead letter ---------------------------------------------------------------
+    async def _dead_letter(
+        self,
+        rejections: Sequence[Rejection],
+        source_of: Callable[[Point | None], Source | None],
+    ) -> None:
+        """Keep refused points and messages (durably) with their reason, count them, and
+        say so in the log at most every ``dead_letter_log_interval``: a hostile publisher
+        must not flood the log either."""
+        if not rejections:
+            return
+        lines = []
+        for rejection in rejections:
+            source = source_of(rejection.point)
+            lines.append(
+                self.dead_letters.entry(
+                    rejection.reason,
+                    topic=source.topic if source else None,
+                    payload=source.payload if source else None,
+                    point=rejection.point,
+                )
+            )
+        await self.dead_letters.add(lines)
+        self.dead_lettered += len(rejections)
+        self._unlogged += len(rejections)
+        now = time.monotonic()
+        if now - self._dead_logged_at >= self.dead_letter_log_interval:
+            latest = rejections[-1]
+            log.warning(
+                "recorder: %d refused point(s) or message(s) kept in %s since the last "
+                "such line (%d in all); latest: %s",
+                self._unlogged,
+                self.dead_letters.folder,
+                self.dead_lettered,
+                latest.reason[:300],
+            )
+            self._unlogged = 0
+            self._dead_logged_at = now

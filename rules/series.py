@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from rules.points import Point, Sample, Selection
+from rules.points import Point, Rejection, Sample, Selection
 
 AGGREGATIONS = ("mean", "max", "min", "sum", "count", "last", "spread")
 
@@ -53,8 +53,12 @@ class SeriesStore(SeriesReader, Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
-    async def write(self, points: Sequence[Point]) -> None:
-        """Store points; a point with the series and time of a stored one replaces it."""
+    async def write(self, points: Sequence[Point]) -> list[Rejection]:
+        """Store points; a point with the series and time of a stored one replaces it.
+
+        A point the store cannot hold is refused alone and returned with its reason; the
+        others are written. :class:`StoreUnavailable` means none was.
+        """
         ...
 
 

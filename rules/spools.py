@@ -4,7 +4,9 @@ Segments are ``{data_dir}/spool/segment-{n:012d}.jsonl``, one point per line
 (``[measurement, tags, fields, time_ns]``), fsynced on every append, shipped oldest first
 and deleted only after the store took every point of them. A crash mid-replay sends a
 segment again, which is harmless: a point with the series and time of a stored one
-replaces it. Points a store refuses as invalid go to ``rejected-*.jsonl`` for a human.
+replaces it. A point the store refuses is not kept here: the recorder puts it in its dead
+letter (:mod:`rules.dead_letters`) and the segment goes all the same, so a poisoned point
+cannot hold the replay up.
 """
 
 from __future__ import annotations
@@ -53,14 +55,6 @@ class Spool:
                 self._segments.append(self._active)
             await asyncio.to_thread(_append_sync, self._active, data.encode())
             self.bytes += len(data.encode())
-
-    async def reject(self, points: Sequence[Point], reason: str) -> Path:
-        """Keep points the store refused as invalid, with the reason, for inspection."""
-        path = self.folder / f"rejected-{self._next:012d}.jsonl"
-        self._next += 1
-        lines = [json.dumps({"reason": reason})] + [json.dumps(p.as_json()) for p in points]
-        await asyncio.to_thread(_append_sync, path, ("\n".join(lines) + "\n").encode())
-        return path
 
     async def oldest(self) -> tuple[Path, list[Point]] | None:
         """The oldest segment and its points; closes the active one so nothing is added."""

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from rules.points import FieldValue, Labels, Point, Sample, Selection
+from rules.points import FieldValue, Labels, Point, Rejection, Sample, Selection, sort_out
 from rules.series import SeriesError, StoreUnavailable, check_function
 
 T = TypeVar("T")
@@ -46,6 +46,18 @@ SCHEMA = (
 )
 
 _INSERT = "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?)"
+_Row = tuple[str, str, int, int, float | None, str | None]
+# Errors that a point's own values cause (binding a value SQLite cannot hold, a number
+# beyond 64 bits, a string that is not Unicode); anything else is the file's outage.
+_POINT_ERRORS = (
+    ValueError,  # UnicodeEncodeError included
+    TypeError,
+    OverflowError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+)
 _NO_START = -(2**62)
 
 # Retention walks the samples key (series_id, field, time): every statement is a seek.
@@ -127,40 +139,97 @@ class SQLiteSeriesStore:
         self._writer.shutdown(wait=True)
 
     # --- writing -------------------------------------------------------------------------
-    async def write(self, points: Sequence[Point]) -> None:
-        try:
-            await self._in(self._writer, self._write_sync, points)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"series store write failed: {exc}") from exc
+    async def write(self, points: Sequence[Point]) -> list[Rejection]:
+        """Store the points; those no store can hold are refused alone, with their reason.
 
-    def _write_sync(self, points: Sequence[Point]) -> None:
+        They are found before the transaction (:func:`~rules.points.problem_of`); a point
+        that still makes SQLite or its binding raise (a value it cannot bind) is found by
+        writing the batch again point by point, each in a savepoint, so one bad point never
+        fails the others. Only an outage of the file (locked, full, I/O) fails the write.
+        """
+        good, rejections = sort_out(points)
+        if good:
+            try:
+                rejections += await self._in(self._writer, self._write_sync, good)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"series store write failed: {exc}") from exc
+        return rejections
+
+    def _write_sync(self, points: Sequence[Point]) -> list[Rejection]:
         conn = self._write_conn
         if conn is None:
             raise sqlite3.OperationalError("series store not open")
-        series = self._series
-        rows: list[tuple[str, str, int, int, float | None, str | None]] = []
-        added = []  # series created in this transaction: forgotten if it rolls back
+        added: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows: list[_Row] = []
+            for point in points:
+                self._rows_of(conn, point, rows, added)
+            conn.executemany(_INSERT, rows)
+        except _POINT_ERRORS:
+            self._roll_back(conn, added)
+            return self._write_one_by_one(conn, points)
+        except BaseException:
+            self._roll_back(conn, added)
+            raise
+        conn.execute("COMMIT")
+        return []
+
+    def _write_one_by_one(
+        self, conn: sqlite3.Connection, points: Sequence[Point]
+    ) -> list[Rejection]:
+        """The batch again, each point in its own savepoint: the ones that raise are refused."""
+        rejections: list[Rejection] = []
+        added: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             for point in points:
-                tags = point.tags
-                key = (point.measurement, tuple(tags), tuple(tags.values()))
-                sid = series.get(key)
-                if sid is None:
-                    sid = series[key] = self._series_id(conn, point.measurement, tags)
-                    added.append(key)
-                for name, value in point.fields.items():
-                    if isinstance(value, str):
-                        rows.append((point.measurement, name, point.time, sid, None, value))
-                    else:
-                        rows.append((point.measurement, name, point.time, sid, float(value), None))
-            conn.executemany(_INSERT, rows)
+                conn.execute("SAVEPOINT point")
+                mark = len(added)
+                try:
+                    rows: list[_Row] = []
+                    self._rows_of(conn, point, rows, added)
+                    conn.executemany(_INSERT, rows)
+                except _POINT_ERRORS as exc:
+                    conn.execute("ROLLBACK TO point")
+                    for key in added[mark:]:
+                        self._series.pop(key, None)
+                    del added[mark:]
+                    rejections.append(Rejection(f"refused by SQLite: {exc!r}", point))
+                conn.execute("RELEASE point")
         except BaseException:
-            conn.execute("ROLLBACK")
-            for key in added:
-                series.pop(key, None)
+            self._roll_back(conn, added)
             raise
         conn.execute("COMMIT")
+        return rejections
+
+    def _roll_back(
+        self,
+        conn: sqlite3.Connection,
+        added: list[tuple[str, tuple[str, ...], tuple[str, ...]]],
+    ) -> None:
+        conn.execute("ROLLBACK")
+        for key in added:  # series created in the transaction: forgotten with it
+            self._series.pop(key, None)
+
+    def _rows_of(
+        self,
+        conn: sqlite3.Connection,
+        point: Point,
+        rows: list[_Row],
+        added: list[tuple[str, tuple[str, ...], tuple[str, ...]]],
+    ) -> None:
+        tags = point.tags
+        key = (point.measurement, tuple(tags), tuple(tags.values()))
+        sid = self._series.get(key)
+        if sid is None:
+            sid = self._series[key] = self._series_id(conn, point.measurement, tags)
+            added.append(key)
+        for name, value in point.fields.items():
+            if isinstance(value, str):
+                rows.append((point.measurement, name, point.time, sid, None, value))
+            else:
+                rows.append((point.measurement, name, point.time, sid, float(value), None))
 
     @staticmethod
     def _series_id(conn: sqlite3.Connection, measurement: str, tags: Any) -> int:

@@ -36,7 +36,7 @@ from rules.alerts import AlertStore
 from rules.documents import Document, Finding, RuleFileError, read
 from rules.engine import Engine
 from rules.files import RuleSet, load_rules
-from rules.points import NS, Point, make_point, parse_duration
+from rules.points import NS, Point, make_point, parse_duration, problem_of
 from rules.series import SeriesStore
 from rules.sqlite_series import SQLiteSeriesStore
 
@@ -102,6 +102,9 @@ def _points(
             round((T0 + at) * NS),
         )
         if point is not None:
+            # Refused here with its place in the file, not dropped by the store unseen.
+            if problem := problem_of(point):
+                raise RuleFileError([doc.finding(path, f"input point at {at:g} s: {problem}")])
             out.append(point)
     if not out and not values:
         raise RuleFileError([doc.finding(path, "input series without values or points")])
