@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -189,3 +190,63 @@ async def test_a_broker_left_by_a_killed_run_is_ended_and_its_port_reused(
     finally:
         if _alive(orphan):
             os.kill(orphan, 9)
+
+
+PARENT = """
+import asyncio, sys
+from pathlib import Path
+from paho.mqtt.client import CallbackAPIVersion, Client
+from chargetwin.broker import MosquittoBroker
+
+async def main():
+    broker = MosquittoBroker(int(sys.argv[1]), Path(sys.argv[2]), binary=sys.argv[3])
+    await broker.start()
+    bridge = Client(CallbackAPIVersion.VERSION2, client_id="bridge")
+    bridge.will_set("presence/bridge", "offline", qos=1, retain=True)
+    bridge.connect("127.0.0.1", broker.port)
+    bridge.loop_start()
+    bridge.publish("presence/bridge", "online", qos=1, retain=True).wait_for_publish()
+    print("ready", flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+@needs_mosquitto
+async def test_kill_9_of_the_platform_ends_its_broker_after_it_published_the_wills(
+    tmp_path: Path,
+) -> None:
+    """The presence of a killed platform reads offline after the restart, not online."""
+    assert MOSQUITTO is not None
+    port, folder = free_port(), tmp_path / "mosquitto"
+    parent = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-c", PARENT, str(port), str(folder), MOSQUITTO),
+        stdout=subprocess.PIPE,
+    )
+    assert parent.stdout is not None
+    assert await asyncio.wait_for(parent.stdout.readline(), 60) == b"ready\n"
+    orphan = int((folder / "mosquitto.pid").read_text())
+    parent.kill()
+    await parent.wait()
+    for _ in range(200):
+        if not _alive(orphan):
+            break
+        await asyncio.sleep(0.05)
+    assert not _alive(orphan)
+
+    restarted = MosquittoBroker(port, folder, binary=MOSQUITTO)
+    await restarted.start()
+    try:
+        presence: list[bytes] = []
+        reader = Client(CallbackAPIVersion.VERSION2, client_id="reader")
+        reader.on_message = lambda c, u, m: presence.append(m.payload)
+        reader.on_connect = lambda c, *args: c.subscribe("presence/#", qos=1)
+        reader.connect("127.0.0.1", port)
+        deadline = time.monotonic() + 10
+        while not presence and time.monotonic() < deadline:
+            await asyncio.to_thread(reader.loop, 0.05)
+        reader.disconnect()
+        assert presence == [b"offline"]
+    finally:
+        await restarted.stop()

@@ -6,6 +6,7 @@ Every test runs ``chargetwin`` as a real process, as a user does.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -173,3 +174,27 @@ def test_after_kill_9_the_platform_restarts_at_once_on_the_same_ports(tmp_path: 
                     process.wait()
         for client in clients:
             client.close()
+
+
+@pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
+def test_a_dead_embedded_broker_stops_the_platform_with_exit_code_1(tmp_path: Path) -> None:
+    api = free_port()
+    argv = _chargetwin(
+        "up",
+        f"--api-port={api}",
+        f"--ocpp-port={free_port()}",
+        f"--mqtt-port={free_port()}",
+        "--embedded-broker=mosquitto",
+        data_dir=tmp_path,
+    )
+    platform = _start(argv, tmp_path / "platform.log")
+    try:
+        assert _serving(api, platform, 120), (tmp_path / "platform.log").read_text()
+        broker = int((tmp_path / "mosquitto" / "mosquitto.pid").read_text())
+        os.kill(broker, signal.SIGKILL)
+        assert platform.wait(120) == 1
+        assert "embedded MQTT broker stopped" in (tmp_path / "platform.log").read_text()
+    finally:
+        if platform.poll() is None:
+            platform.kill()
+            platform.wait()
