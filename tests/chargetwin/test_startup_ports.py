@@ -198,3 +198,16 @@ def test_a_dead_embedded_broker_stops_the_platform_with_exit_code_1(tmp_path: Pa
         if platform.poll() is None:
             platform.kill()
             platform.wait()
+
+
+def test_demo_replaces_taken_ports_with_free_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    from chargetwin.runner import _demo_settings, check_ports
+    from chargetwin.settings import Settings
+
+    with _listening() as api, _listening() as ocpp, _listening() as mqtt:
+        settings, _ = _demo_settings(Settings(api_port=api, ocpp_port=ocpp, mqtt_port=mqtt))
+        assert settings.api_port != api
+        assert settings.ocpp_port != ocpp
+        assert settings.mqtt_port != mqtt
+        check_ports(settings, "demo")  # what demo chose is free
+    assert f"port {api} is taken" in capsys.readouterr().err
