@@ -31,6 +31,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -146,7 +147,7 @@ class MosquittoBroker:
     def __init__(self, port: int, folder: Path, *, binary: str, host: str = LOOPBACK) -> None:
         self.host = host
         self.port = port
-        self.folder = folder
+        self.folder = folder.absolute()  # Mosquitto resolves relative paths from its cwd
         self.binary = binary
         self.config = folder / "mosquitto.conf"
         self.pid_file = folder / "mosquitto.pid"
@@ -158,6 +159,7 @@ class MosquittoBroker:
         return f"mqtt://{self.host}:{self.port}"
 
     async def start(self) -> None:
+        self._stopping = False
         self.folder.mkdir(parents=True, exist_ok=True)
         await self._end_orphan()
         if not port_is_free(self.host, self.port):
@@ -179,7 +181,8 @@ class MosquittoBroker:
                 str(self.config),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                # Linux only (prctl); elsewhere a broker may outlive a killed parent.
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                 start_new_session=True,  # Ctrl-C reaches us; we stop the broker last
             )
         except OSError as exc:
