@@ -90,12 +90,8 @@ def port_is_free(host: str, port: int) -> bool:
     POSIX, and Mosquitto's): connections of a killed process that linger in TIME_WAIT
     then do not count as "in use", only a socket that is listening does.
     """
-    try:
-        infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror:
-        return True  # the server's own bind reports an unknown host better than we can
+    # An unknown host or an address of another machine raises OSError: not "in use".
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     for family, kind, proto, _, address in infos:
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -115,8 +115,14 @@ def run(settings: Settings, command: str, *, chargers: int = 0) -> int:
 
 def _free_port_near(host: str, port: int) -> int:
     for candidate in range(port, port + 100):
-        if port_is_free(host, candidate):
-            return candidate
+        try:
+            if port_is_free(host, candidate):
+                return candidate
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {host}:{candidate} ({exc.strerror or exc}): check --host "
+                "or CHARGETWIN_HOST"
+            ) from exc
     raise StartupError(f"no free port near {port}")
 
 
@@ -158,7 +164,7 @@ def check_ports(settings: Settings, command: str) -> None:
         except OSError as exc:
             raise StartupError(
                 f"cannot listen on {host}:{port} ({exc.strerror or exc}): check --host or "
-                f"choose another port with {_port_option(field)}"
+                f"CHARGETWIN_HOST, or choose another port with {_port_option(field)}"
             ) from exc
         if not free:
             raise StartupError(

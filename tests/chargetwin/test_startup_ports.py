@@ -89,6 +89,23 @@ def test_a_taken_port_is_one_line_that_names_the_option(
     assert f"--{option.replace('_', '-')} or CHARGETWIN_{option.upper()}" in lines[0]
 
 
+@pytest.mark.parametrize("command", ["api", "demo"])
+def test_a_host_address_of_another_machine_is_one_line_that_names_the_option(
+    command: str, tmp_path: Path
+) -> None:
+    # 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of this machine; nothing is sent.
+    done = subprocess.run(
+        _chargetwin(command, "--host=192.0.2.1", f"--api-port={free_port()}", data_dir=tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "192.0.2.1" in lines[0] and "--host or CHARGETWIN_HOST" in lines[0]
+
+
 def test_two_servers_on_one_port_are_refused_before_anything_starts(tmp_path: Path) -> None:
     port = free_port()
     done = subprocess.run(
