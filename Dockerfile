@@ -18,6 +18,11 @@ ENV PATH=/opt/chargetwin/bin:$PATH \
     CHARGETWIN_HOST=0.0.0.0 \
     CHARGETWIN_DATA_DIR=/data
 COPY --from=build /opt/chargetwin /opt/chargetwin
+# Mosquitto for the embedded broker of `chargetwin up` (without it: amqtt, which loses QoS 1
+# messages under bursts; docs/deployment.md). Compose runs its own broker and ignores it.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends mosquitto \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home chargetwin \
     && mkdir /data && chown chargetwin:chargetwin /data
 USER chargetwin

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from chargetwin.database import Database, SQLiteDatabase, Transaction
+from chargetwin.database import Database, DatabaseError, SQLiteDatabase, Transaction
 
 STATUSES = ("open", "in_progress", "resolved", "cancelled")
 SOURCES = ("manual", "rule", "inspection", "window")
@@ -130,7 +130,13 @@ class WorkOrderStore:
             present = {str(r[1]) for r in await self._db.fetchall("PRAGMA table_info(work_orders)")}
             for name, kind in EXTRA_COLUMNS:
                 if name not in present:
-                    await self._db.execute(f"ALTER TABLE work_orders ADD COLUMN {name} {kind}")
+                    try:
+                        await self._db.execute(f"ALTER TABLE work_orders ADD COLUMN {name} {kind}")
+                    except DatabaseError as exc:
+                        # The rules component and the API open the table at once in
+                        # `chargetwin up`, each on its connection: the other one added it.
+                        if "duplicate column" not in str(exc):
+                            raise
         else:
             for name, kind in EXTRA_COLUMNS:
                 await self._db.execute(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import secrets
 import signal
@@ -19,7 +20,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from chargetwin.broker import BrokerStartError, EmbeddedBroker, port_is_free
+from chargetwin.broker import BrokerStartError, EmbeddedBroker, embedded_broker, port_is_free
 from chargetwin.collector import tune_for_long_running
 from chargetwin.settings import Settings
 
@@ -114,9 +115,61 @@ def run(settings: Settings, command: str, *, chargers: int = 0) -> int:
 
 def _free_port_near(host: str, port: int) -> int:
     for candidate in range(port, port + 100):
-        if port_is_free(host, candidate):
-            return candidate
+        try:
+            if port_is_free(host, candidate):
+                return candidate
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {host}:{candidate} ({exc.strerror or exc}): check --host "
+                "or CHARGETWIN_HOST"
+            ) from exc
     raise StartupError(f"no free port near {port}")
+
+
+def _listening_ports(settings: Settings, command: str) -> list[tuple[str, str, int]]:
+    """(setting, host, port) of every server socket ``command`` opens, broker aside."""
+    ports = []
+    if command in ("up", "demo", "api"):
+        ports.append(("api_port", settings.host, settings.api_port))
+    if command in ("up", "demo", "bridge"):
+        ports.append(("ocpp_port", settings.host, settings.ocpp_port))
+    return ports
+
+
+def _port_option(field: str) -> str:
+    return f"--{field.replace('_', '-')} or CHARGETWIN_{field.upper()}"
+
+
+def check_ports(settings: Settings, command: str) -> None:
+    """Refuse to start, in one line that names the option to change, when a port is taken.
+
+    Checked before anything starts so that a taken port costs no half-started platform
+    and no traceback. The probe binds as the servers do (``SO_REUSEADDR``), so the
+    connections a killed instance left in TIME_WAIT do not delay a restart.
+    """
+    wanted = _listening_ports(settings, command)
+    if command in ("up", "demo") and not settings.mqtt_url:
+        wanted.append(("mqtt_port", "127.0.0.1", settings.mqtt_port))
+    seen: dict[int, str] = {}
+    for field, _, port in wanted:
+        if port in seen:
+            raise StartupError(
+                f"--{seen[port].replace('_', '-')} and --{field.replace('_', '-')} are both "
+                f"{port}: choose another with {_port_option(field)}"
+            )
+        seen[port] = field
+    for field, host, port in _listening_ports(settings, command):
+        try:
+            free = port_is_free(host, port)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}): check --host or "
+                f"CHARGETWIN_HOST, or choose another port with {_port_option(field)}"
+            ) from exc
+        if not free:
+            raise StartupError(
+                f"port {port} is in use on {host}: choose another with {_port_option(field)}"
+            )
 
 
 def _demo_settings(settings: Settings) -> tuple[Settings, str]:
@@ -157,11 +210,17 @@ async def _main(settings: Settings, command: str, chargers: int) -> int:
     token = None
     if command == "demo":
         settings, token = _demo_settings(settings)
+    check_ports(settings, command)
 
     broker: EmbeddedBroker | None = None
     if command in ("up", "demo") and not settings.mqtt_url:
-        broker = EmbeddedBroker(settings.mqtt_port)
         try:
+            broker = embedded_broker(
+                settings.embedded_broker,
+                settings.mqtt_port,
+                settings.data_dir,
+                settings.mosquitto_path,
+            )
             await broker.start()
         except BrokerStartError as exc:
             raise StartupError(str(exc)) from exc
@@ -183,12 +242,27 @@ async def _main(settings: Settings, command: str, chargers: int) -> int:
         tune_for_long_running()
         signals = asyncio.create_task(requested.wait(), name="signals")
         waiters: list[asyncio.Future[Any]] = [signals, *(c.task for c in components)]
+        broker_ended = None
+        if broker is not None:
+            broker_ended = asyncio.create_task(broker.wait(), name="broker-watch")
+            waiters.append(broker_ended)
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         signals.cancel()
+        if broker_ended is not None and broker_ended.done():
+            log.error("embedded MQTT broker stopped: %s", broker_ended.exception())
+            exit_code = 1
+        elif broker_ended is not None:
+            broker_ended.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await broker_ended
         failed = [c for c in components if c.task.done()]
         for component in failed:
             error = component.task.exception() if not component.task.cancelled() else None
-            if error is not None:
+            if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+                # Taken between check_ports and the bind: still one line, no traceback.
+                log.error("%s stopped: %s", component.name, error)
+                exit_code = 1
+            elif error is not None:
                 log.error("%s stopped: %s", component.name, error, exc_info=error)
                 exit_code = 1
         if requested.is_set():

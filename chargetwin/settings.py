@@ -8,7 +8,7 @@ and one variable (``CHARGETWIN_OCPP_PORT``); the CLI wins over the environment.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
@@ -62,6 +62,18 @@ class Settings(BaseSettings):
         "embedded broker on 127.0.0.1:--mqtt-port.",
     )
     mqtt_port: Port = Field(1883, description="Port of the embedded broker.")
+    embedded_broker: Literal["auto", "mosquitto", "amqtt"] = Field(
+        "auto",
+        description="The embedded broker: mosquitto runs Mosquitto as a child process (its "
+        "sessions persisted in --data-dir/mosquitto), amqtt runs in this process but drops "
+        "QoS 1 deliveries a subscriber leaves unacknowledged for 5 s (bursts above a few "
+        "hundred messages per second); auto takes Mosquitto when it is installed.",
+    )
+    mosquitto_path: Path | None = Field(
+        None,
+        description="The mosquitto binary of the embedded broker; unset looks on PATH, then "
+        "in /usr/sbin and /usr/local/sbin.",
+    )
     mqtt_prefix: str = Field("chargetwin", description="Topic prefix.")
     mqtt_client_id: str | None = Field(
         None, description="Client id base; unset derives one from the component and host."

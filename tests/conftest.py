@@ -26,7 +26,7 @@ import psycopg
 import pytest
 from retained import USED_PREFIXES, clear_retained, noted
 
-from chargetwin.broker import EmbeddedBroker
+from chargetwin.broker import AmqttBroker
 from chargetwin.database import Database, connect
 
 POSTGRES_URL = os.environ.get(
@@ -62,7 +62,7 @@ def mosquitto_url() -> str:
     return MQTT_URL
 
 
-async def _stop_embedded(broker: EmbeddedBroker) -> None:
+async def _stop_embedded(broker: AmqttBroker) -> None:
     await broker.stop()
     # amqtt leaves the server side of closed client connections to the garbage collector;
     # collect them here, quietly, instead of in whichever test runs next.
@@ -73,7 +73,7 @@ async def _stop_embedded(broker: EmbeddedBroker) -> None:
 
 @pytest.fixture
 async def embedded_broker_url() -> AsyncIterator[str]:
-    broker = EmbeddedBroker(free_port())
+    broker = AmqttBroker(free_port())
     await broker.start()
     yield broker.url
     await _stop_embedded(broker)
@@ -85,7 +85,7 @@ async def broker_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     if request.param == "mosquitto":
         yield MQTT_URL
         return
-    broker = EmbeddedBroker(free_port())
+    broker = AmqttBroker(free_port())
     await broker.start()
     yield broker.url
     await _stop_embedded(broker)
