@@ -47,6 +47,8 @@ _PUBACK_UNSPECIFIED_ERROR = 0x80
 # disconnection still counts as lost with the same broker restart.
 _SESSION_LOSS_SLACK = 30.0
 _GATE_WARNING_AFTER = 5.0
+# How long a message of a persistent session waits for its handler to be registered.
+_HANDLER_WAIT = 30.0
 
 
 class MqttError(RuntimeError):
@@ -133,6 +135,7 @@ class MqttClient:
         self._clean_session = clean_session
         self._keepalive = keepalive
         self._handlers: dict[str, tuple[int, Handler]] = {}
+        self._handler_added = asyncio.Event()
         self._on_connect_hooks: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._connected = asyncio.Event()
         self._lost_at: float | None = None  # wall-clock time the last connection was lost
@@ -244,6 +247,7 @@ class MqttClient:
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
         """Route messages matching ``topic_filter`` to ``handler`` (kept across reconnects)."""
         self._handlers[topic_filter] = (qos, handler)
+        self._handler_added.set()
         if self.is_connected:
             self._client.subscribe(topic_filter, qos=qos)
 
@@ -252,6 +256,7 @@ class MqttClient:
     ) -> None:
         """Subscribe and wait for the broker's SUBACK, so a request published next is seen."""
         self._handlers[topic_filter] = (qos, handler)
+        self._handler_added.set()
         await self.wait_connected()
         mid = self._client.subscribe(topic_filter, qos=qos)
         future = self._suback[mid] = asyncio.get_running_loop().create_future()
@@ -367,6 +372,8 @@ class MqttClient:
         self, client: Any, topic: str, payload: bytes, qos: int, properties: Any
     ) -> int:
         handler = self._route(topic)
+        if handler is None and not self._clean_session:
+            handler = await self._handler_to_come(topic)
         if handler is None:
             return _PUBACK_SUCCESS
         try:
@@ -379,6 +386,26 @@ class MqttClient:
             log.exception("handler for %s failed", topic)
             return _PUBACK_UNSPECIFIED_ERROR
         return _PUBACK_SUCCESS
+
+    async def _handler_to_come(self, topic: str) -> Handler | None:
+        """A persistent session gets what the broker kept for it right after CONNACK, maybe
+        before the application subscribed again (the recorder subscribes once connected):
+        wait for its handler instead of acknowledging the message unhandled (it was lost
+        that way after a kill -9)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _HANDLER_WAIT
+        while (remaining := deadline - loop.time()) > 0:
+            self._handler_added.clear()
+            handler = self._route(topic)  # after the clear: a subscribe now is not missed
+            if handler is not None:
+                return handler
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._handler_added.wait()
+        log.warning(
+            "MQTT: no handler for %s after %g s; acknowledged unhandled", topic, _HANDLER_WAIT
+        )
+        return None
 
     def _route(self, topic: str) -> Handler | None:
         for topic_filter, (_, handler) in self._handlers.items():
