@@ -15,6 +15,10 @@ MeterValues and StatusNotifications; halfway through, the fault:
   ``--broker-restarts`` times (3) with 2 s of load between them;
 - ``broker-nopersist``: the same without persistence: every session and retained message
   is gone;
+- ``broker-nopersist-split``: the same with one process per component (``chargetwin twin``,
+  ``rules``, ``api``, ``bridge``), as ``docker-compose.yml`` runs them, and a recorder
+  that comes back 1.5 s after the broker (stopped with SIGSTOP meanwhile, as on a busy
+  host);
 - ``kill9``: ``kill -9`` of the whole platform, restarted at once on the same data dir;
   two chargers stay away afterwards (their presence must turn offline);
 - ``kill9-embedded``: the same with the embedded broker (no ``--mqtt-url``), which dies
@@ -191,10 +195,18 @@ def failures(log_path: Path, offset: int) -> list[str]:
 
 
 class Platform:
-    """``chargetwin up`` as a child process; restartable on the same ports and data dir."""
+    """``chargetwin up`` (or one process per component) as child processes; restartable on
+    the same ports and data dir."""
 
-    def __init__(self, data_dir: Path, mqtt_url: str | None, influx_url: str | None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        mqtt_url: str | None,
+        influx_url: str | None,
+        commands: tuple[str, ...] = ("up",),
+    ) -> None:
         self.data_dir = data_dir
+        self.commands = commands
         self.ocpp_port, self.api_port = free_port(), free_port()
         self.args = [
             f"--ocpp-port={self.ocpp_port}", f"--api-port={self.api_port}",
@@ -207,7 +219,7 @@ class Platform:
             self.args.append(f"--mqtt-port={free_port()}")
         if influx_url:
             self.args.append(f"--influx-url={influx_url}")
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
 
     @property
     def api(self) -> str:
@@ -220,44 +232,57 @@ class Platform:
         log_path = self.data_dir / "platform.log"
         while True:
             offset = log_path.stat().st_size if log_path.exists() else 0
-            with log_path.open("ab") as log:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "chargetwin.cli", "up", *self.args],
-                    cwd=self.data_dir, env=env, stdout=log, stderr=log,
-                )  # fmt: skip
-            while self.proc.poll() is None and time.monotonic() - began < timeout:
+            for command in self.commands:
+                with log_path.open("ab") as log:
+                    self.procs.append(
+                        subprocess.Popen(
+                            [sys.executable, "-m", "chargetwin.cli", command, *self.args],
+                            cwd=self.data_dir,
+                            env=env,
+                            stdout=log,
+                            stderr=log,
+                        )
+                    )
+                if len(self.commands) > 1:
+                    time.sleep(0.5)
+            while self._running() and time.monotonic() - began < timeout:
                 if listening(self.ocpp_port) and listening(self.api_port):
                     took = time.monotonic() - began
                     time.sleep(2.0)  # a component that fails at start says so in its log
                     failed = failures(log_path, offset)
-                    if not failed:
+                    if not failed and self._running():
                         return took
-                    print(f"chargetwin up: {failed[0]}; starting again", file=sys.stderr)
-                    self.kill9()
+                    print(f"chargetwin: {failed[:1]}; starting again", file=sys.stderr)
                     break
                 time.sleep(0.1)
-            if self.proc is not None and time.monotonic() - began >= timeout:
-                self.kill9()
-                raise RuntimeError(
-                    f"chargetwin up did not start in {timeout:g} s\n{self.log_tail()}"
-                )
+            self.kill9()
+            if time.monotonic() - began >= timeout:
+                raise RuntimeError(f"chargetwin did not start in {timeout:g} s\n{self.log_tail()}")
             time.sleep(0.5)  # it exited: try again
 
+    def signal(self, command: str, signum: signal.Signals) -> None:
+        """Send ``signum`` to the process of ``command`` (one process per component)."""
+        self.procs[self.commands.index(command)].send_signal(signum)
+
+    def _running(self) -> bool:
+        return all(proc.poll() is None for proc in self.procs)
+
     def kill9(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-            self.proc = None
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        self.procs = []
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
+        for proc in reversed(self.procs):  # the bridge first, as `chargetwin up` does
+            proc.terminate()
             try:
-                self.proc.wait(40)
+                proc.wait(40)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-            self.proc = None
+                proc.kill()
+                proc.wait(10)
+        self.procs = []
 
     def log_tail(self, lines: int = 15) -> str:
         text = (self.data_dir / "platform.log").read_text(errors="replace")
@@ -491,17 +516,22 @@ async def settle(read: Callable[[], Recorded], chargers: list[Charger]) -> Recor
         await asyncio.sleep(0.5)
 
 
+SPLIT = ("twin", "rules", "api", "bridge")  # one process each, as docker-compose.yml runs them
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
     broker: str | None  # "persist", "volatile" or None (embedded)
     influx: bool = False
+    commands: tuple[str, ...] = ("up",)
 
 
 SCENARIOS = (
     Scenario("none", "volatile"),
     Scenario("broker", "persist"),
     Scenario("broker-nopersist", "volatile"),
+    Scenario("broker-nopersist-split", "volatile", commands=SPLIT),
     Scenario("kill9", "volatile"),
     Scenario("kill9-embedded", None),
     Scenario("influx", "volatile", influx=True),
@@ -537,7 +567,10 @@ async def run_scenario(scenario: Scenario, args: argparse.Namespace) -> Result:
             data = root / "data"
             data.mkdir()
             platform = Platform(
-                data, broker.url if broker else None, influx.url if influx else None
+                data,
+                broker.url if broker else None,
+                influx.url if influx else None,
+                scenario.commands,
             )
             await asyncio.to_thread(platform.start)
             ocpp_url = f"ws://127.0.0.1:{platform.ocpp_port}/ocpp"
@@ -610,9 +643,15 @@ async def inject(
         for restart in range(restarts):
             if restart:
                 await asyncio.sleep(2.0)  # load between restarts
+            slow_recorder = "rules" in platform.commands
+            if slow_recorder:  # its host is busy: it comes back 1.5 s after the broker
+                platform.signal("rules", signal.SIGSTOP)
             await asyncio.to_thread(broker.stop)
             await asyncio.sleep(1.0)
             await asyncio.to_thread(broker.start)
+            if slow_recorder:
+                await asyncio.sleep(1.5)
+                platform.signal("rules", signal.SIGCONT)
     elif scenario.name.startswith("kill9"):
         away.set()  # two chargers will not come back
         platform.kill9()
