@@ -268,7 +268,7 @@ class Server:
         port = free_port()
         cmd = [
             str(BIN / "chargetwin"), "bridge", f"--ocpp-port={port}", f"--mqtt-url={broker_url()}",
-            f"--mqtt-prefix={prefix}", f"--data-dir={data_dir}", *extra,
+            f"--mqtt-prefix={prefix}", f"--data-dir={data_dir}", "--mqtt-subscribers=", *extra,
         ]  # fmt: skip
         return cls("bridge", cmd, port, data_dir / "bridge.log")
 

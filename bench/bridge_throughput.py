@@ -240,8 +240,9 @@ async def main(args: argparse.Namespace) -> None:
             )  # fmt: skip
             try:
                 server = Server.bridge(
-                    data, prefix, "--ocpp-flood-rate=1000", "--ocpp-flood-burst=1000"
-                )
+                    data, prefix, "--ocpp-flood-rate=1000", "--ocpp-flood-burst=1000",
+                    "--mqtt-subscribers=twin",
+                )  # fmt: skip
                 await measure(
                     server, args, meter_ids, status_ids, bridge, args.latency_rate, prefix
                 )

@@ -22,6 +22,7 @@ from bridge.stores import IdTagStore, TransactionStore
 from bridge.tls import TlsFiles, server_context
 from chargetwin.database import Database, connect
 from chargetwin.mqtt import MqttClient, client_id_for
+from chargetwin.readiness import SubscriberGate
 from chargetwin.settings import Settings
 from chargetwin.topics import Topics
 from twin.catalog import FirmwareCatalog
@@ -123,6 +124,8 @@ class Bridge:
             will=(status_topic, {"online": False}, True),
             reconnect_delay=options.mqtt_reconnect_delay,
             outbox_limit=options.outbox_limit,
+            gate=SubscriberGate(self.topics, self.settings.mqtt_subscribers.split(",")),
+            replay_window=self.settings.mqtt_replay_seconds,
         )
         reporter = self.reporter = Reporter(self.mqtt, self.topics, self.bridge_id)
         # After every (re)connect: the will may have fired while we were away.

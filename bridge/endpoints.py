@@ -41,6 +41,7 @@ from ocpp.exceptions import (
     FormationViolationError,
     FormatViolationError,
     GenericError,
+    InternalError,
     OccurenceConstraintViolationError,
     OccurrenceConstraintViolationError,
     OCPPError,
@@ -65,6 +66,7 @@ from bridge.errors import (
     InvalidCallError,
     InvalidResponseError,
 )
+from chargetwin.deliveries import DeliveryTimeout, collected, collecting, confirmed
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +194,12 @@ _ROUTES: dict[type, dict[str, dict[str, Any]]] = {}
 _BOUND = ("_on_action", "_after_action")
 
 
+def _not_stored(exc: DeliveryTimeout) -> OCPPError:
+    # OCPP 1.6 section 4.7: a charger sends a transaction message again after an
+    # InternalError; other messages it may send again or drop, as after no answer at all.
+    return InternalError(description="not stored yet; send it again", details={"cause": str(exc)})
+
+
 class RouteMap(Mapping[str, dict[str, Any]]):
     """``create_route_map(endpoint)``, from a per-class template bound at each lookup.
 
@@ -313,7 +321,9 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
                     self._after_response.clear()
                 return
         try:
-            await self._handle_call(msg)
+            # The library sends the answer itself, through _send, which waits for these.
+            with collecting():
+                await self._handle_call(msg)
         except OCPPError as error:
             log.warning(
                 "%s: %s %s answered with %s: %s",
@@ -336,7 +346,11 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
     async def _route_fast(self, msg: Call, fast: FastHandler) -> bool:
         """Answer a proven-valid CALL through its fast handler; False if it failed."""
         try:
-            answer = await fast(self, msg.payload)
+            answer = await confirmed(fast(self, msg.payload))
+        except DeliveryTimeout as exc:
+            log.warning("%s: %s %s not stored: %s", self.charger_id, msg.action, msg.unique_id, exc)
+            await self._send_error(msg.unique_id, _not_stored(exc))
+            return False
         except Exception:
             # As the library does for a failing handler: InternalError, and a log line.
             log.exception("%s: %s %s failed", self.charger_id, msg.action, msg.unique_id)
@@ -345,6 +359,22 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
         frame = [MessageType.CallResult, msg.unique_id, answer]
         await self._connection.send(_COMPACT_JSON.encode(frame))
         return True
+
+    async def _send(self, message: str) -> None:
+        """The library's send; an answer to a call that published something waits for the
+        broker's PUBACKs first (chargetwin.deliveries), else it becomes an InternalError."""
+        deliveries = collected()
+        if deliveries is not None and not deliveries.closed:
+            try:
+                await deliveries.wait()
+            except DeliveryTimeout as exc:
+                unique_id = str(json.loads(message)[1])
+                log.warning("%s: call %s not stored: %s", self.charger_id, unique_id, exc)
+                error = _not_stored(exc)
+                message = CallError(
+                    unique_id, error.code, error.description, error.details
+                ).to_json()
+        await super()._send(message)
 
     async def _send_error(self, unique_id: str, error: OCPPError) -> None:
         frame = CallError(unique_id, error.code, error.description, error.details)

@@ -7,6 +7,11 @@ and re-sends them on every connect, routes each message to the handler of the fi
 matched it (``+``, ``#`` and ``$share/GROUP/`` understood), and answers the broker's
 PUBACK only once the handler has finished, so a message is acknowledged after its work is
 durable (at-least-once end to end).
+
+Publishing goes through an outbox (:mod:`chargetwin.outbox`) that loses nothing across
+reconnects and reports each message's PUBACK to the request being answered, if any
+(:mod:`chargetwin.deliveries`). A publisher given a :class:`~chargetwin.readiness.SubscriberGate`
+holds its messages after every connect until the subscribers it needs are back.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import json
 import logging
 import ssl
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -26,7 +32,9 @@ from gmqtt import Client as GmqttClient
 from gmqtt import Message
 from gmqtt.mqtt.constants import MQTTv311
 
-from chargetwin.outbox import Outbox
+from chargetwin import deliveries
+from chargetwin.outbox import Delivery, Outbox
+from chargetwin.readiness import SubscriberGate
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,12 @@ Payload = bytes | str | dict[str, Any] | list[Any] | None
 
 _PUBACK_SUCCESS = 0
 _PUBACK_UNSPECIFIED_ERROR = 0x80
+# A subscriber's new session announced up to this long before we noticed our own
+# disconnection still counts as lost with the same broker restart.
+_SESSION_LOSS_SLACK = 30.0
+_GATE_WARNING_AFTER = 5.0
+# How long a message of a persistent session waits for its handler to be registered.
+_HANDLER_WAIT = 30.0
 
 
 class MqttError(RuntimeError):
@@ -112,14 +126,21 @@ class MqttClient:
         keepalive: int = 30,
         reconnect_delay: float = 1.0,
         outbox_limit: int = 10_000,
+        gate: SubscriberGate | None = None,
+        replay_window: float = 0.0,
+        confirm_timeout: float = 10.0,
     ) -> None:
         self.address = BrokerAddress.parse(url)
         self.client_id = client_id
         self._clean_session = clean_session
         self._keepalive = keepalive
         self._handlers: dict[str, tuple[int, Handler]] = {}
+        self._handler_added = asyncio.Event()
         self._on_connect_hooks: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._connected = asyncio.Event()
+        self._lost_at: float | None = None  # wall-clock time the last connection was lost
+        self.session_present = False  # the broker's CONNACK flag of the current connection
+        self._gate = gate
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         will_message = None
@@ -136,10 +157,20 @@ class MqttClient:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
-        self.outbox = Outbox(self._client, lambda: self.is_connected, limit=outbox_limit)
+        self.outbox = Outbox(
+            self._client,
+            self._can_send,
+            limit=outbox_limit,
+            replay_window=replay_window,
+            confirm_timeout=confirm_timeout,
+        )
+        self._expiry: asyncio.Task[None] | None = None
         self.on_connect(self.outbox.flush)
         self._suback: dict[int, asyncio.Future[None]] = {}
         self._resubscribed: list[asyncio.Future[None]] = []
+        if gate is not None:
+            self._handlers[gate.topic_filter] = (1, gate.on_status)
+            gate.on_open = self._gate_opened
 
     # --- lifecycle ---------------------------------------------------------------------
     async def connect(self, timeout: float = 10.0) -> None:
@@ -165,6 +196,10 @@ class MqttClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         await asyncio.wait_for(self._connected.wait(), timeout)
+        if self._expiry is None:
+            self._expiry = asyncio.get_running_loop().create_task(
+                self._expire_deliveries(), name=f"mqtt-expiry-{self.client_id}"
+            )
         # Return only once the broker confirmed every subscription: a request published
         # by someone else right after we "started" must not fall between the chairs.
         pending = self._resubscribed
@@ -172,6 +207,11 @@ class MqttClient:
 
     async def disconnect(self) -> None:
         self._closing = True
+        expiry, self._expiry = self._expiry, None
+        if expiry is not None:
+            expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiry
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(Exception):
@@ -192,6 +232,13 @@ class MqttClient:
     async def wait_connected(self) -> None:
         await self._connected.wait()
 
+    async def wait_subscribed(self) -> None:
+        """Wait until the broker acknowledged the subscriptions sent at the last connect."""
+        await asyncio.gather(*self._resubscribed)
+
+    def _can_send(self) -> bool:
+        return self._connected.is_set() and (self._gate is None or self._gate.is_open)
+
     def on_connect(self, hook: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``hook`` after every (re)connect, once subscriptions are re-sent."""
         self._on_connect_hooks.append(hook)
@@ -200,6 +247,7 @@ class MqttClient:
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
         """Route messages matching ``topic_filter`` to ``handler`` (kept across reconnects)."""
         self._handlers[topic_filter] = (qos, handler)
+        self._handler_added.set()
         if self.is_connected:
             self._client.subscribe(topic_filter, qos=qos)
 
@@ -208,6 +256,7 @@ class MqttClient:
     ) -> None:
         """Subscribe and wait for the broker's SUBACK, so a request published next is seen."""
         self._handlers[topic_filter] = (qos, handler)
+        self._handler_added.set()
         await self.wait_connected()
         mid = self._client.subscribe(topic_filter, qos=qos)
         future = self._suback[mid] = asyncio.get_running_loop().create_future()
@@ -221,13 +270,20 @@ class MqttClient:
             self._client.unsubscribe(topic_filter)
 
     # --- publishing ----------------------------------------------------------------------
-    def publish(self, topic: str, payload: Payload, *, qos: int = 1, retain: bool = False) -> None:
+    def publish(
+        self, topic: str, payload: Payload, *, qos: int = 1, retain: bool = False
+    ) -> Delivery | None:
         """QoS 1 (the default) goes through the outbox: held while the broker is away and
-        sent again if the broker never acknowledged it, so nothing published is lost."""
+        sent again if the broker never acknowledged it, so nothing published is lost.
+
+        Returns the message's delivery (True at the broker's PUBACK), which the request
+        being answered, if any, also waits for (:func:`chargetwin.deliveries.confirmed`)."""
         if qos == 1:
-            self.outbox.publish(topic, encode(payload), retain=retain)
-        else:
-            self._client.publish(topic, encode(payload), qos=qos, retain=retain)
+            delivery = self.outbox.publish(topic, encode(payload), retain=retain)
+            deliveries.track(delivery)
+            return delivery
+        self._client.publish(topic, encode(payload), qos=qos, retain=retain)
+        return None
 
     @property
     def waiting(self) -> int:
@@ -241,6 +297,11 @@ class MqttClient:
     # --- gmqtt callbacks -------------------------------------------------------------------
     def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
         loop = asyncio.get_running_loop()
+        self.session_present = bool(flags)
+        if self._gate is not None:
+            self._gate.reset()
+            if not self._gate.is_open:
+                self._spawn(self._warn_while_gated())
         self._resubscribed = []
         for topic_filter, (qos, _) in self._handlers.items():
             mid = self._client.subscribe(topic_filter, qos=qos)
@@ -251,9 +312,47 @@ class MqttClient:
             "MQTT connected to %s:%s as %s", self.address.host, self.address.port, self.client_id
         )
         for hook in self._on_connect_hooks:
-            task: asyncio.Task[None] = asyncio.get_running_loop().create_task(hook())
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
+            self._spawn(hook())
+
+    async def _expire_deliveries(self) -> None:
+        """Whoever waits for a PUBACK gives up after the outbox's ``confirm_timeout``."""
+        while True:
+            await asyncio.sleep(min(1.0, self.outbox.confirm_timeout / 4))
+            self.outbox.expire(time.monotonic())
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _gate_opened(self) -> None:
+        """The subscribers are back: replay what a broker that lost them never delivered,
+        then send what waited."""
+        assert self._gate is not None
+        if self._lost_at is not None and self._gate.lost_sessions_since(
+            self._lost_at - _SESSION_LOSS_SLACK
+        ):
+            replayed = self.outbox.replay_recent()
+            if replayed:
+                log.warning(
+                    "MQTT: the broker lost its subscribers' sessions; %d messages it had "
+                    "acknowledged just before are sent again",
+                    replayed,
+                )
+        self._spawn(self.outbox.flush())
+
+    async def _warn_while_gated(self) -> None:
+        assert self._gate is not None
+        try:
+            async with asyncio.timeout(_GATE_WARNING_AFTER):
+                await self._gate.wait_open()
+        except TimeoutError:
+            log.warning(
+                "MQTT: holding %d messages until %s announce their subscriptions on %s",
+                self.outbox.waiting,
+                ", ".join(self._gate.missing),
+                self._gate.topic_filter,
+            )
 
     def _on_subscribe(self, client: Any, mid: int, qos: Any, properties: Any) -> None:
         future = self._suback.pop(mid, None)
@@ -261,6 +360,8 @@ class MqttClient:
             future.set_result(None)
 
     def _on_disconnect(self, client: Any, packet: Any, exc: Exception | None = None) -> None:
+        if self._connected.is_set():
+            self._lost_at = time.time()
         if self._connected.is_set() and not self._closing:
             log.warning(
                 "MQTT connection to %s:%s lost; reconnecting", self.address.host, self.address.port
@@ -271,6 +372,8 @@ class MqttClient:
         self, client: Any, topic: str, payload: bytes, qos: int, properties: Any
     ) -> int:
         handler = self._route(topic)
+        if handler is None and not self._clean_session:
+            handler = await self._handler_to_come(topic)
         if handler is None:
             return _PUBACK_SUCCESS
         try:
@@ -283,6 +386,26 @@ class MqttClient:
             log.exception("handler for %s failed", topic)
             return _PUBACK_UNSPECIFIED_ERROR
         return _PUBACK_SUCCESS
+
+    async def _handler_to_come(self, topic: str) -> Handler | None:
+        """A persistent session gets what the broker kept for it right after CONNACK, maybe
+        before the application subscribed again (the recorder subscribes once connected):
+        wait for its handler instead of acknowledging the message unhandled (it was lost
+        that way after a kill -9)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _HANDLER_WAIT
+        while (remaining := deadline - loop.time()) > 0:
+            self._handler_added.clear()
+            handler = self._route(topic)  # after the clear: a subscribe now is not missed
+            if handler is not None:
+                return handler
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._handler_added.wait()
+        log.warning(
+            "MQTT: no handler for %s after %g s; acknowledged unhandled", topic, _HANDLER_WAIT
+        )
+        return None
 
     def _route(self, topic: str) -> Handler | None:
         for topic_filter, (_, handler) in self._handlers.items():

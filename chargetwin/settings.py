@@ -78,6 +78,21 @@ class Settings(BaseSettings):
     mqtt_client_id: str | None = Field(
         None, description="Client id base; unset derives one from the component and host."
     )
+    mqtt_subscribers: str = Field(
+        "twin,rules",
+        description="Components (comma-separated) that must receive what the bridge "
+        "publishes: after every connect to the broker the bridge holds its messages, and "
+        "answers no charger call that produced one, until an instance of each announced "
+        "its subscriptions (docs/operations.md, Delivery guarantees). Empty: do not wait.",
+    )
+    mqtt_replay_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=600,
+        description="Seconds of acknowledged messages the bridge keeps (at most its outbox "
+        "size) to send again when a broker without persistence restarted and lost what it "
+        "held for its subscribers.",
+    )
     mqtt_share_group: str | None = Field(
         None,
         description="Join workers to MQTT shared subscriptions ($share/GROUP-component/...) "

@@ -66,6 +66,12 @@ class Topics:
         """Retained ``online``/``offline`` of a bridge process (its last will says offline)."""
         return f"{self.prefix}/bridges/{bridge_id}/status"
 
+    def service_status(self, component: str, instance: str) -> str:
+        """Retained: a twin or recorder instance has its subscriptions in place (or left).
+
+        See :mod:`chargetwin.readiness`."""
+        return f"{self.prefix}/services/{component}/{instance}/status"
+
     # --- subscriptions -----------------------------------------------------------------
     def all_shadow_requests(self, operation: str) -> str:
         return f"{self.prefix}/chargers/+/shadow/{operation}"
@@ -75,6 +81,9 @@ class Topics:
 
     def all_bridge_status(self) -> str:
         return f"{self.prefix}/bridges/+/status"
+
+    def all_service_status(self) -> str:
+        return f"{self.prefix}/services/+/+/status"
 
     # --- parsing -----------------------------------------------------------------------
     def charger_id_of(self, topic: str) -> str:

@@ -1,9 +1,10 @@
 """Running the rules component: the recorder, the engine on its schedule, notifications.
 
 Start order: stores, then the engine (it takes back open alerts), the site directory,
-then MQTT with the recorder's subscriptions, then retention of the embedded store. Stop
-order: stop evaluating, stop retention, stop taking messages, make the open batch durable,
-then close the connections and stores.
+then MQTT with the recorder's subscriptions and the announcement that they exist
+(:mod:`chargetwin.readiness`), then retention of the embedded store. Stop order: stop
+evaluating, stop retention, announce offline, make the open batch durable, then close the
+connections and stores. The subscriptions stay in the broker's persistent session.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from chargetwin.database import connect
 from chargetwin.mqtt import MqttClient, client_id_for
+from chargetwin.readiness import ServiceAnnouncer
 from chargetwin.settings import Settings
 from chargetwin.shadow_client import ShadowClient
 from chargetwin.topics import Topics
@@ -67,12 +69,11 @@ async def run_rules(settings: Settings, stop: asyncio.Event) -> None:
             store.name,
         )
         # A stable client id and a persistent session: telemetry published while the
-        # recorder restarts waits in the broker.
-        mqtt = MqttClient(
-            settings.broker_url,
-            client_id_for("rules", settings.mqtt_client_id or "chargetwin"),
-            clean_session=False,
-        )
+        # recorder restarts waits in the broker. The bridge waits for the announcement
+        # after a broker restart (chargetwin.readiness).
+        client_id = client_id_for("rules", settings.mqtt_client_id or "chargetwin")
+        announcer = ServiceAnnouncer(topics, "rules", client_id)
+        mqtt = MqttClient(settings.broker_url, client_id, clean_session=False, will=announcer.will)
         notifier = Notifier(mqtt=mqtt, prefix=topics.prefix, webhooks=settings.rules_webhooks)
         actions = Actions(
             db,
@@ -94,6 +95,8 @@ async def run_rules(settings: Settings, stop: asyncio.Event) -> None:
         stack.push_async_callback(notifier.stop)
         await recorder.start(mqtt, settings.mqtt_share_group)
         stack.push_async_callback(recorder.stop)
+        await announcer.start(mqtt)  # every subscription is acknowledged by now
+        stack.push_async_callback(announcer.stop, mqtt)
         if isinstance(store, SQLiteSeriesStore):
             policy = RetentionPolicy.from_days(
                 settings.series_retention_days, settings.meter_values_retention_days
@@ -107,6 +110,8 @@ async def run_rules(settings: Settings, stop: asyncio.Event) -> None:
         try:
             await stop.wait()
         finally:
+            # No unsubscribing: the persistent session keeps the subscriptions, so the
+            # broker holds what is published while we are away. A message that arrives
+            # during the stop is written on its own (Recorder.accept) or, unacknowledged
+            # when the connection closes, delivered again at the next start.
             scheduler.shutdown(wait=False)
-            for topic_filter in list(recorder.subscriptions):
-                mqtt.unsubscribe(topic_filter)

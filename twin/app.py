@@ -8,6 +8,7 @@ import socket
 
 from chargetwin.database import connect
 from chargetwin.mqtt import MqttClient, client_id_for
+from chargetwin.readiness import ServiceAnnouncer
 from chargetwin.settings import Settings
 from chargetwin.topics import Topics
 from twin.registry import ChargerRegistry
@@ -38,20 +39,26 @@ async def run_twin(settings: Settings, stop: asyncio.Event) -> None:
         # restarts wait in the broker instead of being lost. The host name keeps workers on
         # different hosts (containers) apart; several on one host need --mqtt-client-id.
         base = settings.mqtt_client_id or f"chargetwin-{socket.gethostname()}"
-        mqtt = MqttClient(settings.broker_url, client_id_for("twin", base), clean_session=False)
+        client_id = client_id_for("twin", base)
+        topics = Topics(settings.mqtt_prefix)
+        # Publishers wait for this announcement after a broker restart (chargetwin.readiness).
+        announcer = ServiceAnnouncer(topics, "twin", client_id)
+        mqtt = MqttClient(settings.broker_url, client_id, clean_session=False, will=announcer.will)
         service = ShadowService(
             mqtt,
             store,
             registry,
-            Topics(settings.mqtt_prefix),
+            topics,
             limits=limits_from(settings),
             share_group=settings.mqtt_share_group,
         )
         await service.start()
-        await mqtt.connect()
+        await mqtt.connect()  # returns once the service's subscriptions are acknowledged
+        await announcer.start(mqtt)
         try:
             await stop.wait()
         finally:
+            await announcer.stop(mqtt)
             await service.stop()
             await mqtt.disconnect()
     finally:

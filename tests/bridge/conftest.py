@@ -157,6 +157,7 @@ async def make_bridge(tmp_path: Any, prefix: str) -> AsyncIterator[MakeBridge]:
         mqtt_url: str = BROKER_URL,
         auto_register: bool = False,
         charger_password_cost: int = 14,
+        mqtt_subscribers: str = "",
         **options: Any,
     ) -> Bridge:
         settings = Settings(
@@ -167,6 +168,8 @@ async def make_bridge(tmp_path: Any, prefix: str) -> AsyncIterator[MakeBridge]:
             database_url=database_url,
             auto_register=auto_register,
             charger_password_cost=charger_password_cost,
+            # No twin or recorder runs here: publish without waiting for their announcement.
+            mqtt_subscribers=mqtt_subscribers,
         )
         defaults: dict[str, Any] = {
             "port": 0,

@@ -124,3 +124,36 @@ async def _until_published(probe: MqttProbe, topic: str, payload: bytes, got: li
             raise AssertionError("the handler never saw the message after the restart")
         await probe.publish(topic, payload)
         await asyncio.sleep(0.2)
+
+
+async def test_kept_messages_wait_for_a_handler_registered_after_connecting(
+    broker: Mosquitto,
+) -> None:
+    """A persistent session gets what the broker kept right after CONNACK; the recorder
+    subscribes only once connected, and acknowledged those unhandled (lost after kill -9)."""
+    first = MqttClient(broker.url, "late-subscriber", clean_session=False)
+
+    async def ignore(topic: str, payload: bytes) -> None:
+        pass
+
+    first.subscribe("late/#", ignore)
+    await first.connect()
+    await first.disconnect()  # the session keeps the subscription
+    probe = MqttProbe(broker.url)
+    got: list[int] = []
+
+    async def record(topic: str, payload: bytes) -> None:
+        got.append(json.loads(payload)["n"])
+
+    again = MqttClient(broker.url, "late-subscriber", clean_session=False)
+    try:
+        for n in range(20):
+            await probe.publish("late/x", json.dumps({"n": n}).encode())
+        await again.connect()  # the 20 kept messages arrive now, before any handler
+        await asyncio.sleep(0.3)
+        again.subscribe("late/#", record)
+        await _until(lambda: len(got) == 20)
+        assert sorted(got) == list(range(20))
+    finally:
+        probe.close()
+        await again.disconnect()

@@ -77,6 +77,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
             "chargetwin/chargers/+/shadow/get/accepted",
             "chargetwin/chargers/+/shadow/get/rejected",
             "chargetwin/chargers/+/commands",
+            "chargetwin/services/+/+/status",
         ),
     },
     "twin": {
@@ -89,6 +90,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
             "chargetwin/chargers/+/shadow/get/rejected",
             "chargetwin/chargers/+/shadow/delete/accepted",
             "chargetwin/chargers/+/shadow/delete/rejected",
+            "chargetwin/services/twin/+/status",
         ),
         "read": (
             "chargetwin/chargers/+/shadow/update",
@@ -103,6 +105,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
             "chargetwin/alerts/#",
             "chargetwin/chargers/+/shadow/update",
             "chargetwin/chargers/+/commands",
+            "chargetwin/services/rules/+/status",
         ),
         "read": (
             "chargetwin/chargers/+/telemetry/#",
@@ -152,6 +155,8 @@ PROBE_TOPICS = (
     "chargetwin/chargers/{id}/commands",
     "chargetwin/chargers/{id}/commands/result",
     "chargetwin/bridges/{id}/status",
+    "chargetwin/services/twin/{id}/status",
+    "chargetwin/services/rules/{id}/status",
     "chargetwin/alerts/{id}/raised",
     "chargetwin/chargers/{id}/shadow/delete",
     "chargetwin/chargers/{id}/shadow/delete/accepted",

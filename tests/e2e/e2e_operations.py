@@ -94,6 +94,7 @@ async def platform(
         data_dir=tmp_path,
         api_port=api_port,
         public_url=public_url,
+        mqtt_subscribers="",  # the twin below is a bare ShadowService; no recorder runs
     )
     async with contextlib.AsyncExitStack() as stack:
         db = connect(settings.database_target)
