@@ -89,6 +89,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
             "chargetwin/chargers/+/shadow/get/rejected",
             "chargetwin/chargers/+/shadow/delete/accepted",
             "chargetwin/chargers/+/shadow/delete/rejected",
+            "chargetwin/chargers/+/presence/shadow",
         ),
         "read": (
             "chargetwin/chargers/+/shadow/update",
@@ -108,6 +109,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
             "chargetwin/chargers/+/telemetry/#",
             "chargetwin/chargers/+/events/#",
             "chargetwin/chargers/+/presence",
+            "chargetwin/chargers/+/presence/shadow",
             "chargetwin/chargers/+/shadow/update/documents",
             "chargetwin/chargers/+/shadow/update/accepted",
             "chargetwin/chargers/+/shadow/update/rejected",
@@ -146,6 +148,7 @@ PROBE_TOPICS = (
     "chargetwin/chargers/{id}/shadow/get/accepted",
     "chargetwin/chargers/{id}/shadow/get/rejected",
     "chargetwin/chargers/{id}/presence",
+    "chargetwin/chargers/{id}/presence/shadow",
     "chargetwin/chargers/{id}/telemetry/meter-values",
     "chargetwin/chargers/{id}/telemetry/meter-values/connector-1",
     "chargetwin/chargers/{id}/events/status-notification",
