@@ -546,8 +546,10 @@ class ShadowService:
                 error.code,
                 error.message,
             )
+        # Presence writes are updates on the wire: refused ones are answered as such.
+        operation = job.kind if job.kind in ("get", "delete") else "update"
         return (
-            self._topics.shadow(job.charger_id, job.kind, "rejected"),
+            self._topics.shadow(job.charger_id, operation, "rejected"),
             error.payload(self._clock()),
         )
 

@@ -404,3 +404,11 @@ async def test_several_workers_take_a_dead_bridges_charger_offline_once(
     finally:
         for worker in workers:
             await stop_twin(worker)
+
+
+async def test_presence_of_an_unregistered_charger_is_refused_as_an_update(twin: Twin) -> None:
+    await twin.probe.publish(
+        twin.topics.presence("CP-unknown"), {"online": True, "since": time.time(), "bridge": "b"}
+    )
+    answer = await twin.probe.expect(twin.shadow("CP-unknown") + "/rejected")
+    assert answer["code"] == 404
