@@ -148,13 +148,16 @@ class ShadowService:
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="twin-batches")
         t = self._topics
+        # Every worker follows every bridge's status (low volume), so each knows which
+        # bridges are gone. Subscribed first (and so again first after each reconnect):
+        # the broker sends retained messages in subscription order, and the statuses must
+        # not queue behind thousands of retained presences past the presence grace.
+        self._mqtt.subscribe(t.all_bridge_status(), self._on_bridge_status)
         self._mqtt.subscribe(shared(t.all_shadow_requests("update"), self._group), self._on_update)
         self._mqtt.subscribe(shared(t.all_shadow_requests("get"), self._group), self._on_get)
         self._mqtt.subscribe(shared(t.all_shadow_requests("delete"), self._group), self._on_delete)
-        # Presence goes to one worker of the group; every worker follows every bridge's
-        # status (low volume), so each knows which bridges are gone.
+        # Presence goes to one worker of the group.
         self._mqtt.subscribe(shared(t.all_presence(), self._group), self._on_presence)
-        self._mqtt.subscribe(t.all_bridge_status(), self._on_bridge_status)
         self._mqtt.on_connect(self._connected)
         if self._mqtt.is_connected:
             await self._connected()
