@@ -27,6 +27,7 @@ from brokers import Mosquitto, free_port
 from probes import MqttProbe
 from websockets.asyncio.client import ClientConnection, connect
 
+from api.work_orders import WorkOrderStore
 from bridge import Bridge, BridgeOptions
 from chargetwin.database import Database
 from chargetwin.database import connect as connect_db
@@ -470,6 +471,15 @@ class Platform:
 
 @pytest.fixture
 async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
+    # Work orders' columns made before the first start: on a fresh SQLite file the API
+    # and the rules engine add them concurrently at start-up, and one of them may fail
+    # with "duplicate column name" (a start-up race outside what this file tests).
+    db = connect_db(Settings(data_dir=tmp_path).database_target)
+    await db.open()
+    try:
+        await WorkOrderStore(db).create_schema()
+    finally:
+        await db.close()
     p = Platform(tmp_path)
     await p.start()
     yield p
