@@ -412,3 +412,20 @@ async def test_presence_of_an_unregistered_charger_is_refused_as_an_update(twin:
     )
     answer = await twin.probe.expect(twin.shadow("CP-unknown") + "/rejected")
     assert answer["code"] == 404
+
+
+async def test_a_charger_that_moved_to_another_bridge_survives_the_old_bridges_will(
+    twin: Twin,
+) -> None:
+    t, presence = time.time(), twin.topics.presence("CP-1")
+    old = {"online": True, "since": t - 5, "bridge": "b1", "epoch": t - 10}
+    await twin.probe.publish(presence, old)
+    await twin.probe.expect(f"{presence}/shadow", online=True, bridge="b1")
+    await twin.probe.publish(presence, {"online": True, "since": t, "bridge": "b2", "epoch": t})
+    await twin.probe.expect(f"{presence}/shadow", online=True, bridge="b2")
+    await twin.probe.publish(twin.topics.bridge_status("b1"), {"online": False, "epoch": t - 10})
+    await twin.probe.publish(presence, old)  # b1's retained "online", delivered again
+    await twin.probe.request(twin.shadow("CP-1"), {"state": {"reported": {"x": 1}}})
+    connection = await _connection(twin)
+    assert (connection["online"], connection["bridge"]) == (True, "b2")
+    await twin.probe.silent(f"{presence}/shadow", wait=0.2)
