@@ -242,7 +242,7 @@ class ShadowService:
             return  # cleared, malformed, or older than what we know
         if status.online:
             return
-        lost = await self._chargers_of([bridge_id])
+        lost = await self._chargers_of(bridge_id)
         if lost:
             log.warning("bridge %s is gone: marking %d chargers offline", bridge_id, len(lost))
         await self._mark_lost(lost, BridgeLost(bridge_id, status.epoch))
@@ -265,6 +265,8 @@ class ShadowService:
         try:
             held = await self._store.online_chargers()
         except DatabaseError:
+            # The next reconnect checks again; the wills of bridges that die meanwhile
+            # are handled as they come.
             log.exception("cannot list online chargers to check their bridges")
             return
         silent: dict[str, list[str]] = {}
@@ -279,13 +281,14 @@ class ShadowService:
             )
             await self._mark_lost(chargers, BridgeLost(bridge_id, None, unless_alive=True))
 
-    async def _chargers_of(self, bridges: list[str]) -> list[str]:
+    async def _chargers_of(self, bridge: str) -> list[str]:
+        """The chargers whose shadow says online on ``bridge``."""
         try:
             held = await self._store.online_chargers()
         except DatabaseError:
-            log.exception("cannot list the chargers of bridges %s", ", ".join(bridges))
+            log.exception("cannot list the chargers of bridge %s", bridge)
             return []
-        return [charger_id for charger_id, bridge_id in held if bridge_id in bridges]
+        return [charger_id for charger_id, bridge_id in held if bridge_id == bridge]
 
     async def _mark_lost(self, chargers: list[str], lost: BridgeLost) -> None:
         jobs = [_Job(charger_id, "lost", None, None, lost=lost) for charger_id in chargers]
