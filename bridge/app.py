@@ -135,6 +135,7 @@ class Bridge:
             outbox_limit=options.outbox_limit,
         )
         reporter = self.reporter = Reporter(self.mqtt, self.topics, self.bridge_id)
+        self.mqtt.subscribe(self.topics.bridge_announce(self.bridge_id), self._asked_to_announce)
         # After every (re)connect: the will may have fired while we were away.
         self.mqtt.on_connect(self._announce)
         await self.mqtt.connect()
@@ -192,6 +193,16 @@ class Bridge:
         self._next_epoch = max(now(), epoch + 0.001)
         self.mqtt.set_will(*self._will())
         self.reporter.bridge_status(True)
+        self._announce_held()
+
+    async def _asked_to_announce(self, topic: str, payload: bytes) -> None:
+        """The twin took our chargers offline for want of news from us (our status reached
+        it late): tell it again what we hold."""
+        self._announce_held()
+
+    def _announce_held(self) -> None:
+        if self.reporter is None:
+            return
         held = list(self.reporter.held.items())
         for charger_id, since in held:
             self.reporter.announce(charger_id, True, since)

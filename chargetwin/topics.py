@@ -74,6 +74,10 @@ class Topics:
         will says offline with the same epoch."""
         return f"{self.prefix}/bridges/{bridge_id}/status"
 
+    def bridge_announce(self, bridge_id: str) -> str:
+        """Asks a bridge to publish the presence of every charger it holds again."""
+        return f"{self.prefix}/bridges/{bridge_id}/announce"
+
     # --- subscriptions -----------------------------------------------------------------
     def all_shadow_requests(self, operation: str) -> str:
         return f"{self.prefix}/chargers/+/shadow/{operation}"

@@ -222,7 +222,9 @@ def lost_write(
     if lost.unless_alive and bridges.confirmed_alive(lost.bridge):
         return None
     at = max(now, held_at + STEP)
-    epoch = lost.epoch if lost.epoch is not None else held_epoch
+    # Presumed (no news) rather than known (a will): no epoch, so the bridge's next
+    # presence of this charger, under any epoch, wins over the presumption.
+    epoch = None if lost.unless_alive else lost.epoch if lost.epoch is not None else held_epoch
     return _inferred_offline(lost.bridge, epoch, at), at
 
 

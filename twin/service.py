@@ -140,6 +140,9 @@ class ShadowService:
         self._bridges = BridgeBook()
         self._presence_grace = presence_grace
         self._reconciler: asyncio.Task[None] | None = None
+        # Bridges whose chargers we took offline for want of news: asked to announce them
+        # again as soon as their status shows they are alive.
+        self._presumed_gone: set[str] = set()
         self._stopping = False
         self._worker: asyncio.Task[None] | None = None
         self.updates_accepted = 0
@@ -241,6 +244,9 @@ class ShadowService:
         if status is None or not self._bridges.status(bridge_id, status):
             return  # cleared, malformed, or older than what we know
         if status.online:
+            if bridge_id in self._presumed_gone:
+                self._presumed_gone.discard(bridge_id)
+                self._mqtt.publish(self._topics.bridge_announce(bridge_id), {})
             return
         lost = await self._chargers_of(bridge_id)
         if lost:
@@ -274,6 +280,7 @@ class ShadowService:
             if bridge_id is not None and not self._bridges.confirmed_alive(bridge_id):
                 silent.setdefault(bridge_id, []).append(charger_id)
         for bridge_id, chargers in silent.items():
+            self._presumed_gone.add(bridge_id)
             log.warning(
                 "bridge %s has not announced itself: marking %d chargers offline",
                 bridge_id,

@@ -77,6 +77,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
             "chargetwin/chargers/+/shadow/get/accepted",
             "chargetwin/chargers/+/shadow/get/rejected",
             "chargetwin/chargers/+/commands",
+            "chargetwin/bridges/+/announce",
         ),
     },
     "twin": {
@@ -90,6 +91,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
             "chargetwin/chargers/+/shadow/delete/accepted",
             "chargetwin/chargers/+/shadow/delete/rejected",
             "chargetwin/chargers/+/presence/shadow",
+            "chargetwin/bridges/+/announce",
         ),
         "read": (
             "chargetwin/chargers/+/shadow/update",
@@ -155,6 +157,7 @@ PROBE_TOPICS = (
     "chargetwin/chargers/{id}/commands",
     "chargetwin/chargers/{id}/commands/result",
     "chargetwin/bridges/{id}/status",
+    "chargetwin/bridges/{id}/announce",
     "chargetwin/alerts/{id}/raised",
     "chargetwin/chargers/{id}/shadow/delete",
     "chargetwin/chargers/{id}/shadow/delete/accepted",

@@ -429,3 +429,27 @@ async def test_a_charger_that_moved_to_another_bridge_survives_the_old_bridges_w
     connection = await _connection(twin)
     assert (connection["online"], connection["bridge"]) == (True, "b2")
     await twin.probe.silent(f"{presence}/shadow", wait=0.2)
+
+
+async def test_a_bridge_presumed_gone_is_asked_to_announce_and_its_chargers_come_back(
+    broker_url: str, tmp_path: object, prefix: str
+) -> None:
+    """Its status reached the twin only after the grace: the chargers it holds went offline
+    for want of news; once the status arrives the twin asks it to announce them again."""
+    t = await start_twin(broker_url, f"sqlite:///{tmp_path}/t.db", prefix, presence_grace=0.3)
+    try:
+        await t.registry.register("CP-1", None)
+        presence = t.topics.presence("CP-1")
+        online = {"online": True, "since": time.time(), "bridge": "b-late", "epoch": 7.0}
+        await t.probe.publish(presence, online)
+        await t.probe.expect(f"{presence}/shadow", online=True)
+        presumed = await t.probe.expect(f"{presence}/shadow", online=False)
+        assert presumed["source"] == "twin" and "epoch" not in presumed
+        status = {"online": True, "since": time.time(), "epoch": 7.0}
+        await t.probe.publish(t.topics.bridge_status("b-late"), status)
+        await t.probe.expect(t.topics.bridge_announce("b-late"))
+        await t.probe.publish(presence, online)  # what the bridge answers: same epoch
+        back = await t.probe.expect(f"{presence}/shadow", online=True)
+        assert back["since"] > presumed["since"]
+    finally:
+        await stop_twin(t)
