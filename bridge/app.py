@@ -2,6 +2,14 @@
 
 The CLI calls :func:`run_bridge`; tests use :class:`Bridge` (``start``/``stop`` and the
 bound ``port`` when port 0 is asked for).
+
+Presence across MQTT reconnects: every MQTT connection of the bridge has an *epoch*, the
+bridge's clock when it was chosen, strictly increasing per bridge id (also across process
+restarts). The connection's last will, its retained status and every presence published
+while it lasts carry it. After each (re)connect the bridge announces its status and then
+announces every charger it holds again under the new epoch: while it was away the broker
+may have published its will and the twin marked those chargers offline; a presence with a
+newer epoch than the will's tells the twin the socket was held all along (docs/mqtt.md).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from bridge.limits import FloodLimit
 from bridge.reports import Reporter
 from bridge.server import OcppServer, ServerOptions
 from bridge.stores import IdTagStore, TransactionStore
+from bridge.times import now
 from bridge.tls import TlsFiles, server_context
 from chargetwin.database import Database, connect
 from chargetwin.mqtt import MqttClient, client_id_for
@@ -94,6 +103,8 @@ class Bridge:
         self.server: OcppServer | None = None
         self.services: Services | None = None
         self.reporter: Reporter | None = None
+        # The epoch the next MQTT connection announces; its will carries it already.
+        self._next_epoch = now()
 
     @property
     def mqtt_url(self) -> str:
@@ -117,17 +128,17 @@ class Bridge:
         await catalog.create_schema()
         await shadows.create_schema()
 
-        status_topic = self.topics.bridge_status(self.bridge_id)
         self.mqtt = MqttClient(
             self.mqtt_url,
             self.client_id,
-            will=(status_topic, {"online": False}, True),
+            will=self._will(),
             reconnect_delay=options.mqtt_reconnect_delay,
             outbox_limit=options.outbox_limit,
             gate=SubscriberGate(self.topics, self.settings.mqtt_subscribers.split(",")),
             replay_window=self.settings.mqtt_replay_seconds,
         )
         reporter = self.reporter = Reporter(self.mqtt, self.topics, self.bridge_id)
+        self.mqtt.subscribe(self.topics.bridge_announce(self.bridge_id), self._asked_to_announce)
         # After every (re)connect: the will may have fired while we were away.
         self.mqtt.on_connect(self._announce)
         await self.mqtt.connect()
@@ -168,9 +179,38 @@ class Bridge:
         self.port = await self.server.start(self.settings.host, port)
         log.info("bridge %s: serving", self.bridge_id)
 
+    def _will(self) -> tuple[str, dict[str, Any], bool]:
+        return (
+            self.topics.bridge_status(self.bridge_id),
+            {"online": False, "epoch": self._next_epoch},
+            True,
+        )
+
     async def _announce(self) -> None:
-        if self.reporter is not None:
-            self.reporter.bridge_status(True)
+        """After every MQTT (re)connect: status online and every held charger again, under
+        this connection's epoch (the one its will carries); the next connection's will
+        gets a later one."""
+        if self.reporter is None or self.mqtt is None:
+            return
+        self.reporter.epoch = epoch = self._next_epoch
+        self._next_epoch = max(now(), epoch + 0.001)
+        self.mqtt.set_will(*self._will())
+        self.reporter.bridge_status(True)
+        self._announce_held()
+
+    async def _asked_to_announce(self, topic: str, payload: bytes) -> None:
+        """The twin took our chargers offline for want of news from us (our status reached
+        it late): tell it again what we hold."""
+        self._announce_held()
+
+    def _announce_held(self) -> None:
+        if self.reporter is None:
+            return
+        held = list(self.reporter.held.items())
+        for charger_id, since in held:
+            self.reporter.announce(charger_id, True, since)
+        if held:
+            log.info("bridge %s: %d chargers announced again", self.bridge_id, len(held))
 
     async def stop(self) -> None:
         """Close every charger (each publishes itself offline), then say goodbye on MQTT."""

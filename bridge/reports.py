@@ -48,6 +48,12 @@ class Reporter:
         self.mqtt = mqtt
         self.topics = topics
         self.bridge_id = bridge_id
+        # The bridge's current MQTT connection (see bridge.app): stamped on presence and
+        # status so the twin tells a re-announcement from a stale message.
+        self.epoch: float | None = None
+        # Chargers whose last presence said online, with their "since": re-announced after
+        # every MQTT reconnect (the twin may have marked them offline meanwhile).
+        self.held: dict[str, float] = {}
 
     def report(
         self, charger_id: str, reported: Mapping[str, Any], at: float, token: str | None = None
@@ -66,31 +72,46 @@ class Reporter:
 
     def presence(self, charger_id: str, online: bool, since: float) -> None:
         """Retained presence plus ``connection`` in the shadow (the twin trusts both)."""
-        self.mqtt.publish(
-            self.topics.presence(charger_id),
-            {
-                "online": online,
-                "since": since,
-                "ocppVersion": OCPP_VERSION,
-                "bridge": self.bridge_id,
-            },
-            retain=True,
-        )
+        if online:
+            self.held[charger_id] = since
+        else:
+            self.held.pop(charger_id, None)
+        self.announce(charger_id, online, since)
         self.report(
             charger_id,
             {"connection": {"online": online, "since": since, "ocppVersion": OCPP_VERSION}},
             since,
         )
 
+    def announce(self, charger_id: str, online: bool, since: float) -> None:
+        """The retained presence alone: also sent again for every held charger after each
+        MQTT (re)connect, under the new epoch."""
+        message: dict[str, Any] = {
+            "online": online,
+            "since": since,
+            "ocppVersion": OCPP_VERSION,
+            "bridge": self.bridge_id,
+        }
+        if self.epoch is not None:
+            message["epoch"] = self.epoch
+        self.mqtt.publish(self.topics.presence(charger_id), message, retain=True)
+
     def command_result(self, charger_id: str, result: Mapping[str, Any]) -> None:
         self.mqtt.publish(f"{self.topics.command(charger_id)}/result", dict(result))
 
     def bridge_status(self, online: bool) -> None:
         self.mqtt.publish(
-            self.topics.bridge_status(self.bridge_id),
-            {"online": online, "since": now()},
-            retain=True,
+            self.topics.bridge_status(self.bridge_id), self.status(online, now()), retain=True
         )
+
+    def status(self, online: bool, since: float | None = None) -> dict[str, Any]:
+        """The bridge status payload; the last will is ``status(False)`` (no time known)."""
+        message: dict[str, Any] = {"online": online}
+        if since is not None:
+            message["since"] = since
+        if self.epoch is not None:
+            message["epoch"] = self.epoch
+        return message
 
 
 # --- payload builders (pure) ---------------------------------------------------------------

@@ -239,6 +239,10 @@ class MqttClient:
     def _can_send(self) -> bool:
         return self._connected.is_set() and (self._gate is None or self._gate.is_open)
 
+    def set_will(self, topic: str, payload: Payload, retain: bool) -> None:
+        """The last will sent with the next (re)connect (this connection keeps its own)."""
+        self._client._will_message = Message(topic, encode(payload), qos=1, retain=retain)
+
     def on_connect(self, hook: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``hook`` after every (re)connect, once subscriptions are re-sent."""
         self._on_connect_hooks.append(hook)

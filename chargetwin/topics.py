@@ -52,6 +52,13 @@ class Topics:
         """Retained ``{"online", "since", ...}`` published by the bridge holding the socket."""
         return f"{self.charger(charger_id)}/presence"
 
+    def presence_change(self, charger_id: str) -> str:
+        """``reported.connection`` as the twin wrote it, after every change (recorded).
+
+        One level below :meth:`presence`, so the twin's ``+/presence`` subscription never
+        receives its own messages back."""
+        return f"{self.presence(charger_id)}/shadow"
+
     def command(self, charger_id: str) -> str:
         return f"{self.charger(charger_id)}/commands"
 
@@ -63,7 +70,8 @@ class Topics:
 
     # --- per process ---------------------------------------------------------------------
     def bridge_status(self, bridge_id: str) -> str:
-        """Retained ``online``/``offline`` of a bridge process (its last will says offline)."""
+        """Retained ``{"online", "since", "epoch"}`` of a bridge's MQTT connection; its last
+        will says offline with the same epoch."""
         return f"{self.prefix}/bridges/{bridge_id}/status"
 
     def service_status(self, component: str, instance: str) -> str:
@@ -72,12 +80,19 @@ class Topics:
         See :mod:`chargetwin.readiness`."""
         return f"{self.prefix}/services/{component}/{instance}/status"
 
+    def bridge_announce(self, bridge_id: str) -> str:
+        """Asks a bridge to publish the presence of every charger it holds again."""
+        return f"{self.prefix}/bridges/{bridge_id}/announce"
+
     # --- subscriptions -----------------------------------------------------------------
     def all_shadow_requests(self, operation: str) -> str:
         return f"{self.prefix}/chargers/+/shadow/{operation}"
 
     def all_presence(self) -> str:
         return f"{self.prefix}/chargers/+/presence"
+
+    def all_presence_changes(self) -> str:
+        return f"{self.prefix}/chargers/+/presence/shadow"
 
     def all_bridge_status(self) -> str:
         return f"{self.prefix}/bridges/+/status"

@@ -217,6 +217,9 @@ CONVERTERS: dict[str, Converter] = {
     "events/firmware": firmware,
     "events/diagnostics": diagnostics,
     "presence": presence,
+    # The twin's record of every change of reported.connection (docs/mqtt.md): the same
+    # point as the bridge's presence when the bridge made the change, so the store keeps one.
+    "presence/shadow": presence,
 }
 
 

@@ -165,6 +165,9 @@ class Recorder:
                 f"{prefix}/chargers/+/telemetry/#",
                 f"{prefix}/chargers/+/events/#",
                 self.topics.all_presence(),
+                # Presence as the twin wrote it, its own inferences included (a dead
+                # bridge publishes no "offline" for its chargers).
+                self.topics.all_presence_changes(),
             ):
                 self.subscriptions.append(shared(topic_filter, group))
                 await mqtt.subscribe_acked(self.subscriptions[-1], self.handle)

@@ -6,11 +6,17 @@ updates cost one commit, on SQLite as on PostgreSQL), and only then are the answ
 published and the requests acknowledged to the broker. A crash before the commit loses
 nothing: the broker delivers the unacknowledged requests again.
 
-Presence: the bridge holding a charger's socket publishes a retained
-``chargers/{id}/presence`` message; the service writes it into ``reported.connection``
-and, when the charger comes online with a pending delta, publishes the delta again so the
-bridge reconciles at once. A bridge process announces itself on ``bridges/{id}/status``
-with a last will; when it dies, its chargers are marked offline.
+Presence (rules in :mod:`twin.presence`): the bridge holding a charger's socket publishes
+a retained ``chargers/{id}/presence`` message; the service writes it into
+``reported.connection`` and, when the charger comes online with a pending delta, publishes
+the delta again so the bridge reconciles at once. A bridge announces each MQTT connection
+on ``bridges/{id}/status`` with a last will; when the will arrives, the chargers it held
+are marked offline. After each of its own MQTT (re)connects the service waits
+``presence_grace`` for the bridges' statuses, then marks offline the chargers of every
+bridge that did not announce itself (a broker that lost its retained messages publishes no
+will: after a kill -9 of the whole platform, say). Every change of ``connection.online``
+or ``since``, whoever made it, is published on ``chargers/{id}/presence/shadow`` for the
+recorder.
 """
 
 from __future__ import annotations
@@ -29,6 +35,16 @@ from chargetwin.database import DatabaseError
 from chargetwin.mqtt import MqttClient
 from chargetwin.topics import InvalidTopicError, Topics, shared, validate_charger_id
 from twin.documents import ShadowDocument, delta_metadata
+from twin.presence import (
+    BridgeBook,
+    BridgeLost,
+    BridgeStatus,
+    PresenceReport,
+    lost_write,
+    presence_changed,
+    presence_key,
+    presence_write,
+)
 from twin.registry import ChargerRegistry
 from twin.requests import (
     Limits,
@@ -48,6 +64,9 @@ _BATCH_MAX = 1000
 _CACHE_MAX = 50_000
 # Deletes are remembered this long so that a late write cannot resurrect a deleted key.
 _TOMBSTONE_HORIZON = 7 * 24 * 3600.0
+# After the twin (re)connects, how long bridges have to announce themselves (their retained
+# status arrives right after the subscription) before their chargers count as offline.
+PRESENCE_GRACE = 3.0
 
 
 def _new_future() -> asyncio.Future[None]:
@@ -57,12 +76,16 @@ def _new_future() -> asyncio.Future[None]:
 @dataclass
 class _Job:
     charger_id: str
-    kind: str  # "update" | "get" | "delete"
+    kind: str  # "update" | "get" | "delete" | "presence" | "lost"
     update: UpdateRequest | None
     client_token: str | None
     done: asyncio.Future[None] = field(default_factory=_new_future)
     resend_delta: bool = False
     attempts: int = 0
+    # Presence is decided against the document as it is when the batch runs (and again
+    # when a concurrent write forces a retry), not when the message arrived.
+    presence: PresenceReport | None = None
+    lost: BridgeLost | None = None
 
 
 @dataclass
@@ -103,6 +126,7 @@ class ShadowService:
         limits: Limits | None = None,
         share_group: str | None = None,
         clock: Callable[[], float] = time.time,
+        presence_grace: float = PRESENCE_GRACE,
     ) -> None:
         self._mqtt = mqtt
         self._store = store
@@ -113,7 +137,13 @@ class ShadowService:
         self._clock = clock
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._cache: OrderedDict[str, ShadowDocument] = OrderedDict()
-        self._dead_bridges: set[str] = set()
+        self._bridges = BridgeBook()
+        self._presence_grace = presence_grace
+        self._reconciler: asyncio.Task[None] | None = None
+        # Bridges whose chargers we took offline for want of news: asked to announce them
+        # again as soon as their status shows they are alive.
+        self._presumed_gone: set[str] = set()
+        self._stopping = False
         self._worker: asyncio.Task[None] | None = None
         self.updates_accepted = 0
 
@@ -121,13 +151,19 @@ class ShadowService:
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="twin-batches")
         t = self._topics
+        # Every worker follows every bridge's status (low volume), so each knows which
+        # bridges are gone. Subscribed first (and so again first after each reconnect):
+        # the broker sends retained messages in subscription order, and the statuses must
+        # not queue behind thousands of retained presences past the presence grace.
+        self._mqtt.subscribe(t.all_bridge_status(), self._on_bridge_status)
         self._mqtt.subscribe(shared(t.all_shadow_requests("update"), self._group), self._on_update)
         self._mqtt.subscribe(shared(t.all_shadow_requests("get"), self._group), self._on_get)
         self._mqtt.subscribe(shared(t.all_shadow_requests("delete"), self._group), self._on_delete)
-        # Presence is retained and low-volume: every worker sees all of it, but only the
-        # one holding the shared subscription writes; the rest just learn dead bridges.
+        # Presence goes to one worker of the group.
         self._mqtt.subscribe(shared(t.all_presence(), self._group), self._on_presence)
-        self._mqtt.subscribe(t.all_bridge_status(), self._on_bridge_status)
+        self._mqtt.on_connect(self._connected)
+        if self._mqtt.is_connected:
+            await self._connected()
         log.info(
             "twin service started (prefix %s%s)",
             t.prefix,
@@ -145,6 +181,11 @@ class ShadowService:
             t.all_bridge_status(),
         ):
             self._mqtt.unsubscribe(topic_filter)
+        self._stopping = True
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciler
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._queue.join(), 10)
         if self._worker is not None:
@@ -189,50 +230,76 @@ class ShadowService:
         except (ValueError, InvalidTopicError):
             log.warning("ignoring malformed presence on %s", topic)
             return
-        if not isinstance(body, dict) or not isinstance(body.get("online"), bool):
-            return  # an empty retained message clears presence; nothing to record
-        now = self._clock()
-        since = body.get("since")
-        since = float(since) if isinstance(since, int | float) and 0 < since <= now + 300 else now
-        bridge_gone = body["online"] and body.get("bridge") in self._dead_bridges
-        online = body["online"] and not bridge_gone
-        # The bridge's own clock orders a charger's presence changes, so a late "offline" of
-        # an old connection never beats the "online" of the new one. Only when we overrule a
-        # dead bridge's retained "online" is our clock the right one: we just learned it.
-        at = max(since, now) if bridge_gone else since
-        connection = {"online": online, "since": at}
-        for key in ("ocppVersion", "bridge"):
-            if isinstance(body.get(key), str):
-                connection[key] = body[key]
-        update = UpdateRequest(
-            {"reported": {"connection": connection}}, None, None, connection["since"]
-        )
-        await self._submit(_Job(charger_id, "update", update, None, resend_delta=online))
+        report = PresenceReport.parse(body, self._clock())
+        if report is not None:
+            await self._submit(_Job(charger_id, "presence", None, None, presence=report))
 
     async def _on_bridge_status(self, topic: str, payload: bytes) -> None:
         try:
             bridge_id = self._topics.bridge_id_of(topic)
-            body = json.loads(payload) if payload else {}
+            body = json.loads(payload) if payload else None
         except (ValueError, InvalidTopicError):
             return
-        if not isinstance(body, dict) or body.get("online") is not False:
-            self._dead_bridges.discard(bridge_id)
+        status = BridgeStatus.parse(body)
+        if status is None or not self._bridges.status(bridge_id, status):
+            return  # cleared, malformed, or older than what we know
+        if status.online:
+            if bridge_id in self._presumed_gone:
+                self._presumed_gone.discard(bridge_id)
+                self._mqtt.publish(self._topics.bridge_announce(bridge_id), {})
             return
-        self._dead_bridges.add(bridge_id)
-        now = self._clock()
+        lost = await self._chargers_of(bridge_id)
+        if lost:
+            log.warning("bridge %s is gone: marking %d chargers offline", bridge_id, len(lost))
+        await self._mark_lost(lost, BridgeLost(bridge_id, status.epoch))
+
+    # --- presence after our own (re)connects ------------------------------------------------
+    async def _connected(self) -> None:
+        """A new MQTT connection: bridges must announce themselves again (see BridgeBook)."""
+        if self._stopping:
+            return
+        self._bridges.new_generation()
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+        self._reconciler = asyncio.create_task(self._reconcile(), name="twin-presence")
+
+    async def _reconcile(self) -> None:
+        """Chargers online on a bridge that has not announced itself within the grace go
+        offline: after a kill -9 of everything, a broker without its retained messages
+        publishes no will for the bridge that held them."""
+        await asyncio.sleep(self._presence_grace)
         try:
             held = await self._store.online_chargers()
         except DatabaseError:
-            log.exception("cannot list chargers of dead bridge %s", bridge_id)
+            # The next reconnect checks again; the wills of bridges that die meanwhile
+            # are handled as they come.
+            log.exception("cannot list online chargers to check their bridges")
             return
-        lost = [cid for cid, bid in held if bid == bridge_id]
-        if lost:
-            log.warning("bridge %s is gone: marking %d chargers offline", bridge_id, len(lost))
-        for cid in lost:
-            update = UpdateRequest(
-                {"reported": {"connection": {"online": False, "since": now}}}, None, None, now
+        silent: dict[str, list[str]] = {}
+        for charger_id, bridge_id in held:
+            if bridge_id is not None and not self._bridges.confirmed_alive(bridge_id):
+                silent.setdefault(bridge_id, []).append(charger_id)
+        for bridge_id, chargers in silent.items():
+            self._presumed_gone.add(bridge_id)
+            log.warning(
+                "bridge %s has not announced itself: marking %d chargers offline",
+                bridge_id,
+                len(chargers),
             )
-            await self._submit(_Job(cid, "update", update, None))
+            await self._mark_lost(chargers, BridgeLost(bridge_id, None, unless_alive=True))
+
+    async def _chargers_of(self, bridge: str) -> list[str]:
+        """The chargers whose shadow says online on ``bridge``."""
+        try:
+            held = await self._store.online_chargers()
+        except DatabaseError:
+            log.exception("cannot list the chargers of bridge %s", bridge)
+            return []
+        return [charger_id for charger_id, bridge_id in held if bridge_id == bridge]
+
+    async def _mark_lost(self, chargers: list[str], lost: BridgeLost) -> None:
+        jobs = [_Job(charger_id, "lost", None, None, lost=lost) for charger_id in chargers]
+        await asyncio.gather(*(self._submit(job) for job in jobs))
 
     async def _submit(self, job: _Job) -> None:
         self._queue.put_nowait(job)
@@ -359,8 +426,15 @@ class ShadowService:
                     )
                 ],
             )
-        request = job.update
-        assert request is not None
+        resend_delta = job.resend_delta
+        if job.kind == "update":
+            request = job.update
+            assert request is not None
+        else:
+            decided = self._presence_request(job, doc)
+            if decided is None:
+                return _Outcome(job, [])  # nothing to change, nothing to answer
+            request, resend_delta = decided
         current = doc or ShadowDocument(cid)
         if request.version is not None and request.version != current.version:
             raise ShadowError(
@@ -371,11 +445,12 @@ class ShadowService:
         now = self._clock()
         previous = current.encoded() if doc is not None else None
         snapshot = current.snapshot()
+        presence_before = presence_key(doc)
         if not current.apply(request.state, request.timestamp):
             unchanged: list[_Message] = [
                 (t.shadow(cid, "update", "accepted"), self._accepted(request, current))
             ]
-            if job.resend_delta:
+            if resend_delta:
                 unchanged += self._delta_message(current, None)
             return _Outcome(job, unchanged)
         current.version += 1
@@ -415,11 +490,32 @@ class ShadowService:
             (t.shadow(cid, "update", "accepted"), self._accepted(request, current)),
             (t.shadow(cid, "update", "documents"), documents.encode()),
         ]
+        connection = presence_changed(presence_before, current)
+        if connection is not None:
+            # Whoever changed it (the bridge's presence or report, or our own inference):
+            # the recorder records this topic, so every change reaches the time series.
+            messages.append((t.presence_change(cid), connection))
         new_delta = encoded.delta
         old_delta = previous.delta if previous is not None else {}
-        if new_delta and ("desired" in request.state or new_delta != old_delta or job.resend_delta):
+        if new_delta and ("desired" in request.state or new_delta != old_delta or resend_delta):
             messages += self._delta_message(current, request.client_token)
         return _Outcome(job, messages)
+
+    def _presence_request(
+        self, job: _Job, doc: ShadowDocument | None
+    ) -> tuple[UpdateRequest, bool] | None:
+        """The write a presence or lost job makes now, and whether it says online."""
+        now = self._clock()
+        if job.presence is not None:
+            decided = presence_write(doc, job.presence, self._bridges, now)
+        else:
+            assert job.lost is not None
+            decided = lost_write(doc, job.lost, self._bridges, now)
+        if decided is None:
+            return None
+        connection, at = decided
+        request = UpdateRequest({"reported": {"connection": connection}}, None, None, at)
+        return request, connection["online"] is True
 
     # --- messages ------------------------------------------------------------------------
     def _accepted(self, request: UpdateRequest, doc: ShadowDocument) -> dict[str, Any]:
@@ -463,8 +559,10 @@ class ShadowService:
                 error.code,
                 error.message,
             )
+        # Presence writes are updates on the wire: refused ones are answered as such.
+        operation = job.kind if job.kind in ("get", "delete") else "update"
         return (
-            self._topics.shadow(job.charger_id, job.kind, "rejected"),
+            self._topics.shadow(job.charger_id, operation, "rejected"),
             error.payload(self._clock()),
         )
 

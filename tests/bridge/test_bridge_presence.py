@@ -54,3 +54,15 @@ async def test_bridge_status_and_chargers_go_offline_at_stop(
         bridge.topics.presence(charger.charger_id), lambda m: m and not m["online"]
     )
     await watcher.wait_for(status, lambda m: m and not m["online"])
+
+
+async def test_asked_to_announce_the_bridge_publishes_its_chargers_presence_again(
+    bridge: Bridge, open_charger: OpenCharger, watcher: MqttWatcher
+) -> None:
+    charger = await open_charger()
+    presence = bridge.topics.presence(charger.charger_id)
+    first = await watcher.wait_for(presence, lambda m: m and m["online"])
+    watcher.publish(bridge.topics.bridge_announce(bridge.bridge_id), {})
+    await watcher.wait_for(presence, lambda m: len(watcher.on(presence)) >= 2)
+    again = watcher.on(presence)[-1]
+    assert again == first and again["epoch"] > 0

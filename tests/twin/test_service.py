@@ -33,14 +33,19 @@ class Twin:
         return self.topics.shadow(charger_id, op)
 
 
-async def start_twin(broker: str, database: str, prefix: str, **kw: object) -> Twin:
+async def start_twin(
+    broker: str, database: str, prefix: str, name: str = "twin", **kw: object
+) -> Twin:
     db = connect(database)
     await db.open()
     store, registry = ShadowStore(db), ChargerRegistry(db)
     await store.create_schema()
     await registry.create_schema()
-    mqtt = MqttClient(broker, f"{prefix}-twin")
+    mqtt = MqttClient(broker, f"{prefix}-{name}")
     topics = Topics(prefix)
+    # Presence published here names bridges that never announce themselves: the check of
+    # silent bridges after connecting waits long unless a test is about it.
+    kw.setdefault("presence_grace", 30.0)
     service = ShadowService(mqtt, store, registry, topics, **kw)  # type: ignore[arg-type]
     await service.start()
     await mqtt.connect()
@@ -298,3 +303,153 @@ async def test_a_late_offline_of_an_old_connection_does_not_beat_the_new_online(
     _, doc = await twin.probe.request(twin.shadow("CP-1", "get"), {})
     assert doc["state"]["reported"]["connection"]["online"] is True
     assert doc["state"]["reported"]["connection"]["since"] == t
+
+
+async def _connection(twin: Twin, charger_id: str = "CP-1") -> dict[str, object]:
+    _, doc = await twin.probe.request(twin.shadow(charger_id, "get"), {})
+    connection: dict[str, object] = doc["state"]["reported"]["connection"]
+    return connection
+
+
+async def test_a_bridge_back_under_a_newer_epoch_wins_over_the_offline_its_will_caused(
+    twin: Twin,
+) -> None:
+    """A broker restart publishes the bridge's will although the bridge kept its sockets;
+    its re-announcement under the next epoch must win over the twin's later "offline"."""
+    t, presence = time.time(), twin.topics.presence("CP-1")
+    status = twin.topics.bridge_status("b1")
+    await twin.probe.publish(status, {"online": True, "since": t - 10, "epoch": t - 10})
+    online = {"online": True, "since": t - 5, "bridge": "b1", "epoch": t - 10}
+    await twin.probe.publish(presence, online)
+    await twin.probe.expect(f"{presence}/shadow", online=True)
+    await twin.probe.publish(status, {"online": False, "epoch": t - 10})
+    offline = await twin.probe.expect(f"{presence}/shadow", online=False)
+    assert offline["source"] == "twin" and offline["since"] >= t
+    # The dead connection's own retained "online" (delivered again) changes nothing.
+    await twin.probe.publish(presence, online)
+    await twin.probe.request(twin.shadow("CP-1"), {"state": {"reported": {"x": 1}}})
+    assert (await _connection(twin))["online"] is False
+    # The bridge is back under a newer epoch and still holds the socket opened at t - 5.
+    await twin.probe.publish(status, {"online": True, "since": t + 1, "epoch": t + 1})
+    await twin.probe.publish(presence, {**online, "epoch": t + 1})
+    back = await twin.probe.expect(f"{presence}/shadow", online=True)
+    assert back["since"] > offline["since"] and back["epoch"] == t + 1
+    assert (await _connection(twin))["online"] is True
+
+
+async def test_a_presence_under_the_dead_epoch_does_not_revive_a_charger(twin: Twin) -> None:
+    """A stale "online" of the connection the will ended, arriving after the bridge came
+    back (a late delivery), changes nothing; the newer epoch's presence does."""
+    t, presence = time.time(), twin.topics.presence("CP-1")
+    status = twin.topics.bridge_status("b1")
+    await twin.probe.publish(status, {"online": True, "since": t - 10, "epoch": t - 10})
+    stale = {"online": True, "since": t - 5, "bridge": "b1", "epoch": t - 10}
+    await twin.probe.publish(presence, stale)
+    await twin.probe.expect(twin.shadow("CP-1") + "/documents")
+    await twin.probe.publish(status, {"online": False, "epoch": t - 10})
+    await twin.probe.expect(f"{presence}/shadow", online=False)
+    await twin.probe.publish(status, {"online": True, "since": t + 1, "epoch": t + 1})
+    await twin.probe.publish(presence, stale)
+    await twin.probe.request(twin.shadow("CP-1"), {"state": {"reported": {"x": 1}}})
+    assert (await _connection(twin))["online"] is False
+
+
+async def test_chargers_of_a_bridge_that_never_announces_itself_go_offline(
+    broker_url: str, tmp_path: object, prefix: str
+) -> None:
+    """After a kill -9 of everything the broker has no retained status and publishes no
+    will: the twin's check after it connects finds the silent bridge."""
+    t = await start_twin(broker_url, f"sqlite:///{tmp_path}/t.db", prefix, presence_grace=0.5)
+    try:
+        for charger_id in ("CP-1", "CP-2"):
+            await t.registry.register(charger_id, None)
+        status = t.topics.bridge_status("b-alive")
+        await t.probe.publish(status, {"online": True, "since": time.time(), "epoch": 1.0})
+        for charger_id, bridge_id in (("CP-1", "b-silent"), ("CP-2", "b-alive")):
+            await t.probe.publish(
+                t.topics.presence(charger_id),
+                {"online": True, "since": time.time(), "bridge": bridge_id, "epoch": 1.0},
+            )
+        offline = await t.probe.expect(f"{t.topics.presence('CP-1')}/shadow", online=False)
+        assert offline["source"] == "twin" and offline["bridge"] == "b-silent"
+        await t.probe.request(t.shadow("CP-2"), {"state": {"reported": {"x": 1}}})
+        assert (await _connection(t, "CP-2"))["online"] is True
+    finally:
+        await stop_twin(t)
+
+
+async def test_several_workers_take_a_dead_bridges_charger_offline_once(
+    database_url: str, prefix: str
+) -> None:
+    """Every worker follows bridge status; the conditional write lands once."""
+    broker = "mqtt://127.0.0.1:1883"  # Mosquitto: shared subscriptions
+    workers = [
+        await start_twin(broker, database_url, prefix, f"twin-{i}", share_group=f"{prefix}-g")
+        for i in range(2)
+    ]
+    first = workers[0]
+    try:
+        await first.registry.register("CP-1", None)
+        t, presence = time.time(), first.topics.presence("CP-1")
+        await first.probe.publish(
+            first.topics.bridge_status("b1"), {"online": True, "since": t, "epoch": t}
+        )
+        await first.probe.publish(
+            presence, {"online": True, "since": t, "bridge": "b1", "epoch": t}
+        )
+        await first.probe.expect(f"{presence}/shadow", online=True)
+        await first.probe.publish(first.topics.bridge_status("b1"), {"online": False, "epoch": t})
+        await first.probe.expect(f"{presence}/shadow", online=False)
+        await first.probe.silent(f"{presence}/shadow", wait=1.0)
+    finally:
+        for worker in workers:
+            await stop_twin(worker)
+
+
+async def test_presence_of_an_unregistered_charger_is_refused_as_an_update(twin: Twin) -> None:
+    await twin.probe.publish(
+        twin.topics.presence("CP-unknown"), {"online": True, "since": time.time(), "bridge": "b"}
+    )
+    answer = await twin.probe.expect(twin.shadow("CP-unknown") + "/rejected")
+    assert answer["code"] == 404
+
+
+async def test_a_charger_that_moved_to_another_bridge_survives_the_old_bridges_will(
+    twin: Twin,
+) -> None:
+    t, presence = time.time(), twin.topics.presence("CP-1")
+    old = {"online": True, "since": t - 5, "bridge": "b1", "epoch": t - 10}
+    await twin.probe.publish(presence, old)
+    await twin.probe.expect(f"{presence}/shadow", online=True, bridge="b1")
+    await twin.probe.publish(presence, {"online": True, "since": t, "bridge": "b2", "epoch": t})
+    await twin.probe.expect(f"{presence}/shadow", online=True, bridge="b2")
+    await twin.probe.publish(twin.topics.bridge_status("b1"), {"online": False, "epoch": t - 10})
+    await twin.probe.publish(presence, old)  # b1's retained "online", delivered again
+    await twin.probe.request(twin.shadow("CP-1"), {"state": {"reported": {"x": 1}}})
+    connection = await _connection(twin)
+    assert (connection["online"], connection["bridge"]) == (True, "b2")
+    await twin.probe.silent(f"{presence}/shadow", wait=0.2)
+
+
+async def test_a_bridge_presumed_gone_is_asked_to_announce_and_its_chargers_come_back(
+    broker_url: str, tmp_path: object, prefix: str
+) -> None:
+    """Its status reached the twin only after the grace: the chargers it holds went offline
+    for want of news; once the status arrives the twin asks it to announce them again."""
+    t = await start_twin(broker_url, f"sqlite:///{tmp_path}/t.db", prefix, presence_grace=0.3)
+    try:
+        await t.registry.register("CP-1", None)
+        presence = t.topics.presence("CP-1")
+        online = {"online": True, "since": time.time(), "bridge": "b-late", "epoch": 7.0}
+        await t.probe.publish(presence, online)
+        await t.probe.expect(f"{presence}/shadow", online=True)
+        presumed = await t.probe.expect(f"{presence}/shadow", online=False)
+        assert presumed["source"] == "twin" and "epoch" not in presumed
+        status = {"online": True, "since": time.time(), "epoch": 7.0}
+        await t.probe.publish(t.topics.bridge_status("b-late"), status)
+        await t.probe.expect(t.topics.bridge_announce("b-late"))
+        await t.probe.publish(presence, online)  # what the bridge answers: same epoch
+        back = await t.probe.expect(f"{presence}/shadow", online=True)
+        assert back["since"] > presumed["since"]
+    finally:
+        await stop_twin(t)
