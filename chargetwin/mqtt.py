@@ -207,6 +207,7 @@ class MqttClient:
 
     async def disconnect(self) -> None:
         self._closing = True
+        self._handler_added.set()  # messages waiting for a handler give up (unacknowledged)
         expiry, self._expiry = self._expiry, None
         if expiry is not None:
             expiry.cancel()
@@ -399,6 +400,9 @@ class MqttClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _HANDLER_WAIT
         while (remaining := deadline - loop.time()) > 0:
+            if self._closing:
+                # Not acknowledged: the broker keeps it in the session for the next start.
+                raise asyncio.CancelledError
             self._handler_added.clear()
             handler = self._route(topic)  # after the clear: a subscribe now is not missed
             if handler is not None:

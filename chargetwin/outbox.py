@@ -119,8 +119,21 @@ class Outbox:
         self._forget_old(time.monotonic())
         if not self._recent:
             return 0
-        messages = [message for _, message in self._recent]
+        # A retained message is state, not an event: replaying one that a newer message on
+        # its topic has since replaced (a bridge's status of the previous connection, say)
+        # would leave the broker retaining the stale one.
+        newest: dict[str, OutgoingMessage] = {}
+        for message in [m for _, m in self._recent] + [*self._inflight.values(), *self._pending]:
+            if message.retain:
+                newest[message.topic] = message
+        messages = [
+            message
+            for _, message in self._recent
+            if not message.retain or newest[message.topic] is message
+        ]
         self._recent.clear()
+        if not messages:
+            return 0
         self._pending.extendleft(reversed(messages))
         self.replayed += len(messages)
         return len(messages)

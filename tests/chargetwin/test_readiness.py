@@ -131,3 +131,45 @@ async def test_no_gate_without_components(broker: Mosquitto) -> None:
         assert delivery is not None and await asyncio.wait_for(delivery, 5)
     finally:
         await publisher.disconnect()
+
+
+async def test_a_replay_never_sends_retained_state_that_was_replaced(broker: Mosquitto) -> None:
+    """A bridge's status of its previous connection, replayed after a broker lost its
+    sessions, used to arrive after the status of the new connection and stay retained."""
+    topics = _topics()
+    subscriber = Subscriber(broker.url, topics)
+    await subscriber.start()
+    gate = SubscriberGate(topics, ["rules"])
+    publisher = MqttClient(broker.url, "bridge-1", gate=gate, reconnect_delay=0.1, replay_window=10)
+    state = f"{topics.prefix}/data/state"
+    seen: list[int] = []
+
+    async def on_state(topic: str, payload: bytes) -> None:
+        seen.append(json.loads(payload)["n"])
+
+    publisher.on_connect(lambda: _publish_state(publisher, state, 2))
+    await publisher.connect()
+    try:
+        await _until(lambda: gate.is_open, "the recorder's announcement")
+        assert await publisher.publish(state, {"n": 1}, retain=True)
+        await subscriber.mqtt.disconnect()
+        broker.stop()
+        broker.start()
+        subscriber = Subscriber(broker.url, topics)
+        await subscriber.start()
+        await _until(lambda: publisher.outbox.waiting == 0 and gate.is_open, "the replay")
+        watcher = MqttClient(broker.url, f"watch-{uuid.uuid4().hex[:6]}")
+        watcher.subscribe(state, on_state)
+        await watcher.connect()
+        try:
+            await _until(lambda: bool(seen), "the retained state")
+            assert seen == [2], "the replaced state was replayed over the new one"
+        finally:
+            await watcher.disconnect()
+    finally:
+        await publisher.disconnect()
+        await subscriber.mqtt.disconnect()
+
+
+async def _publish_state(publisher: MqttClient, topic: str, n: int) -> None:
+    publisher.publish(topic, {"n": n}, retain=True)

@@ -32,6 +32,7 @@ from bridge import Bridge, BridgeOptions
 from chargetwin.database import Database
 from chargetwin.database import connect as connect_db
 from chargetwin.mqtt import MqttClient
+from chargetwin.readiness import ServiceAnnouncer
 from chargetwin.settings import Settings
 from chargetwin.topics import Topics
 from rules.points import Selection
@@ -151,19 +152,31 @@ class Stack:
         await registry.create_schema()
         await self.series.open()
         await self.start_twin()
+        # As `chargetwin rules` runs it: announced, so bridges publish once it subscribed.
+        announcer = ServiceAnnouncer(self.topics, "rules", f"{self.prefix}-rules")
         self.recorder_mqtt = MqttClient(
-            self.broker.url, f"{self.prefix}-rules", clean_session=False, reconnect_delay=0.2
+            self.broker.url,
+            f"{self.prefix}-rules",
+            clean_session=False,
+            reconnect_delay=0.2,
+            will=announcer.will,
         )
         await self.recorder_mqtt.connect()
         self.recorder = Recorder(
             self.series, Spool(self.folder / "spool", max_bytes=1 << 20), self.topics
         )
         await self.recorder.start(self.recorder_mqtt)
+        await announcer.start(self.recorder_mqtt)
 
     async def start_twin(self) -> None:
-        # As `chargetwin twin` runs it: a stable client id and a persistent session.
+        # As `chargetwin twin` runs it: a stable client id, a persistent session, announced.
+        announcer = ServiceAnnouncer(self.topics, "twin", f"{self.prefix}-twin")
         self.twin_mqtt = MqttClient(
-            self.broker.url, f"{self.prefix}-twin", clean_session=False, reconnect_delay=0.2
+            self.broker.url,
+            f"{self.prefix}-twin",
+            clean_session=False,
+            reconnect_delay=0.2,
+            will=announcer.will,
         )
         registry = ChargerRegistry(self.db, password_cost=8)
         self.twin = ShadowService(
@@ -171,6 +184,7 @@ class Stack:
         )
         await self.twin.start()
         await self.twin_mqtt.connect()
+        await announcer.start(self.twin_mqtt)
 
     async def stop_twin(self) -> None:
         assert self.twin is not None and self.twin_mqtt is not None
