@@ -1,0 +1,74 @@
+"""A charger's protocol errors, logged at a bounded rate.
+
+A broken or hostile charger can send thousands of bad frames a second; a line with a
+traceback for each one filled disks (a fuzz run wrote ~870 bytes per bad frame). Per
+charger, the first error of a period is logged as it comes, the rest of the period is
+counted and summed up in one line (with the last one) when the next error arrives after
+the period or when the connection closes. Never a traceback: the charger's input is not
+the bridge's defect. The one exception is a failure of the bridge's own code while
+answering (InternalError), which is logged with its traceback, at the same bounded rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("bridge.protocol")
+
+# One line per charger per minute at most, plus one summary line.
+DEFAULT_PERIOD = 60.0
+_LONGEST_LINE = 300
+
+
+class ProtocolErrorLog:
+    """Logs one charger's protocol errors: the first of each period, then a count."""
+
+    __slots__ = ("_charger_id", "_clock", "_last", "_period", "_period_start", "_suppressed")
+
+    def __init__(
+        self,
+        charger_id: str,
+        period: float = DEFAULT_PERIOD,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._charger_id = charger_id
+        self._period = period
+        self._clock = clock
+        self._period_start = float("-inf")
+        self._suppressed = 0
+        self._last = ""
+
+    def error(self, what: str, *, internal: bool = False) -> None:
+        """Note one error; ``internal`` adds the exception being handled (our defect)."""
+        now = self._clock()
+        if now - self._period_start < self._period:
+            self._suppressed += 1
+            self._last = what
+            return
+        self.flush()
+        self._period_start = now
+        line = _shorten(what)
+        if internal:
+            log.error("%s: %s", self._charger_id, line, exc_info=True)
+        else:
+            log.warning("%s: %s", self._charger_id, line)
+
+    def flush(self) -> None:
+        """Log the count of errors not logged yet (when the period ends or the socket closes)."""
+        if self._suppressed:
+            log.warning(
+                "%s: %d more protocol errors in the last %.0f s; last: %s",
+                self._charger_id,
+                self._suppressed,
+                min(self._period, self._clock() - self._period_start),
+                _shorten(self._last),
+            )
+        self._suppressed = 0
+        self._last = ""
+
+
+def _shorten(text: str) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= _LONGEST_LINE else text[: _LONGEST_LINE - 3] + "..."
