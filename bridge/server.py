@@ -1,8 +1,7 @@
 """The OCPP-J websocket server: who may connect, and one live connection per charger id.
 
 At the upgrade (``process_request``) it checks, in order: the path ``/ocpp/{charger_id}``
-(404 otherwise, 400 for an id outside the contract), the subprotocol (400 unless the
-client offers ``ocpp1.6``, OCPP-J 1.6 section 3.1.2), and HTTP Basic credentials with the
+(404 otherwise, 400 for an id outside the contract) and HTTP Basic credentials with the
 charger id as user (OCPP 1.6 security profile 1; 401 with ``WWW-Authenticate: Basic`` for
 missing credentials, an unknown charger or a wrong password, unless auto-registration
 lets an unknown charger in). Over TLS (``ssl`` set) the same is security profile 2. When
@@ -10,6 +9,11 @@ the TLS context requires client certificates (profile 3, :mod:`bridge.tls`) the
 certificate replaces Basic auth: its subject CN must be the charger id, and the id must be
 registered (or auto-registration on); either failure answers 403, since no HTTP
 credentials could fix it.
+
+The subprotocol is chosen by :func:`select_subprotocol`. A charger that offers none the
+bridge speaks is not refused with an HTTP status: OCPP-J 1.6 section 3.1.2 and RFC 6455
+section 4.2.2 have the server complete the handshake without ``Sec-WebSocket-Protocol``,
+so the bridge does, and then closes the socket with 1002 (protocol error) before any OCPP.
 
 A second connection for the same id replaces the first: the old socket is closed and its
 teardown finished before the new one announces presence, so the old one never publishes
@@ -33,15 +37,14 @@ import http
 import logging
 import ssl
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import InvalidHeader
 from websockets.frames import CloseCode
-from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
@@ -56,6 +59,7 @@ from twin.registry import ChargerExistsError, ChargerRegistry
 log = logging.getLogger(__name__)
 
 SUBPROTOCOLS = (Subprotocol("ocpp1.6"),)
+NO_SUBPROTOCOL_CLOSE = CloseCode.PROTOCOL_ERROR
 PATH_PREFIX = "/ocpp/"
 WWW_AUTHENTICATE = 'Basic realm="chargetwin", charset="UTF-8"'
 
@@ -96,6 +100,15 @@ def basic_credentials(headers: Headers) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
+def select_subprotocol(offered: Sequence[str]) -> Subprotocol | None:
+    """The first subprotocol in the charger's list that the bridge speaks, else None
+    (the handshake then completes without one and the socket is closed, see above)."""
+    for name in offered:
+        if name in SUBPROTOCOLS:
+            return Subprotocol(name)
+    return None
+
+
 class OcppServer:
     """Accepts chargers, keeps the current connection of each, wires it to MQTT."""
 
@@ -131,7 +144,7 @@ class OcppServer:
             self._serve_connection,
             host,
             port,
-            subprotocols=list(SUBPROTOCOLS),
+            select_subprotocol=lambda _, offered: select_subprotocol(offered),
             process_request=self._process_request,
             ping_interval=self.options.ping_interval,
             ping_timeout=self.options.ping_timeout,
@@ -178,15 +191,6 @@ class OcppServer:
             validate_charger_id(charger_id)
         except InvalidTopicError as exc:
             return connection.respond(http.HTTPStatus.BAD_REQUEST, f"{exc}\n")
-        offered = _offered_subprotocols(request.headers)
-        if offered is None or not set(offered) & set(SUBPROTOCOLS):
-            log.warning("%s: refused: subprotocol %s not supported", charger_id, offered)
-            return connection.respond(
-                http.HTTPStatus.BAD_REQUEST,
-                f"unsupported or missing subprotocol {offered}; offer one of: "
-                + ", ".join(SUBPROTOCOLS)
-                + "\n",
-            )
         if self.options.client_certificates:
             return await self._authenticate_certificate(connection, charger_id)
         return await self._authenticate(connection, request, charger_id)
@@ -249,6 +253,19 @@ class OcppServer:
     async def _serve_connection(self, websocket: ServerConnection) -> None:
         assert websocket.request is not None  # process_request has seen it
         charger_id = unquote(urlsplit(websocket.request.path).path[len(PATH_PREFIX) :])
+        if websocket.subprotocol is None:
+            offered = websocket.request.headers.get_all("Sec-WebSocket-Protocol")
+            log.warning(
+                "%s: refused: no supported subprotocol (offered %.100s; supported %s);"
+                " closing with %d",
+                charger_id,
+                ", ".join(offered) or "none",
+                ", ".join(SUBPROTOCOLS),
+                NO_SUBPROTOCOL_CLOSE,
+            )
+            reason = "no supported subprotocol; offer one of: " + ", ".join(SUBPROTOCOLS)
+            await websocket.close(NO_SUBPROTOCOL_CLOSE, reason)
+            return
         connection = ChargerConnection(
             charger_id, websocket, self.services, self.connection_options
         )
@@ -336,16 +353,6 @@ class ChargerWebSocket(ServerConnection):
         parser_exc = self.protocol.parser_exc
         if parser_exc is not None:
             parser_exc.__traceback__ = None
-
-
-def _offered_subprotocols(headers: Headers) -> list[str] | None:
-    try:
-        offered: list[str] = []
-        for value in headers.get_all("Sec-WebSocket-Protocol"):
-            offered.extend(parse_subprotocol(value))
-    except InvalidHeader:
-        return None
-    return offered
 
 
 def _forbidden(connection: ServerConnection, charger_id: str, why: str) -> Response:
