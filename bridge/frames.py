@@ -49,7 +49,7 @@ _LONG_DIGITS = re.compile(r"\d{19}")
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
 # The message type and unique id at the start of a frame, for answering a frame whose
 # body cannot be used.
-_HEADER = re.compile(rf'\s*\[\s*(\d)\s*,\s*"([^"\\]{{1,{MAX_UNIQUE_ID}}})"')
+_HEADER = re.compile(rf'\s*\[\s*(\d+)\s*(?:,\s*"([^"\\]{{1,{MAX_UNIQUE_ID}}})")?')
 
 
 class FrameError(Exception):
@@ -223,7 +223,7 @@ def _header_error(text: str, error: OCPPError) -> FrameError:
     header = _HEADER.match(text)
     if header is None:
         return FrameError(error)
-    return FrameError(error, header.group(2), int(header.group(1)))
+    return FrameError(error, header.group(2) or UNREADABLE_ID, int(header.group(1)))
 
 
 def _readable_id(frame: list[Any]) -> str:
