@@ -72,3 +72,72 @@ class ProtocolErrorLog:
 def _shorten(text: str) -> str:
     text = text.replace("\n", " ")
     return text if len(text) <= _LONGEST_LINE else text[: _LONGEST_LINE - 3] + "..."
+
+
+# The bridge's loggers whose lines a charger's own messages cause, one per event ("booted",
+# "StopTransaction for unknown transaction", "unreadable timestamp"...): fine for a charger
+# that behaves, a disk filler for one that sends the same message thousands of times.
+CHARGER_LOGGERS = (
+    "bridge.commands",
+    "bridge.connections",
+    "bridge.firmwares",
+    "bridge.handlers",
+    "bridge.reconcilers",
+    "bridge.server",
+    "bridge.times",
+)
+
+
+class ChargerLineBudget(logging.Filter):
+    """At most ``lines`` lines per charger and logger per ``period``; the first line of the
+    next period says how many were dropped. A line names its charger by the bridge's
+    convention: the first argument of ``"%s: ..."``."""
+
+    def __init__(
+        self,
+        lines: int = 20,
+        period: float = DEFAULT_PERIOD,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.lines = lines
+        self.period = period
+        self._clock = clock
+        self._period_start = clock()
+        # (logger, charger) -> [lines this period, dropped this period]; cleared each
+        # period, so chargers long gone hold nothing.
+        self._spent: dict[tuple[str, str], list[int]] = {}
+        self._dropped_before: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not (isinstance(args, tuple) and args and isinstance(args[0], str)):
+            return True
+        if not (isinstance(record.msg, str) and record.msg.startswith("%s: ")):
+            return True
+        now = self._clock()
+        if now - self._period_start >= self.period:
+            self._dropped_before = {k: v[1] for k, v in self._spent.items() if v[1]}
+            self._spent = {}
+            self._period_start = now
+        key = (record.name, args[0])
+        spent = self._spent.setdefault(key, [0, 0])
+        if spent[0] >= self.lines:
+            spent[1] += 1
+            return False
+        spent[0] += 1
+        dropped = self._dropped_before.pop(key, 0)
+        if dropped:
+            record.msg = f"{record.msg} ({dropped} more such lines of this charger dropped)"
+        return True
+
+
+_BUDGET = ChargerLineBudget()
+
+
+def limit_charger_lines() -> None:
+    """Install the per-charger line budget on :data:`CHARGER_LOGGERS` (idempotent)."""
+    for name in CHARGER_LOGGERS:
+        logger = logging.getLogger(name)
+        if _BUDGET not in logger.filters:
+            logger.addFilter(_BUDGET)

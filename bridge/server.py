@@ -49,6 +49,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from bridge.connections import ChargerConnection, ConnectionOptions
+from bridge.errorlog import limit_charger_lines
 from bridge.handlers import Services
 from bridge.tls import common_name
 from chargetwin.database import DatabaseError
@@ -120,6 +121,8 @@ class OcppServer:
         server_options: ServerOptions,
         connection_options: ConnectionOptions,
     ) -> None:
+        # A charger's repeated messages must not fill the disk with log lines.
+        limit_charger_lines()
         self.services = services
         self.registry = registry
         self.mqtt = mqtt
