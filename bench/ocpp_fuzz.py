@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -375,9 +376,10 @@ class Tally:
 class FuzzCharger(asyncio.Protocol):
     """A raw OCPP-J client: one frame in flight, answers and close codes noted."""
 
-    def __init__(self, charger_id: str) -> None:
+    def __init__(self, charger_id: str, password: str = PASSWORD) -> None:
         loop = asyncio.get_running_loop()
         self.charger_id = charger_id
+        self.password = password
         self.transport: asyncio.Transport | None = None
         self.opened: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[int | None] = loop.create_future()
@@ -387,9 +389,7 @@ class FuzzCharger(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        import base64
-
-        auth = base64.b64encode(f"{self.charger_id}:{PASSWORD}".encode()).decode()
+        auth = base64.b64encode(f"{self.charger_id}:{self.password}".encode()).decode()
         transport.write(
             (
                 f"GET /ocpp/{self.charger_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -471,9 +471,12 @@ class FuzzCharger(asyncio.Protocol):
         raise TimeoutError
 
 
-async def connect(charger_id: str, port: int) -> FuzzCharger:
+async def connect(charger_id: str, port: int, password: str = PASSWORD) -> FuzzCharger:
+    """A booted charger (its BootNotification answered)."""
     loop = asyncio.get_running_loop()
-    _, charger = await loop.create_connection(lambda: FuzzCharger(charger_id), "127.0.0.1", port)
+    _, charger = await loop.create_connection(
+        lambda: FuzzCharger(charger_id, password), "127.0.0.1", port
+    )
     await charger.opened
     boot = json.dumps(
         [2, "boot", "BootNotification", {"chargePointVendor": "Fuzz", "chargePointModel": "F"}]
@@ -483,6 +486,8 @@ async def connect(charger_id: str, port: int) -> FuzzCharger:
 
 
 class Fuzz:
+    """Hands the fuzzer's frames to the chargers (one in flight each) and tallies answers."""
+
     def __init__(
         self, port: int, ids: list[str], fuzzer: FrameFuzzer, total: int, tally: Tally
     ) -> None:
@@ -524,7 +529,7 @@ class Fuzz:
                 tally.examples.setdefault(
                     ("close", fuzzed.kind), data[:300].decode("utf-8", "replace")
                 )
-                charger = await connect(charger.charger_id, self.port)
+                charger = await connect(charger.charger_id, self.port, charger.password)
                 continue
             code = "result" if answer[0] == 3 else str(answer[2])
             tally.answers[(fuzzed.kind, code)] += 1
