@@ -82,6 +82,7 @@ SCHEMA_ERRORS = {
 EXPECTED: dict[str, set[str]] = {
     "valid": {"result", "throttled"},
     "edge": {"result", "throttled"},
+    "connector": {"PropertyConstraintViolation", "throttled"},
     "unrepresentable": {
         "throttled",
         "TypeConstraintViolation",
@@ -92,7 +93,11 @@ EXPECTED: dict[str, set[str]] = {
     "frame": SCHEMA_ERRORS | {"NotSupported", "NotImplemented", "throttled"},
     "answer": set(),  # CALLRESULT / CALLERROR from the charger: never answered
 }
-SCHEMA_VALID = ("valid", "edge")
+SCHEMA_VALID = ("valid", "edge", "connector")
+# The bridge's documented connectorId range (bridge/README.md; OCPP 1.6 sections 6.31,
+# 6.45, 6.47 give the lower bounds): schema-valid ids outside it get this answer.
+MAX_CONNECTOR_ID = 255
+LOWEST_CONNECTOR = {"MeterValues": 0, "StatusNotification": 0, "StartTransaction": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,12 +218,18 @@ class FrameFuzzer:
         action = rng.choice(CHARGER_ACTIONS)
         schema = self.root = self.schemas[action]
         payload = self.instance(schema)
+        lowest = LOWEST_CONNECTOR.get(action)
+        if lowest is not None:
+            payload["connectorId"] = rng.randint(lowest, 8)
         if roll < 0.25:
             return Fuzzed("valid", self.call(action, payload))
         leaves = self._paths(schema, payload)
         if roll < 0.40:
             for container, key, sub in rng.sample(leaves, min(len(leaves), 2)):
                 container[key] = self.edge_value(sub)
+            connector = payload.get("connectorId")
+            if lowest is not None and not lowest <= connector <= MAX_CONNECTOR_ID:
+                return Fuzzed("connector", self.call(action, payload))
             return Fuzzed("edge", self.call(action, payload))
         if roll < 0.55:
             return self._unrepresentable(action, payload, leaves)

@@ -44,6 +44,7 @@ from ocpp.exceptions import (
     OccurenceConstraintViolationError,
     OccurrenceConstraintViolationError,
     OCPPError,
+    PropertyConstraintViolationError,
 )
 from ocpp.messages import (
     Call,
@@ -166,6 +167,27 @@ async def validate(message: Call | CallResult) -> None:
     check = fast_check(message.action, message.message_type_id)
     if check is None or not check(message.payload):
         await validate_payload(message, "1.6")
+
+
+# OCPP 1.6 sections 6.31, 6.45, 6.47: connectorId >= 0 (0 is the charger's main controller)
+# for MeterValues and StatusNotification, > 0 for StartTransaction. The schemas say only
+# "integer". The bridge keeps state per connector for as long as a charger is connected
+# (last status, availability) and the shadow keeps one entry each, so connector ids are
+# also bounded above: a charger inventing a new id per frame must not grow them forever.
+MAX_CONNECTOR_ID = 255
+_LOWEST_CONNECTOR = {"MeterValues": 0, "StatusNotification": 0, "StartTransaction": 1}
+
+
+def connector_problem(action: str, payload: dict[str, Any]) -> OCPPError | None:
+    """A PropertyConstraintViolation for a connectorId outside what OCPP 1.6 allows."""
+    lowest = _LOWEST_CONNECTOR.get(action)
+    if lowest is None:
+        return None
+    connector = payload.get("connectorId")
+    if type(connector) is not int or lowest <= connector <= MAX_CONNECTOR_ID:
+        return None  # valid, or left to the schema check (missing, not an integer)
+    cause = f"connectorId {connector} is outside {lowest}..{MAX_CONNECTOR_ID}"
+    return PropertyConstraintViolationError(details={"cause": cause})
 
 
 def for_ocpp16(error: OCPPError) -> OCPPError:
@@ -321,6 +343,11 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
             await self._send_error(error.unique_id, for_ocpp16(error.error))
 
     async def _route_call(self, msg: Call) -> None:
+        problem = connector_problem(msg.action, msg.payload)
+        if problem is not None:
+            self.errors.error(f"{msg.action} {msg.unique_id} answered with {problem.code}")
+            await self._send_error(msg.unique_id, problem)
+            return
         fast = self.fast_handlers.get(msg.action)
         if fast is not None:
             check = fast_check(msg.action)

@@ -202,3 +202,39 @@ async def test_signed_firmware_status_without_its_optional_request_id_is_answere
     # extension's schema makes optional (absent when a TriggerMessage asked for it).
     charger = await open_charger()
     assert await charger.result("SignedFirmwareStatusNotification", {"status": "Idle"}) == {}
+
+
+STATUS = '"errorCode": "NoError", "status": "Available"'
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (f'[2, "k1", "StatusNotification", {{"connectorId": -1, {STATUS}}}]', "Property"),
+        (f'[2, "k1", "StatusNotification", {{"connectorId": 256, {STATUS}}}]', "Property"),
+        (f'[2, "k1", "StatusNotification", {{"connectorId": 0, {STATUS}}}]', None),
+        (f'[2, "k1", "StatusNotification", {{"connectorId": 255, {STATUS}}}]', None),
+        (
+            f'[2, "k1", "StartTransaction", {{{START.replace("1", "0", 1)}, "meterStart": 0}}]',
+            "Property",
+        ),
+        (
+            '[2, "k1", "MeterValues", {"connectorId": 9223372036854775807, "meterValue": []}]',
+            "Property",
+        ),
+    ],
+)
+async def test_connector_ids_outside_what_ocpp_allows_are_refused(
+    open_charger: OpenCharger, watcher: MqttWatcher, prefix: str, frame: str, code: str | None
+) -> None:
+    # OCPP 1.6 sections 6.31, 6.45, 6.47; bounded above so that a charger cannot make the
+    # bridge (and its shadow) hold a new connector per frame.
+    charger = await open_charger()
+    answer = await charger.send_raw(frame, "k1")
+    if code is None:
+        assert answer[0] == 3, answer
+    else:
+        assert answer[:3] == [4, "k1", "PropertyConstraintViolation"], answer
+        await still_usable(charger)
+        status = f"{prefix}/chargers/{charger.charger_id}/events/status"
+        assert watcher.on(status) == []
