@@ -61,6 +61,11 @@ log = logging.getLogger(__name__)
 
 SUBPROTOCOLS = (Subprotocol("ocpp1.6"),)
 NO_SUBPROTOCOL_CLOSE = CloseCode.PROTOCOL_ERROR
+# Frames websockets buffers per connection before it stops reading the socket (its default
+# is 16). A charger has one CALL in flight (OCPP-J 1.6 section 4.1.1) plus answers to ours,
+# so 4 is plenty, and a charger that pipelines hostile 64 KiB frames holds at most 256 KiB
+# of the bridge's memory instead of 1 MiB; the rest waits in its own TCP buffers.
+MAX_QUEUED_FRAMES = 4
 PATH_PREFIX = "/ocpp/"
 WWW_AUTHENTICATE = 'Basic realm="chargetwin", charset="UTF-8"'
 
@@ -152,6 +157,7 @@ class OcppServer:
             ping_interval=self.options.ping_interval,
             ping_timeout=self.options.ping_timeout,
             max_size=self.options.max_size,
+            max_queue=MAX_QUEUED_FRAMES,
             close_timeout=self.options.close_timeout,
             ssl=self.options.ssl,
             backlog=self.options.backlog,

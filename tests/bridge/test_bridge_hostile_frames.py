@@ -10,6 +10,8 @@ import logging
 import pytest
 from conftest import MqttWatcher, OpenCharger, RawCharger
 
+from bridge import Bridge
+
 START = '"connectorId": 1, "idTag": "t", "timestamp": "2024-01-01T00:00:00Z"'
 DEEP = "[" * 1200 + "]" * 1200
 SHALLOW_BUT_TOO_DEEP = "[" * 40 + "]" * 40
@@ -238,3 +240,15 @@ async def test_connector_ids_outside_what_ocpp_allows_are_refused(
         await still_usable(charger)
         status = f"{prefix}/chargers/{charger.charger_id}/events/status"
         assert watcher.on(status) == []
+
+
+async def test_a_connection_buffers_at_most_four_frames(
+    bridge: Bridge, open_charger: OpenCharger
+) -> None:
+    # websockets buffers 16 frames per connection by default: 1 MiB of 64 KiB frames that
+    # a charger pipelining hostile frames makes the bridge hold, per connection.
+    charger = await open_charger()
+    await still_usable(charger)
+    assert bridge.server is not None
+    websocket = bridge.server.connections[charger.charger_id].websocket
+    assert websocket.recv_messages.high is not None and websocket.recv_messages.high <= 4
