@@ -3,10 +3,13 @@
 The library routes calls to ``@on`` handlers and validates payloads against the 1.6 JSON
 schemas. This class changes three things it does differently from what we need:
 
-- A frame that cannot be unpacked (not JSON, not an OCPP array) is only logged by the
-  library; we answer it with a CALLERROR (OCPP-J 1.6 section 4.2.3) so the charger learns
-  why, using the frame's unique id when it can be read and ``"-1"`` otherwise (the
-  convention OCPP-J 2.0.1 section 4.2.3 made explicit). The connection stays open.
+- Frames are read by :func:`bridge.frames.parse_frame`, not the library's ``unpack``
+  (which lets non-string ids and actions, deep nesting and unrepresentable values through
+  as exceptions or as values no store holds). A frame that cannot be used is only logged
+  by the library; we answer it with a CALLERROR (OCPP-J 1.6 section 4.2.3) so the charger
+  learns why, using the frame's unique id when it can be read and ``"-1"`` otherwise (the
+  convention OCPP-J 2.0.1 section 4.2.3 made explicit). The connection stays open, and
+  the error goes to the charger's bounded log (:mod:`bridge.errorlog`), never a traceback.
 - Error codes use the 1.6 spellings: ``FormationViolation`` and
   ``OccurenceConstraintViolation`` (OCPP-J 1.6 section 4.2.3, kept by its errata), where the
   library raises the 2.0.1 ``FormatViolation``.
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -67,8 +69,6 @@ from bridge.errors import (
     InvalidResponseError,
 )
 from bridge.frames import FrameError, cause_of, parse_frame
-
-log = logging.getLogger(__name__)
 
 # Longest errorDetails cause sent back; a cause can quote the charger's own input.
 MAX_CAUSE = 200
