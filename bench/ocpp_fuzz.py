@@ -82,7 +82,7 @@ SCHEMA_ERRORS = {
 EXPECTED: dict[str, set[str]] = {
     "valid": {"result", "throttled"},
     "edge": {"result", "throttled"},
-    "connector": {"PropertyConstraintViolation", "throttled"},
+    "range": {"PropertyConstraintViolation", "throttled"},
     "unrepresentable": {
         "throttled",
         "TypeConstraintViolation",
@@ -93,11 +93,14 @@ EXPECTED: dict[str, set[str]] = {
     "frame": SCHEMA_ERRORS | {"NotSupported", "NotImplemented", "throttled"},
     "answer": set(),  # CALLRESULT / CALLERROR from the charger: never answered
 }
-SCHEMA_VALID = ("valid", "edge", "connector")
-# The bridge's documented connectorId range (bridge/README.md; OCPP 1.6 sections 6.31,
-# 6.45, 6.47 give the lower bounds): schema-valid ids outside it get this answer.
-MAX_CONNECTOR_ID = 255
-LOWEST_CONNECTOR = {"MeterValues": 0, "StatusNotification": 0, "StartTransaction": 1}
+SCHEMA_VALID = ("valid", "edge", "range")
+# The bridge's documented integer ranges (bridge/README.md; OCPP 1.6 sections 6.31, 6.45,
+# 6.47 give connectorId's lower bounds): schema-valid values outside get the "range" class.
+RANGES = {
+    "MeterValues": {"connectorId": (0, 255)},
+    "StatusNotification": {"connectorId": (0, 255)},
+    "StartTransaction": {"connectorId": (1, 255), "reservationId": (-(2**31), 2**31 - 1)},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,18 +221,19 @@ class FrameFuzzer:
         action = rng.choice(CHARGER_ACTIONS)
         schema = self.root = self.schemas[action]
         payload = self.instance(schema)
-        lowest = LOWEST_CONNECTOR.get(action)
-        if lowest is not None:
-            payload["connectorId"] = rng.randint(lowest, 8)
+        ranges = RANGES.get(action, {})
+        if "connectorId" in ranges:
+            payload["connectorId"] = rng.randint(ranges["connectorId"][0], 8)
         if roll < 0.25:
             return Fuzzed("valid", self.call(action, payload))
         leaves = self._paths(schema, payload)
         if roll < 0.40:
             for container, key, sub in rng.sample(leaves, min(len(leaves), 2)):
                 container[key] = self.edge_value(sub)
-            connector = payload.get("connectorId")
-            if lowest is not None and not lowest <= connector <= MAX_CONNECTOR_ID:
-                return Fuzzed("connector", self.call(action, payload))
+            for name, (lowest, highest) in ranges.items():
+                value = payload.get(name)
+                if isinstance(value, int) and not lowest <= value <= highest:
+                    return Fuzzed("range", self.call(action, payload))
             return Fuzzed("edge", self.call(action, payload))
         if roll < 0.55:
             return self._unrepresentable(action, payload, leaves)

@@ -169,25 +169,34 @@ async def validate(message: Call | CallResult) -> None:
         await validate_payload(message, "1.6")
 
 
-# OCPP 1.6 sections 6.31, 6.45, 6.47: connectorId >= 0 (0 is the charger's main controller)
-# for MeterValues and StatusNotification, > 0 for StartTransaction. The schemas say only
-# "integer". The bridge keeps state per connector for as long as a charger is connected
-# (last status, availability) and the shadow keeps one entry each, so connector ids are
-# also bounded above: a charger inventing a new id per frame must not grow them forever.
+# Integer fields whose range the schemas leave open ("integer") but the bridge must bound:
+# OCPP 1.6 sections 6.31, 6.45, 6.47 give connectorId >= 0 (0 is the charger's main
+# controller) for MeterValues and StatusNotification, > 0 for StartTransaction; the bridge
+# keeps state per connector while a charger is connected (last status, availability) and
+# the shadow keeps one entry each, so connector ids are bounded above too, or a charger
+# inventing a new id per frame would grow them forever. A reservationId refers to one the
+# central system issued and is stored in a 32-bit column, like the transaction ids the
+# bridge issues (bridge.stores).
 MAX_CONNECTOR_ID = 255
-_LOWEST_CONNECTOR = {"MeterValues": 0, "StatusNotification": 0, "StartTransaction": 1}
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+_RANGES: dict[str, tuple[tuple[str, int, int], ...]] = {
+    "MeterValues": (("connectorId", 0, MAX_CONNECTOR_ID),),
+    "StatusNotification": (("connectorId", 0, MAX_CONNECTOR_ID),),
+    "StartTransaction": (
+        ("connectorId", 1, MAX_CONNECTOR_ID),
+        ("reservationId", INT32_MIN, INT32_MAX),
+    ),
+}
 
 
-def connector_problem(action: str, payload: dict[str, Any]) -> OCPPError | None:
-    """A PropertyConstraintViolation for a connectorId outside what OCPP 1.6 allows."""
-    lowest = _LOWEST_CONNECTOR.get(action)
-    if lowest is None:
-        return None
-    connector = payload.get("connectorId")
-    if type(connector) is not int or lowest <= connector <= MAX_CONNECTOR_ID:
-        return None  # valid, or left to the schema check (missing, not an integer)
-    cause = f"connectorId {connector} is outside {lowest}..{MAX_CONNECTOR_ID}"
-    return PropertyConstraintViolationError(details={"cause": cause})
+def range_problem(action: str, payload: dict[str, Any]) -> OCPPError | None:
+    """A PropertyConstraintViolation for an integer field outside its range (above)."""
+    for name, lowest, highest in _RANGES.get(action, ()):
+        value = payload.get(name)
+        if type(value) is int and not lowest <= value <= highest:
+            cause = f"{name} {value} is outside {lowest}..{highest}"
+            return PropertyConstraintViolationError(details={"cause": cause})
+    return None  # in range, or left to the schema check (missing, not an integer)
 
 
 def for_ocpp16(error: OCPPError) -> OCPPError:
@@ -343,7 +352,7 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
             await self._send_error(error.unique_id, for_ocpp16(error.error))
 
     async def _route_call(self, msg: Call) -> None:
-        problem = connector_problem(msg.action, msg.payload)
+        problem = range_problem(msg.action, msg.payload)
         if problem is not None:
             self.errors.error(f"{msg.action} {msg.unique_id} answered with {problem.code}")
             await self._send_error(msg.unique_id, problem)
