@@ -8,6 +8,7 @@ presence and bridge status are retained so a late subscriber sees the current st
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -125,8 +126,14 @@ def sampled_value(sample: Mapping[str, Any]) -> dict[str, Any]:
         out["signedData"] = raw
         return out
     try:
-        out["value"] = float(str(raw))
+        value = float(str(raw))
     except ValueError:
+        value = math.nan
+    # "NaN", "inf", "1e999" parse as floats that JSON cannot carry (RFC 8259 section 6) and
+    # no time-series store holds: not a number either.
+    if math.isfinite(value):
+        out["value"] = value
+    else:
         out["raw"] = raw
     return out
 

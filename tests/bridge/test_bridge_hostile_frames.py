@@ -252,3 +252,23 @@ async def test_a_connection_buffers_at_most_four_frames(
     assert bridge.server is not None
     websocket = bridge.server.connections[charger.charger_id].websocket
     assert websocket.recv_messages.high is not None and websocket.recv_messages.high <= 4
+
+
+async def test_meter_values_that_are_no_finite_number_are_published_raw(
+    open_charger: OpenCharger, watcher: MqttWatcher, prefix: str
+) -> None:
+    # float() takes "NaN", "inf" and "1e999": published as NaN / Infinity, which is not
+    # JSON, and which no time-series store holds.
+    charger = await open_charger()
+    values = ["NaN", "inf", "-Infinity", "1e999", "12.5"]
+    sampled = [{"value": value} for value in values]
+    payload = {
+        "connectorId": 1,
+        "meterValue": [{"timestamp": "2025-01-01T00:00:00Z", "sampledValue": sampled}],
+    }
+    assert (await charger.call("MeterValues", payload))[0] == 3
+    topic = f"{prefix}/chargers/{charger.charger_id}/telemetry/meterValues"
+    message = await watcher.wait_for(topic)
+    published = message["values"]
+    assert [v["value"] for v in published] == [None, None, None, None, 12.5]
+    assert [v.get("raw") for v in published] == [*values[:4], None]
