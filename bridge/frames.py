@@ -156,7 +156,10 @@ def _message_of(frame: Any) -> Message:
             ),
             _readable_id(frame),
         )
-    unique_id = frame[1] if len(frame) > 1 else None
+    if len(frame) < 3:
+        expected = 3 if kind == MessageType.CallResult else 4
+        raise FrameError(_missing(frame, expected), _readable_id(frame), kind)
+    unique_id = frame[1]
     if type(unique_id) is not str:
         raise FrameError(_formation("UniqueId must be a string"), message_type=kind)
     if len(unique_id) > MAX_UNIQUE_ID:

@@ -31,8 +31,10 @@ stream next to telemetry.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import http
 import logging
 import ssl
@@ -51,6 +53,7 @@ from websockets.typing import Subprotocol
 from bridge.connections import ChargerConnection, ConnectionOptions
 from bridge.errorlog import limit_charger_lines
 from bridge.handlers import Services
+from bridge.heap import trim_heap_periodically
 from bridge.tls import common_name
 from chargetwin.database import DatabaseError
 from chargetwin.mqtt import Handler, MqttClient
@@ -135,6 +138,8 @@ class OcppServer:
         self.connection_options = connection_options
         self.connections: dict[str, ChargerConnection] = {}
         self._server: Server | None = None
+        # Owned here, from start() to stop(): freed heap memory back to the system.
+        self._trimmer: asyncio.Task[None] | None = None
         topics = services.reporter.topics
         self._filters: dict[str, Handler] = {
             topics.shadow("+", "update", "delta"): self._route_delta,
@@ -164,6 +169,7 @@ class OcppServer:
             create_connection=ChargerWebSocket,
         )
         bound = int(next(iter(self._server.sockets)).getsockname()[1])
+        self._trimmer = asyncio.create_task(trim_heap_periodically(), name="heap trimmer")
         scheme = "ws" if self.options.ssl is None else "wss"
         profile = 3 if self.options.client_certificates else 2 if self.options.ssl else 1
         log.info(
@@ -180,6 +186,11 @@ class OcppServer:
         """Close every charger's socket (1001 going away); each publishes itself offline."""
         if self._server is None:
             return
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trimmer
+            self._trimmer = None
         self._server.close(close_connections=True)
         await self._server.wait_closed()
         self._server = None

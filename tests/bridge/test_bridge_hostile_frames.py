@@ -272,3 +272,9 @@ async def test_meter_values_that_are_no_finite_number_are_published_raw(
     published = message["values"]
     assert [v["value"] for v in published] == [None, None, None, None, 12.5]
     assert [v.get("raw") for v in published] == [*values[:4], None]
+
+
+async def test_a_call_with_too_few_elements_is_a_protocol_error(open_charger: OpenCharger) -> None:
+    charger = await open_charger()
+    assert (await charger.send_raw("[2]", "-1"))[:3] == [4, "-1", "ProtocolError"]
+    assert (await charger.send_raw('[2, "p1"]', "p1"))[:3] == [4, "p1", "ProtocolError"]
