@@ -157,7 +157,7 @@ class OcppServer:
             self._serve_connection,
             host,
             port,
-            select_subprotocol=lambda _, offered: select_subprotocol(offered),
+            subprotocols=list(SUBPROTOCOLS),  # chosen by select_subprotocol (ChargerWebSocket)
             process_request=self._process_request,
             ping_interval=self.options.ping_interval,
             ping_timeout=self.options.ping_timeout,
@@ -366,6 +366,10 @@ class ChargerWebSocket(ServerConnection):
         super().__init__(*args, **kwargs)
         if isinstance(self.logger, logging.LoggerAdapter):
             self.logger.extra = {"websocket": weakref.proxy(self)}
+        # The subprotocol choice, set on the handshake protocol as websockets itself does for
+        # serve(select_subprotocol=...); that argument would wrap it in a closure holding
+        # this connection, a reference cycle. (setattr: mypy refuses to assign a method.)
+        setattr(self.protocol, "select_subprotocol", select_subprotocol)  # noqa: B010
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)  # cancels the keepalive task
