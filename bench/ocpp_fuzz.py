@@ -704,13 +704,18 @@ def report(
 def log_sources(text: str) -> str:
     """``WARNING bridge.protocol 1,234, ...`` for the log lines (format of chargetwin.runner)."""
     sources: Counter[str] = Counter()
+    previous, continued = "", []
     for line in text.splitlines():
         parts = line.split(None, 4)
         if len(parts) >= 4 and parts[2] in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             sources[f"{parts[2]} {parts[3].rstrip(':')}"] += 1
+            previous = line
         else:
             sources["(continuation lines)"] += 1
-    return ", ".join(f"{name} {n:,}" for name, n in sources.most_common(8)) or "none"
+            if len(continued) < 3:
+                continued.append(f"{previous[:160]!r} then {line[:160]!r}")
+    summary = ", ".join(f"{name} {n:,}" for name, n in sources.most_common(8)) or "none"
+    return "\n  ".join([summary, *continued])
 
 
 def main() -> None:
