@@ -129,11 +129,11 @@ def sampled_value(sample: Mapping[str, Any]) -> dict[str, Any]:
         value = float(str(raw))
     except ValueError:
         value = math.nan
-    # "NaN", "inf", "1e999" parse as floats that JSON cannot carry (RFC 8259 section 6) and
-    # no time-series store holds: not a number either.
     if math.isfinite(value):
         out["value"] = value
     else:
+        # Not a number, or NaN / Infinity / beyond a double ("1e999"): no store and no
+        # consumer can use it as a number (JSON has no NaN), so the text goes in ``raw``.
         out["raw"] = raw
     return out
 
