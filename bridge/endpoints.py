@@ -65,10 +65,11 @@ from bridge.errors import (
     CallErrorReceived,
     CallTimeoutError,
     ChargerGoneError,
+    FrameError,
     InvalidCallError,
     InvalidResponseError,
 )
-from bridge.frames import FrameError, cause_of, parse_frame
+from bridge.frames import cause_of, parse_frame
 
 # Longest errorDetails cause sent back; a cause can quote the charger's own input.
 MAX_CAUSE = 200

@@ -32,7 +32,8 @@ from ocpp.exceptions import (
 )
 from ocpp.messages import Call, CallError, CallResult, MessageType
 
-UNREADABLE_ID = "-1"
+from bridge.errors import UNREADABLE_ID, FrameError
+
 # OCPP-J 1.6 section 4.1.3: "UniqueId ... string, maximum of 36 characters".
 MAX_UNIQUE_ID = 36
 # The deepest OCPP 1.6 message (SetChargingProfile) nests 7 levels with the frame array;
@@ -50,27 +51,6 @@ _SUSPECT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
 # The message type and unique id at the start of a frame, for answering a frame whose
 # body cannot be used.
 _HEADER = re.compile(rf'\s*\[\s*(\d+)\s*(?:,\s*"([^"\\]{{1,{MAX_UNIQUE_ID}}})")?')
-
-
-class FrameError(Exception):
-    """A frame that cannot be used: ``error`` is the OCPP-J answer.
-
-    ``unique_id`` is the id to answer with (``"-1"`` when none can be read, as OCPP-J
-    2.0.1 section 4.2.3 made explicit), ``message_type`` the frame's type when known: a
-    CALLRESULT or CALLERROR is never answered (OCPP-J 1.6 section 4.2.3 answers calls).
-    """
-
-    def __init__(
-        self, error: OCPPError, unique_id: str = UNREADABLE_ID, message_type: int | None = None
-    ) -> None:
-        super().__init__(f"{error.code}: {cause_of(error)}")
-        self.error = error
-        self.unique_id = unique_id
-        self.message_type = message_type
-
-    @property
-    def answered(self) -> bool:
-        return self.message_type not in (MessageType.CallResult, MessageType.CallError)
 
 
 class _Unrepresentable(ValueError):
