@@ -69,8 +69,16 @@ class ProtocolErrorLog:
         self._last = ""
 
 
+_BREAKS = frozenset("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every line break escaped (as str.splitlines knows them)."""
+    return "".join(repr(c)[1:-1] if c in _BREAKS else c for c in text)
+
+
 def _shorten(text: str) -> str:
-    text = text.replace("\n", " ")
+    text = _one_line(text)
     return text if len(text) <= _LONGEST_LINE else text[: _LONGEST_LINE - 3] + "..."
 
 
@@ -111,6 +119,10 @@ class ChargerLineBudget(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
+        if isinstance(args, tuple) and any(type(a) is str and _BREAKS & set(a) for a in args):
+            # A charger's text (vendor, model, security event...) must not start lines of
+            # its own in the log.
+            record.args = args = tuple(_one_line(a) if type(a) is str else a for a in args)
         if not (isinstance(args, tuple) and args and isinstance(args[0], str)):
             return True
         if not (isinstance(record.msg, str) and record.msg.startswith("%s: ")):

@@ -80,3 +80,19 @@ async def test_a_stream_of_bad_frames_logs_two_lines(
     assert len(protocol) == 2, protocol
     assert "79 more protocol errors" in protocol[1]
     assert all(r.exc_info is None for r in lines())
+
+
+async def test_a_chargers_text_cannot_start_log_lines_of_its_own(
+    open_charger: OpenCharger, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by bench.ocpp_fuzz: vendor, model and security event texts went into the log
+    # as they came, line breaks included, so a charger could forge log lines.
+    charger = await open_charger()
+    forged = "V\nERROR x: forged\r\u2028"  # within maxLength 20
+    await charger.result("BootNotification", {"chargePointVendor": forged, "chargePointModel": "M"})
+    await charger.result(
+        "SecurityEventNotification", {"type": forged, "timestamp": "2025-01-01T00:00:00Z"}
+    )
+    lines = [r.getMessage() for r in caplog.records if charger.charger_id in r.getMessage()]
+    assert any("booted" in line for line in lines) and any("security" in line for line in lines)
+    assert not [line for line in lines if len(line.splitlines()) != 1], lines
