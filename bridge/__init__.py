@@ -12,8 +12,11 @@ Modules, one concept each:
 - ``server``         — the websocket server: upgrade checks (path, subprotocol, Basic auth),
   one connection per charger id, MQTT subscriptions per connected charger, presence.
 - ``connections``    — one charger's connection: receive loop, flood limit, owned tasks.
+- ``frames``         — reading one OCPP-J frame, or the CALLERROR a hostile one deserves.
 - ``endpoints``      — OCPP-J framing on top of ``ocpp.v16.ChargePoint``: CALLERRORs for bad
   frames, outgoing calls with a map of futures.
+- ``errorlog``       — a charger's protocol errors and log lines, at a bounded rate.
+- ``heap``           — freed heap memory back to the system, once a minute.
 - ``handlers``       — the charger-initiated OCPP 1.6 messages and their effects.
 - ``reconcilers``    — shadow delta -> ChangeConfiguration / ChangeAvailability.
 - ``commands``       — MQTT commands -> OCPP calls -> results.
@@ -25,6 +28,7 @@ Modules, one concept each:
 Exceptions raised by the bridge::
 
     BridgeError
+     ├── FrameError                 a charger's frame cannot be used (``error``: the answer)
      └── OutgoingCallError          an OCPP call to a charger did not succeed (``code``)
           ├── InvalidCallError      400: the request does not fit the OCPP schema
           ├── CallTimeoutError      504: no answer in time

@@ -3,10 +3,13 @@
 The library routes calls to ``@on`` handlers and validates payloads against the 1.6 JSON
 schemas. This class changes three things it does differently from what we need:
 
-- A frame that cannot be unpacked (not JSON, not an OCPP array) is only logged by the
-  library; we answer it with a CALLERROR (OCPP-J 1.6 section 4.2.3) so the charger learns
-  why, using the frame's unique id when it can be read and ``"-1"`` otherwise (the
-  convention OCPP-J 2.0.1 section 4.2.3 made explicit). The connection stays open.
+- Frames are read by :func:`bridge.frames.parse_frame`, not the library's ``unpack``
+  (which lets non-string ids and actions, deep nesting and unrepresentable values through
+  as exceptions or as values no store holds). A frame that cannot be used is only logged
+  by the library; we answer it with a CALLERROR (OCPP-J 1.6 section 4.2.3) so the charger
+  learns why, using the frame's unique id when it can be read and ``"-1"`` otherwise (the
+  convention OCPP-J 2.0.1 section 4.2.3 made explicit). The connection stays open, and
+  the error goes to the charger's bounded log (:mod:`bridge.errorlog`), never a traceback.
 - Error codes use the 1.6 spellings: ``FormationViolation`` and
   ``OccurenceConstraintViolation`` (OCPP-J 1.6 section 4.2.3, kept by its errata), where the
   library raises the 2.0.1 ``FormatViolation``.
@@ -29,14 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from functools import cache
 from typing import Any, ClassVar
 
-from ocpp.charge_point import LOGGER
 from ocpp.exceptions import (
     FormationViolationError,
     FormatViolationError,
@@ -45,6 +46,7 @@ from ocpp.exceptions import (
     OccurenceConstraintViolationError,
     OccurrenceConstraintViolationError,
     OCPPError,
+    PropertyConstraintViolationError,
 )
 from ocpp.messages import (
     Call,
@@ -52,25 +54,26 @@ from ocpp.messages import (
     CallResult,
     MessageType,
     get_validator,
-    unpack,
     validate_payload,
 )
 from ocpp.routing import create_route_map
 from ocpp.v16 import ChargePoint
 from websockets.exceptions import ConnectionClosed
 
+from bridge.errorlog import ProtocolErrorLog
 from bridge.errors import (
     CallErrorReceived,
     CallTimeoutError,
     ChargerGoneError,
+    FrameError,
     InvalidCallError,
     InvalidResponseError,
 )
+from bridge.frames import cause_of, parse_frame
 from chargetwin.deliveries import DeliveryTimeout, collected, collecting, confirmed
 
-log = logging.getLogger(__name__)
-
-UNREADABLE_ID = "-1"
+# Longest errorDetails cause sent back; a cause can quote the charger's own input.
+MAX_CAUSE = 200
 # json.dumps with options builds a new encoder per call; the fast path answers with this one.
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
@@ -168,21 +171,41 @@ async def validate(message: Call | CallResult) -> None:
         await validate_payload(message, "1.6")
 
 
-def unique_id_of(raw: str | bytes) -> str:
-    """The unique id of a frame that failed to unpack, or ``"-1"`` when it has none."""
-    try:
-        frame = json.loads(raw)
-    except (ValueError, TypeError):
-        return UNREADABLE_ID
-    if isinstance(frame, list) and len(frame) > 1 and isinstance(frame[1], str):
-        return frame[1]
-    return UNREADABLE_ID
+# Integer fields whose range the schemas leave open ("integer") but the bridge must bound:
+# OCPP 1.6 sections 6.31, 6.45, 6.47 give connectorId >= 0 (0 is the charger's main
+# controller) for MeterValues and StatusNotification, > 0 for StartTransaction; the bridge
+# keeps state per connector while a charger is connected (last status, availability) and
+# the shadow keeps one entry each, so connector ids are bounded above too, or a charger
+# inventing a new id per frame would grow them forever. A reservationId refers to one the
+# central system issued and is stored in a 32-bit column, like the transaction ids the
+# bridge issues (bridge.stores).
+MAX_CONNECTOR_ID = 255
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+_RANGES: dict[str, tuple[tuple[str, int, int], ...]] = {
+    "MeterValues": (("connectorId", 0, MAX_CONNECTOR_ID),),
+    "StatusNotification": (("connectorId", 0, MAX_CONNECTOR_ID),),
+    "StartTransaction": (
+        ("connectorId", 1, MAX_CONNECTOR_ID),
+        ("reservationId", INT32_MIN, INT32_MAX),
+    ),
+}
+
+
+def range_problem(action: str, payload: dict[str, Any]) -> OCPPError | None:
+    """A PropertyConstraintViolation for an integer field outside its range (above)."""
+    for name, lowest, highest in _RANGES.get(action, ()):
+        value = payload.get(name)
+        if type(value) is int and not lowest <= value <= highest:
+            cause = f"{name} {value} is outside {lowest}..{highest}"
+            return PropertyConstraintViolationError(details={"cause": cause})
+    return None  # in range, or left to the schema check (missing, not an integer)
 
 
 def for_ocpp16(error: OCPPError) -> OCPPError:
-    """The same error with the error code spelled as OCPP-J 1.6 section 4.2.3 spells it."""
+    """The same error with the error code spelled as OCPP-J 1.6 section 4.2.3 spells it,
+    and a cause short enough not to echo a charger's whole frame back at it."""
     cause = error.details.get("cause") if isinstance(error.details, dict) else None
-    details = {"cause": str(cause)} if cause is not None else {}
+    details = {"cause": str(cause)[:MAX_CAUSE]} if cause is not None else {}
     if isinstance(error, FormatViolationError):
         return FormationViolationError(description=error.description, details=details)
     if isinstance(error, OccurrenceConstraintViolationError):
@@ -237,6 +260,31 @@ class RouteMap(Mapping[str, dict[str, Any]]):
         return len(self._template)
 
 
+class LibraryLog:
+    """What ``ChargePoint._handle_call`` logs through ``self.logger``: a failing handler
+    (answered InternalError by the library) goes to the charger's bounded error log."""
+
+    __slots__ = ("_errors",)
+
+    def __init__(self, errors: ProtocolErrorLog) -> None:
+        self._errors = errors
+
+    def exception(self, message: str, *args: Any) -> None:
+        self._errors.error(_first_line(message % args), internal=True)
+
+    def info(self, *args: Any) -> None:
+        pass  # "send ..." / "receive ...": every frame; not logged
+
+    def warning(self, message: str, *args: Any) -> None:
+        self._errors.error(_first_line(message % args))
+
+    error = warning
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else text
+
+
 class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type information
     """One charger's OCPP-J 1.6 session: inbound routing and outbound calls."""
 
@@ -256,7 +304,10 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
         self._call_lock = asyncio.Lock()
         self._response_queue: asyncio.Queue[Any] = asyncio.Queue()
         self._unique_id_generator = uuid.uuid4
-        self.logger = LOGGER
+        # The library logs a failing handler with a traceback per frame; ours goes to the
+        # charger's bounded error log (the library's other lines are per-frame debugging).
+        self.errors = ProtocolErrorLog(charger_id)
+        self.logger = LibraryLog(self.errors)
         self.charger_id = charger_id
         self.call_timeout = call_timeout
         self._pending: dict[str, asyncio.Future[CallResult | CallError]] = {}
@@ -267,49 +318,52 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
 
     # --- inbound -------------------------------------------------------------------------
     async def route_message(self, raw_msg: str | bytes, admitted: bool = True) -> None:
-        """Handle one frame; ``admitted`` False means over the flood limit."""
-        try:
-            msg = unpack(raw_msg)
-        except OCPPError as error:
-            if not admitted:
-                return  # a flood of garbage gets no answers
-            unique_id = unique_id_of(raw_msg)
-            log.warning(
-                "%s: unreadable frame answered with %s: %.200r",
-                self.charger_id,
-                error.code,
-                raw_msg,
-            )
-            await self._send_error(unique_id, for_ocpp16(error))
-            return
+        """Handle one frame; ``admitted`` False means over the flood limit.
 
-        if msg.message_type_id == MessageType.Call:
+        The one place a charger's frame enters: whatever it holds, it ends in an answer
+        (or, for a CALLRESULT / CALLERROR, in the waiting call or a log line), never in an
+        exception that closes the connection.
+        """
+        try:
+            msg = parse_frame(raw_msg)
+        except FrameError as error:
+            await self._refuse_frame(error, raw_msg, admitted)
+            return
+        if type(msg) is Call:
             if not admitted:
+                self.errors.error(f"over the flood limit: {msg.action:.40} {msg.unique_id}")
                 await self._send_error(
                     msg.unique_id,
                     GenericError(description="rate limit", details={"cause": "too many messages"}),
                 )
                 return
             await self._route_call(msg)
-        elif msg.message_type_id in (MessageType.CallResult, MessageType.CallError):
-            future = self._pending.get(msg.unique_id)
-            if future is None or future.done():
-                log.warning(
-                    "%s: answer to an unknown or expired call %s ignored",
-                    self.charger_id,
-                    msg.unique_id,
-                )
-            else:
-                future.set_result(msg)
+            return
+        future = self._pending.get(msg.unique_id)
+        if future is None or future.done():
+            self.errors.error(f"answer to an unknown or expired call {msg.unique_id} ignored")
+        else:
+            future.set_result(msg)
+
+    async def _refuse_frame(self, error: FrameError, raw: str | bytes, admitted: bool) -> None:
+        cause = cause_of(error.error)
+        if not error.answered:
+            # A CALLRESULT or CALLERROR is not answered (OCPP-J 1.6 section 4.2.3); the call
+            # it answers, if one waits, fails now instead of at its timeout.
+            self.errors.error(f"unusable answer {error.unique_id}: {cause}: {raw[:120]!r}")
+            future = self._pending.get(error.unique_id)
+            if future is not None and not future.done():
+                future.set_exception(InvalidResponseError(f"unusable answer: {cause}"))
+            return
+        self.errors.error(f"frame answered with {error.error.code}: {cause}: {raw[:120]!r}")
+        if admitted:  # a flood of garbage gets no answers
+            await self._send_error(error.unique_id, for_ocpp16(error.error))
 
     async def _route_call(self, msg: Call) -> None:
-        if not isinstance(msg.payload, dict):
-            # The library would pass a non-object payload to the handler as keywords.
-            error: OCPPError = FormationViolationError(
-                description="payload must be a JSON object",
-                details={"cause": f"got {type(msg.payload).__name__}"},
-            )
-            await self._send_error(msg.unique_id, error)
+        problem = range_problem(msg.action, msg.payload)
+        if problem is not None:
+            self.errors.error(f"{msg.action} {msg.unique_id} answered with {problem.code}")
+            await self._send_error(msg.unique_id, problem)
             return
         fast = self.fast_handlers.get(msg.action)
         if fast is not None:
@@ -325,15 +379,19 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
             with collecting():
                 await self._handle_call(msg)
         except OCPPError as error:
-            log.warning(
-                "%s: %s %s answered with %s: %s",
-                self.charger_id,
-                msg.action,
-                msg.unique_id,
-                error.code,
-                error.details.get("cause", error.description),
+            self.errors.error(
+                f"{msg.action:.40} {msg.unique_id} answered with {error.code}: {cause_of(error)}"
             )
             await self._send_error(msg.unique_id, for_ocpp16(error))
+            self._after_response.clear()
+            return
+        except ConnectionClosed:
+            raise
+        except Exception:
+            # Outside the handler (which the library guards itself, see LibraryLog): our
+            # defect, so InternalError as the library answers a failing handler.
+            self.errors.error(f"{msg.action:.40} {msg.unique_id} failed", internal=True)
+            await self._send_error(msg.unique_id, InternalError())
             self._after_response.clear()
             return
         self._run_after_response()
@@ -348,13 +406,13 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
         try:
             answer = await confirmed(fast(self, msg.payload))
         except DeliveryTimeout as exc:
-            log.warning("%s: %s %s not stored: %s", self.charger_id, msg.action, msg.unique_id, exc)
+            self.errors.error(f"{msg.action} {msg.unique_id} not stored: {exc}")
             await self._send_error(msg.unique_id, _not_stored(exc))
             return False
         except Exception:
             # As the library does for a failing handler: InternalError, and a log line.
-            log.exception("%s: %s %s failed", self.charger_id, msg.action, msg.unique_id)
-            await self._send(msg.create_call_error(Exception()).to_json())
+            self.errors.error(f"{msg.action} {msg.unique_id} failed", internal=True)
+            await self._send_error(msg.unique_id, InternalError())
             return False
         frame = [MessageType.CallResult, msg.unique_id, answer]
         await self._connection.send(_COMPACT_JSON.encode(frame))
@@ -369,7 +427,7 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
                 await deliveries.wait()
             except DeliveryTimeout as exc:
                 unique_id = str(json.loads(message)[1])
-                log.warning("%s: call %s not stored: %s", self.charger_id, unique_id, exc)
+                self.errors.error(f"call {unique_id} not stored: {exc}")
                 error = _not_stored(exc)
                 message = CallError(
                     unique_id, error.code, error.description, error.details
@@ -439,7 +497,9 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
                 self._pending.pop(call.unique_id, None)
 
     def fail_pending(self) -> None:
-        """The connection is gone: every waiting call fails now rather than at its timeout."""
+        """The connection is gone: every waiting call fails now rather than at its timeout,
+        and the count of errors not logged yet is logged."""
+        self.errors.flush()
         for unique_id, future in list(self._pending.items()):
             if not future.done():
                 future.set_exception(ChargerGoneError(f"connection closed ({unique_id})"))

@@ -440,7 +440,7 @@ class ChargePointHandler(OcppEndpoint):
     # --- 1.6 security extension -------------------------------------------------------------
     @on(Action.signed_firmware_status_notification)
     async def on_signed_firmware_status_notification(
-        self, status: str, request_id: int, **_: Any
+        self, status: str, request_id: int | None = None, **_: Any
     ) -> call_result.SignedFirmwareStatusNotification:
         self._firmware_status(status, request_id)
         return call_result.SignedFirmwareStatusNotification()

@@ -1,8 +1,7 @@
 """The OCPP-J websocket server: who may connect, and one live connection per charger id.
 
 At the upgrade (``process_request``) it checks, in order: the path ``/ocpp/{charger_id}``
-(404 otherwise, 400 for an id outside the contract), the subprotocol (400 unless the
-client offers ``ocpp1.6``, OCPP-J 1.6 section 3.1.2), and HTTP Basic credentials with the
+(404 otherwise, 400 for an id outside the contract) and HTTP Basic credentials with the
 charger id as user (OCPP 1.6 security profile 1; 401 with ``WWW-Authenticate: Basic`` for
 missing credentials, an unknown charger or a wrong password, unless auto-registration
 lets an unknown charger in). Over TLS (``ssl`` set) the same is security profile 2. When
@@ -10,6 +9,11 @@ the TLS context requires client certificates (profile 3, :mod:`bridge.tls`) the
 certificate replaces Basic auth: its subject CN must be the charger id, and the id must be
 registered (or auto-registration on); either failure answers 403, since no HTTP
 credentials could fix it.
+
+The subprotocol is chosen by :func:`select_subprotocol`. A charger that offers none the
+bridge speaks is not refused with an HTTP status: OCPP-J 1.6 section 3.1.2 and RFC 6455
+section 4.2.2 have the server complete the handshake without ``Sec-WebSocket-Protocol``,
+so the bridge does, and then closes the socket with 1002 (protocol error) before any OCPP.
 
 A second connection for the same id replaces the first: the old socket is closed and its
 teardown finished before the new one announces presence, so the old one never publishes
@@ -27,26 +31,29 @@ stream next to telemetry.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import http
 import logging
 import ssl
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import InvalidHeader
 from websockets.frames import CloseCode
-from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from bridge.connections import ChargerConnection, ConnectionOptions
+from bridge.errorlog import limit_charger_lines
 from bridge.handlers import Services
+from bridge.heap import trim_heap_periodically
 from bridge.tls import common_name
 from chargetwin.database import DatabaseError
 from chargetwin.mqtt import Handler, MqttClient
@@ -56,6 +63,12 @@ from twin.registry import ChargerExistsError, ChargerRegistry
 log = logging.getLogger(__name__)
 
 SUBPROTOCOLS = (Subprotocol("ocpp1.6"),)
+NO_SUBPROTOCOL_CLOSE = CloseCode.PROTOCOL_ERROR
+# Frames websockets buffers per connection before it stops reading the socket (its default
+# is 16). A charger has one CALL in flight (OCPP-J 1.6 section 4.1.1) plus answers to ours,
+# so 4 is plenty, and a charger that pipelines hostile 64 KiB frames holds at most 256 KiB
+# of the bridge's memory instead of 1 MiB; the rest waits in its own TCP buffers.
+MAX_QUEUED_FRAMES = 4
 PATH_PREFIX = "/ocpp/"
 WWW_AUTHENTICATE = 'Basic realm="chargetwin", charset="UTF-8"'
 
@@ -96,6 +109,15 @@ def basic_credentials(headers: Headers) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
+def select_subprotocol(offered: Sequence[str]) -> Subprotocol | None:
+    """The first subprotocol in the charger's list that the bridge speaks, else None
+    (the handshake then completes without one and the socket is closed, see above)."""
+    for name in offered:
+        if name in SUBPROTOCOLS:
+            return Subprotocol(name)
+    return None
+
+
 class OcppServer:
     """Accepts chargers, keeps the current connection of each, wires it to MQTT."""
 
@@ -107,6 +129,8 @@ class OcppServer:
         server_options: ServerOptions,
         connection_options: ConnectionOptions,
     ) -> None:
+        # A charger's repeated messages must not fill the disk with log lines.
+        limit_charger_lines()
         self.services = services
         self.registry = registry
         self.mqtt = mqtt
@@ -114,6 +138,8 @@ class OcppServer:
         self.connection_options = connection_options
         self.connections: dict[str, ChargerConnection] = {}
         self._server: Server | None = None
+        # Owned here, from start() to stop(): freed heap memory back to the system.
+        self._trimmer: asyncio.Task[None] | None = None
         topics = services.reporter.topics
         self._filters: dict[str, Handler] = {
             topics.shadow("+", "update", "delta"): self._route_delta,
@@ -131,17 +157,19 @@ class OcppServer:
             self._serve_connection,
             host,
             port,
-            subprotocols=list(SUBPROTOCOLS),
+            subprotocols=list(SUBPROTOCOLS),  # chosen by select_subprotocol (ChargerWebSocket)
             process_request=self._process_request,
             ping_interval=self.options.ping_interval,
             ping_timeout=self.options.ping_timeout,
             max_size=self.options.max_size,
+            max_queue=MAX_QUEUED_FRAMES,
             close_timeout=self.options.close_timeout,
             ssl=self.options.ssl,
             backlog=self.options.backlog,
             create_connection=ChargerWebSocket,
         )
         bound = int(next(iter(self._server.sockets)).getsockname()[1])
+        self._trimmer = asyncio.create_task(trim_heap_periodically(), name="heap trimmer")
         scheme = "ws" if self.options.ssl is None else "wss"
         profile = 3 if self.options.client_certificates else 2 if self.options.ssl else 1
         log.info(
@@ -158,6 +186,11 @@ class OcppServer:
         """Close every charger's socket (1001 going away); each publishes itself offline."""
         if self._server is None:
             return
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trimmer
+            self._trimmer = None
         self._server.close(close_connections=True)
         await self._server.wait_closed()
         self._server = None
@@ -178,15 +211,6 @@ class OcppServer:
             validate_charger_id(charger_id)
         except InvalidTopicError as exc:
             return connection.respond(http.HTTPStatus.BAD_REQUEST, f"{exc}\n")
-        offered = _offered_subprotocols(request.headers)
-        if offered is None or not set(offered) & set(SUBPROTOCOLS):
-            log.warning("%s: refused: subprotocol %s not supported", charger_id, offered)
-            return connection.respond(
-                http.HTTPStatus.BAD_REQUEST,
-                f"unsupported or missing subprotocol {offered}; offer one of: "
-                + ", ".join(SUBPROTOCOLS)
-                + "\n",
-            )
         if self.options.client_certificates:
             return await self._authenticate_certificate(connection, charger_id)
         return await self._authenticate(connection, request, charger_id)
@@ -249,6 +273,19 @@ class OcppServer:
     async def _serve_connection(self, websocket: ServerConnection) -> None:
         assert websocket.request is not None  # process_request has seen it
         charger_id = unquote(urlsplit(websocket.request.path).path[len(PATH_PREFIX) :])
+        if websocket.subprotocol is None:
+            offered = websocket.request.headers.get_all("Sec-WebSocket-Protocol")
+            log.warning(
+                "%s: refused: no supported subprotocol (offered %.100s; supported %s);"
+                " closing with %d",
+                charger_id,
+                ", ".join(offered) or "none",
+                ", ".join(SUBPROTOCOLS),
+                NO_SUBPROTOCOL_CLOSE,
+            )
+            reason = "no supported subprotocol; offer one of: " + ", ".join(SUBPROTOCOLS)
+            await websocket.close(NO_SUBPROTOCOL_CLOSE, reason)
+            return
         connection = ChargerConnection(
             charger_id, websocket, self.services, self.connection_options
         )
@@ -328,6 +365,10 @@ class ChargerWebSocket(ServerConnection):
         super().__init__(*args, **kwargs)
         if isinstance(self.logger, logging.LoggerAdapter):
             self.logger.extra = {"websocket": weakref.proxy(self)}
+        # The subprotocol choice, set on the handshake protocol as websockets itself does for
+        # serve(select_subprotocol=...); that argument would wrap it in a closure holding
+        # this connection, a reference cycle. (setattr: mypy refuses to assign a method.)
+        setattr(self.protocol, "select_subprotocol", select_subprotocol)  # noqa: B010
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)  # cancels the keepalive task
@@ -335,16 +376,6 @@ class ChargerWebSocket(ServerConnection):
         parser_exc = self.protocol.parser_exc
         if parser_exc is not None:
             parser_exc.__traceback__ = None
-
-
-def _offered_subprotocols(headers: Headers) -> list[str] | None:
-    try:
-        offered: list[str] = []
-        for value in headers.get_all("Sec-WebSocket-Protocol"):
-            offered.extend(parse_subprotocol(value))
-    except InvalidHeader:
-        return None
-    return offered
 
 
 def _forbidden(connection: ServerConnection, charger_id: str, why: str) -> Response:

@@ -92,21 +92,6 @@ async def test_auto_registered_passwords_are_hashed_at_the_configured_cost(
     assert row is not None and str(row[0]).startswith("scrypt$1024$8$1$")
 
 
-@pytest.mark.parametrize("offered", [None, ["ocpp2.0.1"], ["chat", "ocpp1.5"]])
-async def test_no_supported_subprotocol_is_a_clear_400(
-    bridge: Bridge, offered: list[str] | None
-) -> None:
-    charger_id = new_id()
-    await register(bridge, charger_id)
-    error = await refused(
-        url_of(bridge, charger_id),
-        subprotocols=offered,
-        additional_headers=basic(charger_id, PASSWORD),
-    )
-    assert error.response.status_code == 400
-    assert b"ocpp1.6" in error.response.body
-
-
 async def test_wrong_path_is_404_and_bad_id_is_400(bridge: Bridge) -> None:
     headers = basic("x", PASSWORD)
     error = await refused(
