@@ -28,7 +28,8 @@ from chargetwin.shadow_client import ShadowClient
 from chargetwin.topics import Topics
 from rules.series import SeriesStore
 from rules.sqlite_series import SQLiteSeriesStore
-from twin.registry import DEFAULT_PASSWORD_COST, ChargerRegistry
+from twin.passwords import password_key
+from twin.registry import ChargerRegistry
 from twin.stores import ShadowStore
 
 
@@ -64,9 +65,10 @@ class Backend:
         command_timeout: float = 35.0,
         series: Callable[[], SeriesStore] | None = None,
         maintenance_interval: float = 30.0,
-        password_cost: int = DEFAULT_PASSWORD_COST,
+        password_key: bytes | None = None,
     ) -> Backend:
-        registry = ChargerRegistry(db, password_cost=password_cost)
+        # Without a key (tests that only read) new passwords get scrypt hashes.
+        registry = ChargerRegistry(db, password_key=password_key)
         shadow_client = ShadowClient(mqtt, topics, timeout=twin_timeout)
         return cls(
             db=db,
@@ -137,7 +139,12 @@ async def open_backend(
             command_timeout=settings.command_timeout,
             series=lambda: open_series_store(settings),
             maintenance_interval=settings.maintenance_interval,
-            password_cost=settings.charger_password_cost,
+            password_key=password_key(
+                settings.charger_password_key.get_secret_value()
+                if settings.charger_password_key
+                else None,
+                settings.data_dir,
+            ),
         )
         await backend.create_schema()
         if backend.maintenance is not None:

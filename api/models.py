@@ -44,11 +44,12 @@ class ChargerCreate(_Request):
         description="The OCPP charge point identity: 1-48 of A-Z a-z 0-9 . _ : -",
     )
     password: str = Field(
-        min_length=8,
+        min_length=16,
         max_length=64,
-        description="HTTP Basic password (OCPP security profiles 1 and 2). The OCPP 1.6 "
-        "security whitepaper asks for 16-40 characters (AuthorizationKey); 8-64 are "
-        "accepted so existing chargers can be enrolled, 16 or more are recommended.",
+        description="HTTP Basic password (OCPP security profiles 1 and 2): a random secret "
+        "of 16-64 characters. The OCPP 1.6 security whitepaper's AuthorizationKey is 16-20 "
+        "bytes, 2.0.1's BasicAuthPassword at least 16 characters; passwords are kept as "
+        "keyed fast hashes, which is only safe for secrets of that strength.",
     )
     site: str | None = Field(None, max_length=200)
     tags: list[str] = Field(default_factory=list, max_length=50)

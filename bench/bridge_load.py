@@ -40,7 +40,7 @@ from twin.registry import ChargerRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PASSWORD = "bench-password"
+PASSWORD = "bench-password-00001"
 SCRYPT_N = 2**8  # bench cost; production hashes use 2**14 (twin.registry)
 
 

@@ -25,6 +25,7 @@ from chargetwin.mqtt import MqttClient, client_id_for
 from chargetwin.settings import Settings
 from chargetwin.topics import Topics
 from twin.catalog import FirmwareCatalog
+from twin.passwords import password_key
 from twin.registry import ChargerRegistry
 from twin.stores import ShadowStore
 
@@ -105,7 +106,13 @@ class Bridge:
         ssl_context = server_context(options.tls) if options.tls is not None else None
         self.db = connect(self.settings.database_target)
         await self.db.open()
-        registry = ChargerRegistry(self.db, password_cost=self.settings.charger_password_cost)
+        key = self.settings.charger_password_key
+        registry = ChargerRegistry(
+            self.db,
+            password_key=password_key(
+                key.get_secret_value() if key else None, self.settings.data_dir
+            ),
+        )
         transactions = TransactionStore(self.db)
         id_tags = IdTagStore(self.db)
         await registry.create_schema()
