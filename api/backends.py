@@ -50,6 +50,7 @@ class Backend:
     series: Callable[[], SeriesStore] | None = None
     campaigns: CampaignStore | None = None  # firmware campaigns (engine: api.rollouts)
     profiles: ProfileStore | None = None  # configuration profiles
+    topics: Topics | None = None  # for requests published to bridges (e.g. rotations)
 
     @classmethod
     def build(
@@ -93,6 +94,7 @@ class Backend:
             series=series or (lambda: SQLiteSeriesStore(data_dir / "series.db")),
             campaigns=CampaignStore(db),
             profiles=ProfileStore(db),
+            topics=topics,
         )
 
     async def create_schema(self) -> None:

@@ -12,7 +12,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.audit import AuditLog
 from bridge.connections import ConnectionOptions
+from bridge.credentials import CredentialRotations
 from bridge.firmwares import FirmwareSupport
 from bridge.handlers import Services
 from bridge.limits import FloodLimit
@@ -116,6 +118,8 @@ class Bridge:
         transactions = TransactionStore(self.db)
         id_tags = IdTagStore(self.db)
         await registry.create_schema()
+        audit = AuditLog(self.db)  # password rotations are written to the API's audit log
+        await audit.create_schema()
         await transactions.create_schema()
         await id_tags.create_schema()
         catalog = FirmwareCatalog(self.db)
@@ -142,6 +146,7 @@ class Bridge:
             id_tags=id_tags,
             heartbeat_interval=options.heartbeat_interval,
             data_transfer_vendors=options.data_transfer_vendors,
+            credentials=CredentialRotations(registry, reporter, audit),
             firmware=FirmwareSupport(
                 catalog,
                 shadows,

@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from bridge.commands import CommandRunner
+from bridge.credentials import ChargerCredentials
 from bridge.errors import OutgoingCallError
 from bridge.handlers import ChargePointHandler, Services
 from bridge.limits import FloodGuard, FloodLimit
@@ -73,6 +74,9 @@ class ChargerConnection:
             self.tasks,
             timeout=options.command_timeout,
         )
+        self.credentials = ChargerCredentials(
+            charger_id, self.handler.request, services.credentials, self.tasks
+        )
 
     # --- lifecycle -----------------------------------------------------------------------
     async def serve(self) -> None:
@@ -107,6 +111,7 @@ class ChargerConnection:
         if self.reconciler.firmware is not None and self.handler.charge_point is not None:
             self.reconciler.firmware.booted(self.handler.charge_point)
         self.tasks.spawn(self._after_boot(), "configuration")
+        self.credentials.poke()  # a password rotation waiting for this charger
 
     def firmware_status(self, status: str) -> None:
         if self.reconciler.firmware is not None:
@@ -137,4 +142,5 @@ class ChargerConnection:
             self.reconciler.on_delta(message)
 
     def on_command(self, payload: bytes) -> None:
-        self.commands.submit(payload)
+        if not self.credentials.claims(payload):
+            self.commands.submit(payload)

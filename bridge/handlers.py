@@ -21,6 +21,7 @@ from ocpp.routing import on as ocpp_on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
+from bridge.credentials import CredentialRotations
 from bridge.endpoints import FastHandler, OcppEndpoint
 from bridge.firmwares import FirmwareSupport
 from bridge.reports import Reporter, charge_point_of, meter_value_messages
@@ -76,6 +77,7 @@ class Services:
     heartbeat_interval: int = 300
     data_transfer_vendors: frozenset[str] = field(default_factory=frozenset)
     firmware: FirmwareSupport | None = None  # None: firmware deltas are not acted on
+    credentials: CredentialRotations | None = None  # None: password rotations wait
 
 
 class ChargePointHandler(OcppEndpoint):

@@ -22,7 +22,15 @@ from twin.passwords import (
     password_key,
     scrypt_hash,
 )
-from twin.registry import ChargerRegistry, WeakPasswordError
+from twin.registry import (
+    ChargerNotFoundError,
+    ChargerRegistry,
+    Rotation,
+    RotationError,
+    RotationInProgressError,
+    RotationStatus,
+    WeakPasswordError,
+)
 
 
 def cheap_hash(password: str) -> str:
@@ -215,3 +223,101 @@ def test_a_short_or_unreadable_key_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / KEY_FILE).write_text("short\n")
     with pytest.raises(PasswordKeyError, match=KEY_FILE):
         load_or_create_key(tmp_path)
+
+
+# --- password rotations -----------------------------------------------------------------------
+async def rotating(db: Database) -> tuple[ChargerRegistry, list[Rotation], str]:
+    """A keyed registry with CP-R registered (password OLD), a rotation started, and the
+    list every rotation change is announced into."""
+    heard: list[Rotation] = []
+
+    async def hear(rotation: Rotation) -> None:
+        heard.append(rotation)
+
+    registry = ChargerRegistry(db, password_key=KEY, on_rotation=hear)
+    await registry.register("CP-R", OLD)
+    await registry.start_rotation("CP-R")
+    found = await registry.rotation_secret("CP-R")
+    assert found is not None
+    return registry, heard, found[1]
+
+
+OLD = "the-old-password-0001"
+
+
+async def test_a_rotation_accepts_both_passwords_until_the_new_one_is_used(db: Database) -> None:
+    registry, heard, new = await rotating(db)
+    assert len(new) == 20 and new.isalnum()
+    rotation = await registry.rotation("CP-R")
+    assert rotation is not None and rotation.status is RotationStatus.PENDING
+    assert await registry.verify("CP-R", OLD)
+    answered = await registry.rotation_answered("CP-R", rotation.rotation_id, True)
+    assert answered is not None and answered.status is RotationStatus.ACCEPTED
+    assert await registry.verify("CP-R", OLD)  # the charger may come back with either
+    assert (await registry.rotation_secret("CP-R")) is not None  # sent again if it does
+
+    assert await registry.verify("CP-R", new)  # the first use of the new one ends it
+    done = await registry.rotation("CP-R")
+    assert done is not None and done.status is RotationStatus.DONE
+    assert not await registry.verify("CP-R", OLD)
+    assert await ChargerRegistry(db, password_key=KEY).verify("CP-R", new)
+    assert await registry.rotation_secret("CP-R") is None
+    row = await db.fetchone(
+        "SELECT secret, new_hash FROM charger_credential_rotations WHERE charger_id = 'CP-R'"
+    )
+    assert row == (None, None)  # the password in clear is gone
+    assert [r.status for r in heard] == [RotationStatus.ACCEPTED, RotationStatus.DONE]
+
+
+async def test_a_new_password_used_before_its_answer_arrived_ends_the_rotation(
+    db: Database,
+) -> None:
+    registry, heard, new = await rotating(db)
+    assert await registry.verify("CP-R", new)
+    assert not await registry.verify("CP-R", OLD)
+    assert [r.status for r in heard] == [RotationStatus.DONE]
+    rotation = await registry.rotation("CP-R")
+    assert rotation is not None
+    assert await registry.rotation_answered("CP-R", rotation.rotation_id, True) is None
+
+
+async def test_a_refused_rotation_fails_and_keeps_the_old_password(db: Database) -> None:
+    registry, heard, new = await rotating(db)
+    rotation = await registry.rotation("CP-R")
+    assert rotation is not None
+    failed = await registry.rotation_answered("CP-R", rotation.rotation_id, False, "Rejected")
+    assert failed is not None and failed.status is RotationStatus.FAILED
+    assert failed.reason == "Rejected"
+    assert await registry.verify("CP-R", OLD)
+    assert not await registry.verify("CP-R", new)
+    assert await registry.rotation_secret("CP-R") is None
+    assert [(r.status, r.reason) for r in heard] == [(RotationStatus.FAILED, "Rejected")]
+    again = await registry.start_rotation("CP-R")  # a failed one may be asked again
+    assert again.rotation_id != rotation.rotation_id
+
+
+async def test_one_open_rotation_per_charger_and_none_without_a_password(db: Database) -> None:
+    registry, _, _ = await rotating(db)
+    results = await asyncio.gather(
+        *(registry.start_rotation("CP-R") for _ in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(r, RotationInProgressError) for r in results)
+    await registry.register("CP-CERT", None)
+    with pytest.raises(RotationError, match="certificate"):
+        await registry.start_rotation("CP-CERT")
+    with pytest.raises(ChargerNotFoundError):
+        await registry.start_rotation("CP-NONE")
+    with pytest.raises(RotationError, match="no charger password key"):
+        await ChargerRegistry(db).start_rotation("CP-R")
+
+
+async def test_setting_the_password_or_removing_the_charger_ends_its_rotation(
+    db: Database,
+) -> None:
+    registry, _, new = await rotating(db)
+    await registry.set_password("CP-R", "set-by-an-admin-0001")
+    assert not await registry.verify("CP-R", new)
+    assert await registry.rotation("CP-R") is None
+    await registry.start_rotation("CP-R")
+    await registry.delete("CP-R")
+    assert await registry.rotation("CP-R") is None
