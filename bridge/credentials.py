@@ -100,6 +100,7 @@ class ChargerCredentials:
         self._rotations = rotations
         self._tasks = tasks
         self._running = False
+        self._again = False
 
     def claims(self, command: bytes) -> bool:
         """True for a ``rotate-credentials`` request (then handled here, not as an OCPP
@@ -112,12 +113,20 @@ class ChargerCredentials:
             return False
         if not isinstance(message, dict) or message.get("name") != COMMAND:
             return False
-        self.poke()
+        self.poke(asked=True)
         return True
 
-    def poke(self) -> None:
-        """Look for an open rotation and carry it (after a boot, or when asked)."""
-        if self._rotations is None or self._running:
+    def poke(self, *, asked: bool = False) -> None:
+        """Look for an open rotation and carry it: after a boot (no query when the
+        password check of this connection found none), or when the API asks."""
+        if self._rotations is None:
+            return
+        if self._running:
+            # Asked while a look is under way that may have read before the rotation
+            # was stored: look once more when it ends.
+            self._again = self._again or asked
+            return
+        if not asked and not self._rotations.registry.may_be_rotating(self.charger_id):
             return
         self._running = True
         self._tasks.spawn(self._carry(self._rotations), "credentials")
@@ -145,11 +154,15 @@ class ChargerCredentials:
             status = str(answer.get("status"))
             await self._answered(rotations, rotation, status in _KEPT, status)
         except asyncio.CancelledError:
+            self._again = False  # the connection is closing: its next boot looks again
             raise
         except Exception as exc:  # the registry is down: tried again after the next boot
             log.warning("%s: password rotation not carried: %s", self.charger_id, exc)
         finally:
             self._running = False
+            if self._again:
+                self._again = False
+                self.poke(asked=True)
 
     async def _answered(
         self, rotations: CredentialRotations, rotation: Rotation, kept: bool, status: str

@@ -198,6 +198,9 @@ class ChargerRegistry:
         # only scrypt checks are worth caching; keyed ones take microseconds.
         self._verified: dict[str, tuple[str, bytes]] = {}
         self._hashes = _PasswordHashReader(db)
+        # charger id -> whether its last password check found an open rotation: a boot
+        # needs no rotation query when the upgrade just before it found none.
+        self._rotating: dict[str, bool] = {}
         self._upgrades = _HashUpgrader(db)
 
     async def create_schema(self) -> None:
@@ -280,6 +283,7 @@ class ChargerRegistry:
         """Drop what is cached about the charger: the next check reads the database."""
         self._known.discard(charger_id)
         self._verified.pop(charger_id, None)
+        self._rotating.pop(charger_id, None)
 
     async def get(self, charger_id: str) -> Charger:
         row = await self._db.fetchone(
@@ -313,6 +317,7 @@ class ChargerRegistry:
             self._verified.pop(charger_id, None)
             return False
         stored, pending = hashes
+        self._rotating[charger_id] = pending is not None
         if stored is not None and await self._matches(charger_id, password, stored):
             if self.hasher.outdated(stored) and len(password) >= MIN_PASSWORD_LENGTH:
                 await self._upgrades.replace(charger_id, stored, self.hasher.hash(password))
@@ -381,6 +386,11 @@ class ChargerRegistry:
                 f"a password rotation of charger {charger_id!r} is still open"
             )
         return Rotation(charger_id, rotation_id, RotationStatus.PENDING, None, now, now)
+
+    def may_be_rotating(self, charger_id: str) -> bool:
+        """False only when this process's last check of the charger's password found no
+        open rotation (one asked since then is announced to the bridge separately)."""
+        return self._rotating.get(charger_id, True)
 
     async def rotation(self, charger_id: str) -> Rotation | None:
         """The charger's latest rotation, without its password."""
