@@ -46,6 +46,7 @@ from pathlib import Path
 from bench.bridge_load import (
     BOOT_FRAME,
     HASH_SCHEMES,
+    PASSWORD,
     RawCharger,
     Server,
     cpu_seconds,
@@ -54,9 +55,11 @@ from bench.bridge_load import (
     raise_nofile,
     register,
     rss_kib,
+    stored_hashes,
 )
 from bench.brokers import bench_broker
 from bench.machine import describe, median, percentile
+from twin.passwords import PasswordHasher, check_scrypt, load_or_create_key
 
 
 @dataclass
@@ -165,10 +168,28 @@ async def measure(
         await server.stop()
 
 
+def check_cost(scheme: str) -> float:
+    """Seconds of one password check of ``scheme`` on this machine, now (median of a few)."""
+    with tempfile.TemporaryDirectory(prefix="bench-conn-") as tmp:
+        stored = stored_hashes(Path(tmp), 1, scheme)[0]
+        hasher = PasswordHasher(load_or_create_key(Path(tmp)))
+    rounds = 1000 if scheme == "keyed" else 5
+    timings = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(rounds):
+            if hasher.check_fast(PASSWORD, stored) is None:
+                check_scrypt(PASSWORD, stored)
+        timings.append((time.perf_counter() - start) / rounds)
+    return median(timings)
+
+
 async def main(args: argparse.Namespace) -> None:
     raise_nofile()
     schemes = args.hashes.split(",")
     print(f"machine: {describe()}")
+    costs = ", ".join(f"{scheme} {check_cost(scheme) * 1e6:,.0f} µs" for scheme in schemes)
+    print(f"one password check: {costs}")
     print(
         f"load: {args.chargers} chargers, storm of {args.storm}"
         f"{' into a restarted server' if args.restart else ''}, passwords {schemes}, "
