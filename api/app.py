@@ -26,6 +26,7 @@ from api.routes import (
     audit,
     chargers,
     commands,
+    credentials,
     dashboard,
     diagnostics,
     firmware,
@@ -117,7 +118,7 @@ def create_app(backend: Backend) -> FastAPI:
     )
     app.state.backend = backend
     api = APIRouter(prefix=API_PREFIX)
-    for module in (chargers, shadows, audit, tokens, health):
+    for module in (chargers, credentials, shadows, audit, tokens, health):
         api.include_router(module.router)
     for module in (commands, firmware, diagnostics, id_tags):
         api.include_router(module.router)

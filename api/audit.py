@@ -2,7 +2,10 @@
 
 Written after the twin answered (or refused, or did not answer), so an ``accepted`` entry
 always names the shadow version the change produced. Refusals are kept too: an operator
-looking for "why did my change not happen" finds the reason here.
+looking for "why did my change not happen" finds the reason here. Charger password
+rotations are here as well (action ``credentials.rotate``, ``patch`` = ``{rotationId,
+status}``, never the password): requested through the API, then answered and completed
+in the bridge (:mod:`bridge.credentials`), which writes to the same table.
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ from chargetwin.shadow_client import ShadowClient
 from chargetwin.topics import Topics
 from rules.series import SeriesStore
 from rules.sqlite_series import SQLiteSeriesStore
-from twin.registry import DEFAULT_PASSWORD_COST, ChargerRegistry
+from twin.passwords import password_key
+from twin.registry import ChargerRegistry
 from twin.stores import ShadowStore
 
 
@@ -49,6 +50,7 @@ class Backend:
     series: Callable[[], SeriesStore] | None = None
     campaigns: CampaignStore | None = None  # firmware campaigns (engine: api.rollouts)
     profiles: ProfileStore | None = None  # configuration profiles
+    topics: Topics | None = None  # for requests published to bridges (e.g. rotations)
 
     @classmethod
     def build(
@@ -64,9 +66,10 @@ class Backend:
         command_timeout: float = 35.0,
         series: Callable[[], SeriesStore] | None = None,
         maintenance_interval: float = 30.0,
-        password_cost: int = DEFAULT_PASSWORD_COST,
+        password_key: bytes | None = None,
     ) -> Backend:
-        registry = ChargerRegistry(db, password_cost=password_cost)
+        # Without a key (tests that only read) new passwords get scrypt hashes.
+        registry = ChargerRegistry(db, password_key=password_key)
         shadow_client = ShadowClient(mqtt, topics, timeout=twin_timeout)
         return cls(
             db=db,
@@ -91,6 +94,7 @@ class Backend:
             series=series or (lambda: SQLiteSeriesStore(data_dir / "series.db")),
             campaigns=CampaignStore(db),
             profiles=ProfileStore(db),
+            topics=topics,
         )
 
     async def create_schema(self) -> None:
@@ -137,7 +141,12 @@ async def open_backend(
             command_timeout=settings.command_timeout,
             series=lambda: open_series_store(settings),
             maintenance_interval=settings.maintenance_interval,
-            password_cost=settings.charger_password_cost,
+            password_key=password_key(
+                settings.charger_password_key.get_secret_value()
+                if settings.charger_password_key
+                else None,
+                settings.data_dir,
+            ),
         )
         await backend.create_schema()
         if backend.maintenance is not None:

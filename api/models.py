@@ -6,7 +6,7 @@ than silently ignored.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -44,11 +44,12 @@ class ChargerCreate(_Request):
         description="The OCPP charge point identity: 1-48 of A-Z a-z 0-9 . _ : -",
     )
     password: str = Field(
-        min_length=8,
+        min_length=16,
         max_length=64,
-        description="HTTP Basic password (OCPP security profiles 1 and 2). The OCPP 1.6 "
-        "security whitepaper asks for 16-40 characters (AuthorizationKey); 8-64 are "
-        "accepted so existing chargers can be enrolled, 16 or more are recommended.",
+        description="HTTP Basic password (OCPP security profiles 1 and 2): a random secret "
+        "of 16-64 characters. The OCPP 1.6 security whitepaper's AuthorizationKey is 16-20 "
+        "bytes, 2.0.1's BasicAuthPassword at least 16 characters; passwords are kept as "
+        "keyed fast hashes, which is only safe for secrets of that strength.",
     )
     site: str | None = Field(None, max_length=200)
     tags: list[str] = Field(default_factory=list, max_length=50)
@@ -93,6 +94,35 @@ class ChargerOut(_Wire):
     has_delta: bool = Field(description="Desired state differs from reported state.")
     connectors: dict[str, str | None] = Field(description="Status per connector id.")
     updated_at: float | None = Field(description="Last shadow change, seconds since the epoch.")
+
+
+class RotationOut(_Wire):
+    """A charger password rotation: its state, never the password."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "rotationId": "6f1c2d0e8a9b4c3d9e7f1a2b3c4d5e6f",
+                "status": "accepted",
+                "reason": None,
+                "requestedAt": 1767225600.0,
+                "updatedAt": 1767225601.5,
+            }
+        }
+    )
+
+    rotation_id: str
+    status: Literal["pending", "accepted", "done", "failed"] = Field(
+        description="pending: not yet answered by the charger; accepted: the charger took "
+        "it, both passwords work; done: the charger connected with the new one, the old one "
+        "no longer works; failed: the charger refused it (see reason), the old one stays."
+    )
+    reason: str | None = Field(
+        description="The charger's answer when not Accepted (Rejected, NotSupported, "
+        "RebootRequired, CALLERROR ...)."
+    )
+    requested_at: float
+    updated_at: float
 
 
 class ChargerPage(_Wire):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -36,12 +35,12 @@ from urllib.parse import urlsplit
 
 from bench.brokers import broker_url
 from chargetwin.database import connect
+from twin.passwords import PasswordHasher, load_or_create_key, scrypt_hash
 from twin.registry import ChargerRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PASSWORD = "bench-password"
-SCRYPT_N = 2**8  # bench cost; production hashes use 2**14 (twin.registry)
+PASSWORD = "bench-password-00001"
 
 
 # --- frames ----------------------------------------------------------------------------------
@@ -211,26 +210,40 @@ async def open_fleet(
 
 
 # --- registration ------------------------------------------------------------------------------
-def bench_hash(password: str) -> str:
-    salt = os.urandom(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=8, p=1, dklen=32)
-    b64 = base64.b64encode
-    return f"scrypt${SCRYPT_N}$8$1${b64(salt).decode()}${b64(digest).decode()}"
+# How the bench stores the chargers' passwords: "keyed" is what the API stores today (HMAC
+# with the data dir's key, the bridge's default); "scrypt14" is what it stored before (scrypt
+# at the former default cost, ~40 ms per check); "scrypt8" the cheap scrypt earlier benches used.
+HASH_SCHEMES = ("keyed", "scrypt14", "scrypt8")
 
 
-async def register(data_dir: Path, ids: list[str]) -> None:
-    """Register ``ids`` in the bridge's database (see the module docstring for the cost)."""
+def stored_hashes(data_dir: Path, count: int, scheme: str) -> list[str]:
+    if scheme == "keyed":
+        hasher = PasswordHasher(load_or_create_key(data_dir))
+        return [hasher.hash(PASSWORD) for _ in range(count)]
+    cost = {"scrypt14": 14, "scrypt8": 8}[scheme]
+    return [scrypt_hash(PASSWORD, cost)] * count  # one salt for all: a bench, not a deployment
+
+
+async def register(data_dir: Path, ids: list[str], scheme: str = "keyed") -> None:
+    """Register ``ids`` in the bridge's database, or store their hashes again in ``scheme``
+    (as an older version would have left them)."""
     db = connect(f"sqlite:///{data_dir / 'chargetwin.db'}")
     await db.open()
     try:
         await ChargerRegistry(db).create_schema()
-        hashed = bench_hash(PASSWORD)  # one salt for all: a bench, not a deployment
+        hashes = stored_hashes(data_dir, len(ids), scheme)
         now = time.time()
         sql = (
             "INSERT INTO chargers (charger_id, password_hash, tags, created_at)"
-            " VALUES (?, ?, '[]', ?)"
+            " VALUES (?, ?, '[]', ?) ON CONFLICT (charger_id)"
+            " DO UPDATE SET password_hash = excluded.password_hash"
         )
-        await db.execute_batch([(sql, (charger_id, hashed, now)) for charger_id in ids])
+        await db.execute_batch(
+            [
+                (sql, (charger_id, hashed, now))
+                for charger_id, hashed in zip(ids, hashes, strict=True)
+            ]
+        )
     finally:
         await db.close()
 
@@ -261,6 +274,7 @@ class Server:
 
     def __init__(self, name: str, cmd: list[str], port: int, log: Path) -> None:
         self.name, self.cmd, self.port, self.log = name, cmd, port, log
+        self.data_dir = log.parent
         self.proc: asyncio.subprocess.Process | None = None
 
     @classmethod

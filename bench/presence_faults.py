@@ -141,7 +141,7 @@ async def _round(folder: Path, chargers: int) -> dict[str, float]:
     settings = Settings(mqtt_url=broker.url, mqtt_prefix=prefix, data_dir=folder)
     db = connect_db(settings.database_target)
     await db.open()
-    shadows, registry = ShadowStore(db), ChargerRegistry(db, password_cost=8)
+    shadows, registry = ShadowStore(db), ChargerRegistry(db)
     await shadows.create_schema()
     await registry.create_schema()
     ids = [f"BP-{i:05d}" for i in range(chargers)]

@@ -20,7 +20,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.audit import AuditLog
 from bridge.connections import ConnectionOptions
+from bridge.credentials import CredentialRotations
 from bridge.firmwares import FirmwareSupport
 from bridge.handlers import Services
 from bridge.limits import FloodLimit
@@ -35,6 +37,7 @@ from chargetwin.readiness import SubscriberGate
 from chargetwin.settings import Settings
 from chargetwin.topics import Topics
 from twin.catalog import FirmwareCatalog
+from twin.passwords import password_key
 from twin.registry import ChargerRegistry
 from twin.stores import ShadowStore
 
@@ -117,10 +120,18 @@ class Bridge:
         ssl_context = server_context(options.tls) if options.tls is not None else None
         self.db = connect(self.settings.database_target)
         await self.db.open()
-        registry = ChargerRegistry(self.db, password_cost=self.settings.charger_password_cost)
+        key = self.settings.charger_password_key
+        registry = ChargerRegistry(
+            self.db,
+            password_key=password_key(
+                key.get_secret_value() if key else None, self.settings.data_dir
+            ),
+        )
         transactions = TransactionStore(self.db)
         id_tags = IdTagStore(self.db)
         await registry.create_schema()
+        audit = AuditLog(self.db)  # password rotations are written to the API's audit log
+        await audit.create_schema()
         await transactions.create_schema()
         await id_tags.create_schema()
         catalog = FirmwareCatalog(self.db)
@@ -149,6 +160,7 @@ class Bridge:
             id_tags=id_tags,
             heartbeat_interval=options.heartbeat_interval,
             data_transfer_vendors=options.data_transfer_vendors,
+            credentials=CredentialRotations(registry, reporter, audit),
             firmware=FirmwareSupport(
                 catalog,
                 shadows,

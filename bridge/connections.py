@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from bridge.commands import CommandRunner
+from bridge.credentials import ChargerCredentials
 from bridge.errors import OutgoingCallError
 from bridge.handlers import ChargePointHandler, Services
 from bridge.limits import FloodGuard, FloodLimit
@@ -90,6 +91,9 @@ class ChargerConnection:
             timeout=options.command_timeout,
             accepted=self.accepted,
         )
+        self.credentials = ChargerCredentials(
+            charger_id, self.handler.request, services.credentials, self.tasks
+        )
 
     # --- lifecycle -----------------------------------------------------------------------
     async def serve(self) -> None:
@@ -157,6 +161,7 @@ class ChargerConnection:
         if self.reconciler.firmware is not None and self.handler.charge_point is not None:
             self.reconciler.firmware.booted(self.handler.charge_point)
         self.tasks.spawn(self._after_boot(), "configuration")
+        self.credentials.poke()  # a password rotation waiting for this charger
 
     def boot_wanted(self) -> None:
         self.tasks.spawn(self._ask_boot(), "boot request")
@@ -217,4 +222,5 @@ class ChargerConnection:
             self.reconciler.on_delta(message)
 
     def on_command(self, payload: bytes) -> None:
-        self.commands.submit(payload)
+        if not self.credentials.claims(payload):
+            self.commands.submit(payload)

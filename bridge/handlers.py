@@ -41,6 +41,7 @@ from ocpp.routing import on as ocpp_on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
+from bridge.credentials import CredentialRotations
 from bridge.endpoints import FastHandler, OcppEndpoint
 from bridge.firmwares import FirmwareSupport
 from bridge.reports import Reporter, charge_point_of, meter_value_messages
@@ -102,6 +103,7 @@ class Services:
     # Chargers whose BootNotification this process accepted (they may reconnect without
     # booting again); shared by all connections, at most one entry per charger.
     accepted: set[str] = field(default_factory=set)
+    credentials: CredentialRotations | None = None  # None: password rotations wait
 
 
 class ChargePointHandler(OcppEndpoint):

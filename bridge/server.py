@@ -58,7 +58,7 @@ from bridge.tls import common_name
 from chargetwin.database import DatabaseError
 from chargetwin.mqtt import Handler, MqttClient
 from chargetwin.topics import InvalidTopicError, validate_charger_id
-from twin.registry import ChargerExistsError, ChargerRegistry
+from twin.registry import ChargerExistsError, ChargerRegistry, WeakPasswordError
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +258,8 @@ class OcppServer:
                 await self.registry.register(charger_id, password)
                 log.info("%s: auto-registered", charger_id)
                 return None
+            except WeakPasswordError as exc:
+                return _unauthorized(connection, charger_id, f"not auto-registered: {exc}")
             except ChargerExistsError:
                 # Registered by a concurrent connection: its password decides.
                 if await self.registry.verify(charger_id, password):

@@ -189,16 +189,12 @@ class Settings(BaseSettings):
     auto_register: bool = Field(
         False, description="Let unknown chargers in and register them (demo only)."
     )
-    charger_password_cost: int = Field(
-        14,
-        ge=8,
-        le=16,
-        description="scrypt cost of charger passwords set from now on, as log2 N (r=8): 14 "
-        "takes 16 MiB and ~40 ms per check on a small machine, 10 takes 1 MiB and ~2 ms. A "
-        "bridge checks each charger's password once per process, so after a restart it "
-        "pays this once per charger: with many thousands of chargers whose passwords are "
-        "random and 16 bytes or longer (as OCPP's security whitepaper asks), 10 keeps a "
-        "reconnect storm short. Stored hashes keep their own cost.",
+    charger_password_key: SecretStr | None = Field(
+        None,
+        description="Secret key of charger password hashes (HMAC-SHA256), 32 characters or "
+        "more (e.g. openssl rand -hex 32). Unset: DATA_DIR/charger-password.key, created "
+        "(mode 0600) on first start. Every bridge and API process must use the same key: "
+        "set it when they do not share one data dir. Keep it apart from database backups.",
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
@@ -210,6 +206,13 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
             raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
+        return value
+
+    @field_validator("charger_password_key")
+    @classmethod
+    def _check_charger_password_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < 32:
+            raise ValueError("must be 32 characters or more (e.g. openssl rand -hex 32)")
         return value
 
     @field_validator("ocpp_tls_key")

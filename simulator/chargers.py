@@ -60,6 +60,7 @@ class _Close(StrEnum):
     REBOOT = "reboot"
     OFFLINE = "offline"
     STOP = "stop"
+    NEW_PASSWORD = "new-password"
 
 
 Observer = Callable[["SimulatedCharger", str], None]
@@ -111,6 +112,10 @@ class SimulatedCharger:
         self._close_reason = _Close.DROPPED
         self._offline_until = 0.0
         self.pending_stop_reason = Reason.power_loss
+        # HTTP Basic password: the configured one until the central system sets another
+        # (ChangeConfiguration AuthorizationKey); a test may make the charger refuse that.
+        self.password = options.password_for(self.id)
+        self.refuse_authorization_key = False
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -194,7 +199,7 @@ class SimulatedCharger:
                 ws = await open_connection(
                     opts.url,
                     self.id,
-                    opts.password_for(self.id),
+                    self.password,
                     open_timeout=opts.open_timeout_s,
                     ping_interval=self.config.integer("WebSocketPingInterval") or None,
                 )
@@ -272,6 +277,13 @@ class SimulatedCharger:
         self.pending_stop_reason = stop_reason
         self.log.info("%s: rebooting (%s)", self.id, stop_reason)
         self.spawn(self.close(_Close.REBOOT), outlive_connection=True)
+
+    def change_password(self, password: str) -> None:
+        """Take a new AuthorizationKey into use: reconnect with it at once, so the central
+        system sees the new password work and can drop the old one."""
+        self.password = password
+        self.log.info("%s: new AuthorizationKey; reconnecting with it", self.id)
+        self.spawn(self.close(_Close.NEW_PASSWORD), outlive_connection=True)
 
     def go_offline(self, seconds: float) -> None:
         """Drop the connection and stay away ``seconds`` (the 'offline' fault)."""

@@ -200,3 +200,22 @@ class ConfigurationStore:
         if spec.reboot_required:
             return ConfigurationStatus.reboot_required
         return ConfigurationStatus.accepted
+
+
+AUTHORIZATION_KEY = "AuthorizationKey"
+"""OCPP 1.6 security whitepaper: the HTTP Basic password, write-only (never in
+GetConfiguration, so it is not in :data:`SPECS`), "minimal 16 bytes ... hexadecimal
+represented (20 bytes maximum, a string of up to 40 hexadecimal digits)"."""
+
+
+def authorization_key_password(value: str) -> str | None:
+    """The password an AuthorizationKey value stands for (its hex digits decoded), or None
+    when the value is not 16-20 bytes in hex, or its bytes are not a printable password
+    (this charger presents its password as text in HTTP Basic auth)."""
+    if not 32 <= len(value) <= 40 or len(value) % 2:
+        return None
+    try:
+        password = bytes.fromhex(value).decode()
+    except ValueError:  # not hex, or not UTF-8
+        return None
+    return password if password.isprintable() and ":" not in password else None

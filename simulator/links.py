@@ -25,6 +25,7 @@ from ocpp.v16.enums import (
     ChargingProfileStatus,
     ClearCacheStatus,
     ClearChargingProfileStatus,
+    ConfigurationStatus,
     DataTransferStatus,
     GetCompositeScheduleStatus,
     MessageTrigger,
@@ -41,6 +42,7 @@ from ocpp.v16.enums import (
 from websockets.asyncio.client import ClientConnection
 
 from simulator import diagnostics, firmwares, sessions
+from simulator.configurations import AUTHORIZATION_KEY, authorization_key_password
 
 if TYPE_CHECKING:
     from simulator.chargers import SimulatedCharger
@@ -68,6 +70,7 @@ class ChargePointLink(ChargePoint):  # type: ignore[misc]  # ocpp ships no type 
         # Set by an "on" handler that accepted, read by its "after" hook: the library runs
         # the two back to back for one call, so one flag per link is enough.
         self._accepted = False
+        self._new_password: str | None = None  # an AuthorizationKey accepted, for its hook
         self.route_map = self._routes()
 
     def _routes(self) -> dict[str, dict[str, Any]]:
@@ -93,6 +96,7 @@ class ChargePointLink(ChargePoint):  # type: ignore[misc]  # ocpp ships no type 
             Action.send_local_list: self.on_send_local_list,
         }
         after: dict[str, Handler] = {
+            Action.change_configuration: self.after_change_configuration,
             Action.change_availability: self.after_change_availability,
             Action.reset: self.after_reset,
             Action.trigger_message: self.after_trigger_message,
@@ -130,9 +134,25 @@ class ChargePointLink(ChargePoint):  # type: ignore[misc]  # ocpp ships no type 
         )
 
     def on_change_configuration(self, key: str, value: str, **_: Any) -> Any:
+        if key == AUTHORIZATION_KEY:
+            return self._change_authorization_key(value)
         status = self._charger.config.change(key, value)
         self._charger.log.info("%s: ChangeConfiguration %s=%r: %s", self.id, key, value, status)
         return call_result.ChangeConfiguration(status=status)
+
+    def _change_authorization_key(self, value: str) -> Any:
+        """A new HTTP Basic password (1.6 security whitepaper); never logged."""
+        password = authorization_key_password(value)
+        accepted = password is not None and not self._charger.refuse_authorization_key
+        status = ConfigurationStatus.accepted if accepted else ConfigurationStatus.rejected
+        self._new_password = password if accepted else None
+        self._charger.log.info("%s: ChangeConfiguration AuthorizationKey: %s", self.id, status)
+        return call_result.ChangeConfiguration(status=status)
+
+    def after_change_configuration(self, key: str, value: str, **_: Any) -> None:
+        password, self._new_password = self._new_password, None
+        if key == AUTHORIZATION_KEY and password is not None:
+            self._charger.change_password(password)
 
     # -- availability, reset, unlock (sections 5.2, 5.14, 5.18) --------------------------
 

@@ -1,36 +1,61 @@
-"""The charger registry: which charger ids exist and the password each one connects with.
+"""The charger registry: which charger ids exist, the password each one connects with,
+and the rotation of that password.
 
-The API registers chargers; the bridge checks passwords at the websocket upgrade; the
-twin refuses shadow updates for ids that are not registered. Passwords are kept as
-salted scrypt hashes (RFC 7914) in a self-describing string, so the cost can be raised
-later without breaking stored hashes.
+The API registers chargers and asks for rotations; the bridge checks passwords at the
+websocket upgrade and carries rotations to the chargers; the twin refuses shadow updates
+for ids that are not registered. Hashes are made and checked by :mod:`twin.passwords`
+(a keyed fast hash; older scrypt hashes are still checked and replaced on success).
+
+A rotation (table ``charger_credential_rotations``, one row per charger: its latest) is
+desired state for a secret, kept out of the shadow that viewers read::
+
+    pending --charger answers Accepted--> accepted --connects with the new one--> done
+       |                                                                  ^
+       +--------------- connects with the new one (answer lost) ---------+
+       +--charger answers Rejected / NotSupported / an error--> failed (the old one stays)
+
+While ``pending`` or ``accepted`` both the old and the new password are accepted; the
+new password in clear is kept only until ``done`` or ``failed`` (the bridge sends it
+again when a charger comes back with the old one after accepting).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
-import itertools
 import json
 import secrets
+import string
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from chargetwin.database import Database
 from chargetwin.topics import validate_charger_id
+from twin.hash_batches import HashUpgrader, PasswordHashReader
+from twin.passwords import (
+    MIN_PASSWORD_LENGTH,
+    PasswordHasher,
+    WeakPasswordError,
+    check_scrypt,
+    check_strength,
+)
 
-# scrypt cost of new hashes, as log2 N (r=8, p=1): 14 takes 16 MiB and ~40 ms on a small
-# machine, 10 takes 1 MiB and ~2 ms (--charger-password-cost). Checks run off the event
-# loop, and a process checks each charger's password once (cached per stored hash), so a
-# restarted bridge pays the cost once per charger. Stored hashes name their own cost.
-DEFAULT_PASSWORD_COST = 14
-_SCRYPT_R, _SCRYPT_P = 8, 1
+__all__ = ["WeakPasswordError"]
+
 _VERIFIED_CACHE_MAX = 100_000
+# A rotated password: 20 characters of [A-Za-z0-9] (~119 bits). Printable, so the same
+# string is the OCPP 2.0.1 BasicAuthPassword and, as 40 hex digits of its 20 bytes, the
+# OCPP 1.6 AuthorizationKey (security whitepaper: 16-20 bytes, hexadecimal).
+ROTATED_PASSWORD_LENGTH = 20
+_ALPHABET = string.ascii_letters + string.digits
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS chargers (
     charger_id TEXT PRIMARY KEY,
     password_hash TEXT,
@@ -39,11 +64,32 @@ CREATE TABLE IF NOT EXISTS chargers (
     description TEXT,
     created_at DOUBLE PRECISION NOT NULL
 )
-"""
+""",
+    """
+CREATE TABLE IF NOT EXISTS charger_credential_rotations (
+    charger_id TEXT PRIMARY KEY,
+    rotation_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    new_hash TEXT,
+    secret TEXT,
+    reason TEXT,
+    requested_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+)
+""",
+)
 
 
 class RegistryError(Exception):
-    """Base of the registry's errors."""
+    """Base of the registry's errors.
+
+    RegistryError
+    ├── ChargerExistsError
+    ├── ChargerNotFoundError
+    └── RotationError
+        └── RotationInProgressError
+    (WeakPasswordError, a ValueError, comes from :mod:`twin.passwords`.)
+    """
 
 
 class ChargerExistsError(RegistryError):
@@ -54,47 +100,54 @@ class ChargerNotFoundError(RegistryError):
     """No charger with this id is registered."""
 
 
-def hash_password(password: str, cost: int = DEFAULT_PASSWORD_COST) -> str:
-    """A salted scrypt hash at N = 2**cost, in the self-describing stored form."""
-    n = 2**cost
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(
-        password.encode(),
-        salt=salt,
-        n=n,
-        r=_SCRYPT_R,
-        p=_SCRYPT_P,
-        dklen=32,
-        maxmem=_scrypt_memory(n, _SCRYPT_R),
-    )
-    b64 = base64.b64encode
-    return f"scrypt${n}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+class RotationError(RegistryError):
+    """The charger's password cannot be rotated (e.g. it authenticates by certificate)."""
 
 
-def _scrypt_memory(n: int, r: int) -> int:
-    """Room for scrypt's 128 * N * r bytes and its bookkeeping (OpenSSL's default limit,
-    32 MiB, stops at N = 2**14 with r = 8)."""
-    return 2 * 128 * n * r
+class RotationInProgressError(RotationError):
+    """A rotation of this charger's password is still pending or accepted."""
 
 
-def check_password(password: str, stored: str) -> bool:
-    try:
-        scheme, n, r, p, salt, digest = stored.split("$")
-        if scheme != "scrypt":
-            return False
-        expected = base64.b64decode(digest)
-        actual = hashlib.scrypt(
-            password.encode(),
-            salt=base64.b64decode(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            dklen=len(expected),
-            maxmem=_scrypt_memory(int(n), int(r)),
-        )
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(actual, expected)
+class RotationStatus(StrEnum):
+    PENDING = "pending"
+    """Asked; the charger has not answered the ChangeConfiguration yet."""
+    ACCEPTED = "accepted"
+    """The charger accepted the new password; it has not connected with it yet."""
+    DONE = "done"
+    """The charger connected with the new password; the old one no longer works."""
+    FAILED = "failed"
+    """The charger refused the new password (see ``reason``); the old one stays."""
+
+
+_OPEN = (RotationStatus.PENDING.value, RotationStatus.ACCEPTED.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """A password rotation as anyone may see it: never the password."""
+
+    charger_id: str
+    rotation_id: str
+    status: RotationStatus
+    reason: str | None
+    requested_at: float
+    updated_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rotationId": self.rotation_id,
+            "status": self.status.value,
+            "reason": self.reason,
+            "requestedAt": self.requested_at,
+            "updatedAt": self.updated_at,
+        }
+
+
+RotationListener = Callable[[Rotation], Awaitable[None]]
+
+
+def generate_password() -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(ROTATED_PASSWORD_LENGTH))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,18 +171,38 @@ class Charger:
 
 
 class ChargerRegistry:
-    """Registered chargers in the shared database (table ``chargers``)."""
+    """Registered chargers in the shared database (tables ``chargers`` and
+    ``charger_credential_rotations``).
 
-    def __init__(self, db: Database, *, password_cost: int = DEFAULT_PASSWORD_COST) -> None:
+    ``password_key`` is the server-side key of :mod:`twin.passwords`; every process that
+    sets or checks passwords (API, bridge) needs the same one. Without it new hashes are
+    scrypt (tools and tests that only register) and keyed hashes are refused.
+    ``on_rotation`` hears every rotation change this process makes (the audit log).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        password_key: bytes | None = None,
+        on_rotation: RotationListener | None = None,
+    ) -> None:
         self._db = db
-        self.password_cost = password_cost
+        self.hasher = PasswordHasher(password_key)
+        self.on_rotation = on_rotation
         self._known: set[str] = set()
-        # charger id -> (stored hash, fingerprint of the password that matched it)
+        # charger id -> (stored scrypt hash, fingerprint of the password that matched it):
+        # only scrypt checks are worth caching; keyed ones take microseconds.
         self._verified: dict[str, tuple[str, bytes]] = {}
-        self._hashes = _PasswordHashReader(db)
+        self._hashes = PasswordHashReader(db, _OPEN)
+        # charger id -> whether its last password check found an open rotation: a boot
+        # needs no rotation query when the upgrade just before it found none.
+        self._rotating: dict[str, bool] = {}
+        self._upgrades = HashUpgrader(db)
 
     async def create_schema(self) -> None:
-        await self._db.execute(SCHEMA)
+        for statement in SCHEMA:
+            await self._db.execute(statement)
 
     async def register(
         self,
@@ -140,12 +213,9 @@ class ChargerRegistry:
         tags: list[str] | None = None,
         description: str | None = None,
     ) -> Charger:
+        """Raises :class:`WeakPasswordError` for a password under 16 characters."""
         validate_charger_id(charger_id)
-        hashed = (
-            await asyncio.to_thread(hash_password, password, self.password_cost)
-            if password
-            else None
-        )
+        hashed = await self._hash(password) if password else None
         now = time.time()
         changed = await self._db.execute(
             "INSERT INTO chargers (charger_id, password_hash, site, tags, description, created_at)"
@@ -157,19 +227,33 @@ class ChargerRegistry:
         self._known.add(charger_id)
         return Charger(charger_id, site, tags or [], description, now, hashed is not None)
 
+    async def _hash(self, password: str) -> str:
+        check_strength(password)
+        if self.hasher.keyed:
+            return self.hasher.hash(password)
+        # Without a key the hash is scrypt (tens of ms): off the event loop.
+        return await asyncio.to_thread(self.hasher.hash, password)
+
     async def set_password(self, charger_id: str, password: str) -> None:
-        hashed = await asyncio.to_thread(hash_password, password, self.password_cost)
+        """Replace the password at once (an open rotation ends: its password is dropped)."""
+        hashed = await self._hash(password)
         changed = await self._db.execute(
             "UPDATE chargers SET password_hash = ? WHERE charger_id = ?", (hashed, charger_id)
         )
         if changed == 0:
             raise ChargerNotFoundError(f"charger {charger_id!r} is not registered")
+        await self._db.execute(
+            "DELETE FROM charger_credential_rotations WHERE charger_id = ?", (charger_id,)
+        )
         self._verified.pop(charger_id, None)
 
     async def delete(self, charger_id: str) -> None:
         changed = await self._db.execute("DELETE FROM chargers WHERE charger_id = ?", (charger_id,))
         if changed == 0:
             raise ChargerNotFoundError(f"charger {charger_id!r} is not registered")
+        await self._db.execute(
+            "DELETE FROM charger_credential_rotations WHERE charger_id = ?", (charger_id,)
+        )
         self._known.discard(charger_id)
         self._verified.pop(charger_id, None)
 
@@ -196,6 +280,7 @@ class ChargerRegistry:
         """Drop what is cached about the charger: the next check reads the database."""
         self._known.discard(charger_id)
         self._verified.pop(charger_id, None)
+        self._rotating.pop(charger_id, None)
 
     async def get(self, charger_id: str) -> Charger:
         row = await self._db.fetchone(
@@ -214,78 +299,167 @@ class ChargerRegistry:
         )
         return [_charger(row) for row in rows]
 
+    # --- password checks -----------------------------------------------------------------
     async def verify(self, charger_id: str, password: str) -> bool:
-        """True when ``password`` is this charger's (always False for unknown ids).
+        """True when ``password`` is this charger's (always False for unknown ids); during
+        a rotation the new password is accepted too, and its first use ends the rotation.
 
-        The stored hash is read every time (one indexed row): the API may have changed the
-        password or removed the charger from another process. Only the scrypt check is
-        cached, for the stored hash it was made against, so a reconnect costs a read.
+        The stored hashes are read every time (one indexed row, batched in a storm): the
+        API may have changed the password or removed the charger from another process.
+        A scrypt hash that matches is replaced by a keyed one (hashes of passwords shorter
+        than 16 characters stay scrypt until the password is rotated).
         """
-        stored = await self._hashes.read(charger_id)
-        if stored is None:
+        hashes = await self._hashes.read(charger_id)
+        if hashes is None:
             self._verified.pop(charger_id, None)
             return False
+        stored, pending = hashes
+        self._rotating[charger_id] = pending is not None
+        if stored is not None and await self._matches(charger_id, password, stored):
+            if self.hasher.outdated(stored) and len(password) >= MIN_PASSWORD_LENGTH:
+                await self._upgrades.replace(charger_id, stored, self.hasher.hash(password))
+            return True
+        if pending is not None:
+            rotation_id, new_hash = pending
+            if self.hasher.check_fast(password, new_hash):
+                await self._finish_rotation(charger_id, rotation_id, new_hash)
+                return True
+        return False
+
+    async def _matches(self, charger_id: str, password: str, stored: str) -> bool:
+        fast = self.hasher.check_fast(password, stored)
+        if fast is not None:
+            return fast
         fingerprint = hashlib.sha256(f"{charger_id}\0{password}".encode()).digest()
         cached = self._verified.get(charger_id)
         if cached is not None and cached[0] == stored:
             return hmac.compare_digest(cached[1], fingerprint)
-        ok = await asyncio.to_thread(check_password, password, stored)
+        ok = await asyncio.to_thread(check_scrypt, password, stored)
         if ok:
             if len(self._verified) >= _VERIFIED_CACHE_MAX:
                 self._verified.clear()
             self._verified[charger_id] = (stored, fingerprint)
         return ok
 
+    # --- rotations -----------------------------------------------------------------------
+    async def start_rotation(self, charger_id: str) -> Rotation:
+        """A new password for the charger, pending until the bridge has set it there.
 
-class _PasswordHashReader:
-    """Reads of stored password hashes that arrive together go to the database together.
-
-    Why: every upgrade reads its charger's hash (see :meth:`ChargerRegistry.verify`), and
-    in a reconnect storm thousands arrive at once; one query per charger would queue them
-    all behind the database's thread one round trip at a time. A read that finds nothing
-    waiting starts a query at once; those that arrive meanwhile share the next one.
-    """
-
-    MAX_BATCH = 500
-
-    def __init__(self, db: Database, *, password_cost: int = DEFAULT_PASSWORD_COST) -> None:
-        self._db = db
-        self.password_cost = password_cost
-        self._waiting: dict[str, list[asyncio.Future[str | None]]] = {}
-        self._reading: asyncio.Task[None] | None = None
-
-    async def read(self, charger_id: str) -> str | None:
-        """The charger's stored hash; None when it is not registered or has no password."""
-        answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(charger_id, []).append(answer)
-        if self._reading is None or self._reading.done():
-            self._reading = asyncio.get_running_loop().create_task(
-                self._read_waiting(), name="registry-password-hashes"
+        Raises :class:`ChargerNotFoundError`, :class:`RotationError` for a charger without
+        a password, :class:`RotationInProgressError` while the last one is still open.
+        """
+        charger = await self.get(charger_id)
+        if not charger.has_password:
+            raise RotationError(
+                f"charger {charger_id!r} has no password (it authenticates by certificate)"
             )
-        return await answer
+        if not self.hasher.keyed:
+            raise RotationError("this process has no charger password key")
+        secret = generate_password()
+        now = time.time()
+        rotation_id = uuid.uuid4().hex
+        # One statement: a concurrent request for the same charger finds the row open.
+        changed = await self._db.execute(
+            "INSERT INTO charger_credential_rotations (charger_id, rotation_id, status,"
+            " new_hash, secret, reason, requested_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, NULL, ?, ?) ON CONFLICT (charger_id) DO UPDATE SET"
+            " rotation_id = excluded.rotation_id, status = excluded.status,"
+            " new_hash = excluded.new_hash, secret = excluded.secret, reason = NULL,"
+            " requested_at = excluded.requested_at, updated_at = excluded.updated_at"
+            " WHERE charger_credential_rotations.status NOT IN (?, ?)",
+            (
+                charger_id,
+                rotation_id,
+                RotationStatus.PENDING.value,
+                self.hasher.hash(secret),
+                secret,
+                now,
+                now,
+                *_OPEN,
+            ),
+        )
+        if changed == 0:
+            raise RotationInProgressError(
+                f"a password rotation of charger {charger_id!r} is still open"
+            )
+        return Rotation(charger_id, rotation_id, RotationStatus.PENDING, None, now, now)
 
-    async def _read_waiting(self) -> None:
-        while self._waiting:
-            ids = list(itertools.islice(self._waiting, self.MAX_BATCH))
-            batch = {charger_id: self._waiting.pop(charger_id) for charger_id in ids}
-            try:
-                rows = await self._db.fetchall(
-                    "SELECT charger_id, password_hash FROM chargers"
-                    f" WHERE charger_id IN ({', '.join('?' for _ in ids)})",
-                    ids,
+    def may_be_rotating(self, charger_id: str) -> bool:
+        """False only when this process's last check of the charger's password found no
+        open rotation (one asked since then is announced to the bridge separately)."""
+        return self._rotating.get(charger_id, True)
+
+    async def rotation(self, charger_id: str) -> Rotation | None:
+        """The charger's latest rotation, without its password."""
+        row = await self._db.fetchone(
+            "SELECT charger_id, rotation_id, status, reason, requested_at, updated_at"
+            " FROM charger_credential_rotations WHERE charger_id = ?",
+            (charger_id,),
+        )
+        return None if row is None else _rotation(row)
+
+    async def rotation_secret(self, charger_id: str) -> tuple[Rotation, str] | None:
+        """The open rotation and its new password, for the bridge to send to the charger."""
+        row = await self._db.fetchone(
+            "SELECT charger_id, rotation_id, status, reason, requested_at, updated_at, secret"
+            " FROM charger_credential_rotations"
+            " WHERE charger_id = ? AND status IN (?, ?) AND secret IS NOT NULL",
+            (charger_id, *_OPEN),
+        )
+        return None if row is None else (_rotation(row[:6]), str(row[6]))
+
+    async def rotation_answered(
+        self, charger_id: str, rotation_id: str, accepted: bool, reason: str | None = None
+    ) -> Rotation | None:
+        """The charger's answer to the new password: Accepted keeps both valid until it
+        connects with the new one; anything else fails the rotation and keeps the old.
+        None when the rotation is no longer open (done meanwhile, or replaced)."""
+        status = RotationStatus.ACCEPTED if accepted else RotationStatus.FAILED
+        now = time.time()
+        if accepted:
+            sql = (
+                "UPDATE charger_credential_rotations SET status = ?, reason = ?, updated_at = ?"
+                " WHERE charger_id = ? AND rotation_id = ? AND status IN (?, ?)"
+            )
+        else:
+            sql = (
+                "UPDATE charger_credential_rotations SET status = ?, reason = ?,"
+                " updated_at = ?, new_hash = NULL, secret = NULL"
+                " WHERE charger_id = ? AND rotation_id = ? AND status IN (?, ?)"
+            )
+        changed = await self._db.execute(
+            sql, (status.value, reason, now, charger_id, rotation_id, *_OPEN)
+        )
+        if changed == 0:
+            return None
+        rotation = await self.rotation(charger_id)
+        if rotation is not None:
+            await self._announce(rotation)
+        return rotation
+
+    async def _finish_rotation(self, charger_id: str, rotation_id: str, new_hash: str) -> None:
+        """The charger connected with its new password: it becomes the only one."""
+        async with self._db.transaction() as tx:
+            changed = await tx.execute(
+                "UPDATE charger_credential_rotations SET status = ?, updated_at = ?,"
+                " new_hash = NULL, secret = NULL, reason = NULL"
+                " WHERE charger_id = ? AND rotation_id = ? AND status IN (?, ?)",
+                (RotationStatus.DONE.value, time.time(), charger_id, rotation_id, *_OPEN),
+            )
+            if changed:
+                await tx.execute(
+                    "UPDATE chargers SET password_hash = ? WHERE charger_id = ?",
+                    (new_hash, charger_id),
                 )
-            except Exception as exc:  # each waiting upgrade answers it (503)
-                for answers in batch.values():
-                    for answer in answers:
-                        if not answer.done():
-                            answer.set_exception(exc)
-                continue
-            found = {str(charger_id): stored for charger_id, stored in rows}
-            for charger_id, answers in batch.items():
-                stored = found.get(charger_id)
-                for answer in answers:
-                    if not answer.done():
-                        answer.set_result(None if stored is None else str(stored))
+        self._verified.pop(charger_id, None)
+        if changed:
+            rotation = await self.rotation(charger_id)
+            if rotation is not None:
+                await self._announce(rotation)
+
+    async def _announce(self, rotation: Rotation) -> None:
+        if self.on_rotation is not None:
+            await self.on_rotation(rotation)
 
 
 def _charger(row: tuple[Any, ...]) -> Charger:
@@ -296,4 +470,15 @@ def _charger(row: tuple[Any, ...]) -> Charger:
         description=row[3],
         created_at=float(row[4]),
         has_password=row[5] is not None,
+    )
+
+
+def _rotation(row: tuple[Any, ...]) -> Rotation:
+    return Rotation(
+        charger_id=str(row[0]),
+        rotation_id=str(row[1]),
+        status=RotationStatus(row[2]),
+        reason=row[3],
+        requested_at=float(row[4]),
+        updated_at=float(row[5]),
     )

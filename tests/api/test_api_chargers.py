@@ -51,14 +51,15 @@ async def test_registering_twice_is_a_409(
 @pytest.mark.parametrize(
     ("body", "pointer"),
     [
-        ({"id": "bad/id", "password": "long-enough"}, "/id"),
-        ({"id": "x" * 49, "password": "long-enough"}, "/id"),
-        ({"id": "CP+1", "password": "long-enough"}, "/id"),
+        ({"id": "bad/id", "password": "long-enough-password"}, "/id"),
+        ({"id": "x" * 49, "password": "long-enough-password"}, "/id"),
+        ({"id": "CP+1", "password": "long-enough-password"}, "/id"),
         ({"id": "CP-1", "password": "short"}, "/password"),
+        ({"id": "CP-1", "password": "fifteen-chars-x"}, "/password"),
         ({"id": "CP-1", "password": "p" * 65}, "/password"),
         ({"id": "CP-1"}, "/password"),
-        ({"id": "CP-1", "password": "long-enough", "colour": "red"}, "/colour"),
-        ({"id": "CP-1", "password": "long-enough", "tags": "dc"}, "/tags"),
+        ({"id": "CP-1", "password": "long-enough-password", "colour": "red"}, "/colour"),
+        ({"id": "CP-1", "password": "long-enough-password", "tags": "dc"}, "/tags"),
     ],
 )
 async def test_invalid_registrations_are_422_with_a_pointer(

@@ -68,7 +68,7 @@ async def test_run_api_serves_until_stopped(
 
             created = await client.post(
                 "/api/v1/chargers",
-                json={"id": "CP-1", "password": "correct-horse"},
+                json={"id": "CP-1", "password": "correct-horse-battery"},
                 headers=admin,
             )
             assert created.status_code == 201, created.text

@@ -27,7 +27,6 @@ from websockets.exceptions import ConnectionClosed
 from bridge import Bridge, BridgeOptions
 from chargetwin.settings import Settings
 from twin.app import run_twin
-from twin.registry import ChargerRegistry
 from twin.stores import ShadowStore
 
 BROKER_URL = os.environ.get("CHARGETWIN_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
@@ -156,7 +155,6 @@ async def make_bridge(tmp_path: Any, prefix: str) -> AsyncIterator[MakeBridge]:
         database_url: str | None = None,
         mqtt_url: str = BROKER_URL,
         auto_register: bool = False,
-        charger_password_cost: int = 14,
         mqtt_subscribers: str = "",
         **options: Any,
     ) -> Bridge:
@@ -167,7 +165,6 @@ async def make_bridge(tmp_path: Any, prefix: str) -> AsyncIterator[MakeBridge]:
             data_dir=tmp_path,
             database_url=database_url,
             auto_register=auto_register,
-            charger_password_cost=charger_password_cost,
             # No twin or recorder runs here: publish without waiting for their announcement.
             mqtt_subscribers=mqtt_subscribers,
         )
@@ -195,8 +192,8 @@ async def bridge(make_bridge: MakeBridge, watcher: MqttWatcher) -> Bridge:
 
 
 async def register(bridge: Bridge, charger_id: str, password: str = PASSWORD) -> None:
-    assert bridge.db is not None
-    await ChargerRegistry(bridge.db).register(charger_id, password)
+    assert bridge.server is not None
+    await bridge.server.registry.register(charger_id, password)
 
 
 def url_of(bridge: Bridge, charger_id: str) -> str:
@@ -304,8 +301,8 @@ async def open_charger(bridge: Bridge) -> AsyncIterator[OpenCharger]:
         like a charger reconnecting); False for one that must boot first."""
         target = target or bridge
         charger_id = charger_id or f"cp-{uuid.uuid4().hex[:10]}"
-        if registered and target.db is not None:
-            registry = ChargerRegistry(target.db)
+        if registered and target.server is not None:
+            registry = target.server.registry  # keyed as the API's would be
             if not await registry.exists(charger_id):
                 await registry.register(charger_id, password)
         if accepted and target.services is not None:

@@ -11,6 +11,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from bridge import Bridge
+from twin.passwords import scrypt_hash
 from twin.registry import ChargerRegistry
 
 
@@ -74,10 +75,10 @@ async def test_auto_register_lets_an_unknown_charger_in_with_its_password(
         pass
 
 
-async def test_auto_registered_passwords_are_hashed_at_the_configured_cost(
+async def test_auto_registered_passwords_get_keyed_hashes_and_short_ones_are_refused(
     make_bridge: MakeBridge, watcher: MqttWatcher
 ) -> None:
-    bridge = await make_bridge(auto_register=True, charger_password_cost=10)
+    bridge = await make_bridge(auto_register=True)
     assert bridge.db is not None
     charger_id = new_id()
     async with connect(
@@ -89,7 +90,47 @@ async def test_auto_registered_passwords_are_hashed_at_the_configured_cost(
     row = await bridge.db.fetchone(
         "SELECT password_hash FROM chargers WHERE charger_id = ?", (charger_id,)
     )
-    assert row is not None and str(row[0]).startswith("scrypt$1024$8$1$")
+    assert row is not None and str(row[0]).startswith("hmac-sha256$")
+    short = new_id()
+    answer = await refused(
+        url_of(bridge, short),
+        subprotocols=["ocpp1.6"],
+        additional_headers=basic(short, "fifteen-chars-x"),
+    )
+    assert answer.response.status_code == 401
+    assert b"at least 16 characters" in answer.response.body
+    assert not await bridge.server.registry.registered(short)  # type: ignore[union-attr]
+
+
+async def test_a_restarted_bridge_admits_old_scrypt_hashes_and_replaces_them(
+    make_bridge: MakeBridge, watcher: MqttWatcher
+) -> None:
+    """Chargers registered before the keyed hash keep connecting; each old hash is
+    replaced at its first success, so the next restart checks it in microseconds."""
+    bridge = await make_bridge()
+    assert bridge.db is not None
+    charger_id = new_id()
+    await bridge.db.execute(
+        "INSERT INTO chargers (charger_id, password_hash, tags, created_at) VALUES (?, ?, '[]', 0)",
+        (charger_id, scrypt_hash(PASSWORD, 8)),
+    )
+    async with connect(
+        url_of(bridge, charger_id),
+        subprotocols=["ocpp1.6"],
+        additional_headers=basic(charger_id, PASSWORD),
+    ):
+        pass
+    row = await bridge.db.fetchone(
+        "SELECT password_hash FROM chargers WHERE charger_id = ?", (charger_id,)
+    )
+    assert row is not None and str(row[0]).startswith("hmac-sha256$")
+    again = await make_bridge()  # a fresh process: nothing cached
+    async with connect(
+        url_of(again, charger_id),
+        subprotocols=["ocpp1.6"],
+        additional_headers=basic(charger_id, PASSWORD),
+    ):
+        pass
 
 
 async def test_wrong_path_is_404_and_bad_id_is_400(bridge: Bridge) -> None:

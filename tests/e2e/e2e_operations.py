@@ -30,6 +30,7 @@ from chargetwin.settings import Settings
 from chargetwin.topics import Topics
 from simulator import Fleet, SimulatorOptions
 from simulator.options import ChargerModel, SessionTiming
+from twin.passwords import load_or_create_key
 from twin.service import ShadowService
 
 ADMIN = "e2e-ops-admin-token"
@@ -112,6 +113,7 @@ async def platform(
             data_dir=tmp_path,
             public_url=public_url,
             command_timeout=command_timeout,
+            password_key=load_or_create_key(tmp_path),  # the bridge's, as they share a data dir
         )
         await backend.create_schema()
 

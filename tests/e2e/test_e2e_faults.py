@@ -102,7 +102,6 @@ async def test_a_broker_restart_without_persistence_loses_no_acknowledged_meter_
         mqtt_client_id=f"faults-{uuid.uuid4().hex[:8]}",
         data_dir=data,
         auto_register=True,
-        charger_password_cost=8,
     )
     stop = asyncio.Event()
     components = [

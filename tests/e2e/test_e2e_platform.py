@@ -170,14 +170,16 @@ async def test_a_charger_mirrored_reconfigured_and_kept_across_a_restart(
 ) -> None:
     admin = {"Authorization": f"Bearer {ADMIN}"}
     async with httpx.AsyncClient(base_url=platform.api, headers=admin, timeout=10) as http:
-        created = await http.post("/chargers", json={"id": "E2E-1", "password": "e2e-password-1"})
+        created = await http.post(
+            "/chargers", json={"id": "E2E-1", "password": "e2e-password-00001"}
+        )
         assert created.status_code == 201, created.text
 
         # A wrong password is refused at the upgrade.
         with pytest.raises(Exception, match="401"):
             await open_charger(platform, "E2E-1", "wrong-password")
 
-        charger = await open_charger(platform, "E2E-1", "e2e-password-1")
+        charger = await open_charger(platform, "E2E-1", "e2e-password-00001")
         try:
             boot = await charger.call(
                 "BootNotification",
@@ -263,9 +265,11 @@ async def test_a_charger_mirrored_reconfigured_and_kept_across_a_restart(
 async def test_an_unregistered_charger_is_disconnected_and_stays_out(platform: Platform) -> None:
     admin = {"Authorization": f"Bearer {ADMIN}"}
     async with httpx.AsyncClient(base_url=platform.api, headers=admin, timeout=10) as http:
-        created = await http.post("/chargers", json={"id": "E2E-GONE", "password": "pw-gone-1"})
+        created = await http.post(
+            "/chargers", json={"id": "E2E-GONE", "password": "pw-gone-000000001"}
+        )
         assert created.status_code == 201, created.text
-        charger = await open_charger(platform, "E2E-GONE", "pw-gone-1")
+        charger = await open_charger(platform, "E2E-GONE", "pw-gone-000000001")
         try:
             boot = await charger.call(
                 "BootNotification", {"chargePointVendor": "Acme", "chargePointModel": "AC-22"}
@@ -281,7 +285,7 @@ async def test_an_unregistered_charger_is_disconnected_and_stays_out(platform: P
         finally:
             await charger.close()
         with pytest.raises(Exception, match="401"):
-            await open_charger(platform, "E2E-GONE", "pw-gone-1")
+            await open_charger(platform, "E2E-GONE", "pw-gone-000000001")
         # The bridge's "offline" for the closed socket does not bring the shadow back.
         await asyncio.sleep(1.0)
         assert (await http.get("/chargers/E2E-GONE/shadow")).status_code == 404

@@ -131,7 +131,6 @@ class Stack:
             mqtt_url=self.broker.url,
             mqtt_prefix=self.prefix,
             data_dir=folder,
-            charger_password_cost=8,
         )
         self.db: Database = connect_db(self.settings.database_target)
         self.shadows = ShadowStore(self.db)
@@ -148,7 +147,7 @@ class Stack:
         self.broker.start()
         await self.db.open()
         await self.shadows.create_schema()
-        registry = ChargerRegistry(self.db, password_cost=8)
+        registry = ChargerRegistry(self.db)
         await registry.create_schema()
         await self.series.open()
         await self.start_twin()
@@ -178,7 +177,7 @@ class Stack:
             reconnect_delay=0.2,
             will=announcer.will,
         )
-        registry = ChargerRegistry(self.db, password_cost=8)
+        registry = ChargerRegistry(self.db)
         self.twin = ShadowService(
             self.twin_mqtt, self.shadows, registry, self.topics, presence_grace=GRACE
         )
@@ -257,7 +256,7 @@ class Stack:
 
     async def charger(self, port: int, charger_id: str | None = None) -> Charger:
         charger_id = charger_id or f"cp-{uuid.uuid4().hex[:8]}"
-        registry = ChargerRegistry(self.db, password_cost=8)
+        registry = ChargerRegistry(self.db)
         if not await registry.exists(charger_id):
             await registry.register(charger_id, PASSWORD)
         charger = await Charger.open(port, charger_id)

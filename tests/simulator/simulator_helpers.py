@@ -28,7 +28,7 @@ from websockets.http11 import Request, Response
 
 from simulator import Fleet, SessionTiming, SimulatorOptions
 
-PASSWORD = "s3cret-pass"
+PASSWORD = "s3cret-pass-00001"
 
 
 def now() -> str:

@@ -8,7 +8,11 @@ import time
 from ocpp.v16 import call
 from simulator_helpers import CentralSystem, fast_options, running
 
-from simulator.configurations import ConfigurationStore, default_values
+from simulator.configurations import (
+    ConfigurationStore,
+    authorization_key_password,
+    default_values,
+)
 
 
 def test_store_answers_like_a_charger() -> None:
@@ -154,3 +158,40 @@ async def test_reset_reboots_and_boots_again(central: CentralSystem) -> None:
         assert (await central.call(cid, call.Reset(type="Hard"))).status == "Accepted"
         await central.wait(lambda: len(central.messages(cid, "BootNotification")) == 3)
         await central.wait(lambda: charger.boots == 3)
+
+
+def test_an_authorization_key_is_hex_of_16_to_20_printable_bytes() -> None:
+    assert authorization_key_password(b"a-new-password-0001!".hex()) == "a-new-password-0001!"
+    assert authorization_key_password(b"sixteen-bytes-xx".hex()) == "sixteen-bytes-xx"
+    assert authorization_key_password(b"fifteen-bytes-x".hex()) is None  # under 16 bytes
+    assert authorization_key_password(b"twenty-one-bytes-xxxx".hex()) is None  # over 20
+    assert authorization_key_password("z" * 32) is None  # not hex
+    assert authorization_key_password(b"sixteen-bytes-xx".hex()[:-1]) is None  # odd
+    assert authorization_key_password((b"\x00" * 16).hex()) is None  # not printable
+    assert (
+        authorization_key_password(b"user:password-xxx".hex()) is None
+    )  # Basic auth splits at ":"
+
+
+async def test_a_new_authorization_key_is_used_from_the_next_connection(
+    central: CentralSystem,
+) -> None:
+    async with running(fast_options(central.url)) as fleet:
+        charger = fleet.chargers[0]
+        await fleet.wait_for(booted=1, timeout=5)
+        everything = await central.call(charger.id, call.GetConfiguration())
+        keys = [entry["key"] for entry in everything.configuration_key]
+        assert "AuthorizationKey" not in keys  # write-only (1.6 security whitepaper)
+
+        refused = await central.call(
+            charger.id, call.ChangeConfiguration(key="AuthorizationKey", value="not-hex")
+        )
+        assert refused.status == "Rejected"
+        new = "rotated-password-001"
+        central.password = new  # the central system accepts the new one from now on
+        accepted = await central.call(
+            charger.id, call.ChangeConfiguration(key="AuthorizationKey", value=new.encode().hex())
+        )
+        assert accepted.status == "Accepted"
+        await central.wait(lambda: charger.connects == 2 and charger.booted.is_set(), 5)
+        assert charger.password == new

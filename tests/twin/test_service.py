@@ -64,7 +64,7 @@ async def stop_twin(twin: Twin) -> None:
 @pytest.fixture
 async def twin(broker_url: str, database_url: str, prefix: str) -> AsyncIterator[Twin]:
     t = await start_twin(broker_url, database_url, prefix)
-    await t.registry.register("CP-1", "secret-password")
+    await t.registry.register("CP-1", "secret-password-1")
     yield t
     await stop_twin(t)
 
