@@ -211,7 +211,6 @@ class Platform:
         self.args = [
             f"--ocpp-port={self.ocpp_port}", f"--api-port={self.api_port}",
             f"--data-dir={data_dir}", "--auto-register", "--log-level=WARNING",
-            "--charger-password-cost=10",
         ]  # fmt: skip
         if mqtt_url:
             self.args.append(f"--mqtt-url={mqtt_url}")

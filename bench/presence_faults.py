@@ -162,7 +162,7 @@ async def _round(folder: Path, chargers: int) -> dict[str, float]:
         bridge = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "chargetwin.cli", "bridge", "--mqtt-url", broker.url,
             "--mqtt-prefix", prefix, "--mqtt-client-id", f"{prefix}-b", "--ocpp-port",
-            str(port), "--data-dir", str(folder), "--charger-password-cost", "8",
+            str(port), "--data-dir", str(folder),
             "--log-level", "WARNING", stdout=log, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
     sockets: list[ClientConnection] = []

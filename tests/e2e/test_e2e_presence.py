@@ -245,8 +245,6 @@ class Stack:
                 str(port),
                 "--data-dir",
                 str(self.folder),
-                "--charger-password-cost",
-                "8",
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
             )
@@ -461,8 +459,6 @@ class Platform:
                 str(mqtt_port),
                 "--data-dir",
                 str(self.folder),
-                "--charger-password-cost",
-                "8",
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
