@@ -31,6 +31,7 @@ from api.auth import Admin, Operator, Viewer
 from api.backends import Backend, get_backend
 from api.operations import Operations, get_operations
 from api.problems import Problem, ProblemError, problem_responses, validation_errors
+from chargetwin.paths import inside
 from twin.catalog import (
     SOURCE_UPLOAD,
     SOURCE_URL,
@@ -281,7 +282,7 @@ async def _create_upload(request: Request, operations: Operations) -> FirmwareIm
         folder = operations.firmware_dir
         folder.mkdir(parents=True, exist_ok=True)
         digest, size, temp = await _store(upload, folder)
-    target = folder / digest
+    target = inside(folder, digest)
     try:
         if target.exists():
             temp.unlink()
@@ -472,7 +473,7 @@ async def _forget_file(operations: Operations, sha256: str) -> None:
     """Remove a stored image once no catalog entry uploads it any more."""
     still = [i for i in await operations.catalog.by_sha256(sha256) if i.source == SOURCE_UPLOAD]
     if not still:
-        (operations.firmware_dir / sha256).unlink(missing_ok=True)
+        inside(operations.firmware_dir, sha256).unlink(missing_ok=True)
 
 
 @router.head("/files/{sha256}", include_in_schema=False)
@@ -490,8 +491,7 @@ async def _forget_file(operations: Operations, sha256: str) -> None:
 )
 async def download_firmware(sha256: str, operations: OperationsDep) -> FileResponse:
     digest = sha256.lower()
-    path = operations.firmware_dir / digest
-    if not is_sha256(digest) or not path.is_file():
+    if not is_sha256(digest) or not (path := inside(operations.firmware_dir, digest)).is_file():
         raise Problem(404, "no firmware image with that SHA-256", kind="firmware-not-found")
     return FileResponse(
         path,
