@@ -8,7 +8,6 @@ decides the response, and every outcome goes to the audit log.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any
 
@@ -22,6 +21,7 @@ from api.patches import merge_patch
 from api.problems import Problem, ProblemError, problem_responses
 from api.routes.chargers import find_charger
 from api.routes.firmware import desired_firmware_problem
+from chargetwin.json_text import JsonTextError, parse_json
 from chargetwin.shadow_client import ShadowRequestError, ShadowTimeoutError
 from twin.schemas import desired_errors
 
@@ -32,6 +32,7 @@ BackendDep = Annotated[Backend, Depends(get_backend)]
 MERGE_PATCH_MEDIA_TYPES = ("application/merge-patch+json", "application/json")
 PATCH_ACTION = "desired.patch"
 _ETAG = re.compile(r'"(\d{1,18})"')
+IF_MATCH_PATTERN = r'^\s*(\*|"\d{1,18}")\s*$'
 
 
 def etag(version: int) -> str:
@@ -73,6 +74,16 @@ async def get_shadow(
     return document
 
 
+def _if_match_schema(schema: dict[str, Any]) -> None:
+    """A header is text or absent, never JSON null: document it so, with its pattern (which
+    parse_if_match checks itself, to answer 400 as RFC 9110 section 13.1.1 wants)."""
+    description = schema.get("description")
+    schema.clear()
+    schema.update(type="string", pattern=IF_MATCH_PATTERN, title="If-Match")
+    if description:
+        schema["description"] = description
+
+
 def parse_if_match(value: str | None) -> int | str | None:
     """The version ``If-Match`` requires, ``"*"``, or None when the header is absent."""
     if value is None:
@@ -102,8 +113,8 @@ async def read_merge_patch(request: Request) -> dict[str, Any]:
             headers={"Accept-Patch": "application/merge-patch+json"},
         )
     try:
-        patch = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as exc:
+        patch = parse_json(await request.body())
+    except JsonTextError as exc:
         raise Problem(
             400, f"the body is not valid JSON: {exc}", kind="malformed-json", title="Malformed JSON"
         ) from exc
@@ -165,7 +176,11 @@ async def patch_desired(
     backend: BackendDep,
     principal: Operator,
     if_match: Annotated[
-        str | None, Header(description='Only apply at this version: "7" (or *).')
+        str | None,
+        Header(
+            description='Only apply at this version: "7" (or *).',
+            json_schema_extra=_if_match_schema,
+        ),
     ] = None,
 ) -> DesiredUpdateOut:
     expected = parse_if_match(if_match)

@@ -159,6 +159,13 @@ async def test_an_invalid_desired_state_is_422_with_the_pointer_and_never_sent(
         (b"{not json", MERGE_PATCH, 400),
         (b'{"config": {}}', "text/plain", 415),
         (b"\xff\xfe", MERGE_PATCH, 400),
+        # Hostile JSON that once answered 500 (the audit log or the twin could not hold it).
+        (b'{"config": {"HeartbeatInterval": "\\ud800"}}', MERGE_PATCH, 400),
+        (b'{"config": {"a\\udfffb": "x"}}', MERGE_PATCH, 400),
+        (b'{"config": ' * 5_000 + b"{}" + b"}" * 5_000, MERGE_PATCH, 400),
+        (b'{"config": {"a": NaN}}', MERGE_PATCH, 400),
+        (b'{"config": {"a": 1e999}}', MERGE_PATCH, 400),
+        (b'{"availability": {"1": 1' + b"0" * 30 + b"}}", MERGE_PATCH, 400),
     ],
 )
 async def test_bad_patch_bodies(
