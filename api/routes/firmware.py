@@ -222,6 +222,10 @@ _CREATE_BODY = {
 }
 
 
+OPENAPI_BODIES = (FirmwareUrlCreate,)
+"""Bodies read by hand (``_create_url``) that the OpenAPI document must still describe."""
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,

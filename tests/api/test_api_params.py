@@ -1,0 +1,95 @@
+"""Every integer and moment the API takes is bounded: out of range is a 422 naming the
+parameter, never a 500 from a store that cannot hold it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from api_helpers import assert_problem
+from fastapi import FastAPI
+
+Headers = Callable[[str], dict[str, str]]
+TOO_BIG = 2**63  # one past SQLite's and PostgreSQL's largest integer
+
+
+@pytest.mark.parametrize(
+    "path", ["/id-tags", "/sessions", "/sessions.csv", "/work-orders", "/chargers"]
+)
+async def test_an_offset_beyond_64_bits_is_a_422(
+    client: httpx.AsyncClient, auth: Headers, path: str
+) -> None:
+    response = await client.get(f"/api/v1{path}?offset={TOO_BIG}", headers=auth("admin"))
+    problem = assert_problem(response, 422)
+    assert [e["parameter"] for e in problem["errors"]] == ["offset"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "kpis?to=2300-01-01T00:00:00Z",  # past the nanosecond integers of the series store
+        "kpis?from=0001-01-01T00:00:00Z",
+        "sessions?to=9999-12-31T23:59:59Z",
+        "sessions?from=0.5",  # a number is not an RFC 3339 date-time
+        "sessions.csv?to=1e9",
+        "work-orders?from=1969-12-31T23:59:59Z",
+    ],
+)
+async def test_moments_outside_1970_to_2200_or_not_rfc3339_are_a_422(
+    client: httpx.AsyncClient, auth: Headers, query: str
+) -> None:
+    response = await client.get(f"/api/v1/{query}", headers=auth("admin"))
+    problem = assert_problem(response, 422)
+    assert problem["errors"][0]["parameter"] in ("from", "to")
+
+
+async def test_moments_in_bodies_are_bounded_too(client: httpx.AsyncClient, auth: Headers) -> None:
+    for expiry in (0, "9999-12-31T23:59:59Z", "soon"):
+        response = await client.put(
+            "/api/v1/id-tags/TAG-1", json={"expiry": expiry}, headers=auth("operator")
+        )
+        problem = assert_problem(response, 422)
+        assert problem["errors"][0]["pointer"] == "/expiry"
+    accepted = await client.put(
+        "/api/v1/id-tags/TAG-1", json={"expiry": "2199-01-01T00:00:00Z"}, headers=auth("operator")
+    )
+    assert accepted.status_code in (200, 201), accepted.text
+
+
+async def test_a_moment_within_range_is_accepted(client: httpx.AsyncClient, auth: Headers) -> None:
+    response = await client.get(
+        "/api/v1/sessions?from=2026-01-01T00:00:00Z&to=2026-02-01", headers=auth("admin")
+    )
+    assert response.status_code == 200, response.text
+
+
+def _refs(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+        return found.union(*(_refs(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_refs(v) for v in node))
+    return set()
+
+
+def test_the_openapi_document_lists_the_shared_problems_and_resolves(app: FastAPI) -> None:
+    document = json.loads(json.dumps(app.openapi()))
+    schemas = document["components"]["schemas"]
+    assert {r.rsplit("/", 1)[1] for r in _refs(document)} <= set(schemas)
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            where = f"{method.upper()} {path}"
+            assert "500" in responses, where
+            if "requestBody" in operation:
+                assert {"400", "413", "422"} <= set(responses), where
+            if operation.get("security"):
+                assert {"401", "403"} <= set(responses), where
+            if any(p["in"] == "path" for p in operation.get("parameters", [])):
+                assert "404" in responses, where
+            for status, response in responses.items():
+                if status >= "400" and path != "/api/v1/health":  # its 503 is its health body
+                    assert list(response["content"]) == ["application/problem+json"], where
