@@ -67,7 +67,7 @@ async def list_rules(backend: BackendDep, _: Viewer) -> list[RuleOut]:
     openapi_extra={
         # Any text is a valid request here: the answer says whether it is a valid rule file.
         "requestBody": {
-            "required": True,
+            "required": False,  # an empty body is an (invalid) empty rule file
             "content": {
                 "application/yaml": {"schema": {"description": "The YAML text of a rule file."}}
             },

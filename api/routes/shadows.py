@@ -31,8 +31,10 @@ BackendDep = Annotated[Backend, Depends(get_backend)]
 
 MERGE_PATCH_MEDIA_TYPES = ("application/merge-patch+json", "application/json")
 PATCH_ACTION = "desired.patch"
-_ETAG = re.compile(r'"(\d{1,18})"')
-IF_MATCH_PATTERN = r'^\s*(\*|"\d{1,18}")\s*$'
+# A strong entity tag (RFC 9110 section 8.8.3); the bare version too, as some HTTP clients
+# send it unquoted and it cannot mean anything else.
+_ETAG = re.compile(r'"([0-9]{1,18})"|([0-9]{1,18})')
+IF_MATCH_PATTERN = r'^(\*|"[0-9]{1,18}"|[0-9]{1,18})$'
 
 
 def etag(version: int) -> str:
@@ -100,7 +102,7 @@ def parse_if_match(value: str | None) -> int | str | None:
             kind="bad-if-match",
             errors=[ProblemError(header="If-Match", message=f"unsupported value {value!r}")],
         )
-    return int(match.group(1))
+    return int(match.group(1) or match.group(2))
 
 
 async def read_merge_patch(request: Request) -> dict[str, Any]:
