@@ -123,8 +123,11 @@ async def test_if_match_makes_a_change_conditional(
     assert stale.headers["etag"] == '"2"' and '"2"' in problem["detail"]
     assert (await patch_desired(client, ops, patch, if_match="*")).status_code == 200
     assert_problem(await patch_desired(client, ops, patch, if_match='W/"3"'), 400)
+    assert_problem(await patch_desired(client, ops, patch, if_match='"3'), 400)
+    assert_problem(await patch_desired(client, ops, patch, if_match="2"), 412)  # bare, stale
+    assert (await patch_desired(client, ops, patch, if_match="3")).status_code == 200
     shadow = (await client.get("/api/v1/chargers/CP-1/shadow", headers=auth("viewer"))).json()
-    assert shadow["version"] == 3 and shadow["state"]["desired"] == patch
+    assert shadow["version"] == 4 and shadow["state"]["desired"] == patch
 
 
 @pytest.mark.parametrize(
