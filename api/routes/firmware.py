@@ -109,7 +109,7 @@ class FirmwareUrlCreate(FirmwareFields):
         pattern=r"^[0-9a-fA-F]{64}$",
         description="SHA-256 of the image. Trusted as given unless `verify` is true.",
     )
-    size: int | None = Field(None, ge=0)
+    size: int | None = Field(None, ge=0, le=2**40, description="Bytes (at most 1 TiB).")
     verify: bool = Field(
         False, description="Download the image now to compute (and check) its SHA-256 and size."
     )

@@ -66,6 +66,15 @@ async def test_a_moment_within_range_is_accepted(client: httpx.AsyncClient, auth
     assert response.status_code == 200, response.text
 
 
+async def test_a_firmware_size_beyond_64_bits_is_a_422(
+    client: httpx.AsyncClient, auth: Headers
+) -> None:
+    body = {"vendor": "V", "model": "M", "version": "1", "url": "https://x.test/a.bin"}
+    body |= {"sha256": "ab" * 32, "size": TOO_BIG}
+    response = await client.post("/api/v1/firmware", json=body, headers=auth("operator"))
+    assert assert_problem(response, 422)["errors"][0]["pointer"] == "/size"
+
+
 def _refs(node: Any) -> set[str]:
     if isinstance(node, dict):
         found = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
