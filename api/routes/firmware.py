@@ -13,7 +13,6 @@ charger whose vendor / model it doesn't fit" (the bridge checks again before sen
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -31,6 +30,7 @@ from api.auth import Admin, Operator, Viewer
 from api.backends import Backend, get_backend
 from api.operations import Operations, get_operations
 from api.problems import Problem, ProblemError, problem_responses, validation_errors
+from chargetwin.json_text import parse_json
 from chargetwin.paths import inside
 from twin.catalog import (
     SOURCE_UPLOAD,
@@ -332,7 +332,7 @@ async def _store(upload: UploadFile, folder: Path) -> tuple[str, int, Path]:
 
 async def _create_url(request: Request, operations: Operations) -> FirmwareImage:
     try:
-        body = FirmwareUrlCreate.model_validate(json.loads(await request.body()))
+        body = FirmwareUrlCreate.model_validate(parse_json(await request.body()))
     except ValueError as exc:
         if isinstance(exc, ValidationError):
             raise _invalid(exc) from exc

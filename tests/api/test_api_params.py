@@ -75,6 +75,17 @@ async def test_a_firmware_size_beyond_64_bits_is_a_422(
     assert assert_problem(response, 422)["errors"][0]["pointer"] == "/size"
 
 
+@pytest.mark.parametrize(
+    "body", [b'{"vendor": ' * 5_000 + b"1" + b"}" * 5_000, b'{"size": NaN}', b'{"v": "\\ud800"}']
+)
+async def test_hostile_json_registering_a_firmware_url_is_a_400(
+    client: httpx.AsyncClient, auth: Headers, body: bytes
+) -> None:
+    headers = {**auth("operator"), "Content-Type": "application/json"}
+    response = await client.post("/api/v1/firmware", content=body, headers=headers)
+    assert assert_problem(response, 400)["type"].endswith("malformed-json")
+
+
 def _refs(node: Any) -> set[str]:
     if isinstance(node, dict):
         found = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
