@@ -86,6 +86,23 @@ async def test_hostile_json_registering_a_firmware_url_is_a_400(
     assert assert_problem(response, 400)["type"].endswith("malformed-json")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 5_000 + b"]" * 5_000,
+        b'{"id": "CP-1", "password": "\\ud800-long-enough"}',
+        b'{"id": "CP-1", "password": "long-enough", "site": "\\udfff"}',
+        b'{"id": "CP-1", "password": "long-enough", "tags": [NaN]}',
+    ],
+)
+async def test_hostile_json_in_a_model_body_is_a_4xx(
+    client: httpx.AsyncClient, auth: Headers, body: bytes
+) -> None:
+    headers = {**auth("admin"), "Content-Type": "application/json"}
+    response = await client.post("/api/v1/chargers", content=body, headers=headers)
+    assert response.status_code in (400, 422), response.text
+
+
 def _refs(node: Any) -> set[str]:
     if isinstance(node, dict):
         found = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
