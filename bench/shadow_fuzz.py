@@ -237,6 +237,12 @@ class FuzzCounts:
         )
 
     @property
+    def internal_errors(self) -> int:
+        """Answers that say the platform failed (500), as opposed to a 504: the twin's
+        answer came later than the API waits, which load alone can cause."""
+        return self.mqtt_answers["500"] + self.http_answers[500]
+
+    @property
     def clean(self) -> bool:
         return (
             not self.server_errors
