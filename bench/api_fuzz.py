@@ -7,10 +7,11 @@ process over real HTTP with an admin token, SQLite in a fresh data folder, the t
 real broker. The figure is 0 server errors, 0 responses that break the OpenAPI document
 (schema, status code, content type, headers) and 0 schema-violating requests accepted.
 
-One tuning, said here so it is not hidden: a schema-valid request may answer 409 or 422
-when it refers to something that does not exist or is in another state (a work order for
-an unregistered charger, a campaign for an image not in the catalog, a moment outside
-1970..2200): JSON Schema cannot say "a registered charger", so those are expected
+One tuning, said here so it is not hidden: a schema-valid request may answer 409, 412 or
+422 when it refers to something that does not exist or is in another state (a work order
+for an unregistered charger, a campaign for an image not in the catalog, a moment outside
+1970..2200, an If-Match of another version): JSON Schema cannot say "a registered
+charger" or "the current version", so those are expected
 answers of ``positive_data_acceptance``, besides its defaults (2xx, 401, 403, 404). And
 ``POST /firmware`` with ``verify`` may answer its documented 502: the download it makes
 cannot succeed here, where no request may leave the machine.
@@ -38,14 +39,14 @@ from bench.platforms import Platform, running_platform, server_errors_in_log
 
 CONFIG = """\
 [checks.positive_data_acceptance]
-expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+expected-statuses = ["2xx", "401", "403", "404", "409", "412", "422"]
 
 # Registering a firmware URL with `verify: true` downloads it; the harness lets no request
 # leave the machine, so that download fails and the API answers its documented 502.
 [[operations]]
 include-name = "POST /api/v1/firmware"
 checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "502"]
-checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "409", "422", "502"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "409", "412", "422", "502"]
 """
 
 # Chargers and data that the schema's own examples name, so operations get past 404.

@@ -18,11 +18,12 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 from starlette.datastructures import UploadFile
 
@@ -103,7 +104,7 @@ class FirmwareUrlCreate(FirmwareFields):
         },
     )
 
-    url: str = Field(pattern=r"^https?://", max_length=2000)
+    url: str = Field(pattern=r"^https?://[^\s/?#]+([/?#]\S*)?$", max_length=2000)
     sha256: str | None = Field(
         None,
         pattern=r"^[0-9a-fA-F]{64}$",
@@ -113,6 +114,19 @@ class FirmwareUrlCreate(FirmwareFields):
     verify: bool = Field(
         False, description="Download the image now to compute (and check) its SHA-256 and size."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url_with_a_host(cls, url: str) -> str:
+        # Chargers are given this URL (with a query added): it must split into its parts.
+        try:
+            parts = urlsplit(url)
+            host, _ = parts.hostname, parts.port  # .port raises for a port out of range
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from exc
+        if not host:
+            raise ValueError("the URL needs a host")
+        return url
 
 
 class FirmwareOut(_Wire):

@@ -66,13 +66,16 @@ async def test_a_moment_within_range_is_accepted(client: httpx.AsyncClient, auth
     assert response.status_code == 200, response.text
 
 
-async def test_a_firmware_size_beyond_64_bits_is_a_422(
+async def test_a_firmware_size_beyond_1_tib_is_a_422(
     client: httpx.AsyncClient, auth: Headers
 ) -> None:
     body = {"vendor": "V", "model": "M", "version": "1", "url": "https://x.test/a.bin"}
-    body |= {"sha256": "ab" * 32, "size": TOO_BIG}
+    body |= {"sha256": "ab" * 32, "size": 2**41}
     response = await client.post("/api/v1/firmware", json=body, headers=auth("operator"))
     assert assert_problem(response, 422)["errors"][0]["pointer"] == "/size"
+    body["size"] = TOO_BIG  # not even strict JSON (beyond 64 bits)
+    response = await client.post("/api/v1/firmware", json=body, headers=auth("operator"))
+    assert_problem(response, 400)
 
 
 @pytest.mark.parametrize(
@@ -101,6 +104,17 @@ async def test_hostile_json_in_a_model_body_is_a_4xx(
     headers = {**auth("admin"), "Content-Type": "application/json"}
     response = await client.post("/api/v1/chargers", content=body, headers=headers)
     assert response.status_code in (400, 422), response.text
+
+
+@pytest.mark.parametrize("url", ["http://]x/a.bin", "https://h:99999/a.bin", "http://"])
+async def test_a_firmware_url_that_does_not_split_is_a_422_and_the_catalog_still_lists(
+    client: httpx.AsyncClient, auth: Headers, url: str
+) -> None:
+    body = {"vendor": "V", "model": "M", "version": "1", "url": url, "sha256": "ab" * 32}
+    response = await client.post("/api/v1/firmware", json=body, headers=auth("operator"))
+    assert assert_problem(response, 422)["errors"][0]["pointer"] == "/url"
+    listing = await client.get("/api/v1/firmware", headers=auth("viewer"))
+    assert listing.status_code == 200, listing.text
 
 
 def _refs(node: Any) -> set[str]:
