@@ -46,7 +46,9 @@ expected-statuses = ["2xx", "401", "403", "404", "409", "412", "422"]
 [[operations]]
 include-name = "POST /api/v1/firmware"
 checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "502"]
-checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "409", "412", "422", "502"]
+checks.positive_data_acceptance.expected-statuses = [
+    "2xx", "401", "403", "409", "412", "422", "502",
+]
 """
 
 # Chargers and data that the schema's own examples name, so operations get past 404.
