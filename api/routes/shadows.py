@@ -23,7 +23,7 @@ from api.routes.chargers import find_charger
 from api.routes.firmware import desired_firmware_problem
 from chargetwin.json_text import JsonTextError, parse_json
 from chargetwin.shadow_client import ShadowRequestError, ShadowTimeoutError
-from twin.schemas import desired_errors
+from twin.schemas import DESIRED_SCHEMA, desired_errors
 
 router = APIRouter(prefix="/chargers/{charger_id}/shadow", tags=["shadows"])
 
@@ -130,6 +130,23 @@ async def read_merge_patch(request: Request) -> dict[str, Any]:
     return patch
 
 
+def merge_patch_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of a merge patch (RFC 7396) of documents valid under ``schema``:
+    the same members, none required, each one also ``null`` (which deletes it)."""
+    out = {k: v for k, v in schema.items() if k not in ("$schema", "$id", "required", "title")}
+    if "properties" in out:
+        out["properties"] = {
+            name: _or_null(merge_patch_schema(member)) for name, member in out["properties"].items()
+        }
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _or_null(merge_patch_schema(out["additionalProperties"]))
+    return out
+
+
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
 _PATCH_BODY = {
     "required": True,
     "description": "A JSON merge patch (RFC 7396) of the desired state: objects merge, "
@@ -137,7 +154,7 @@ _PATCH_BODY = {
     "content": {
         media_type: {
             "schema": {
-                "type": "object",
+                **merge_patch_schema(DESIRED_SCHEMA),
                 "title": "Desired-state merge patch",
                 "description": "Keys as in the desired state (`config`, `availability`, "
                 "`firmware`); any value may be `null` to delete it. The merged result must "
