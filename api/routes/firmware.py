@@ -104,7 +104,11 @@ class FirmwareUrlCreate(FirmwareFields):
         },
     )
 
-    url: str = Field(pattern=r"^https?://[^\s/?#]+([/?#]\S*)?$", max_length=2000)
+    url: str = Field(
+        # Printable ASCII: chargers get it as is (OCPP 1.6 anyURI); percent-encode the rest.
+        pattern=r"^https?://[!-~]+$",
+        max_length=2000,
+    )
     sha256: str | None = Field(
         None,
         pattern=r"^[0-9a-fA-F]{64}$",
@@ -406,7 +410,7 @@ async def _download_digest(url: str) -> tuple[str, int]:
                         413, f"the image exceeds {MAX_FIRMWARE_BYTES} bytes", kind="too-large"
                     )
                 sha.update(chunk)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise Problem(502, f"cannot download {url}: {exc}", kind="bad-url") from exc
     return sha.hexdigest(), size
 

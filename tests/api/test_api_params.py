@@ -106,7 +106,9 @@ async def test_hostile_json_in_a_model_body_is_a_4xx(
     assert response.status_code in (400, 422), response.text
 
 
-@pytest.mark.parametrize("url", ["http://]x/a.bin", "https://h:99999/a.bin", "http://"])
+@pytest.mark.parametrize(
+    "url", ["http://]x/a.bin", "https://h:99999/a.bin", "http://", "http://h\x1fx/a", "http://é/a"]
+)
 async def test_a_firmware_url_that_does_not_split_is_a_422_and_the_catalog_still_lists(
     client: httpx.AsyncClient, auth: Headers, url: str
 ) -> None:
