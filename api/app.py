@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel
 
 from api.backends import Backend, open_backend
 from api.diagnostics import MAX_UPLOAD_BYTES
@@ -49,6 +50,7 @@ from chargetwin.settings import Settings
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+REF_TEMPLATE = "#/components/schemas/{model}"
 
 DESCRIPTION = """
 Operate a fleet of EV chargers through their digital twins.
@@ -100,8 +102,20 @@ class ChargeTwinAPI(FastAPI):
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
-            self.openapi_schema = problems_only(super().openapi())
+            schema = super().openapi()
+            _add_components(schema, firmware.OPENAPI_BODIES)
+            self.openapi_schema = problems_only(schema)
         return self.openapi_schema
+
+
+def _add_components(schema: dict[str, Any], models: tuple[type[BaseModel], ...]) -> None:
+    """Add the models that routes read by hand (and name in ``openapi_extra``) to the
+    document's components, so every ``$ref`` in it resolves."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in models:
+        body = model.model_json_schema(by_alias=True, ref_template=REF_TEMPLATE)
+        components.update(body.pop("$defs", {}))
+        components.setdefault(model.__name__, body)
 
 
 def create_app(backend: Backend) -> FastAPI:

@@ -7,7 +7,8 @@ for :data:`GRANT_TTL_S` and spent by the first successful upload. It rides in th
 the query, because chargers append the file name to a location that ends with ``/`` (the
 habit OCPP 1.6 section 5.9 leaves to them); a query string would break that.
 
-Files land in ``data_dir/diagnostics/{charger_id}/``.
+Files land in ``data_dir/diagnostics/{charger_id}/``; every path is built with
+:func:`chargetwin.paths.inside`, so neither a charger id nor a file name can lead out of it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chargetwin.database import Database
+from chargetwin.paths import UnsafePathError, inside
 
 GRANT_TTL_S = 3600.0
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
@@ -97,17 +99,24 @@ class DiagnosticsUploads:
         return changed == 1
 
     def folder(self, charger_id: str) -> Path:
-        return self.root / charger_id
+        """The charger's folder; raises :class:`UnsafePathError` for an id that is no name."""
+        return inside(self.root, charger_id)
 
     def path_of(self, charger_id: str, file_name: str) -> Path | None:
         """The stored file, or None when there is no such (safe) name."""
         if safe_file_name(file_name) is None:
             return None
-        path = self.folder(charger_id) / file_name
+        try:
+            path = inside(self.root, charger_id, file_name)
+        except UnsafePathError:
+            return None
         return path if path.is_file() else None
 
     def list(self, charger_id: str) -> list[DiagnosticsFile]:
-        folder = self.folder(charger_id)
+        try:
+            folder = self.folder(charger_id)
+        except UnsafePathError:
+            return []  # an id registered before ids were restricted: it has no folder
         if not folder.is_dir():
             return []
         files = []

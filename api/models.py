@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from api.tokens import Role
-from chargetwin.topics import CHARGER_ID_PATTERN
+from chargetwin.topics import CHARGER_ID_ALPHABET, CHARGER_ID_PATTERN
 
 
 class _Wire(BaseModel):
@@ -41,7 +41,7 @@ class ChargerCreate(_Request):
 
     id: str = Field(
         pattern=CHARGER_ID_PATTERN.pattern,
-        description="The OCPP charge point identity: 1-48 of A-Z a-z 0-9 . _ : -",
+        description=f"The OCPP charge point identity: 1-48 characters of {CHARGER_ID_ALPHABET}.",
     )
     password: str = Field(
         min_length=16,

@@ -138,6 +138,7 @@ def problems_only(schema: dict[str, Any]) -> dict[str, Any]:
     problem = {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_SCHEMA_REF}}
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
+            _document_shared_problems(operation)
             for status, response in operation.get("responses", {}).items():
                 refs = {
                     c.get("schema", {}).get("$ref") for c in response.get("content", {}).values()
@@ -149,6 +150,40 @@ def problems_only(schema: dict[str, Any]) -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError"):
         schema.get("components", {}).get("schemas", {}).pop(name, None)
     return schema
+
+
+# Problems the shared machinery answers for many operations, so each route need not list
+# them: what makes an operation able to answer it, and what it means there.
+_SHARED_PROBLEMS: tuple[tuple[int, str, str], ...] = (
+    (400, "body", "Malformed request: the body is not valid JSON (`malformed-json`)"),
+    (400, "header", "Malformed request header (for example `If-Match`)"),
+    (401, "security", "No bearer token, or an unknown or revoked one"),
+    (403, "security", "The token's role may not do this"),
+    (404, "path", "Nothing at this address (an unknown id in the path)"),
+    (413, "body", "The request body is too large (`body-too-large`)"),
+    (422, "input", "Invalid request (problem with `errors`)"),
+    (500, "any", "Unexpected error; it has been logged (`internal-error`)"),
+)
+
+
+def _document_shared_problems(operation: dict[str, Any]) -> None:
+    """Add the shared problems an operation can answer to its ``responses``."""
+    located = {p.get("in") for p in operation.get("parameters", [])}
+    has = {
+        "any": True,
+        "body": "requestBody" in operation,
+        "header": "header" in located,
+        "security": bool(operation.get("security")),
+        "path": "path" in located,
+        "input": bool(located) or "requestBody" in operation,
+    }
+    responses = operation.setdefault("responses", {})
+    for status, condition, description in _SHARED_PROBLEMS:
+        if has[condition] and str(status) not in responses:
+            responses[str(status)] = {
+                "description": description,
+                "content": {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_SCHEMA_REF}},
+            }
 
 
 def validation_errors(errors: Sequence[Any]) -> list[ProblemError]:

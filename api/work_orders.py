@@ -124,19 +124,22 @@ class WorkOrderStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    async def _sqlite_columns(self) -> set[str]:
+        return {str(r[1]) for r in await self._db.fetchall("PRAGMA table_info(work_orders)")}
+
     async def create_schema(self) -> None:
         await self._db.execute(BASE_SCHEMA)
         if isinstance(self._db, SQLiteDatabase):
-            present = {str(r[1]) for r in await self._db.fetchall("PRAGMA table_info(work_orders)")}
             for name, kind in EXTRA_COLUMNS:
-                if name not in present:
-                    try:
-                        await self._db.execute(f"ALTER TABLE work_orders ADD COLUMN {name} {kind}")
-                    except DatabaseError as exc:
-                        # The rules component and the API open the table at once in
-                        # `chargetwin up`, each on its connection: the other one added it.
-                        if "duplicate column" not in str(exc):
-                            raise
+                if name in await self._sqlite_columns():
+                    continue
+                try:
+                    await self._db.execute(f"ALTER TABLE work_orders ADD COLUMN {name} {kind}")
+                except DatabaseError:
+                    # The API and the rules engine of one process both create this schema:
+                    # the other may have added the column since we looked.
+                    if name not in await self._sqlite_columns():
+                        raise
         else:
             for name, kind in EXTRA_COLUMNS:
                 await self._db.execute(

@@ -9,9 +9,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# OCPP 1.6 identities are CiString-like and at most 48 characters (OCPP-J 1.6 section 3.1.1
-# leaves the character set open); we also forbid what MQTT treats specially.
-CHARGER_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,48}$")
+# The charge point identity is a path segment of the OCPP-J URL (OCPP-J 1.6 section 3.1.1,
+# OCPP 2.0.1 part 4 section 3.1.1: at most 48 characters), the user name of HTTP Basic auth
+# (security profiles 1 and 2), an MQTT topic level and a folder name on disk. The alphabet
+# is the intersection that is safe in all four: no ":" (RFC 7617 section 2 forbids it in a
+# Basic auth user id), no "/", "+", "#" (MQTT levels and wildcards), no leading "." (so
+# neither "." nor ".." nor a hidden file), no leading "$" (MQTT 3.1.1 section 4.7.2
+# reserves such topics), no leading "-" or "_" (read as options or private names).
+CHARGER_ID_ALPHABET = "A-Z a-z 0-9 . _ -, starting with a letter or digit"
+CHARGER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$")
 
 SHADOW_OPERATIONS = ("update", "get")
 
@@ -21,10 +27,14 @@ class InvalidTopicError(ValueError):
 
 
 def validate_charger_id(charger_id: str) -> str:
-    """Return the id unchanged, or raise :class:`InvalidTopicError` saying why."""
+    """Return the id unchanged, or raise :class:`InvalidTopicError` saying why.
+
+    The one check of charger ids: the API's registration, auto-registration at the bridge,
+    the bridge's upgrade and the twin's shadow requests all call it.
+    """
     if not CHARGER_ID_PATTERN.fullmatch(charger_id):
         raise InvalidTopicError(
-            f"invalid charger id {charger_id!r}: 1-48 characters of A-Z a-z 0-9 . _ : -"
+            f"invalid charger id {charger_id!r}: 1-48 characters of {CHARGER_ID_ALPHABET}"
         )
     return charger_id
 

@@ -12,11 +12,11 @@ Exception tree::
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
+from chargetwin.json_text import JsonTextError, parse_json
 from twin.documents import SECTIONS, depth_of
 
 _REQUEST_KEYS = frozenset({"state", "version", "clientToken", "timestamp"})
@@ -65,8 +65,8 @@ def parse_json_object(payload: bytes, limits: Limits) -> dict[str, Any]:
     if not payload.strip():
         return {}
     try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = parse_json(payload)
+    except JsonTextError as exc:
         raise ShadowError(400, f"payload is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ShadowError(400, "payload must be a JSON object")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Operator, Viewer
 from api.backends import Backend, get_backend
+from api.params import EpochSeconds, page_limit
 from api.problems import Problem, problem_responses
 from chargetwin.database import Database
 from rules.alerts import AlertStore
@@ -58,7 +59,10 @@ class AcknowledgeIn(BaseModel):
 
     comment: str | None = Field(None, max_length=1000)
     expiresIn: float | None = Field(
-        None, gt=0, description="Seconds until the acknowledgement lapses; unset: never."
+        None,
+        gt=0,
+        le=366 * 86400,
+        description="Seconds until the acknowledgement lapses (at most a year); unset: never.",
     )
 
 
@@ -68,8 +72,8 @@ class SilenceIn(BaseModel):
     matchers: dict[str, str] = Field(
         min_length=1, description="Label values an alert must all have to be silenced."
     )
-    startsAt: float | None = Field(None, description="Epoch seconds; unset: now.")
-    endsAt: float | None = Field(None, description="Epoch seconds; or give `duration`.")
+    startsAt: EpochSeconds | None = Field(None, description="Epoch seconds; unset: now.")
+    endsAt: EpochSeconds | None = Field(None, description="Epoch seconds; or give `duration`.")
     duration: float | None = Field(None, gt=0, le=90 * 86400, description="Seconds from start.")
     comment: str = Field("", max_length=1000)
 
@@ -101,7 +105,7 @@ async def list_alerts(
     state: Annotated[list[str] | None, Query(description="pending, firing, resolved.")] = None,
     severity: Annotated[str | None, Query()] = None,
     charger_id: Annotated[str | None, Query(alias="chargerId")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    limit: Annotated[int, page_limit(1000)] = 200,
 ) -> list[AlertOut]:
     for wanted in state or []:
         if wanted not in ("pending", "firing", "resolved"):

@@ -42,6 +42,7 @@ from api.campaigns import (
     phase_order,
     phase_sizes,
 )
+from api.params import MAX_OFFSET, Offset, page_limit
 from api.problems import Problem, ProblemError, problem_responses
 from api.targets import Target, TargetCharger, TargetError, resolve
 from twin.catalog import FirmwareNotFoundError
@@ -51,7 +52,10 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/campaigns", tags=["campaigns"])
 
 BackendDep = Annotated[Backend, Depends(get_backend)]
-PhaseSize = Annotated[int, Field(ge=1)] | Annotated[str, Field(pattern=r"^\d{1,3}(\.\d+)?%$")]
+PhaseSize = (
+    Annotated[int, Field(ge=1, le=MAX_OFFSET)]
+    | Annotated[str, Field(pattern=r"^\d{1,3}(\.\d+)?%$")]
+)
 
 
 class _Wire(BaseModel):
@@ -445,9 +449,9 @@ async def campaign_chargers(
     backend: BackendDep,
     _: Viewer,
     state: Annotated[str | None, Query(pattern="^(" + "|".join(CHARGER_STATES) + ")$")] = None,
-    phase: Annotated[int | None, Query(ge=-1)] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    phase: Annotated[int | None, Query(ge=-1, le=100)] = None,
+    limit: Annotated[int, page_limit(10_000)] = 100,
+    offset: Offset = 0,
 ) -> ChargerProgressPage:
     store = _store(backend)
     await _find(store, campaign_id)

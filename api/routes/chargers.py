@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from api.auth import Admin, Viewer
 from api.backends import Backend, get_backend
 from api.models import ChargerCreate, ChargerOut, ChargerPage
+from api.params import Offset, page_limit
 from api.problems import Problem, problem_responses
 from chargetwin.shadow_client import ShadowRequestError
 from twin.registry import Charger, ChargerExistsError, ChargerNotFoundError
@@ -108,8 +109,8 @@ async def list_chargers(
     has_delta: Annotated[
         bool | None, Query(alias="hasDelta", description="Desired differs from reported.")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, page_limit(1000)] = 100,
+    offset: Offset = 0,
 ) -> ChargerPage:
     registered = await backend.registry.list()
     criteria = ShadowFilter(

@@ -16,7 +16,6 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
@@ -27,6 +26,7 @@ from api.audit import Outcome
 from api.auth import Operator, Principal
 from api.backends import Backend, get_backend
 from api.diagnostics import UPLOAD_PATH
+from api.params import Moment
 from api.problems import Problem, problem_responses
 from api.routes.chargers import find_charger
 from chargetwin.command_client import CommandError, CommandTimeoutError
@@ -87,8 +87,8 @@ class GetDiagnosticsBody(_Body):
     )
     retries: int | None = Field(None, ge=0, le=100)
     retry_interval: int | None = Field(None, ge=0, le=86_400)
-    start_time: datetime | None = None
-    stop_time: datetime | None = None
+    start_time: Moment | None = None
+    stop_time: Moment | None = None
 
 
 class RemoteStartBody(_Body):
@@ -102,7 +102,7 @@ class RemoteStartBody(_Body):
 
 class RemoteStopBody(_Body):
     model_config = _example({"transactionId": 42})
-    transaction_id: int
+    transaction_id: int = Field(ge=-(2**31), le=2**31 - 1, description="OCPP 1.6 integer.")
 
 
 class ClearCacheBody(_Body):
@@ -137,7 +137,7 @@ class UpdateFirmwareBody(_Body):
         }
     )
     location: str = Field(min_length=1, max_length=2000)
-    retrieve_date: datetime
+    retrieve_date: Moment
     retries: int | None = Field(None, ge=0, le=100)
     retry_interval: int | None = Field(None, ge=0, le=86_400)
 

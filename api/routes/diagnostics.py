@@ -29,7 +29,8 @@ from api.diagnostics import MAX_UPLOAD_BYTES, DiagnosticsUploads, safe_file_name
 from api.operations import Operations, get_operations
 from api.problems import Problem, problem_responses
 from api.routes.chargers import find_charger
-from chargetwin.topics import CHARGER_ID_PATTERN
+from chargetwin.paths import UnsafePathError, inside
+from chargetwin.topics import InvalidTopicError, validate_charger_id
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,12 @@ _REFUSED = "this upload location is unknown, expired or already used"
 async def _receive(
     request: Request, store: DiagnosticsUploads, charger_id: str, token: str, name: str | None
 ) -> UploadOut:
-    if not CHARGER_ID_PATTERN.fullmatch(charger_id) or not await store.check(charger_id, token):
+    try:
+        folder = store.folder(validate_charger_id(charger_id))
+    except (InvalidTopicError, UnsafePathError) as exc:
+        raise Problem(403, _REFUSED, kind="upload-refused") from exc
+    if not await store.check(charger_id, token):
         raise Problem(403, _REFUSED, kind="upload-refused")
-    folder = store.folder(charger_id)
     folder.mkdir(parents=True, exist_ok=True)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if request.method == "POST" and media_type == "multipart/form-data":
@@ -90,7 +94,7 @@ async def _receive(
         final = _free_name(folder, safe_file_name(name or "") or _default_name(charger_id))
         if not await store.spend(charger_id, token, final):
             raise Problem(403, _REFUSED, kind="upload-refused")
-        temp.replace(folder / final)
+        temp.replace(inside(folder, final))
     finally:
         temp.unlink(missing_ok=True)
     log.info("%s: diagnostics %s uploaded (%d bytes)", charger_id, final, size)
@@ -131,7 +135,7 @@ def _free_name(folder: Path, name: str) -> str:
     """``name``, or ``name`` with a counter when a file of that name is already there."""
     stem, dot, ext = name.rpartition(".") if "." in name[1:] else (name, "", "")
     candidate, n = name, 1
-    while (folder / candidate).exists():
+    while inside(folder, candidate).exists():
         candidate = f"{stem}-{n}{dot}{ext}"
         n += 1
     return candidate

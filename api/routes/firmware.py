@@ -13,17 +13,17 @@ charger whose vendor / model it doesn't fit" (the bridge checks again before sen
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 from starlette.datastructures import UploadFile
 
@@ -31,6 +31,8 @@ from api.auth import Admin, Operator, Viewer
 from api.backends import Backend, get_backend
 from api.operations import Operations, get_operations
 from api.problems import Problem, ProblemError, problem_responses, validation_errors
+from chargetwin.json_text import parse_json
+from chargetwin.paths import inside
 from twin.catalog import (
     SOURCE_UPLOAD,
     SOURCE_URL,
@@ -102,16 +104,33 @@ class FirmwareUrlCreate(FirmwareFields):
         },
     )
 
-    url: str = Field(pattern=r"^https?://", max_length=2000)
+    url: str = Field(
+        # Printable ASCII: chargers get it as is (OCPP 1.6 anyURI); percent-encode the rest.
+        pattern=r"^https?://[!-~]+$",
+        max_length=2000,
+    )
     sha256: str | None = Field(
         None,
         pattern=r"^[0-9a-fA-F]{64}$",
         description="SHA-256 of the image. Trusted as given unless `verify` is true.",
     )
-    size: int | None = Field(None, ge=0)
+    size: int | None = Field(None, ge=0, le=2**40, description="Bytes (at most 1 TiB).")
     verify: bool = Field(
         False, description="Download the image now to compute (and check) its SHA-256 and size."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url_with_a_host(cls, url: str) -> str:
+        # Chargers are given this URL (with a query added): it must split into its parts.
+        try:
+            parts = urlsplit(url)
+            host, _ = parts.hostname, parts.port  # .port raises for a port out of range
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from exc
+        if not host:
+            raise ValueError("the URL needs a host")
+        return url
 
 
 class FirmwareOut(_Wire):
@@ -221,6 +240,10 @@ _CREATE_BODY = {
 }
 
 
+OPENAPI_BODIES = (FirmwareUrlCreate,)
+"""Bodies read by hand (``_create_url``) that the OpenAPI document must still describe."""
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -281,7 +304,7 @@ async def _create_upload(request: Request, operations: Operations) -> FirmwareIm
         folder = operations.firmware_dir
         folder.mkdir(parents=True, exist_ok=True)
         digest, size, temp = await _store(upload, folder)
-    target = folder / digest
+    target = inside(folder, digest)
     try:
         if target.exists():
             temp.unlink()
@@ -327,7 +350,7 @@ async def _store(upload: UploadFile, folder: Path) -> tuple[str, int, Path]:
 
 async def _create_url(request: Request, operations: Operations) -> FirmwareImage:
     try:
-        body = FirmwareUrlCreate.model_validate(json.loads(await request.body()))
+        body = FirmwareUrlCreate.model_validate(parse_json(await request.body()))
     except ValueError as exc:
         if isinstance(exc, ValidationError):
             raise _invalid(exc) from exc
@@ -387,7 +410,7 @@ async def _download_digest(url: str) -> tuple[str, int]:
                         413, f"the image exceeds {MAX_FIRMWARE_BYTES} bytes", kind="too-large"
                     )
                 sha.update(chunk)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise Problem(502, f"cannot download {url}: {exc}", kind="bad-url") from exc
     return sha.hexdigest(), size
 
@@ -472,7 +495,7 @@ async def _forget_file(operations: Operations, sha256: str) -> None:
     """Remove a stored image once no catalog entry uploads it any more."""
     still = [i for i in await operations.catalog.by_sha256(sha256) if i.source == SOURCE_UPLOAD]
     if not still:
-        (operations.firmware_dir / sha256).unlink(missing_ok=True)
+        inside(operations.firmware_dir, sha256).unlink(missing_ok=True)
 
 
 @router.head("/files/{sha256}", include_in_schema=False)
@@ -490,8 +513,7 @@ async def _forget_file(operations: Operations, sha256: str) -> None:
 )
 async def download_firmware(sha256: str, operations: OperationsDep) -> FileResponse:
     digest = sha256.lower()
-    path = operations.firmware_dir / digest
-    if not is_sha256(digest) or not path.is_file():
+    if not is_sha256(digest) or not (path := inside(operations.firmware_dir, digest)).is_file():
         raise Problem(404, "no firmware image with that SHA-256", kind="firmware-not-found")
     return FileResponse(
         path,

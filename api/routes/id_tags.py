@@ -10,12 +10,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from api.auth import Operator
 from api.operations import Operations, get_operations
+from api.params import Moment, Offset, page_limit
 from api.problems import Problem, problem_responses
 
 router = APIRouter(prefix="/id-tags", tags=["id tags"])
@@ -35,7 +36,7 @@ class IdTagPut(BaseModel):
     )
 
     status: Status = Field("Accepted", description="AuthorizationStatus (OCPP 1.6 7.2).")
-    expiry: datetime | None = Field(
+    expiry: Moment | None = Field(
         None, description="After this an Accepted tag answers Expired; none: never."
     )
 
@@ -75,8 +76,8 @@ def _out(id_tag: str, state: str, expiry: float | None) -> IdTagOut:
 async def list_id_tags(
     operations: OperationsDep,
     _: Operator,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, page_limit(1000)] = 100,
+    offset: Offset = 0,
 ) -> IdTagPage:
     rows = await operations.id_tags.list(limit=limit, offset=offset)
     return IdTagPage(

@@ -17,6 +17,7 @@ from api.auth import Operator, Viewer
 from api.backends import Backend, get_backend
 from api.maintenance import Maintenance
 from api.operations import get_operations
+from api.params import ChargerIdField, Moment, Offset, page_limit
 from api.problems import Problem, ProblemError, problem_responses
 from api.windows import Window, WindowNotFound, cron_trigger
 from api.work_orders import (
@@ -36,7 +37,7 @@ Priority = Literal["low", "normal", "high", "urgent"]
 Id = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Text = Annotated[str, Field(min_length=1, max_length=200)]
 LongText = Annotated[str, Field(max_length=10_000)]
-ChargerId = Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9._:-]+$")]
+ChargerId = ChargerIdField
 
 assert set(STATUSES) == set(Status.__args__) and set(PRIORITIES) == set(Priority.__args__)  # type: ignore[attr-defined]
 
@@ -232,10 +233,10 @@ async def list_work_orders(
     alert_id: Annotated[str | None, Query(alias="alertId", max_length=64)] = None,
     window_id: Annotated[str | None, Query(alias="windowId", max_length=64)] = None,
     assignee: Annotated[str | None, Query(max_length=100)] = None,
-    created_from: Annotated[datetime | None, Query(alias="from")] = None,
-    created_to: Annotated[datetime | None, Query(alias="to")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    created_from: Annotated[Moment | None, Query(alias="from")] = None,
+    created_to: Annotated[Moment | None, Query(alias="to")] = None,
+    limit: Annotated[int, page_limit(1000)] = 100,
+    offset: Offset = 0,
 ) -> WorkOrderPage:
     chargers: list[str] | None = None
     if site is not None:
@@ -358,8 +359,8 @@ class WindowIn(BaseModel):
     description: LongText | None = None
     chargerId: ChargerId | None = None
     site: Annotated[str, Field(min_length=1, max_length=100)] | None = None
-    startsAt: datetime | None = Field(None, description="One-off start; recurring: from.")
-    endsAt: datetime | None = Field(None, description="One-off end; recurring: until.")
+    startsAt: Moment | None = Field(None, description="One-off start; recurring: from.")
+    endsAt: Moment | None = Field(None, description="One-off end; recurring: until.")
     cron: Annotated[str, Field(max_length=100)] | None = Field(
         None, description="Recurring: a 5-field cron expression (0 and 7 are Sunday)."
     )

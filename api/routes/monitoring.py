@@ -18,6 +18,7 @@ from api.auth import Operator, Viewer
 from api.backends import Backend, get_backend
 from api.kpis import kpis
 from api.outages import ExclusionStore, uptimes
+from api.params import Moment, Offset, page_limit
 from api.problems import Problem, ProblemError, problem_responses
 from api.routes.maintenance import ChargerId, check_charger, epoch, maintenance_of
 from api.sessions import CSV_FIELDS, find_sessions, to_csv, with_peaks
@@ -30,6 +31,7 @@ from api.uptime import (
     twelve_months_ending,
 )
 from bridge.stores import TransactionStore
+from chargetwin.topics import CHARGER_ID_PATTERN
 from rules.series import SeriesError, SeriesStore
 
 router = APIRouter(tags=["monitoring"])
@@ -40,7 +42,7 @@ OUTAGE_FIELDS = (
     "outage_id", "port_id", "charger_id", "outage_start", "outage_end", "outage_duration",
     "excluded_outage", "excluded_outage_reason", "cause", "open",
 )  # fmt: skip
-PORT_PATTERN = r"^[A-Za-z0-9._:-]+/[0-9]+$"
+PORT_PATTERN = CHARGER_ID_PATTERN.pattern.removesuffix("$") + "/[0-9]{1,3}$"
 _READY: set[int] = set()
 
 
@@ -143,12 +145,12 @@ async def list_sessions(
     charger_id: Annotated[str | None, Query(alias="chargerId", max_length=48)] = None,
     site: Annotated[str | None, Query(max_length=100)] = None,
     connector_id: Annotated[int | None, Query(alias="connectorId", ge=0, le=999)] = None,
-    start: Annotated[datetime | None, Query(alias="from")] = None,
-    end: Annotated[datetime | None, Query(alias="to")] = None,
+    start: Annotated[Moment | None, Query(alias="from")] = None,
+    end: Annotated[Moment | None, Query(alias="to")] = None,
     id_tag: Annotated[str | None, Query(alias="idTag", max_length=20)] = None,
     stop_reason: Annotated[str | None, Query(alias="stopReason", max_length=40)] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, page_limit(10_000)] = 100,
+    offset: Offset = 0,
     format_: Annotated[Literal["json", "csv"] | None, Query(alias="format")] = None,
 ) -> Any:
     await _tables(backend)
@@ -190,12 +192,12 @@ async def sessions_csv(
     charger_id: Annotated[str | None, Query(alias="chargerId", max_length=48)] = None,
     site: Annotated[str | None, Query(max_length=100)] = None,
     connector_id: Annotated[int | None, Query(alias="connectorId", ge=0, le=999)] = None,
-    start: Annotated[datetime | None, Query(alias="from")] = None,
-    end: Annotated[datetime | None, Query(alias="to")] = None,
+    start: Annotated[Moment | None, Query(alias="from")] = None,
+    end: Annotated[Moment | None, Query(alias="to")] = None,
     id_tag: Annotated[str | None, Query(alias="idTag", max_length=20)] = None,
     stop_reason: Annotated[str | None, Query(alias="stopReason", max_length=40)] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, page_limit(10_000)] = 10_000,
+    offset: Offset = 0,
 ) -> Any:
     return await list_sessions(
         request, backend, who, charger_id=charger_id, site=site, connector_id=connector_id,
@@ -219,8 +221,8 @@ async def get_kpis(
     _: Viewer,
     scope: Annotated[Literal["fleet", "site", "charger"], Query()] = "fleet",
     scope_id: Annotated[str | None, Query(alias="id", max_length=100)] = None,
-    start: Annotated[datetime | None, Query(alias="from")] = None,
-    end: Annotated[datetime | None, Query(alias="to")] = None,
+    start: Annotated[Moment | None, Query(alias="from")] = None,
+    end: Annotated[Moment | None, Query(alias="to")] = None,
     timezone: Annotated[str, Query(max_length=64)] = "UTC",
 ) -> dict[str, Any]:
     from api.windows import cron_trigger
@@ -345,8 +347,8 @@ class ExclusionIn(BaseModel):
     connectorId: Annotated[int, Field(ge=1, le=999)] | None = Field(
         None, description="One port; unset: every port of the charger."
     )
-    startsAt: datetime
-    endsAt: datetime
+    startsAt: Moment
+    endsAt: Moment
     reason: Literal[tuple(EXCLUSION_REASONS)] = Field(  # type: ignore[valid-type]
         description="Outside the operator's control (23 CFR 680.116(b))."
     )

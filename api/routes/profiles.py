@@ -212,8 +212,12 @@ async def get_profile(name: NamePath, backend: BackendDep, _: Viewer) -> Profile
     response_model=ProfileOut,
     response_model_by_alias=True,
     summary="Create or replace a configuration profile",
-    description="Operator. Chargers are not changed until the profile is applied again.",
-    responses=problem_responses(401, 403, 422),
+    description="Operator. Chargers are not changed until the profile is applied again. "
+    "200 when it replaced a profile, 201 when it created one.",
+    responses={
+        201: {"description": "Created", "model": ProfileOut},
+        **problem_responses(401, 403, 422),
+    },
 )
 async def put_profile(
     name: NamePath, body: ProfileIn, response: Response, backend: BackendDep, _: Operator

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from api.auth import Viewer
@@ -65,12 +65,17 @@ async def list_rules(backend: BackendDep, _: Viewer) -> list[RuleOut]:
     "its line.",
     responses=problem_responses(401, 403, 413),
     openapi_extra={
-        "requestBody": {"content": {"application/yaml": {"schema": {"type": "string"}}}}
+        # Any text is a valid request here: the answer says whether it is a valid rule file.
+        "requestBody": {
+            "required": False,  # an empty body is an (invalid) empty rule file
+            "content": {
+                "application/yaml": {"schema": {"description": "The YAML text of a rule file."}}
+            },
+        }
     },
 )
-async def validate_rules(
-    backend: BackendDep, _: Viewer, body: Annotated[bytes, Body(media_type="application/yaml")]
-) -> ValidationOut:
+async def validate_rules(request: Request, backend: BackendDep, _: Viewer) -> ValidationOut:
+    body = await request.body()
     findings = validate_text(body.decode("utf-8", errors="replace"), "body")
     return ValidationOut(
         valid=not findings,

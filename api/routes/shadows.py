@@ -8,7 +8,6 @@ decides the response, and every outcome goes to the audit log.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any
 
@@ -22,8 +21,9 @@ from api.patches import merge_patch
 from api.problems import Problem, ProblemError, problem_responses
 from api.routes.chargers import find_charger
 from api.routes.firmware import desired_firmware_problem
+from chargetwin.json_text import JsonTextError, parse_json
 from chargetwin.shadow_client import ShadowRequestError, ShadowTimeoutError
-from twin.schemas import desired_errors
+from twin.schemas import DESIRED_SCHEMA, desired_errors
 
 router = APIRouter(prefix="/chargers/{charger_id}/shadow", tags=["shadows"])
 
@@ -31,7 +31,10 @@ BackendDep = Annotated[Backend, Depends(get_backend)]
 
 MERGE_PATCH_MEDIA_TYPES = ("application/merge-patch+json", "application/json")
 PATCH_ACTION = "desired.patch"
-_ETAG = re.compile(r'"(\d{1,18})"')
+# A strong entity tag (RFC 9110 section 8.8.3); the bare version too, as some HTTP clients
+# send it unquoted and it cannot mean anything else.
+_ETAG = re.compile(r'"([0-9]{1,18})"|([0-9]{1,18})')
+IF_MATCH_PATTERN = r'^(\*|"[0-9]{1,18}"|[0-9]{1,18})$'
 
 
 def etag(version: int) -> str:
@@ -73,6 +76,16 @@ async def get_shadow(
     return document
 
 
+def _if_match_schema(schema: dict[str, Any]) -> None:
+    """A header is text or absent, never JSON null: document it so, with its pattern (which
+    parse_if_match checks itself, to answer 400 as RFC 9110 section 13.1.1 wants)."""
+    description = schema.get("description")
+    schema.clear()
+    schema.update(type="string", pattern=IF_MATCH_PATTERN, title="If-Match")
+    if description:
+        schema["description"] = description
+
+
 def parse_if_match(value: str | None) -> int | str | None:
     """The version ``If-Match`` requires, ``"*"``, or None when the header is absent."""
     if value is None:
@@ -89,7 +102,7 @@ def parse_if_match(value: str | None) -> int | str | None:
             kind="bad-if-match",
             errors=[ProblemError(header="If-Match", message=f"unsupported value {value!r}")],
         )
-    return int(match.group(1))
+    return int(match.group(1) or match.group(2))
 
 
 async def read_merge_patch(request: Request) -> dict[str, Any]:
@@ -102,8 +115,8 @@ async def read_merge_patch(request: Request) -> dict[str, Any]:
             headers={"Accept-Patch": "application/merge-patch+json"},
         )
     try:
-        patch = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as exc:
+        patch = parse_json(await request.body())
+    except JsonTextError as exc:
         raise Problem(
             400, f"the body is not valid JSON: {exc}", kind="malformed-json", title="Malformed JSON"
         ) from exc
@@ -117,6 +130,23 @@ async def read_merge_patch(request: Request) -> dict[str, Any]:
     return patch
 
 
+def merge_patch_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of a merge patch (RFC 7396) of documents valid under ``schema``:
+    the same members, none required, each one also ``null`` (which deletes it)."""
+    out = {k: v for k, v in schema.items() if k not in ("$schema", "$id", "required", "title")}
+    if "properties" in out:
+        out["properties"] = {
+            name: _or_null(merge_patch_schema(member)) for name, member in out["properties"].items()
+        }
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _or_null(merge_patch_schema(out["additionalProperties"]))
+    return out
+
+
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
 _PATCH_BODY = {
     "required": True,
     "description": "A JSON merge patch (RFC 7396) of the desired state: objects merge, "
@@ -124,7 +154,7 @@ _PATCH_BODY = {
     "content": {
         media_type: {
             "schema": {
-                "type": "object",
+                **merge_patch_schema(DESIRED_SCHEMA),
                 "title": "Desired-state merge patch",
                 "description": "Keys as in the desired state (`config`, `availability`, "
                 "`firmware`); any value may be `null` to delete it. The merged result must "
@@ -165,7 +195,11 @@ async def patch_desired(
     backend: BackendDep,
     principal: Operator,
     if_match: Annotated[
-        str | None, Header(description='Only apply at this version: "7" (or *).')
+        str | None,
+        Header(
+            description='Only apply at this version: "7" (or *).',
+            json_schema_extra=_if_match_schema,
+        ),
     ] = None,
 ) -> DesiredUpdateOut:
     expected = parse_if_match(if_match)

@@ -77,3 +77,34 @@ async def test_unknown_and_expired_grants_are_refused(
     url = f"/api/v1/diagnostics/uploads/CP-D-1/{token}/a.log"
     assert_problem(await client.put(url, content=b"x"), 403)
     assert not (tmp_path / "diagnostics" / "CP-D-1" / "a.log").exists()
+
+
+async def test_an_id_that_names_the_parent_folder_reaches_no_file_outside(
+    client: httpx.AsyncClient, auth: Auth, backend: Backend, db: Database, tmp_path: Path
+) -> None:
+    """``..`` was a valid id once: registered then, it must still not reach the data folder
+    (``diagnostics/..`` is the data folder, with the database in it)."""
+    registered = await client.post(
+        "/api/v1/chargers", json={"id": "..", "password": "correct-horse"}, headers=auth("admin")
+    )
+    assert_problem(registered, 422)
+    # A registration from before the id alphabet was narrowed.
+    await db.execute(
+        "INSERT INTO chargers (charger_id, password_hash, site, tags, description, created_at)"
+        " VALUES (?, NULL, NULL, '[]', NULL, 0)",
+        ("..",),
+    )
+    (tmp_path / "secret.db").write_bytes(b"password hashes")
+    listing = await client.get("/api/v1/chargers/%2E%2E/diagnostics", headers=auth("viewer"))
+    assert listing.status_code == 200, listing.text
+    assert listing.json() == []
+    for name in ("secret.db", "chargetwin.db"):
+        download = f"/api/v1/chargers/%2E%2E/diagnostics/{name}"
+        assert_problem(await client.get(download, headers=auth("admin")), 404)
+
+    assert backend.operations is not None
+    token = await backend.operations.uploads.grant("..")
+    upload = f"/api/v1/diagnostics/uploads/%2E%2E/{token}/planted.db"
+    assert_problem(await client.put(upload, content=b"x"), 403)
+    left = {p.name for p in tmp_path.iterdir()}  # noqa: ASYNC240 (a small folder)
+    assert not {n for n in left if n.startswith(("planted", ".upload-"))}

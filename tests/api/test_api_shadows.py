@@ -123,8 +123,11 @@ async def test_if_match_makes_a_change_conditional(
     assert stale.headers["etag"] == '"2"' and '"2"' in problem["detail"]
     assert (await patch_desired(client, ops, patch, if_match="*")).status_code == 200
     assert_problem(await patch_desired(client, ops, patch, if_match='W/"3"'), 400)
+    assert_problem(await patch_desired(client, ops, patch, if_match='"3'), 400)
+    assert_problem(await patch_desired(client, ops, patch, if_match="2"), 412)  # bare, stale
+    assert (await patch_desired(client, ops, patch, if_match="3")).status_code == 200
     shadow = (await client.get("/api/v1/chargers/CP-1/shadow", headers=auth("viewer"))).json()
-    assert shadow["version"] == 3 and shadow["state"]["desired"] == patch
+    assert shadow["version"] == 4 and shadow["state"]["desired"] == patch
 
 
 @pytest.mark.parametrize(
@@ -159,6 +162,13 @@ async def test_an_invalid_desired_state_is_422_with_the_pointer_and_never_sent(
         (b"{not json", MERGE_PATCH, 400),
         (b'{"config": {}}', "text/plain", 415),
         (b"\xff\xfe", MERGE_PATCH, 400),
+        # Hostile JSON that once answered 500 (the audit log or the twin could not hold it).
+        (b'{"config": {"HeartbeatInterval": "\\ud800"}}', MERGE_PATCH, 400),
+        (b'{"config": {"a\\udfffb": "x"}}', MERGE_PATCH, 400),
+        (b'{"config": ' * 5_000 + b"{}" + b"}" * 5_000, MERGE_PATCH, 400),
+        (b'{"config": {"a": NaN}}', MERGE_PATCH, 400),
+        (b'{"config": {"a": 1e999}}', MERGE_PATCH, 400),
+        (b'{"availability": {"1": 1' + b"0" * 30 + b"}}", MERGE_PATCH, 400),
     ],
 )
 async def test_bad_patch_bodies(

@@ -206,6 +206,19 @@ async def test_documents_and_versions_survive_a_restart(
             "/desired/availability/1",
         ),
         (json.dumps({"state": {"desired": {"colour": "red"}}}).encode(), 422, "colour"),
+        # Hostile JSON: each of these once left the request unanswered (an exception in
+        # the handler) or failed the whole batch, and stalled the service.
+        (b'{"state": {"reported": {"a": "\\ud800"}}}', 400, "lone surrogate"),
+        (b'{"state": {"reported": {"\\udfff": 1}}, "clientToken": "t"}', 400, "surrogate"),
+        (b'{"state": {}, "clientToken": "\\ud800"}', 400, "surrogate"),
+        (b'{"state": {"reported": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}", 413, "exceeds"),
+        (b"[" * 1_500 + b"]" * 1_500, 400, "nested too deep"),
+        (b'{"state": {"reported": {"a": NaN}}}', 400, "NaN"),
+        (b'{"state": {"reported": {"a": 1}}, "timestamp": Infinity}', 400, "Infinity"),
+        (b'{"state": {"reported": {"a": 1e999}}}', 400, "out of range"),
+        (b'{"state": {"reported": {"a": 1}}, "timestamp": 1' + b"0" * 400 + b"}", 400, "64 bits"),
+        (b'{"state": {"reported": {"a": 1}}, "version": 18446744073709551616}', 400, "64 bits"),
+        (b'{"state": {"reported": {"a": "\xff"}}}', 400, "UTF-8"),
     ],
 )
 async def test_bad_requests_are_rejected_and_the_service_keeps_serving(

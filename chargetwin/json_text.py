@@ -1,0 +1,71 @@
+"""Strict JSON for requests from outside: what every store and every peer can hold again.
+
+Python's ``json`` accepts more than RFC 8259 allows, and each extra is a way in for hostile
+input: ``NaN`` and ``Infinity`` (not JSON; PostgreSQL's ``jsonb`` refuses them), numbers that
+overflow (``1e999`` becomes ``inf``, a 400-digit integer breaks ``float()``), escaped lone
+surrogates (``"\\ud800"``: valid JSON, not encodable as UTF-8, so the document can be
+neither stored nor published), and nesting deep enough to exhaust the recursion limit.
+:func:`parse_json` refuses all of these with :class:`JsonTextError`, as RFC 7493 (I-JSON)
+sections 2.1 and 2.2 ask: UTF-8 text, Unicode strings, numbers that fit a double; integers
+also within 64 bits, the largest the SQL stores hold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+__all__ = ["MAX_INTEGER", "JsonTextError", "parse_json"]
+
+MAX_INTEGER = 2**63 - 1
+
+
+class JsonTextError(ValueError):
+    """Text that is not strict JSON; the message says why, for a 400 answer."""
+
+
+def _no_constant(name: str) -> Any:
+    raise JsonTextError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JsonTextError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    # Digits first: int() of a very long text is slow and refused beyond 4300 digits anyway.
+    if len(text.lstrip("-")) > 19 or abs(value := int(text)) > MAX_INTEGER:
+        raise JsonTextError(f"integer {text[:40]}... is beyond 64 bits")
+    return value
+
+
+_DECODER = json.JSONDecoder(
+    parse_float=_finite_float, parse_int=_bounded_int, parse_constant=_no_constant
+)
+
+
+def parse_json(data: bytes | str) -> Any:
+    """The value of strict JSON text, or :class:`JsonTextError` saying what is wrong."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        value = _DECODER.decode(text)
+    except JsonTextError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise JsonTextError(f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
+    except RecursionError as exc:
+        raise JsonTextError("nested too deep") from exc
+    except ValueError as exc:
+        raise JsonTextError(str(exc)) from exc
+    try:
+        # Every string, key or value, must be Unicode text: escaped lone surrogates are not.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise JsonTextError("a string holds a lone surrogate (not Unicode text)") from exc
+    except RecursionError as exc:
+        raise JsonTextError("nested too deep") from exc
+    return value
