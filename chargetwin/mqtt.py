@@ -49,6 +49,7 @@ _SESSION_LOSS_SLACK = 30.0
 _GATE_WARNING_AFTER = 5.0
 # How long a message of a persistent session waits for its handler to be registered.
 _HANDLER_WAIT = 30.0
+_DISCONNECT_TIMEOUT = 5.0
 
 
 class MqttError(RuntimeError):
@@ -215,8 +216,10 @@ class MqttClient:
                 await expiry
         for task in list(self._tasks):
             task.cancel()
+        # Bounded: a stop must not wait forever on a broker that stopped answering.
         with contextlib.suppress(Exception):
-            await self._client.disconnect()
+            async with asyncio.timeout(_DISCONNECT_TIMEOUT):
+                await self._client.disconnect()
         self._connected.clear()
 
     async def __aenter__(self) -> MqttClient:

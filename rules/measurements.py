@@ -204,6 +204,22 @@ def diagnostics(charger: Mapping[str, str], body: dict[str, Any], now: float) ->
     return [point] if point else []
 
 
+def clock_skew(charger: Mapping[str, str], body: dict[str, Any], now: float) -> list[Point]:
+    """The bridge's verdict on a charger's clock: ``ahead``/``behind``/``unreadable``, or
+    ``ok`` once it is plausible again (bridge/README.md, Charger clocks)."""
+    seconds = body.get("seconds")
+    point = make_point(
+        "clock_skew",
+        charger,
+        {
+            "status": _text(body.get("status")),
+            "seconds": float(seconds) if isinstance(seconds, int | float) else None,
+        },
+        to_ns(body.get("timestamp"), now),
+    )
+    return [point] if point else []
+
+
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -216,6 +232,7 @@ CONVERTERS: dict[str, Converter] = {
     "events/boot": boot,
     "events/firmware": firmware,
     "events/diagnostics": diagnostics,
+    "events/clockSkew": clock_skew,
     "presence": presence,
     # The twin's record of every change of reported.connection (docs/mqtt.md): the same
     # point as the bridge's presence when the bridge made the change, so the store keeps one.

@@ -112,8 +112,16 @@ async def test_rules_recorder_writes_every_kind_of_message(
         await probe.publish(
             f"{base}/events/diagnostics", {"kind": "log", "status": "Uploaded", "timestamp": T0 + 5}
         )
+        await probe.publish(
+            f"{base}/events/clockSkew",
+            {"status": "behind", "seconds": -86400.0, "action": "StatusNotification",
+             "value": "2000-01-01T00:00:00Z", "timestamp": T0 + 6},
+        )  # fmt: skip
         await probe.publish(f"{base}/telemetry/meterValues", b"not json")  # ignored, not fatal
         await wait_for_count(series_store, "diagnostics_status", 1, "status")
+        await wait_for_count(series_store, "clock_skew", 1, "status")
+        [skew] = await series_store.last(Selection("clock_skew", "seconds"), None, 2**62)
+        assert skew.value == -86400.0
 
         current = Selection(
             "meter_values",
