@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 Request = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 ACCEPTED_CONFIG = frozenset({"Accepted", "RebootRequired"})
+# Write-only keys holding a secret (OCPP 1.6 security whitepaper: AuthorizationKey is the
+# Basic auth password, never returned by GetConfiguration): never mirrored into the shadow,
+# which every viewer reads, even from a charger that returns it or a one-off command.
+SECRET_CONFIG_KEYS = frozenset({"AuthorizationKey"})
 
 
 def config_text(value: Any) -> str | None:
@@ -226,7 +230,11 @@ class Reconciler:
         """
         values: dict[str, str] = {}
         for entry in answer.get("configurationKey") or []:
-            if isinstance(entry, dict) and isinstance(entry.get("value"), str):
+            if (
+                isinstance(entry, dict)
+                and isinstance(entry.get("value"), str)
+                and entry.get("key") not in SECRET_CONFIG_KEYS
+            ):
                 values[str(entry["key"])] = entry["value"]
         at = now()
         if complete:
@@ -271,7 +279,7 @@ class Reconciler:
     # refused one-off would otherwise sit in the shadow for good, for a key nobody wants).
     def command_config(self, key: str, value: str, status: str) -> None:
         """The outcome of a ``change-configuration`` command."""
-        if status not in ACCEPTED_CONFIG:
+        if status not in ACCEPTED_CONFIG or key in SECRET_CONFIG_KEYS:
             return
         self._known[("config", key)] = value
         reported: dict[str, Any] = {"config": {key: value}}

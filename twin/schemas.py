@@ -12,6 +12,9 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+# Configuration keys that hold a secret and are never desired state (see "config" below).
+SECRET_KEYS = frozenset({"AuthorizationKey"})
+
 DESIRED_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "urn:chargetwin:desired-state",
@@ -22,7 +25,13 @@ DESIRED_SCHEMA: dict[str, Any] = {
         "config": {
             "description": "OCPP configuration keys and the values they should have.",
             "type": "object",
-            "propertyNames": {"pattern": "^[A-Za-z0-9_.\\-]{1,50}$"},
+            # AuthorizationKey is the charger's password (OCPP 1.6 security whitepaper):
+            # desired state is readable by viewers, so it is set by a password rotation
+            # (POST /chargers/{id}/credentials/rotate), never here.
+            "propertyNames": {
+                "pattern": "^[A-Za-z0-9_.\\-]{1,50}$",
+                "not": {"enum": sorted(SECRET_KEYS)},
+            },
             "additionalProperties": {"type": "string", "maxLength": 500},
         },
         "availability": {
@@ -51,5 +60,12 @@ def desired_errors(desired: dict[str, Any]) -> list[tuple[str, str]]:
         pointer = "/desired" + "".join(
             "/" + str(p).replace("~", "~0").replace("/", "~1") for p in error.absolute_path
         )
-        out.append((pointer, error.message))
+        message = error.message
+        if error.validator == "not" and error.instance in SECRET_KEYS:
+            pointer += f"/{error.instance}"
+            message = (
+                f"{error.instance} is the charger's password: rotate it with "
+                "POST /api/v1/chargers/{id}/credentials/rotate"
+            )
+        out.append((pointer, message))
     return out

@@ -137,6 +137,7 @@ async def test_if_match_makes_a_change_conditional(
         ({"config": {"HeartbeatInterval": 300}}, "/desired/config/HeartbeatInterval"),
         ({"firmware": {"url": "http://x"}}, "/desired/firmware"),
         ({"colour": "red"}, "/desired"),
+        ({"config": {"AuthorizationKey": "30313233"}}, "/desired/config/AuthorizationKey"),
     ],
 )
 async def test_an_invalid_desired_state_is_422_with_the_pointer_and_never_sent(

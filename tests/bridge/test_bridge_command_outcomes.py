@@ -120,3 +120,27 @@ async def test_a_failed_one_off_firmware_update_is_not_a_refusal_of_desired_firm
     await charger.result("DataTransfer", {"vendorId": "marker"})
     await watcher.wait_for(bridge.topics.events(charger.charger_id, "dataTransfer"))
     assert not [m for m in watcher.on(shadow) if has_refusal(m)]
+
+
+async def test_an_accepted_authorization_key_is_never_mirrored_into_the_shadow(
+    bridge: Bridge, open_charger: OpenCharger, watcher: MqttWatcher
+) -> None:
+    """The key is the charger's password; the shadow is readable by every viewer."""
+    charger = await open_charger()
+    command = bridge.topics.command(charger.charger_id)
+    shadow = bridge.topics.shadow(charger.charger_id, "update")
+    for token, key in (("secret", "AuthorizationKey"), ("plain", "HeartbeatInterval")):
+        watcher.publish(
+            command,
+            {
+                "name": "change-configuration",
+                "clientToken": token,
+                "payload": {"key": key, "value": "3031323334353637383930313233343536373839"},
+            },
+        )
+        call = await charger.next_call()
+        await charger.reply(call, {"status": "Accepted"})
+        await watcher.wait_for(f"{command}/result", lambda m, t=token: m["clientToken"] == t)
+    configs = [m["state"]["reported"].get("config") or {} for m in watcher.on(shadow)]
+    assert any("HeartbeatInterval" in c for c in configs)
+    assert not any("AuthorizationKey" in c for c in configs)
