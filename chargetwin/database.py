@@ -91,7 +91,12 @@ class SQLiteDatabase:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
         def _open() -> sqlite3.Connection:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # Components of one platform open the file at once at start-up; switching a new
+            # file to WAL takes a write lock, so the first statements wait longer than the
+            # busy timeout of ordinary statements before saying "database is locked".
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")

@@ -109,10 +109,10 @@ async def test_a_broker_restart_without_persistence_loses_no_acknowledged_meter_
         asyncio.create_task(run_rules(settings, stop), name="rules"),
     ]
     bridge = Bridge(settings, BridgeOptions(port=0, mqtt_reconnect_delay=0.1, close_timeout=1.0))
-    await bridge.start()
     restart = asyncio.Event()
     acked = {f"cp-{i}-{uuid.uuid4().hex[:6]}": set[int]() for i in range(CHARGERS)}
-    try:
+    try:  # everything started is stopped, even when a start fails
+        await bridge.start()
         url = f"ws://127.0.0.1:{bridge.port}/ocpp"
         chargers = [
             asyncio.create_task(_charger(url, charger_id, seqs, restart, i == 0))
@@ -138,7 +138,9 @@ async def test_a_broker_restart_without_persistence_loses_no_acknowledged_meter_
             await asyncio.sleep(0.2)
         assert lost() == {}, "acknowledged MeterValues missing from the time series"
     finally:
-        await bridge.stop()
-        stop.set()
-        await asyncio.gather(*components)
-        broker.stop()
+        try:
+            await bridge.stop()
+            stop.set()
+            await asyncio.gather(*components)
+        finally:
+            broker.stop()
