@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rules.points import Point
+from rules.spools import append_synced, remove_sized
 
 
 class DeadLetters:
@@ -91,7 +91,7 @@ class DeadLetters:
             data = ("\n".join(batch) + "\n").encode()
             path = self._active()
             try:
-                await asyncio.to_thread(_append_sync, path, data)
+                await asyncio.to_thread(append_synced, path, data)
             except BaseException:
                 self._pending[:0] = batch  # the next add tries them again
                 raise
@@ -99,7 +99,7 @@ class DeadLetters:
             self._durable += len(batch)
             while self.bytes > self.max_bytes and len(self._files) > 1:
                 oldest = self._files.pop(0)
-                self.bytes -= await asyncio.to_thread(_remove_sync, oldest)
+                self.bytes -= await asyncio.to_thread(remove_sized, oldest)
 
     def _active(self) -> Path:
         newest = self._files[-1] if self._files else None
@@ -122,16 +122,3 @@ def _point_json(point: Point) -> Any:
             return repr(tuple(point))[:4096]
         except ValueError:  # an int beyond Python's printable digits
             return f"<point of measurement {str(point.measurement)[:64]!r}, not printable>"
-
-
-def _append_sync(path: Path, data: bytes) -> None:
-    with path.open("ab") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _remove_sync(path: Path) -> int:
-    size = path.stat().st_size if path.exists() else 0
-    path.unlink(missing_ok=True)
-    return size

@@ -53,7 +53,7 @@ class Spool:
                 self._active = self.folder / f"segment-{self._next:012d}.jsonl"
                 self._next += 1
                 self._segments.append(self._active)
-            await asyncio.to_thread(_append_sync, self._active, data.encode())
+            await asyncio.to_thread(append_synced, self._active, data.encode())
             self.bytes += len(data.encode())
 
     async def oldest(self) -> tuple[Path, list[Point]] | None:
@@ -69,19 +69,21 @@ class Spool:
 
     async def remove(self, path: Path) -> None:
         async with self._lock:
-            size = await asyncio.to_thread(_remove_sync, path)
+            size = await asyncio.to_thread(remove_sized, path)
             self._segments.remove(path)
             self.bytes = max(0, self.bytes - size)
 
 
-def _append_sync(path: Path, data: bytes) -> None:
+def append_synced(path: Path, data: bytes) -> None:
+    """Append and fsync: on disk before the caller acknowledges anything."""
     with path.open("ab") as file:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
 
 
-def _remove_sync(path: Path) -> int:
+def remove_sized(path: Path) -> int:
+    """Delete a file; its size, so a byte budget can be given back."""
     size = path.stat().st_size if path.exists() else 0
     path.unlink(missing_ok=True)
     return size
