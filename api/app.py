@@ -21,7 +21,6 @@ from api.backends import Backend, open_backend
 from api.diagnostics import MAX_UPLOAD_BYTES
 from api.limits import MAX_BODY_BYTES, BodySizeLimitMiddleware
 from api.problems import install_problem_handlers, problems_only
-from api.rollouts import CampaignEngine
 from api.routes import (
     alerts,
     audit,
@@ -205,16 +204,5 @@ async def run_api(
     """
     async with open_backend(settings, db=db, mqtt=mqtt) as backend:
         app = create_app(backend)
-        assert backend.campaigns is not None
-        engine = CampaignEngine(
-            backend.campaigns,
-            backend.shadows,
-            backend.shadow_client,
-            interval=settings.campaign_interval,
-        )
-        app.state.campaign_engine = engine  # routes wake it after an operator action
-        async with engine.running():
-            log.info(
-                "API listening on http://%s:%s%s", settings.host, settings.api_port, API_PREFIX
-            )
-            await serve(app, settings.host, settings.api_port, stop)
+        log.info("API listening on http://%s:%s%s", settings.host, settings.api_port, API_PREFIX)
+        await serve(app, settings.host, settings.api_port, stop)

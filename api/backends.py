@@ -15,17 +15,18 @@ from pathlib import Path
 from fastapi import Request
 from pydantic import SecretStr
 
-from api.audit import AuditLog
-from api.campaigns import CampaignStore
-from api.maintenance import Maintenance
 from api.operations import DEFAULT_PUBLIC_URL, Operations
-from api.profiles import ProfileStore
 from api.tokens import TokenStore
+from chargetwin.audit import AuditLog
 from chargetwin.database import Database, connect
 from chargetwin.mqtt import MqttClient, client_id_for
 from chargetwin.settings import Settings
 from chargetwin.shadow_client import ShadowClient
 from chargetwin.topics import Topics
+from fleet.app import wake_request
+from fleet.campaigns import CampaignStore
+from fleet.maintenance import Maintenance
+from fleet.profiles import ProfileStore
 from rules.series import SeriesStore
 from rules.sqlite_series import SQLiteSeriesStore
 from twin.passwords import password_key
@@ -48,7 +49,7 @@ class Backend:
     maintenance: Maintenance | None = None
     # a fresh (unopened) time-series store per use: status history, meter values
     series: Callable[[], SeriesStore] | None = None
-    campaigns: CampaignStore | None = None  # firmware campaigns (engine: api.rollouts)
+    campaigns: CampaignStore | None = None  # firmware campaigns (engine: fleet.rollouts)
     profiles: ProfileStore | None = None  # configuration profiles
     topics: Topics | None = None  # for requests published to bridges (e.g. rotations)
 
@@ -97,6 +98,14 @@ class Backend:
             topics=topics,
         )
 
+    def wake_fleet(self, engine: str) -> None:
+        """Ask the leading fleet process to run ``engine`` now, after an operator action.
+
+        A wake-up is a hint (QoS 0): the engine also runs every interval and reads what
+        it acts on from the database, so a lost one costs at most one interval."""
+        if self.topics is not None:
+            self.mqtt.publish(self.topics.fleet_wake(), wake_request(engine), qos=0)
+
     async def create_schema(self) -> None:
         """Create the tables the API reads and writes (idempotent)."""
         await self.registry.create_schema()
@@ -117,8 +126,9 @@ class Backend:
 async def open_backend(
     settings: Settings, *, db: Database | None = None, mqtt: MqttClient | None = None
 ) -> AsyncIterator[Backend]:
-    """A ready backend; opens (and later closes) the database and MQTT it was not given,
-    and runs the maintenance scheduler while it is open."""
+    """A ready backend; opens (and later closes) the database and MQTT it was not given.
+
+    It runs no engine: the ``fleet`` component does (:mod:`fleet.app`)."""
     from rules.app import open_series_store
 
     async with contextlib.AsyncExitStack() as stack:
@@ -149,8 +159,6 @@ async def open_backend(
             ),
         )
         await backend.create_schema()
-        if backend.maintenance is not None:
-            await stack.enter_async_context(backend.maintenance.scheduler.running())
         yield backend
 
 

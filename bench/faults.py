@@ -235,7 +235,7 @@ class Platform:
                 with log_path.open("ab") as log:
                     self.procs.append(
                         subprocess.Popen(
-                            [sys.executable, "-m", "chargetwin.cli", command, *self.args],
+                            [sys.executable, "-m", "launch.cli", command, *self.args],
                             cwd=self.data_dir,
                             env=env,
                             stdout=log,

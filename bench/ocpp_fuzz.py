@@ -702,7 +702,7 @@ def report(
 
 
 def log_sources(text: str) -> str:
-    """``WARNING bridge.protocol 1,234, ...`` for the log lines (format of chargetwin.runner)."""
+    """``WARNING bridge.protocol 1,234, ...`` for the log lines (format of launch.runner)."""
     sources: Counter[str] = Counter()
     previous, continued = "", []
     for line in text.splitlines():

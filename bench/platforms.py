@@ -105,7 +105,7 @@ async def _start(
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "chargetwin.cli",
+            "launch.cli",
             "up",
             "--api-port",
             str(api_port),

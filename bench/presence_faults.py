@@ -160,7 +160,7 @@ async def _round(folder: Path, chargers: int) -> dict[str, float]:
     port = _free_port()
     with (folder / "bridge.log").open("ab") as log:
         bridge = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "chargetwin.cli", "bridge", "--mqtt-url", broker.url,
+            sys.executable, "-m", "launch.cli", "bridge", "--mqtt-url", broker.url,
             "--mqtt-prefix", prefix, "--mqtt-client-id", f"{prefix}-b", "--ocpp-port",
             str(port), "--data-dir", str(folder),
             "--log-level", "WARNING", stdout=log, stderr=asyncio.subprocess.STDOUT,

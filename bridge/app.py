@@ -20,7 +20,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from api.audit import AuditLog
 from bridge.connections import ConnectionOptions
 from bridge.credentials import CredentialRotations
 from bridge.firmwares import FirmwareSupport
@@ -31,6 +30,7 @@ from bridge.server import OcppServer, ServerOptions
 from bridge.stores import IdTagStore, TransactionStore
 from bridge.times import now
 from bridge.tls import TlsFiles, server_context
+from chargetwin.audit import AuditLog
 from chargetwin.database import Database, connect
 from chargetwin.mqtt import MqttClient, client_id_for
 from chargetwin.readiness import SubscriberGate

@@ -27,11 +27,11 @@ import json
 import logging
 from typing import Any
 
-from api.audit import AuditLog, Outcome
 from bridge.commands import Request
 from bridge.errors import CallErrorReceived, OutgoingCallError
 from bridge.reports import Reporter
 from bridge.tasks import TaskSet
+from chargetwin.audit import AuditLog, Outcome
 from twin.registry import ChargerRegistry, Rotation, RotationStatus
 
 log = logging.getLogger(__name__)

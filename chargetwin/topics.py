@@ -94,6 +94,11 @@ class Topics:
         """Asks a bridge to publish the presence of every charger it holds again."""
         return f"{self.prefix}/bridges/{bridge_id}/announce"
 
+    def fleet_wake(self) -> str:
+        """Asks the leading fleet process to run an engine now (after an operator action)
+        rather than at its next interval: ``{"engine": "campaigns" | "maintenance"}``."""
+        return f"{self.prefix}/fleet/wake"
+
     # --- subscriptions -----------------------------------------------------------------
     def all_shadow_requests(self, operation: str) -> str:
         return f"{self.prefix}/chargers/+/shadow/{operation}"

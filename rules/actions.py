@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from api.work_orders import WorkOrderStore
 from chargetwin.database import Database
 from chargetwin.mqtt import MqttClient
 from chargetwin.shadow_client import ShadowClient, ShadowRequestError
 from chargetwin.topics import Topics
+from fleet.work_orders import WorkOrderStore
 from rules.alerts import Alert
 from rules.files import Action, Rule
 

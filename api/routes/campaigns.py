@@ -3,7 +3,7 @@
 Creation is where the rules are enforced: the image must fit every targeted charger's
 reported vendor and model (422 listing those it does not fit, unless ``skipIncompatible``
 excludes them), and no charger may be in two active campaigns (409 listing them). The
-engine (:mod:`api.rollouts`) does the rest from the database.
+engine (:mod:`fleet.rollouts`) does the rest from the database.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pydantic.alias_generators import to_camel
 
 from api.auth import Operator, Viewer
 from api.backends import Backend, get_backend
-from api.campaigns import (
+from api.params import MAX_OFFSET, Offset, page_limit
+from api.problems import Problem, ProblemError, problem_responses
+from fleet.campaigns import (
     ACTIVE,
     CAMPAIGN_STATES,
     CANCELLED,
@@ -42,9 +44,7 @@ from api.campaigns import (
     phase_order,
     phase_sizes,
 )
-from api.params import MAX_OFFSET, Offset, page_limit
-from api.problems import Problem, ProblemError, problem_responses
-from api.targets import Target, TargetCharger, TargetError, resolve
+from fleet.targets import Target, TargetCharger, TargetError, resolve
 from twin.catalog import FirmwareNotFoundError
 
 log = logging.getLogger(__name__)
@@ -273,9 +273,7 @@ def _unfit(charger: TargetCharger, vendor: str, model: str) -> str | None:
 
 
 def _wake(request: Request) -> None:
-    engine = getattr(request.app.state, "campaign_engine", None)
-    if engine is not None:
-        engine.wake()
+    get_backend(request).wake_fleet("campaigns")
 
 
 @router.post(

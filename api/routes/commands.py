@@ -22,13 +22,13 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from api.audit import Outcome
 from api.auth import Operator, Principal
 from api.backends import Backend, get_backend
 from api.diagnostics import UPLOAD_PATH
 from api.params import Moment
 from api.problems import Problem, problem_responses
 from api.routes.chargers import find_charger
+from chargetwin.audit import Outcome
 from chargetwin.command_client import CommandError, CommandTimeoutError
 from twin.stores import ShadowFilter
 

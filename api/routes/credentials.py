@@ -14,12 +14,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, status
 
-from api.audit import Outcome
 from api.auth import Admin, Viewer
 from api.backends import Backend, get_backend
 from api.models import RotationOut
 from api.problems import Problem, problem_responses
 from api.routes.chargers import find_charger
+from chargetwin.audit import Outcome
 from twin.registry import RotationError, RotationInProgressError
 
 log = logging.getLogger(__name__)

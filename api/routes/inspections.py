@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import Operator, Viewer
 from api.backends import Backend, get_backend
-from api.inspections import Inspection, InspectionNotFound
 from api.problems import Problem, problem_responses
 from api.routes.maintenance import (
     ChargerId,
@@ -26,6 +25,7 @@ from api.routes.maintenance import (
     iso,
     maintenance_of,
 )
+from fleet.inspections import Inspection, InspectionNotFound
 
 router = APIRouter(prefix="/inspections", tags=["maintenance"])
 
@@ -109,7 +109,7 @@ async def create_inspection(
         charger_id=body.chargerId, site=body.site, description=body.description,
         now=maintenance.scheduler.clock(),
     )  # fmt: skip
-    maintenance.scheduler.wake()
+    backend.wake_fleet("maintenance")
     return inspection_out(inspection)
 
 
@@ -160,5 +160,5 @@ async def cancel_inspection(inspection_id: Id, backend: BackendDep, _: Operator)
         )
     except InspectionNotFound as exc:
         raise Problem(404, str(exc), kind="inspection-not-found") from exc
-    maintenance.scheduler.wake()
+    backend.wake_fleet("maintenance")
     return inspection_out(inspection)

@@ -15,12 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import Operator, Viewer
 from api.backends import Backend, get_backend
-from api.maintenance import Maintenance
 from api.operations import get_operations
 from api.params import ChargerIdField, Moment, Offset, page_limit
 from api.problems import Problem, ProblemError, problem_responses
-from api.windows import Window, WindowNotFound, cron_trigger
-from api.work_orders import (
+from fleet.maintenance import Maintenance
+from fleet.windows import Window, WindowNotFound, cron_trigger
+from fleet.work_orders import (
     PRIORITIES,
     SOURCES,
     STATUSES,
@@ -456,7 +456,7 @@ async def create_window(body: WindowIn, backend: BackendDep, who: Operator) -> W
                 body.title, actor=who.name, source="window", description=body.description,
                 charger_id=charger_id, window_id=window.id,
             )  # fmt: skip
-    maintenance.scheduler.wake()
+    backend.wake_fleet("maintenance")
     return await window_out(backend, window, maintenance.scheduler.clock())
 
 
@@ -523,5 +523,5 @@ async def cancel_window(window_id: Id, backend: BackendDep, _: Operator) -> Wind
         window = await maintenance.windows.cancel(window_id, maintenance.scheduler.clock())
     except WindowNotFound as exc:
         raise Problem(404, str(exc), kind="window-not-found") from exc
-    maintenance.scheduler.wake()
+    backend.wake_fleet("maintenance")
     return await window_out(backend, window, maintenance.scheduler.clock())

@@ -16,13 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import Operator, Viewer
 from api.backends import Backend, get_backend
-from api.kpis import kpis
-from api.outages import ExclusionStore, uptimes
 from api.params import Moment, Offset, page_limit
 from api.problems import Problem, ProblemError, problem_responses
 from api.routes.maintenance import ChargerId, check_charger, epoch, maintenance_of
-from api.sessions import CSV_FIELDS, find_sessions, to_csv, with_peaks
-from api.uptime import (
+from bridge.stores import TransactionStore
+from chargetwin.topics import CHARGER_ID_PATTERN
+from fleet.kpis import kpis
+from fleet.outages import ExclusionStore, uptimes
+from fleet.sessions import CSV_FIELDS, find_sessions, to_csv, with_peaks
+from fleet.uptime import (
     EXCLUSION_REASONS,
     PortUptime,
     parse_month,
@@ -30,8 +32,6 @@ from api.uptime import (
     quarter_bounds,
     twelve_months_ending,
 )
-from bridge.stores import TransactionStore
-from chargetwin.topics import CHARGER_ID_PATTERN
 from rules.series import SeriesError, SeriesStore
 
 router = APIRouter(tags=["monitoring"])
@@ -225,7 +225,7 @@ async def get_kpis(
     end: Annotated[Moment | None, Query(alias="to")] = None,
     timezone: Annotated[str, Query(max_length=64)] = "UTC",
 ) -> dict[str, Any]:
-    from api.windows import cron_trigger
+    from fleet.windows import cron_trigger
 
     try:
         cron_trigger("0 0 * * *", timezone)

@@ -19,7 +19,8 @@ from pydantic.alias_generators import to_camel
 from api.auth import Operator, Viewer
 from api.backends import Backend, get_backend
 from api.problems import Problem, ProblemError, problem_responses
-from api.profiles import (
+from chargetwin.shadow_client import ShadowRequestError
+from fleet.profiles import (
     DRIFT_REASONS,
     Profile,
     ProfileExistsError,
@@ -27,8 +28,7 @@ from api.profiles import (
     ProfileStore,
     drift,
 )
-from api.targets import Target, TargetError, documents, resolve
-from chargetwin.shadow_client import ShadowRequestError
+from fleet.targets import Target, TargetError, documents, resolve
 from twin.schemas import desired_errors
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 
-from api.audit import Outcome
 from api.auth import Operator, Principal, Viewer
 from api.backends import Backend, get_backend
 from api.models import DesiredUpdateOut, ShadowDocumentOut
@@ -21,6 +20,7 @@ from api.patches import merge_patch
 from api.problems import Problem, ProblemError, problem_responses
 from api.routes.chargers import find_charger
 from api.routes.firmware import desired_firmware_problem
+from chargetwin.audit import Outcome
 from chargetwin.json_text import JsonTextError, parse_json
 from chargetwin.shadow_client import ShadowRequestError, ShadowTimeoutError
 from twin.schemas import DESIRED_SCHEMA, desired_errors

@@ -11,7 +11,7 @@ from api_campaigns_helpers import NEW, add_image, desired_firmware, seed
 from api_helpers import assert_problem
 
 from api.backends import Backend
-from api.rollouts import CampaignEngine
+from fleet.rollouts import CampaignEngine
 from twin.service import ShadowService
 
 Auth = Callable[[str], dict[str, str]]

@@ -14,9 +14,9 @@ import pytest
 from api_campaigns_helpers import NEW, add_image, desired_firmware, progress, report, seed
 
 from api.backends import Backend
-from api.campaigns import Campaign, CampaignStore, Policy, Window, phase_sizes
-from api.rollouts import CampaignEngine
 from api.routes.campaigns import CampaignCreate, campaign_out
+from fleet.campaigns import Campaign, CampaignStore, Policy, Window, phase_sizes
+from fleet.rollouts import CampaignEngine
 from twin.service import ShadowService
 
 
@@ -29,7 +29,7 @@ def make_engine(backend: Backend, interval: float = 5.0) -> CampaignEngine:
 
 async def start_campaign(backend: Backend, chargers: list[str], **policy: object) -> Campaign:
     """Create a campaign as the route does (same models), over ``chargers`` in id order."""
-    from api.campaigns import Assignment, new_campaign_id
+    from fleet.campaigns import Assignment, new_campaign_id
 
     image = await add_image(backend) if not await _image(backend) else await _image(backend)
     assert image is not None

@@ -13,9 +13,9 @@ import httpx
 from api_helpers import assert_problem
 
 from api.backends import Backend
-from api.maintenance import Maintenance
-from api.windows import Window, cron_trigger
 from chargetwin.shadow_client import ShadowRequestError
+from fleet.maintenance import Maintenance
+from fleet.windows import Window, cron_trigger
 from twin.service import ShadowService
 
 T0 = time.time() + 86_400  # in the future: nothing here happens by the real clock

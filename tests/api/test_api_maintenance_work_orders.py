@@ -11,8 +11,8 @@ import httpx
 import pytest
 from api_helpers import assert_problem
 
-from api.work_orders import WorkOrderStore
 from chargetwin.database import Database, SQLiteDatabase
+from fleet.work_orders import WorkOrderStore
 from rules.actions import list_work_orders
 
 URL = "/api/v1/work-orders"

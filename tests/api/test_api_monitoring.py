@@ -27,8 +27,8 @@ import pytest
 from api_helpers import assert_problem
 
 from api.backends import Backend
-from api.sessions import CSV_FIELDS
 from bridge.stores import TransactionStore
+from fleet.sessions import CSV_FIELDS
 from rules.points import NS, Point
 from rules.sqlite_series import SQLiteSeriesStore
 

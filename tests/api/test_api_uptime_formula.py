@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from api.uptime import (
+from fleet.uptime import (
     MINUTES_PER_YEAR,
     Cause,
     Exclusion,

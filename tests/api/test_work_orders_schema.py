@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from api.work_orders import EXTRA_COLUMNS, WorkOrderStore
 from chargetwin.database import SQLiteDatabase
+from fleet.work_orders import EXTRA_COLUMNS, WorkOrderStore
 
 
 async def test_two_connections_creating_the_schema_at_once_both_succeed(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from conftest import MqttWatcher, OpenCharger, RawCharger
 
-from api.audit import AuditLog
 from bridge import Bridge
+from chargetwin.audit import AuditLog
 from twin.registry import ChargerRegistry, RotationStatus
 
 

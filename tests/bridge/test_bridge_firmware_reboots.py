@@ -8,8 +8,8 @@ from typing import Any
 
 from conftest import MqttWatcher, OpenCharger, RawCharger
 
-from api.rollouts import RETRY, progress
 from bridge import Bridge
+from fleet.rollouts import RETRY, progress
 from twin.catalog import FirmwareCatalog
 from twin.documents import ShadowDocument
 from twin.stores import ShadowStore

@@ -17,8 +17,8 @@ from websockets.frames import CloseCode
 from bridge import BridgeOptions
 from bridge.app import run_bridge
 from bridge.tls import TlsFiles
-from chargetwin.cli import build_parser, load_settings
 from chargetwin.settings import Settings
+from launch.cli import build_parser, load_settings
 
 
 def free_port() -> int:

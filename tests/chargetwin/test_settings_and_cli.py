@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from chargetwin.cli import build_parser, load_settings, main
 from chargetwin.settings import Settings
+from launch.cli import build_parser, load_settings, main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,7 +66,7 @@ def test_token_create_prints_a_token_the_api_accepts(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "chargetwin.cli",
+            "launch.cli",
             "token",
             "create",
             "--role",

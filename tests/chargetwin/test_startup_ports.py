@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _chargetwin(*args: str, data_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "chargetwin.cli", *args, "--data-dir", str(data_dir)]
+    return [sys.executable, "-m", "launch.cli", *args, "--data-dir", str(data_dir)]
 
 
 @contextlib.contextmanager
@@ -218,8 +218,8 @@ def test_a_dead_embedded_broker_stops_the_platform_with_exit_code_1(tmp_path: Pa
 
 
 def test_demo_replaces_taken_ports_with_free_ones(capsys: pytest.CaptureFixture[str]) -> None:
-    from chargetwin.runner import _demo_settings, check_ports
     from chargetwin.settings import Settings
+    from launch.runner import _demo_settings, check_ports
 
     with _listening() as api, _listening() as ocpp, _listening() as mqtt:
         settings, _ = _demo_settings(Settings(api_port=api, ocpp_port=ocpp, mqtt_port=mqtt))

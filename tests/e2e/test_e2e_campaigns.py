@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from e2e_operations import MODEL, Platform, platform
 
-from api.rollouts import CampaignEngine
+from fleet.rollouts import CampaignEngine
 from simulator.faults import FirmwareFailure
 from twin.stores import ShadowFilter
 

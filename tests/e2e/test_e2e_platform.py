@@ -43,7 +43,7 @@ class Platform:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "chargetwin.cli",
+                "launch.cli",
                 "up",
                 "--api-port",
                 str(self.api_port),

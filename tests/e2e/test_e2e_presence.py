@@ -27,7 +27,6 @@ from brokers import Mosquitto, free_port
 from probes import MqttProbe
 from websockets.asyncio.client import ClientConnection, connect
 
-from api.work_orders import WorkOrderStore
 from bridge import Bridge, BridgeOptions
 from chargetwin.database import Database
 from chargetwin.database import connect as connect_db
@@ -35,6 +34,7 @@ from chargetwin.mqtt import MqttClient
 from chargetwin.readiness import ServiceAnnouncer
 from chargetwin.settings import Settings
 from chargetwin.topics import Topics
+from fleet.work_orders import WorkOrderStore
 from rules.points import Selection
 from rules.recorders import Recorder
 from rules.spools import Spool
@@ -233,7 +233,7 @@ class Stack:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "chargetwin.cli",
+                "launch.cli",
                 "bridge",
                 "--mqtt-url",
                 self.broker.url,
@@ -453,7 +453,7 @@ class Platform:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "chargetwin.cli",
+                "launch.cli",
                 "up",
                 "--api-port",
                 str(self.api_port),

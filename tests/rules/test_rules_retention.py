@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from api.outages import read_history
 from chargetwin.database import connect
 from chargetwin.topics import Topics
+from fleet.outages import read_history
 from rules.alerts import AlertStore
 from rules.engine import Engine
 from rules.files import load_rules

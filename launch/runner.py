@@ -1,8 +1,10 @@
 """Running components in this process: start order, signals, and an orderly shutdown.
 
-Shutdown goes from the edge inwards so that nothing accepted is lost: the bridge first
-(chargers are told goodbye and their presence goes offline), then the API, then the twin
-(which finishes every queued request), and the embedded broker last.
+Start order: twin, rules, fleet, api, bridge (a component starts after those it sends
+requests to). Shutdown goes from the edge inwards so that nothing accepted is lost: the
+bridge first (chargers are told goodbye and their presence goes offline), then the API,
+then the fleet engines (a campaign step in flight finishes), the rules, the twin (which
+finishes every queued request), and the embedded broker last.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def configure_logging(level: str) -> None:
 DEMO_PASSWORD = "demo-charger-password"
 
 
-def _demo_fleet(chargers: int) -> Runner:
+def _simulated_fleet(chargers: int) -> Runner:
     async def run_fleet(settings: Settings, stop: asyncio.Event) -> None:
         from simulator import SimulatorOptions, run_simulator
 
@@ -92,6 +94,10 @@ def _runners(command: str, chargers: int = 0) -> list[tuple[str, Runner]]:
         from rules.app import run_rules
 
         out.append(("rules", run_rules))
+    if command in ("up", "demo", "fleet"):
+        from fleet.app import run_fleet
+
+        out.append(("fleet", run_fleet))
     if command in ("up", "demo", "api"):
         from api.app import run_api
 
@@ -101,7 +107,7 @@ def _runners(command: str, chargers: int = 0) -> list[tuple[str, Runner]]:
 
         out.append(("bridge", run_bridge))
     if command == "demo" and chargers > 0:
-        out.append(("fleet", _demo_fleet(chargers)))
+        out.append(("simulator", _simulated_fleet(chargers)))
     return out
 
 

@@ -9,7 +9,7 @@ compare-and-set on the previous state, so nothing is counted twice.
 
 Per charger: ``queued -> scheduled -> downloading -> downloaded -> installing -> installed``,
 or ``failed`` (retries spent), ``skipped`` (does not fit, already there, gone) or
-``cancelled``. The engine that moves them is :mod:`api.rollouts`.
+``cancelled``. The engine that moves them is :mod:`fleet.rollouts`.
 
 ``campaign_claims`` holds one row per charger in an active campaign (primary key on the
 charger), so two campaigns can never both own a charger, even when created at once on two

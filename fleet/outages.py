@@ -1,5 +1,5 @@
 """Outages of every port, read from the status history in the time-series store, and the
-exclusions that do not count against the operator: the inputs of :mod:`api.uptime`.
+exclusions that do not count against the operator: the inputs of :mod:`fleet.uptime`.
 
 A port is EV-ChART's *port*: an OCPP connector (id 1 and up) of a charger, named
 ``{charger}/{connector}``. It is out (23 CFR 680.116(b): not "online and available for
@@ -9,7 +9,7 @@ use, or in use") while its status is ``Faulted`` or ``Unavailable``, while conne
 
 Exclusions come from maintenance windows (scheduled maintenance, each occurrence) and
 from ``outage_exclusions`` rows that operators record with a reason of
-:data:`api.uptime.EXCLUSION_REASONS` (utility interruption, vandalism, ...).
+:data:`fleet.uptime.EXCLUSION_REASONS` (utility interruption, vandalism, ...).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from api.uptime import Cause, Exclusion, PortUptime, out_of_service, port_uptime
-from api.windows import WindowStore
 from chargetwin.database import Database
+from fleet.uptime import Cause, Exclusion, PortUptime, out_of_service, port_uptime
+from fleet.windows import WindowStore
 from rules.points import NS, Selection
 from rules.series import SeriesStore
 from twin.registry import ChargerRegistry

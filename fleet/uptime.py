@@ -4,7 +4,7 @@
 
 over the previous twelve months, recomputed every month. Kept free of stores and clocks
 so every figure can be checked by hand to the minute (tests/api/test_api_uptime_*.py);
-:mod:`api.outages` feeds it from the connector status history and the exclusions.
+:mod:`fleet.outages` feeds it from the connector status history and the exclusions.
 
 Conventions (docs/monitoring.md):
 

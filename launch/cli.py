@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from chargetwin import __version__
 from chargetwin.settings import Settings
 
-COMPONENTS = ("up", "twin", "api", "bridge", "rules", "demo")
+COMPONENTS = ("up", "twin", "api", "bridge", "rules", "fleet", "demo")
 
 
 def _option(name: str) -> str:
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         "api": "run the operator HTTP API",
         "bridge": "run the OCPP-J central system",
         "rules": "run the telemetry recorder and rules engine; or: rules check|test FILE...",
+        "fleet": "run the fleet engines (campaigns, maintenance windows); one process leads, "
+        "others stand by",
         "demo": "run everything with a simulated fleet; prints the dashboard URL and a token",
     }
     for name in COMPONENTS:
@@ -145,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "simulate":
-        from chargetwin import runner
+        from launch import runner
 
         return runner.simulate(args)
     if args.command == "rules" and args.tool:
@@ -155,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"chargetwin: {_settings_error(exc)}", file=sys.stderr)
         return 2
-    from chargetwin import runner
+    from launch import runner
 
     try:
         if args.command == "token":

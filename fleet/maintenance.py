@@ -30,12 +30,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from api.inspections import InspectionStore
-from api.uptime import Interval
-from api.windows import Run, Window, WindowStore
-from api.work_orders import WorkOrderStore
 from chargetwin.database import Database
 from chargetwin.shadow_client import ShadowClient, ShadowRequestError
+from fleet.inspections import InspectionStore
+from fleet.uptime import Interval
+from fleet.windows import Run, Window, WindowStore
+from fleet.work_orders import WorkOrderStore
 from twin.registry import ChargerRegistry
 
 log = logging.getLogger(__name__)

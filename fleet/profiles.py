@@ -1,6 +1,6 @@
 """Configuration profiles: named sets of desired OCPP configuration, and drift from them.
 
-A profile is ``{KEY: "value"}`` plus an optional target (filter or ids, :mod:`api.targets`).
+A profile is ``{KEY: "value"}`` plus an optional target (filter or ids, :mod:`fleet.targets`).
 Applying it merges the keys into each target's ``desired.config`` through the twin; the
 bridge sends ChangeConfiguration. Drift compares each target's reported configuration with
 the profile and says why a key differs, from the shadow alone:
@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from api.targets import section
 from chargetwin.database import Database
+from fleet.targets import section
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS config_profiles (

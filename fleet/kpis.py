@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from api.sessions import Session
-from api.uptime import PortUptime
-from api.work_orders import WorkOrder
+from fleet.sessions import Session
+from fleet.uptime import PortUptime
+from fleet.work_orders import WorkOrder
 
 
 def kpis(

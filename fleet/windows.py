@@ -2,7 +2,7 @@
 
 A window is one-off (``startsAt``..``endsAt``) or recurring (a cron expression, a duration
 and a time zone; ``startsAt``/``endsAt`` then bound the recurrence). What happens at the
-edges is :mod:`api.maintenance`'s job; this module stores windows, computes their
+edges is :mod:`fleet.maintenance`'s job; this module stores windows, computes their
 occurrences (pure, from APScheduler's cron trigger) and keeps the persisted state of the
 windows in progress, so a restart mid-window continues where it was.
 
@@ -26,8 +26,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
 
-from api.uptime import Interval
 from chargetwin.database import Database
+from fleet.uptime import Interval
 
 MAX_OCCURRENCES = 100_000
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from api.windows import cron_trigger
 from chargetwin.database import Database
+from fleet.windows import cron_trigger
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS inspections (
     id TEXT PRIMARY KEY, charger_id TEXT, site TEXT, title TEXT NOT NULL, description TEXT,

@@ -32,7 +32,9 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from api.campaigns import (
+from chargetwin.database import Database, DatabaseError
+from chargetwin.shadow_client import ShadowClient, ShadowRequestError, ShadowTimeoutError
+from fleet.campaigns import (
     CHARGER_STATES,
     COMPLETED,
     DOWNLOADED,
@@ -52,9 +54,7 @@ from api.campaigns import (
     Transition,
     phase_name,
 )
-from api.targets import documents, section
-from chargetwin.database import Database, DatabaseError
-from chargetwin.shadow_client import ShadowClient, ShadowRequestError, ShadowTimeoutError
+from fleet.targets import documents, section
 from twin.stores import ShadowFilter, ShadowStore
 
 log = logging.getLogger(__name__)
