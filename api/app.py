@@ -29,6 +29,7 @@ from api.routes import (
     credentials,
     dashboard,
     diagnostics,
+    docs,
     firmware,
     health,
     id_tags,
@@ -125,7 +126,7 @@ def create_app(backend: Backend) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=TAGS,
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        docs_url=None,  # served with local assets by api.routes.docs
         redoc_url=None,
         license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
     )
@@ -144,6 +145,7 @@ def create_app(backend: Backend) -> FastAPI:
     api.include_router(monitoring_routes.router)
     app.include_router(api)
     app.include_router(dashboard.router)
+    app.include_router(docs.router)
     install_problem_handlers(app)
     app.add_middleware(
         BodySizeLimitMiddleware,

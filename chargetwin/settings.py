@@ -7,6 +7,7 @@ and one variable (``CHARGETWIN_OCPP_PORT``); the CLI wins over the environment.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -36,7 +37,9 @@ class Settings(BaseSettings):
         35.0,
         gt=0,
         le=600,
-        description="Seconds the API waits for a charger's answer to a command; then 504.",
+        description="Seconds the API waits for a command's outcome from the bridge; then 504. "
+        "Keep it above --ocpp-command-timeout, so the charger's own silence is reported as "
+        "such rather than as the API giving up first.",
     )
 
     maintenance_interval: float = Field(
@@ -112,7 +115,8 @@ class Settings(BaseSettings):
     rules: Path | None = Field(None, description="Folder of rule files; unset: bundled pack.")
     rules_webhooks: list[str] = Field(
         [],
-        description="URLs that get every firing and resolved alert by POST (JSON list).",
+        description="http(s) URLs that get every firing and resolved alert by POST: repeat "
+        "the option, or give a JSON list (as CHARGETWIN_RULES_WEBHOOKS must).",
     )
     rules_dry_run: bool = Field(
         False, description="Log rule actions (work orders, desired state, commands) only."
@@ -165,7 +169,11 @@ class Settings(BaseSettings):
         100, ge=1, description="Frames a charger may send at once above the sustained rate."
     )
     ocpp_command_timeout: float = Field(
-        30.0, gt=0, description="Seconds an operator command waits for the charger; then 504."
+        30.0,
+        gt=0,
+        description="Seconds the bridge waits for a charger's answer to an OCPP call "
+        "(operator commands and reconciliation); then the call ends as a timeout, which the "
+        "API answers with 504.",
     )
     ocpp_tls_cert: Path | None = Field(
         None,
@@ -206,6 +214,36 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
             raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
+        return value
+
+    @field_validator("rules_webhooks", mode="before")
+    @classmethod
+    def _expand_webhooks(cls, value: object) -> object:
+        """``--rules-webhooks '["http://a", "http://b"]'`` is one option holding a JSON
+        list: take its URLs, as the variable's JSON list is taken."""
+        if not isinstance(value, list):
+            return value
+        urls: list[object] = []
+        for item in value:
+            if isinstance(item, str) and item.lstrip().startswith("["):
+                try:
+                    parsed = json.loads(item)
+                except ValueError as exc:
+                    raise ValueError(f"not a JSON list of URLs: {item!r} ({exc})") from exc
+                if not isinstance(parsed, list):
+                    raise ValueError(f"not a JSON list of URLs: {item!r}")
+                urls.extend(parsed)
+            else:
+                urls.append(item)
+        return urls
+
+    @field_validator("rules_webhooks")
+    @classmethod
+    def _check_webhooks(cls, value: list[str]) -> list[str]:
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
         return value
 
     @field_validator("charger_password_key")

@@ -24,9 +24,23 @@ def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_settings_options(parser: argparse.ArgumentParser) -> None:
+# The settings a command reads, where it is not every one: its --help lists only these.
+RULES_SETTINGS = (
+    "mqtt_url", "mqtt_port", "mqtt_prefix", "mqtt_client_id", "mqtt_share_group",
+    "data_dir", "database_url", "influx_url", "influx_database", "influx_username",
+    "influx_password", "rules", "rules_webhooks", "rules_dry_run", "series_retention_days",
+    "meter_values_retention_days", "spool_max_bytes", "log_level",
+)  # fmt: skip
+TOKEN_SETTINGS = ("data_dir", "database_url")
+
+
+def _add_settings_options(
+    parser: argparse.ArgumentParser, only: Sequence[str] | None = None
+) -> None:
     group = parser.add_argument_group("settings (each also a CHARGETWIN_* variable)")
     for name, field in Settings.model_fields.items():
+        if only is not None and name not in only:
+            continue
         env = f"CHARGETWIN_{name.upper()}"
         help_text = f"{field.description or ''} [{env}]".strip()
         if field.annotation == list[str]:
@@ -77,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for name in COMPONENTS:
         p = sub.add_parser(name, help=helps[name], description=helps[name])
-        _add_settings_options(p)
+        _add_settings_options(p, RULES_SETTINGS if name == "rules" else None)
         if name == "demo":
             p.add_argument("--chargers", type=int, default=20, help="simulated chargers")
         if name == "rules":
@@ -124,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = token_sub.add_parser("create", help="create an API token and print it once")
     create.add_argument("--role", choices=("viewer", "operator", "admin"), required=True)
     create.add_argument("--name", default=None, help="who or what the token is for")
-    _add_settings_options(create)
+    _add_settings_options(create, TOKEN_SETTINGS)
     return parser
 
 

@@ -56,11 +56,16 @@ def configure_logging(level: str) -> None:
         "uvicorn.access",
         "ocpp",
         "simulator.ocpp",
+        # APScheduler logs two INFO lines per job run ("Running job", "executed
+        # successfully"): one rule group every 30 s would fill the log. The rules engine
+        # logs what an operator needs (alerts, rule failures) itself.
+        "apscheduler",
     ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 DEMO_PASSWORD = "demo-charger-password"
+DEMO_ID_PREFIX = "DEMO-"
 
 
 def _simulated_fleet(chargers: int) -> Runner:
@@ -71,6 +76,9 @@ def _simulated_fleet(chargers: int) -> Runner:
         options = SimulatorOptions(
             url=f"ws://{host}:{settings.ocpp_port}/ocpp",
             chargers=chargers,
+            # Not the simulator's default SIM- ids: `chargetwin simulate` next to the demo
+            # (README) brings chargers of its own rather than colliding with these.
+            id_prefix=DEMO_ID_PREFIX,
             password=DEMO_PASSWORD,
             fault_rate_per_hour=2.0,
             ramp_s=min(10.0, chargers / 20),
@@ -290,7 +298,9 @@ def _announce_demo(settings: Settings, token: str, chargers: int) -> None:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     print(
         "\nChargeTwin demo is running\n"
-        f"  dashboard / API : http://{host}:{settings.api_port}/  (docs at /docs)\n"
+        f"  dashboard       : http://{host}:{settings.api_port}/#token={token}\n"
+        "                    (signs in; the page keeps the token and drops it from the URL)\n"
+        f"  API             : http://{host}:{settings.api_port}/api/v1  (docs at /docs)\n"
         f"  admin token     : {token}\n"
         f"  OCPP endpoint   : ws://{host}:{settings.ocpp_port}/ocpp/{{charger_id}}\n"
         f"  MQTT broker     : {settings.broker_url}\n"

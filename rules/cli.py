@@ -11,17 +11,44 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from rules.documents import RuleFileError, read
-from rules.files import load_document
+from rules.documents import Finding, RuleFileError, read
+from rules.files import load_document, load_rules
 from rules.testing import run_test_file
 
 
+def is_test_file(path: Path, data: object) -> bool:
+    """A rule unit-test file: named ``*_test.yaml`` (as the rules loader skips them in a
+    folder) or holding ``tests`` at the top, as promtool's test files do."""
+    return path.stem.endswith("_test") or (isinstance(data, dict) and "tests" in data)
+
+
+def _check_test_file(path: Path, data: object) -> list[Finding]:
+    """A test file's shape and the rule files it names (running it is ``rules test``)."""
+    doc_name = str(path)
+    if not isinstance(data, dict) or not isinstance(data.get("tests"), list):
+        return [Finding(doc_name, 1, "a test file needs 'rule_files' and 'tests' (a list)")]
+    rule_files = data.get("rule_files", [])
+    if not isinstance(rule_files, list) or not rule_files:
+        return [Finding(doc_name, 1, "a test file needs 'rule_files': the rule files it tests")]
+    return load_rules(path.parent / str(f) for f in rule_files).findings
+
+
 def check_files(paths: Iterable[str | Path]) -> int:
-    """Validate rule files; print each finding with its line."""
+    """Validate rule files, and test files named among them; print each finding with its
+    line (so ``rules check rules/pack/*.yaml`` checks the tests next to the rules too)."""
     status = 0
     for path in map(Path, paths):
         try:
-            rules, _ = load_document(read(path))
+            doc = read(path)
+            if is_test_file(path, doc.data):
+                if findings := _check_test_file(path, doc.data):
+                    raise RuleFileError(findings)
+                print(
+                    f"{path}: SUCCESS: test file, {len(doc.data['tests'])} tests "
+                    "(run them with 'rules test')"
+                )
+                continue
+            rules, _ = load_document(doc)
         except RuleFileError as exc:
             status = 1
             for finding in exc.findings:

@@ -183,7 +183,7 @@ const state = {
   nextRetryAt: 0,
   timer: null,
   inflight: null,
-  features: { alerts: null, alertsProbedAt: 0, commands: null, commandsProbedAt: 0 },
+  features: { alerts: null, alertsProbedAt: 0 },
   cfgShowAll: false,
 };
 
@@ -395,10 +395,17 @@ function renderFleet() {
   setText($("kpi-delta-sub"), pending ? "desired ≠ reported" : "all in sync");
   $("kpi-offline").closest(".kpi").classList.toggle("alarm", items.length - online > 0);
 
+  // Connectors of offline chargers are not counted: their last status is not their status
+  // now (the table greys them out); the tile says how many it left aside.
   const counts = new Map();
+  let unseen = 0;
   for (const c of items) {
     for (const [id, status] of Object.entries(c.connectors || {})) {
       if (id === "0") continue; // connector 0 is the charger itself
+      if (!c.online) {
+        unseen += 1;
+        continue;
+      }
       const key = status || "Unknown";
       counts.set(key, (counts.get(key) || 0) + 1);
     }
@@ -406,6 +413,7 @@ function renderFleet() {
   const order = [...STATUSES, ...[...counts.keys()].filter((s) => !STATUSES.includes(s)).sort()];
   const present = order.filter((s) => counts.get(s));
   const total = present.reduce((sum, s) => sum + counts.get(s), 0);
+  setText($("kpi-connectors-sub"), unseen ? `${unseen} of offline chargers not counted` : "");
   const bar = $("status-bar");
   replaceIfChanged(bar, present.map((s) => `${s}:${counts.get(s)}`).join(","), () =>
     present.map((s) => {
@@ -681,7 +689,7 @@ async function refreshDetail(signal) {
   if (state.selected !== id) return;
   state.detail = { charger: charger.data, doc: shadow.data, etag: shadow.headers.get("ETag"), fetchedAt: Date.now() };
   renderDetail();
-  probeCommands(id, signal);
+  showCommands();
 }
 
 function leafTime(doc, section, ...path) {
@@ -954,22 +962,11 @@ function showProblem(el, error) {
 
 // --- remote operations (feature-detected) ------------------------------------------------
 
-async function probeCommands(id, signal) {
-  const f = state.features;
-  if (f.commands !== null && Date.now() - f.commandsProbedAt < PROBE_AGAIN_MS) {
-    $("commands").hidden = !f.commands;
-    return;
-  }
-  try {
-    // GET on a POST-only route answers 405; a 404 without a problem type means no route.
-    await api(`chargers/${encodeURIComponent(id)}/commands/reset`, { signal });
-    f.commands = true;
-  } catch (error) {
-    if (error instanceof ApiError) f.commands = !error.noRoute;
-    else return;
-  }
-  f.commandsProbedAt = Date.now();
-  $("commands").hidden = !f.commands;
+// The API that serves this page has every command route, so there is nothing to probe
+// (a GET on a POST-only route to find out logged a 405 in the console); a viewer's try is
+// answered 403 and shown like any other refusal.
+function showCommands() {
+  $("commands").hidden = false;
 }
 
 const COMMANDS = {

@@ -88,7 +88,7 @@ def _not_modified(request: Request, file: StaticFile) -> bool:
     return "*" in tags or file.etag in tags
 
 
-def _serve(request: Request, file: StaticFile, cache_control: str) -> Response:
+def serve_static(request: Request, file: StaticFile, cache_control: str) -> Response:
     headers = {"ETag": file.etag, "Cache-Control": cache_control, **SECURITY_HEADERS}
     if _not_modified(request, file):
         return Response(status_code=304, headers=headers)
@@ -101,7 +101,7 @@ def _serve(request: Request, file: StaticFile, cache_control: str) -> Response:
 
 @router.api_route("/", methods=["GET", "HEAD"])
 async def dashboard(request: Request) -> Response:
-    response = _serve(request, index(), REVALIDATE)
+    response = serve_static(request, index(), REVALIDATE)
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     return response
 
@@ -113,4 +113,4 @@ async def dashboard_asset(name: str, request: Request) -> Response:
     file = asset(name)
     # Only the exact version the page names may be cached for good; anything else revalidates.
     fresh = request.query_params.get("v") == file.digest
-    return _serve(request, file, IMMUTABLE if fresh else REVALIDATE)
+    return serve_static(request, file, IMMUTABLE if fresh else REVALIDATE)

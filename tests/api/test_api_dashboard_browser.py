@@ -148,6 +148,37 @@ async def test_a_token_in_the_fragment_signs_in_and_the_fleet_shows(
     assert is_hidden(dom, "banner-error")
 
 
+async def test_connectors_of_offline_chargers_are_not_counted_by_status(
+    base_url: str,
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    report: Report,
+    tokens: dict[str, str],
+) -> None:
+    await register("CP-LIVE")
+    await register("CP-GONE")
+    await report(
+        "CP-LIVE",
+        {
+            "connection": {"online": True, "since": 1.7e9},
+            "connectors": {"1": {"status": "Charging"}},
+        },
+    )
+    await report(
+        "CP-GONE",
+        {
+            "connection": {"online": False, "since": 1.7e9},
+            "connectors": {"1": {"status": "Faulted"}, "2": {"status": "Charging"}},
+        },
+    )
+
+    dom = await dump_dom(f"{base_url}#token={tokens['viewer']}")
+
+    legend = words(element(dom, "status-legend"))
+    assert "Charging 1" in legend  # CP-GONE's Charging connector is not counted
+    assert "Faulted 0" in legend
+    assert words(element(dom, "kpi-connectors-sub")) == "2 of offline chargers not counted"
+
+
 async def test_an_unknown_token_is_sent_back_to_sign_in(base_url: str) -> None:
     dom = await dump_dom(f"{base_url}#token=ct_not-a-real-token")
 
@@ -191,3 +222,18 @@ async def test_the_detail_panel_shows_pending_and_refused_desired_values(
         r'<tr[^>]*data-key="TurboMode"[^>]*class="refused"', dom
     )
     assert "1 pending · 1 refused" in element(dom, "cfg-summary")
+
+
+@pytest.mark.parametrize(
+    ("path", "rendered"),
+    [("docs", r'class="opblock opblock-'), ("redoc", r'data-section-id="tag/chargers"')],
+)
+async def test_the_api_documentation_renders_with_no_internet(
+    base_url: str, path: str, rendered: str
+) -> None:
+    """Swagger UI and ReDoc come from this process: with no CDN they still show every
+    operation (a page loading its script from outside stays blank here)."""
+    dom = await dump_dom(f"{base_url}{path}")
+
+    assert re.search(rendered, dom), dom[:2000]
+    assert "ChargeTwin API" in dom

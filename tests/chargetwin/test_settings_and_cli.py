@@ -24,7 +24,7 @@ def test_the_cli_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     assert settings.auto_register is True
 
 
-@pytest.mark.parametrize("command", ["up", "twin", "api", "bridge", "demo"])
+@pytest.mark.parametrize("command", ["up", "twin", "api", "bridge", "fleet", "demo"])
 def test_every_setting_is_an_option_of_every_component_command(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -108,6 +108,73 @@ def test_rules_check_and_test_report_file_and_line(
     assert main(["rules", "check", str(broken)]) == 1
     err = capsys.readouterr().err
     assert f"{broken}:5:" in err  # the line of the bad query
+
+
+def test_rules_check_recognises_the_test_files_beside_the_rules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pack = sorted(str(p) for p in (ROOT / "rules" / "pack").glob("*.yaml"))
+    assert main(["rules", "check", *pack]) == 0  # rules/pack/*.yaml, as an operator types it
+    out = capsys.readouterr().out
+    assert "charger_offline_test.yaml: SUCCESS: test file" in out
+
+    orphan = tmp_path / "orphan_test.yaml"
+    orphan.write_text("rule_files: [missing.yaml]\ntests: []\n")
+    assert main(["rules", "check", str(orphan)]) == 1
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+def _options(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return capsys.readouterr().out
+
+
+def test_rules_and_token_create_list_only_the_settings_they_use(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rules = _options(["rules"], capsys)
+    assert "--rules-webhooks" in rules and "--influx-url" in rules
+    assert "--ocpp-port" not in rules and "--api-port" not in rules
+    token = _options(["token", "create"], capsys)
+    assert "--database-url" in token and "--role" in token
+    assert "--ocpp-port" not in token and "--rules-webhooks" not in token
+
+
+def test_rules_lists_every_setting_its_code_reads() -> None:
+    """The rules command's option list (launch.cli.RULES_SETTINGS) keeps up with rules/."""
+    import ast
+
+    from launch.cli import RULES_SETTINGS
+
+    derived = {"broker_url": ("mqtt_url", "mqtt_port"), "database_target": ("database_url",)}
+    read: set[str] = set()
+    for path in (ROOT / "rules").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "settings"
+            ):
+                read.update(derived.get(node.attr, (node.attr,)))
+    assert read, "no settings read in rules/?"
+    assert read <= set(RULES_SETTINGS), read - set(RULES_SETTINGS)
+
+
+def test_webhooks_take_a_json_list_in_one_option_and_refuse_non_urls(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = build_parser().parse_args(
+        ["rules", "--rules-webhooks", '["http://a.example/hook", "https://b.example/x"]']
+    )
+    assert load_settings(args).rules_webhooks == ["http://a.example/hook", "https://b.example/x"]
+    args = build_parser().parse_args(
+        ["rules", "--rules-webhooks", "http://a.example/1", "--rules-webhooks", "http://b/2"]
+    )
+    assert load_settings(args).rules_webhooks == ["http://a.example/1", "http://b/2"]
+
+    assert main(["rules", "--rules-webhooks", "alerts.example.com/hook"]) == 2
+    assert "--rules-webhooks / CHARGETWIN_RULES_WEBHOOKS" in capsys.readouterr().err
 
 
 def test_rules_tool_needs_an_action_and_files() -> None:
