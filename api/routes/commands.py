@@ -1,5 +1,11 @@
 """Operator commands: one route per command, each an OCPP 1.6 call through the bridge.
 
+Every call the bridge can send to a charger has its route here: the everyday ones with a
+hand-written body (``COMMANDS``), the others (reservations, local authorization lists,
+smart charging, the security extension's certificates, logs and signed firmware) with the
+OCPP request itself as the body, checked against the call's OCPP schema
+(``SCHEMA_COMMANDS``, :mod:`api.ocpp_schemas`).
+
 ``POST /chargers/{id}/commands/{name}`` publishes ``{"name", "payload", "clientToken"}`` on
 the charger's command topic and waits for the bridge's result (``bridge/README.md``), so
 the API needs to know nothing about where the charger is connected. Bodies are the OCPP
@@ -18,18 +24,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from api.auth import Operator, Principal
 from api.backends import Backend, get_backend
 from api.diagnostics import UPLOAD_PATH
+from api.ocpp_schemas import openapi_body, request_errors
 from api.params import Moment
 from api.problems import Problem, problem_responses
 from api.routes.chargers import find_charger
 from chargetwin.audit import Outcome
 from chargetwin.command_client import CommandError, CommandTimeoutError
+from chargetwin.json_text import JsonTextError, parse_json
+from twin.schemas import SECRET_KEYS
 from twin.stores import ShadowFilter
 
 log = logging.getLogger(__name__)
@@ -121,6 +130,21 @@ class GetConfigurationBody(_Body):
     key: list[Annotated[str, Field(max_length=50)]] | None = Field(None, max_length=100)
 
 
+class ChangeConfigurationBody(_Body):
+    model_config = _example({"key": "HeartbeatInterval", "value": "300"})
+    key: str = Field(min_length=1, max_length=50)
+    value: str = Field(max_length=500)
+
+    @field_validator("key")
+    @classmethod
+    def _not_a_secret(cls, key: str) -> str:
+        if key in SECRET_KEYS:
+            raise ValueError(
+                f"{key} is a credential: rotate it with POST /chargers/{{id}}/credentials/rotate"
+            )
+        return key
+
+
 class ChangeAvailabilityBody(_Body):
     model_config = _example({"connectorId": 1, "type": "Inoperative"})
     connector_id: ConnectorId
@@ -185,7 +209,97 @@ COMMANDS = (
         "Change availability once (not desired state)",
     ),
     Command("update-firmware", "UpdateFirmware", UpdateFirmwareBody, "Raw UpdateFirmware"),
+    Command(
+        "change-configuration",
+        "ChangeConfiguration",
+        ChangeConfigurationBody,
+        "Change one configuration key once (not desired state)",
+    ),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaCommand:
+    """A command whose body is the OCPP request of ``action`` itself."""
+
+    name: str
+    action: str
+    summary: str
+    example: dict[str, Any]
+
+
+SCHEMA_COMMANDS = (
+    SchemaCommand(
+        "reserve-now", "ReserveNow", "Reserve a connector for an idTag",
+        {"connectorId": 1, "expiryDate": "2026-12-24T18:00:00Z", "idTag": "04E91C2A",
+         "reservationId": 7},
+    ),
+    SchemaCommand(
+        "cancel-reservation", "CancelReservation", "Cancel a reservation", {"reservationId": 7}
+    ),
+    SchemaCommand(
+        "get-composite-schedule", "GetCompositeSchedule",
+        "Read the charging schedule a connector will follow",
+        {"connectorId": 1, "duration": 3600, "chargingRateUnit": "A"},
+    ),
+    SchemaCommand(
+        "set-charging-profile", "SetChargingProfile", "Install a charging profile",
+        {"connectorId": 1, "csChargingProfiles": {
+            "chargingProfileId": 12, "stackLevel": 1,
+            "chargingProfilePurpose": "TxDefaultProfile", "chargingProfileKind": "Absolute",
+            "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [
+                {"startPeriod": 0, "limit": 16.0}]}}},
+    ),
+    SchemaCommand(
+        "clear-charging-profile", "ClearChargingProfile", "Remove charging profiles",
+        {"id": 12},
+    ),
+    SchemaCommand(
+        "get-local-list-version", "GetLocalListVersion",
+        "Read the version of the charger's local authorization list", {},
+    ),
+    SchemaCommand(
+        "send-local-list", "SendLocalList", "Replace or update the local authorization list",
+        {"listVersion": 3, "updateType": "Differential", "localAuthorizationList": [
+            {"idTag": "04E91C2A", "idTagInfo": {"status": "Accepted"}}]},
+    ),
+    SchemaCommand(
+        "extended-trigger", "ExtendedTriggerMessage",
+        "Ask for a message, security extension messages included",
+        {"requestedMessage": "SignChargePointCertificate"},
+    ),
+    SchemaCommand(
+        "get-log", "GetLog", "Have the charger upload a diagnostics or security log",
+        {"logType": "SecurityLog", "requestId": 1,
+         "log": {"remoteLocation": "https://logs.example.com/upload"}},
+    ),
+    SchemaCommand(
+        "signed-update-firmware", "SignedUpdateFirmware", "Raw SignedUpdateFirmware",
+        {"requestId": 1, "firmware": {
+            "location": "https://firmware.example.com/ct-ac22-1.5.0.bin",
+            "retrieveDateTime": "2026-12-24T02:00:00Z",
+            "signingCertificate": "-----BEGIN CERTIFICATE-----...",
+            "signature": "MEUCIQ..."}},
+    ),
+    SchemaCommand(
+        "install-certificate", "InstallCertificate", "Install a root certificate",
+        {"certificateType": "CentralSystemRootCertificate",
+         "certificate": "-----BEGIN CERTIFICATE-----..."},
+    ),
+    SchemaCommand(
+        "get-installed-certificate-ids", "GetInstalledCertificateIds",
+        "List the root certificates installed", {"certificateType": "ManufacturerRootCertificate"},
+    ),
+    SchemaCommand(
+        "delete-certificate", "DeleteCertificate", "Delete an installed certificate",
+        {"certificateHashData": {"hashAlgorithm": "SHA256", "issuerNameHash": "ab12",
+                                 "issuerKeyHash": "cd34", "serialNumber": "01"}},
+    ),
+    SchemaCommand(
+        "certificate-signed", "CertificateSigned", "Send the charger its signed certificate",
+        {"certificateChain": "-----BEGIN CERTIFICATE-----..."},
+    ),
+)  # fmt: skip
 
 
 def ocpp_payload(body: BaseModel) -> dict[str, Any]:
@@ -213,10 +327,13 @@ async def _diagnostics_location(backend: Backend, charger_id: str) -> str:
 
 
 async def run_command(
-    backend: Backend, principal: Principal, charger_id: str, command: Command, body: _Body
+    backend: Backend,
+    principal: Principal,
+    charger_id: str,
+    command: Command | SchemaCommand,
+    payload: dict[str, Any],
 ) -> CommandOut:
     await find_charger(backend, charger_id)
-    payload = ocpp_payload(body)
     audited = dict(payload)
     action = f"command.{command.name}"
 
@@ -285,9 +402,8 @@ def _endpoint(command: Command) -> Callable[..., Awaitable[CommandOut]]:
     async def endpoint(
         charger_id: str, backend: BackendDep, principal: Operator, body: Any
     ) -> CommandOut:
-        return await run_command(
-            backend, principal, charger_id, command, body if body is not None else command.body()
-        )
+        body = body if body is not None else command.body()
+        return await run_command(backend, principal, charger_id, command, ocpp_payload(body))
 
     # FastAPI reads the body model from the signature; each route gets its own.
     signature = inspect.signature(endpoint)
@@ -305,6 +421,42 @@ def _endpoint(command: Command) -> Callable[..., Awaitable[CommandOut]]:
     endpoint.__name__ = "command_" + command.name.replace("-", "_")
     return endpoint
 
+
+def _schema_endpoint(command: SchemaCommand) -> Callable[..., Awaitable[CommandOut]]:
+    async def endpoint(
+        charger_id: str, request: Request, backend: BackendDep, principal: Operator
+    ) -> CommandOut:
+        try:
+            payload = parse_json(await request.body() or b"{}")
+        except JsonTextError as exc:
+            raise Problem(400, f"the body is not JSON: {exc}", kind="invalid-json") from exc
+        if errors := request_errors(command.action, payload):
+            raise Problem(
+                422,
+                f"the body is not a valid OCPP 1.6 {command.action} request",
+                kind="invalid-command",
+                errors=errors,
+            )
+        return await run_command(backend, principal, charger_id, command, payload)
+
+    endpoint.__name__ = "command_" + command.name.replace("-", "_")
+    return endpoint
+
+
+for _schema_command in SCHEMA_COMMANDS:
+    router.add_api_route(
+        f"/{_schema_command.name}",
+        _schema_endpoint(_schema_command),
+        methods=["POST"],
+        response_model=CommandOut,
+        summary=_schema_command.summary,
+        description=f"Operator. OCPP 1.6 {_schema_command.action}: the body is the OCPP "
+        "request (its JSON schema below, as the specification's). 409 when the charger is "
+        "offline, 422 when the body breaks the schema, 502 when the charger answers with a "
+        "CALLERROR, 504 when no answer comes in time.",
+        openapi_extra=openapi_body(_schema_command.action, _schema_command.example),
+        responses=problem_responses(400, 401, 403, 404, 409, 422, 502, 503, 504),
+    )
 
 for _command in COMMANDS:
     router.add_api_route(

@@ -14,6 +14,7 @@ from probes import MqttProbe
 from pydantic import SecretStr
 
 from api.backends import Backend
+from api.routes.commands import SCHEMA_COMMANDS, SchemaCommand
 from chargetwin.database import Database
 from chargetwin.mqtt import MqttClient
 from chargetwin.topics import Topics
@@ -128,3 +129,84 @@ async def test_no_answer_is_504_and_bad_requests_are_refused(
     offline = "/api/v1/chargers/CP-CMD-OFF/commands/clear-cache"
     body = assert_problem(await client.post(offline, headers=auth("operator")), 409)
     assert body["type"].endswith("charger-offline")
+
+
+def test_every_command_the_bridge_sends_has_an_http_operation(app: Any) -> None:
+    from bridge.commands import COMMANDS as BRIDGE_COMMANDS
+
+    paths = app.openapi()["paths"]
+    missing = [
+        name
+        for name in BRIDGE_COMMANDS
+        if f"/api/v1/chargers/{{charger_id}}/commands/{name}" not in paths
+    ]
+    assert not missing, f"bridge commands without an HTTP operation: {missing}"
+
+
+@pytest.mark.parametrize("command", SCHEMA_COMMANDS, ids=lambda c: c.name)
+async def test_an_ocpp_request_body_goes_to_the_charger_as_it_is(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    online: str,
+    bridge_probe: MqttProbe,
+    topics: Topics,
+    command: SchemaCommand,
+) -> None:
+    call = asyncio.create_task(
+        client.post(
+            f"/api/v1/chargers/{CID}/commands/{command.name}",
+            json=command.example,
+            headers=auth("operator"),
+        )
+    )
+    request = await answer(
+        bridge_probe, topics, {"status": "ok", "response": {"status": "Accepted"}}
+    )
+    assert (request["name"], request["payload"]) == (command.name, command.example)
+    response = await call
+    assert response.status_code == 200, response.text
+    audit = (await client.get(f"/api/v1/chargers/{CID}/audit", headers=auth("viewer"))).json()
+    assert (audit[0]["action"], audit[0]["outcome"]) == (f"command.{command.name}", "accepted")
+
+
+async def test_an_ocpp_request_body_is_checked_against_the_ocpp_schema(
+    client: httpx.AsyncClient, auth: Auth, online: str
+) -> None:
+    url = f"/api/v1/chargers/{CID}/commands"
+    bad = await client.post(
+        f"{url}/reserve-now",
+        json={"connectorId": "one", "expiryDate": "2026-12-24T18:00:00Z", "idTag": "A"},
+        headers=auth("operator"),
+    )
+    body = assert_problem(bad, 422)
+    pointers = {e["pointer"] for e in body["errors"]}
+    assert "/connectorId" in pointers  # wrong type
+    assert "" in pointers  # reservationId missing at the top
+    nested = await client.post(
+        f"{url}/set-charging-profile",
+        json={"connectorId": 1, "csChargingProfiles": {"chargingProfileId": 1}},
+        headers=auth("operator"),
+    )
+    assert all(e["pointer"].startswith("/csChargingProfiles") for e in assert_problem(
+        nested, 422)["errors"])  # fmt: skip
+    not_json = await client.post(
+        f"{url}/get-log",
+        content=b"{nope",
+        headers={**auth("operator"), "content-type": "application/json"},
+    )
+    assert_problem(not_json, 400)
+    viewer = await client.post(f"{url}/get-local-list-version", json={}, headers=auth("viewer"))
+    assert_problem(viewer, 403)
+
+
+async def test_change_configuration_once_refuses_credentials(
+    client: httpx.AsyncClient, auth: Auth, online: str
+) -> None:
+    secret = await client.post(
+        f"/api/v1/chargers/{CID}/commands/change-configuration",
+        json={"key": "AuthorizationKey", "value": "0123456789abcdef0123"},
+        headers=auth("operator"),
+    )
+    body = assert_problem(secret, 422)
+    assert body["errors"][0]["pointer"] == "/key"
+    assert "0123456789abcdef0123" not in secret.text

@@ -26,7 +26,7 @@ from api.backends import Backend
 from twin.service import ShadowService
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-BROWSER_TIMEOUT = 60.0
+BROWSER_TIMEOUT = 120.0  # Swagger UI renders ~100 operations; slow on a loaded machine
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 

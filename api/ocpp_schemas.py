@@ -1,0 +1,84 @@
+"""OCPP 1.6 request schemas as HTTP bodies: the calls that operators send as they are.
+
+The commands with a hand-written body (``api.routes.commands``) are the everyday ones; the
+rest (reservations, local lists, smart charging, the security extension) take the OCPP
+payload itself. Their bodies are the ``ocpp`` package's own JSON schemas of the call, so
+the HTTP contract is the OCPP specification's: local ``$ref``s inlined for the OpenAPI
+document, and the same schema checks the body before the charger is bothered (422 with a
+JSON pointer per offending field).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft7Validator
+
+from api.problems import ProblemError
+
+PACKAGE = "ocpp.v16"
+DROPPED = ("$schema", "$id", "definitions", "id")
+
+
+def _inline(node: Any, definitions: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/definitions/"):
+            return _inline(definitions[ref.removeprefix("#/definitions/")], definitions)
+        return {
+            key: _inline(value, definitions)
+            for key, value in node.items()
+            # "additionalProperties" on a string enum is noise the spec's files carry.
+            if not (key == "additionalProperties" and node.get("type") == "string")
+        }
+    if isinstance(node, list):
+        return [_inline(item, definitions) for item in node]
+    return node
+
+
+@cache
+def request_schema(action: str) -> dict[str, Any]:
+    """The self-contained JSON schema of ``action``'s request (shared: do not change it)."""
+    text = resources.files(PACKAGE).joinpath("schemas", f"{action}.json").read_text("utf-8")
+    raw = json.loads(text)
+    schema: dict[str, Any] = _inline(raw, raw.get("definitions", {}))
+    for key in DROPPED:
+        schema.pop(key, None)
+    schema["title"] = f"{action}Request"
+    return schema
+
+
+def openapi_body(action: str, example: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` for a route whose body is ``action``'s OCPP request."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": copy.deepcopy(request_schema(action)),
+                    "example": example,
+                }
+            },
+        }
+    }
+
+
+@cache
+def _validator(action: str) -> Draft7Validator:
+    return Draft7Validator(request_schema(action))
+
+
+def request_errors(action: str, payload: Any) -> list[ProblemError]:
+    """Every way ``payload`` breaks ``action``'s schema, each with its JSON pointer."""
+    errors = sorted(_validator(action).iter_errors(payload), key=lambda e: list(e.path))
+    return [
+        ProblemError(
+            pointer="".join(f"/{str(p).replace('~', '~0').replace('/', '~1')}" for p in e.path),
+            message=e.message,
+        )
+        for e in errors
+    ]
