@@ -2,8 +2,8 @@
 
     .venv/bin/python -m bench.campaigns --chargers 2000 --runs 3
 
-Setup (the embedded deployment): ``chargetwin up`` as a child process (embedded amqtt
-broker, SQLite, the campaign engine inside its API, ``--campaign-interval 1``), and the
+Setup (the embedded deployment): ``chargetwin up`` as a child process (embedded broker,
+SQLite, the campaign engine in its ``fleet`` component, ``--campaign-interval 1``), and the
 simulated fleet (:class:`simulator.Fleet`, real websockets) in this process, so the
 platform's CPU time, read from ``/proc/PID/stat``, is the platform's alone.
 

@@ -1,9 +1,9 @@
 """Request and answer on a charger's shadow topics, for components that change shadows.
 
-The API and the rules engine change desired state only by publishing ``shadow/update``
-(they never write the shadow store), and wait for ``accepted`` or ``rejected`` with the
-same ``clientToken`` (:mod:`chargetwin.correlation`), so the process only receives
-answers for chargers it is asking about.
+The API, the fleet engines and the rules engine change desired state only by publishing
+``shadow/update`` (they never write the shadow store), and wait for ``accepted`` or
+``rejected`` with the same ``clientToken`` (:mod:`chargetwin.correlation`), so the process
+only receives answers for chargers it is asking about.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 A campaign splits its chargers into phases (a canary, then waves), asks each charger for the
 image by setting ``desired.firmware.version`` in its shadow (MQTT, through the twin), and
 follows it through the shadow store until the reported version is the desired one. Every
-decision rests on rows in ``campaigns`` / ``campaign_chargers`` and on the shadows, so any
-API process can pick the campaign up after a restart; per-charger transitions are
-compare-and-set on the previous state, so nothing is counted twice.
+decision rests on rows in ``campaigns`` / ``campaign_chargers`` and on the shadows, so the
+leading ``fleet`` process picks the campaign up after a restart or a change of leader;
+per-charger transitions are compare-and-set on the previous state, so nothing is counted
+twice.
 
 Per charger: ``queued -> scheduled -> downloading -> downloaded -> installing -> installed``,
 or ``failed`` (retries spent), ``skipped`` (does not fit, already there, gone) or

@@ -2,7 +2,8 @@
 
 Each time the schedule comes due the maintenance scheduler opens one work order per
 targeted charger (source ``inspection``) and records the run, so an inspection missed
-while the API was down is opened once at start-up (runs are coalesced, not replayed).
+while no ``fleet`` process led is opened once when one leads again (runs are coalesced,
+not replayed).
 """
 
 from __future__ import annotations

@@ -8,10 +8,11 @@ maintenance window and (if asked) only on idle chargers, by setting
 ``desired.firmware.version`` through the twin (:class:`~chargetwin.shadow_client.ShadowClient`).
 
 Why poll the store rather than subscribe to ``shadow/update/documents``: the store is the
-truth after any restart (nothing to catch up on), several API instances can read it, and a
-tick costs O(chargers in flight) — bounded by ``maxConcurrent`` — where the documents topic
-would bring every shadow change of the whole fleet (heartbeats, meter-driven status) into
-the API process. The price is latency of one tick (``--campaign-interval``, 5 s).
+truth after any restart or change of leader (nothing to catch up on), and a tick costs
+O(chargers in flight) — bounded by ``maxConcurrent`` — where the documents topic would
+bring every shadow change of the whole fleet (heartbeats, meter-driven status) into the
+``fleet`` process. The price is latency of one tick (``--campaign-interval``, 5 s), less
+when the API wakes the engine after an operator's change.
 
 A retry is the same desired version written again: the twin stamps the desired leaf anew,
 and the bridge tries once more when the desired leaf is newer than its refusal

@@ -9,9 +9,9 @@ from chargetwin.settings import Settings
 
 HEADER = """# Configuration
 
-Every option is a CLI option of `chargetwin up|twin|api|bridge|demo` and an environment
-variable; the CLI wins over the environment. A bad value stops the process at start-up with
-the option, the variable and the reason. This page is generated from
+Every option is a CLI option of `chargetwin up|twin|rules|fleet|api|bridge|demo` and an
+environment variable; the CLI wins over the environment. A bad value stops the process at
+start-up with the option, the variable and the reason. This page is generated from
 `chargetwin/settings.py` by `scripts/settings_doc.py`; the tests fail when it is out of date.
 
 | option | variable | default | meaning |

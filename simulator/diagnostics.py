@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
@@ -22,19 +21,17 @@ from ocpp.v16.enums import DiagnosticsStatus
 from websockets.exceptions import ConnectionClosed
 
 from simulator.connections import Offline
-
-if TYPE_CHECKING:
-    from simulator.chargers import SimulatedCharger
+from simulator.states import Charger
 
 __all__ = ["diagnostics_file_name", "upload_diagnostics"]
 
 
-def diagnostics_file_name(charger: SimulatedCharger) -> str:
+def diagnostics_file_name(charger: Charger) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{charger.id}-diagnostics-{stamp}.log"
 
 
-def build_log(charger: SimulatedCharger) -> bytes:
+def build_log(charger: Charger) -> bytes:
     """A short, plausible diagnostics file: identity, configuration, connectors, calls."""
     lines = [
         f"charger={charger.id} vendor={charger.model.vendor} model={charger.model.model}",
@@ -57,7 +54,7 @@ def build_log(charger: SimulatedCharger) -> bytes:
 
 
 async def upload_diagnostics(
-    charger: SimulatedCharger,
+    charger: Charger,
     location: str,
     file_name: str,
     retries: int | None,
@@ -97,7 +94,7 @@ async def _upload(location: str, file_name: str, body: bytes) -> None:
         response.raise_for_status()
 
 
-async def _report(charger: SimulatedCharger, status: DiagnosticsStatus) -> None:
+async def _report(charger: Charger, status: DiagnosticsStatus) -> None:
     """DiagnosticsStatusNotification.req (section 4.4); dropped while offline."""
     charger.diagnostics_status = status
     try:

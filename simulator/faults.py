@@ -6,24 +6,24 @@ meter value; a ground fault is Faulted with GroundFailure; a stuck connector kee
 status (Preparing or Finishing) with ConnectorLockFailure and refuses UnlockConnector; a
 broken power meter reports PowerMeterFailure and sends no more MeterValues; going offline
 closes the socket and stays away. Faulted connectors end their transaction with
-EmergencyStop (section 7.38, Reason).
+EmergencyStop (section 7.38, Reason). Faults at set times across a fleet
+(``SimulatorOptions.fault_schedule``) are the fleet's to run (:mod:`simulator.fleets`);
+``FirmwareFailure``, the firmware update's fault switch, lives on the charger's state
+(:mod:`simulator.states`) and is offered here too.
 """
 
 from __future__ import annotations
 
 import asyncio
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 from ocpp.v16.enums import ChargePointErrorCode, ChargePointStatus, ReadingContext, Reason
 
 from simulator import sessions
+from simulator.connectors import Connector
+from simulator.states import Charger, FirmwareFailure
 
-if TYPE_CHECKING:
-    from simulator.chargers import SimulatedCharger
-    from simulator.fleets import Fleet
-
-__all__ = ["FaultKind", "FirmwareFailure", "clear", "inject", "random_faults", "scheduled_faults"]
+__all__ = ["FaultKind", "FirmwareFailure", "clear", "inject", "random_faults"]
 
 
 class FaultKind(StrEnum):
@@ -34,14 +34,6 @@ class FaultKind(StrEnum):
     POWER_METER_FAILURE = "power_meter_failure"
 
 
-class FirmwareFailure(StrEnum):
-    """Where a firmware update fails when the charger's ``fail_firmware`` switch is set."""
-
-    DOWNLOAD = "download"  # the transfer breaks off: DownloadFailed
-    CHECKSUM = "checksum"  # the image arrives corrupted: DownloadFailed after Downloading
-    INSTALL = "install"  # the image is refused by the bootloader: InstallationFailed
-
-
 RANDOM_KINDS = tuple(FaultKind)
 ERROR_CODES = {
     FaultKind.OVERHEATING: ChargePointErrorCode.high_temperature,
@@ -49,9 +41,7 @@ ERROR_CODES = {
 }
 
 
-def inject(
-    charger: SimulatedCharger, kind: FaultKind, connector_id: int, duration_s: float | None
-) -> None:
+def inject(charger: Charger, kind: FaultKind, connector_id: int, duration_s: float | None) -> None:
     """Start ``kind`` on a connector now; clear it after ``duration_s`` when given."""
     charger.log.info("%s: fault %s on connector %s", charger.id, kind, connector_id)
     if kind is FaultKind.OFFLINE:
@@ -77,7 +67,7 @@ def inject(
         )
 
 
-def clear(charger: SimulatedCharger, kind: FaultKind, connector_id: int) -> None:
+def clear(charger: Charger, kind: FaultKind, connector_id: int) -> None:
     """End ``kind`` on a connector and report the connector's state again."""
     if kind is FaultKind.OFFLINE:
         return  # the charger comes back by itself when its time away is over
@@ -98,7 +88,7 @@ def clear(charger: SimulatedCharger, kind: FaultKind, connector_id: int) -> None
     charger.spawn(charger.send_status(connector))
 
 
-async def _announce_fault(charger: SimulatedCharger, connector: sessions.Connector) -> None:
+async def _announce_fault(charger: Charger, connector: Connector) -> None:
     """Report a fault that takes the connector out of service, then end its session."""
     if connector.meter.overheating:
         connector.meter.temperature_c = connector.meter.temperature_c + 60.0
@@ -109,13 +99,13 @@ async def _announce_fault(charger: SimulatedCharger, connector: sessions.Connect
 
 
 async def _clear_later(
-    charger: SimulatedCharger, kind: FaultKind, connector_id: int, seconds: float
+    charger: Charger, kind: FaultKind, connector_id: int, seconds: float
 ) -> None:
     await asyncio.sleep(seconds)
     clear(charger, kind, connector_id)
 
 
-async def random_faults(charger: SimulatedCharger) -> None:
+async def random_faults(charger: Charger) -> None:
     """Faults as a Poisson process of ``fault_rate_per_hour`` per charger."""
     opts = charger.options
     rate_per_s = opts.fault_rate_per_hour / 3600.0
@@ -124,14 +114,3 @@ async def random_faults(charger: SimulatedCharger) -> None:
         kind = charger.rng.choice(RANDOM_KINDS)
         connector_id = charger.rng.randint(1, len(charger.connectors) - 1)
         inject(charger, kind, connector_id, charger.rng.uniform(*opts.fault_duration_s))
-
-
-async def scheduled_faults(fleet: Fleet) -> None:
-    """Faults at the times ``SimulatorOptions.fault_schedule`` gives, from fleet start."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    for entry in sorted(fleet.options.fault_schedule, key=lambda e: e.at_s):
-        await asyncio.sleep(max(0.0, start + entry.at_s - loop.time()))
-        charger = fleet.by_index(entry.index)
-        if charger is not None:
-            charger.inject_fault(entry.kind, entry.connector_id, entry.duration_s)

@@ -23,7 +23,6 @@ import asyncio
 import hashlib
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -32,10 +31,7 @@ from ocpp.v16.enums import FirmwareStatus, Reason
 from websockets.exceptions import ConnectionClosed
 
 from simulator.connections import Offline
-from simulator.faults import FirmwareFailure
-
-if TYPE_CHECKING:
-    from simulator.chargers import SimulatedCharger
+from simulator.states import Charger, FirmwareFailure
 
 __all__ = ["expected_sha256", "image_version", "update_firmware"]
 
@@ -72,7 +68,7 @@ def _parse_date(text: str) -> datetime:
 
 
 async def update_firmware(
-    charger: SimulatedCharger,
+    charger: Charger,
     location: str,
     retrieve_date: str,
     retries: int | None,
@@ -126,7 +122,7 @@ async def update_firmware(
     charger.reboot(Reason.reboot)
 
 
-async def _download(charger: SimulatedCharger, location: str) -> bytes:
+async def _download(charger: Charger, location: str) -> bytes:
     if charger.fail_firmware is FirmwareFailure.DOWNLOAD:
         await asyncio.sleep(0.2)
         raise DownloadError("connection reset by peer (simulated)")
@@ -152,7 +148,7 @@ async def _download(charger: SimulatedCharger, location: str) -> bytes:
         raise DownloadError(f"{type(exc).__name__}: {exc}") from exc
 
 
-async def _report(charger: SimulatedCharger, status: FirmwareStatus) -> None:
+async def _report(charger: Charger, status: FirmwareStatus) -> None:
     """FirmwareStatusNotification.req (section 4.5); dropped while offline."""
     charger.firmware_status = status
     try:

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 
 from simulator.chargers import SimulatedCharger
-from simulator.faults import scheduled_faults
 from simulator.options import SimulatorOptions
 
 __all__ = ["Fleet", "FleetCounts", "run_simulator"]
@@ -85,7 +84,7 @@ class Fleet:
         async with asyncio.TaskGroup() as tg:
             schedule = None
             if self.options.fault_schedule:
-                schedule = tg.create_task(scheduled_faults(self), name="fault-schedule")
+                schedule = tg.create_task(self._scheduled_faults(), name="fault-schedule")
             for i, charger in enumerate(self.chargers):
                 if self.options.ramp_s > 0 and total > 1:
                     due = start + self.options.ramp_s * i / total
@@ -104,6 +103,16 @@ class Fleet:
             while self.booted < booted:
                 await self._changed.wait()
         return time.monotonic() - self._started
+
+    async def _scheduled_faults(self) -> None:
+        """Faults at the times ``SimulatorOptions.fault_schedule`` gives, from fleet start."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for entry in sorted(self.options.fault_schedule, key=lambda e: e.at_s):
+            await asyncio.sleep(max(0.0, start + entry.at_s - loop.time()))
+            charger = self.by_index(entry.index)
+            if charger is not None:
+                charger.inject_fault(entry.kind, entry.connector_id, entry.duration_s)
 
     def _observe(self, charger: SimulatedCharger, what: str) -> None:
         if what == "connected":

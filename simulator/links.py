@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import (
@@ -43,10 +43,8 @@ from websockets.asyncio.client import ClientConnection
 
 from simulator import diagnostics, firmwares, sessions
 from simulator.configurations import AUTHORIZATION_KEY, authorization_key_password
-
-if TYPE_CHECKING:
-    from simulator.chargers import SimulatedCharger
-    from simulator.sessions import Connector
+from simulator.connectors import Connector
+from simulator.states import Charger
 
 __all__ = ["ChargePointLink"]
 
@@ -58,7 +56,7 @@ class ChargePointLink(ChargePoint):  # type: ignore[misc]  # ocpp ships no type 
 
     def __init__(
         self,
-        charger: SimulatedCharger,
+        charger: Charger,
         ws: ClientConnection,
         response_timeout: float,
         log: logging.Logger,

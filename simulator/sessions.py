@@ -1,4 +1,4 @@
-"""Connectors and the charging sessions that run on them.
+"""Charging sessions on a charger's connectors, and the messages they send.
 
 A session walks the states of OCPP 1.6 section 4.9 (StatusNotification) in the order of
 the transaction flow of sections 4.1, 4.8 and 4.10: Preparing, Authorize, StartTransaction,
@@ -10,115 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
 
 from ocpp.v16 import call
-from ocpp.v16.enums import (
-    AuthorizationStatus,
-    ChargePointErrorCode,
-    ChargePointStatus,
-    ReadingContext,
-    Reason,
-)
+from ocpp.v16.enums import AuthorizationStatus, ChargePointStatus, ReadingContext, Reason
 
-from simulator.meters import Meter, utc_now
+from simulator.connectors import Connector
+from simulator.meters import utc_now
+from simulator.states import Charger
 
-if TYPE_CHECKING:
-    from simulator.chargers import SimulatedCharger
-
-__all__ = ["Connector", "run_session", "stop_transaction"]
-
-# Faults that take a connector out of service (status Faulted, section 4.9); others only
-# set the errorCode and leave the status as it is.
-FAULTED_BY = frozenset({ChargePointErrorCode.high_temperature, ChargePointErrorCode.ground_failure})
-
-
-class Connector:
-    """One connector's state; the reported status is derived from it, never stored twice.
-
-    Connector 0 stands for the charger as a whole (section 4.9): it never has a session.
-    """
-
-    __slots__ = (
-        "begin_sample",
-        "fault",
-        "id",
-        "id_tag",
-        "inoperative_scheduled",
-        "meter",
-        "meter_failed",
-        "operative",
-        "phase",
-        "stop",
-        "stop_reason",
-        "stuck",
-        "transaction_id",
-    )
-
-    def __init__(self, connector_id: int, meter: Meter) -> None:
-        self.id = connector_id
-        self.meter = meter
-        self.phase = ChargePointStatus.available
-        self.operative = True
-        self.inoperative_scheduled = False
-        self.fault: ChargePointErrorCode | None = None
-        self.stuck = False
-        self.meter_failed = False
-        self.transaction_id: int | None = None
-        self.id_tag: str | None = None
-        self.begin_sample: dict[str, Any] | None = None
-        self.stop: asyncio.Event | None = None
-        self.stop_reason = Reason.local
-
-    @property
-    def status(self) -> ChargePointStatus:
-        if self.fault in FAULTED_BY:
-            return ChargePointStatus.faulted
-        if not self.operative and self.phase == ChargePointStatus.available:
-            return ChargePointStatus.unavailable
-        return self.phase
-
-    @property
-    def error_code(self) -> ChargePointErrorCode:
-        if self.fault is not None:
-            return self.fault
-        if self.stuck:
-            return ChargePointErrorCode.connector_lock_failure
-        if self.meter_failed:
-            return ChargePointErrorCode.power_meter_failure
-        return ChargePointErrorCode.no_error
-
-    @property
-    def busy(self) -> bool:
-        """A session holds the connector (from Preparing until the cable is unplugged)."""
-        return self.phase != ChargePointStatus.available or self.transaction_id is not None
-
-    @property
-    def in_session(self) -> bool:
-        """A session task runs on this connector, or a transaction is still open."""
-        return self.stop is not None or self.transaction_id is not None
-
-    def can_start(self) -> bool:
-        return (
-            self.id > 0
-            and not self.busy
-            and self.operative
-            and self.fault is None
-            and not self.stuck
-            and not self.inoperative_scheduled
-        )
-
-    def request_stop(self, reason: Reason) -> bool:
-        """Ask the running session to end; False when there is none."""
-        if self.stop is None or self.stop.is_set():
-            return False
-        self.stop_reason = reason
-        self.stop.set()
-        return True
+__all__ = ["finish", "run_session", "send_meter_values", "stop_transaction"]
 
 
 async def run_session(
-    charger: SimulatedCharger, connector: Connector, id_tag: str, *, authorize: bool
+    charger: Charger, connector: Connector, id_tag: str, *, authorize: bool
 ) -> None:
     """One session from plug-in to unplug; the caller has checked ``can_start()``."""
     timing = charger.options.sessions
@@ -146,7 +50,7 @@ async def run_session(
     await finish(charger, connector)
 
 
-async def finish(charger: SimulatedCharger, connector: Connector) -> None:
+async def finish(charger: Charger, connector: Connector) -> None:
     """Unplug after Finishing, unless the connector is stuck (it stays in Finishing)."""
     if connector.stuck:
         return
@@ -161,9 +65,7 @@ async def finish(charger: SimulatedCharger, connector: Connector) -> None:
     await charger.send_status(connector)
 
 
-async def _charge(
-    charger: SimulatedCharger, connector: Connector, id_tag: str, stop: asyncio.Event
-) -> None:
+async def _charge(charger: Charger, connector: Connector, id_tag: str, stop: asyncio.Event) -> None:
     meter = connector.meter
     meter.plug_in(charger.rng)
     started = await charger.call(
@@ -206,7 +108,7 @@ async def _charge(
 
 
 async def send_meter_values(
-    charger: SimulatedCharger, connector: Connector, context: ReadingContext
+    charger: Charger, connector: Connector, context: ReadingContext
 ) -> None:
     """MeterValues.req (section 4.7); a failed power meter (PowerMeterFailure) sends none."""
     if connector.meter_failed:
@@ -221,7 +123,7 @@ async def send_meter_values(
     )
 
 
-async def stop_transaction(charger: SimulatedCharger, connector: Connector, reason: Reason) -> None:
+async def stop_transaction(charger: Charger, connector: Connector, reason: Reason) -> None:
     """StopTransaction.req (section 4.10) with the begin and end samples as transactionData."""
     transaction_id = connector.transaction_id
     if transaction_id is None:

@@ -1,6 +1,7 @@
 """A firmware campaign end to end: 50 simulated chargers over real websockets, the real
 bridge, twin, API (uvicorn, which also serves the image) and Mosquitto, with the campaign
-engine running as in ``chargetwin api``.
+engine (:class:`fleet.rollouts.CampaignEngine`) on the API's database and broker, as the
+``fleet`` component runs it.
 
 The rollout goes canary -> wave 1 -> wave 2; three chargers of wave 1 fail to install, the
 campaign pauses at the failure threshold before wave 2, the chargers are fixed, the
