@@ -27,7 +27,6 @@ from chargetwin.topics import Topics
 from fleet.campaigns import CampaignStore
 from fleet.maintenance import Maintenance
 from fleet.rollouts import CampaignEngine
-from twin.passwords import password_key
 from twin.registry import ChargerRegistry
 from twin.stores import ShadowStore
 
@@ -48,13 +47,9 @@ class FleetEngines:
     def build(
         cls, db: Database, mqtt: MqttClient, topics: Topics, settings: Settings
     ) -> FleetEngines:
-        key = password_key(
-            settings.charger_password_key.get_secret_value()
-            if settings.charger_password_key
-            else None,
-            settings.data_dir,
-        )
-        registry = ChargerRegistry(db, password_key=key)
+        # The engines read the registry (sites, chargers) and never set a password, so the
+        # fleet process needs no charger password key.
+        registry = ChargerRegistry(db)
         shadow_client = ShadowClient(mqtt, topics)
         campaigns = CampaignEngine(
             CampaignStore(db),

@@ -4,7 +4,7 @@
 #   mosquitto/make-passwd.sh [ENV_FILE] [PASSWORD_FILE]
 #
 # ENV_FILE defaults to .env and PASSWORD_FILE to mosquitto/passwd, both next to
-# docker-compose.yml. One user per ChargeTwin service (bridge, twin, rules, api), with the
+# docker-compose.yml. One user per ChargeTwin service (bridge, twin, rules, fleet, api), with the
 # password of MQTT_<USER>_PASSWORD, so the broker and the services' CHARGETWIN_MQTT_URL
 # always agree. Uses mosquitto_passwd when it is installed, else the one in the
 # eclipse-mosquitto:2 image. Run it again after changing a password, then restart the broker
@@ -14,7 +14,7 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 env_file=${1:-"$here/../.env"}
 out=${2:-"$here/passwd"}
-users="bridge twin rules api"
+users="bridge twin rules fleet api"
 
 if [ ! -r "$env_file" ]; then
     echo "make-passwd: cannot read $env_file (copy .env.example to .env and set the passwords)" >&2

@@ -25,7 +25,7 @@ from chargetwin.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
-COMPONENTS = ("twin", "bridge", "rules", "api")  # the CLI subcommands, one service each
+COMPONENTS = ("twin", "bridge", "rules", "fleet", "api")  # the CLI subcommands, one service each
 INFRASTRUCTURE = ("mosquitto", "influxdb", "postgres")
 SETTINGS_VARIABLES = {f"CHARGETWIN_{name.upper()}" for name in Settings.model_fields}
 

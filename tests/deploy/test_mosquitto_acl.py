@@ -55,7 +55,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 TIMEOUT = 5.0  # seconds; only reached when something is wrong
-USERS = ("bridge", "twin", "rules", "api")
+USERS = ("bridge", "twin", "rules", "api", "fleet")
 SPY = "ct-test-spy"  # test-only user appended to the ACL copy: reads and writes everything
 
 # What each service may do, from the design brief (docs/deployment.md, mosquitto/README.md).
@@ -127,6 +127,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
             "chargetwin/chargers/+/shadow/get",
             "chargetwin/chargers/+/shadow/delete",
             "chargetwin/chargers/+/commands",
+            "chargetwin/fleet/wake",
         ),
         "read": (
             "chargetwin/chargers/+/shadow/delete/accepted",
@@ -138,6 +139,19 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
             "chargetwin/chargers/+/commands/result",
             "chargetwin/alerts/#",
             "chargetwin/chargers/+/presence",
+        ),
+    },
+    "fleet": {
+        "write": (
+            "chargetwin/chargers/+/shadow/update",
+            "chargetwin/chargers/+/shadow/get",
+        ),
+        "read": (
+            "chargetwin/chargers/+/shadow/update/accepted",
+            "chargetwin/chargers/+/shadow/update/rejected",
+            "chargetwin/chargers/+/shadow/get/accepted",
+            "chargetwin/chargers/+/shadow/get/rejected",
+            "chargetwin/fleet/wake",
         ),
     },
 }
@@ -167,6 +181,7 @@ PROBE_TOPICS = (
     "chargetwin/chargers/{id}/shadow/delete",
     "chargetwin/chargers/{id}/shadow/delete/accepted",
     "chargetwin/chargers/{id}/shadow/delete/rejected",
+    "chargetwin/fleet/wake",
     # granted to nobody
     "chargetwin/chargers/{id}/shadow/delete/extra",
     "chargetwin/chargers/{id}/shadow/update/delta/extra",
@@ -622,6 +637,9 @@ FLOWS = [
     ("bridge", f"{C}/ID/commands/result", "api", f"{C}/+/commands/result"),
     ("bridge", f"{C}/ID/commands/result", "rules", f"$share/rules/{C}/+/commands/result"),
     ("rules", "chargetwin/alerts/ID/raised", "api", "chargetwin/alerts/#"),
+    ("api", "chargetwin/fleet/wake", "fleet", "chargetwin/fleet/wake"),
+    ("fleet", f"{C}/ID/shadow/update", "twin", f"$share/twin/{C}/+/shadow/update"),
+    ("twin", f"{C}/ID/shadow/update/accepted", "fleet", f"{C}/+/shadow/update/accepted"),
 ]
 
 
