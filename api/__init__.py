@@ -2,9 +2,12 @@
 
 Modules: ``app`` (the application factory and the server runner), ``backends`` (the
 stores and clients a running API holds), ``problems`` (RFC 9457 errors), ``auth`` and
-``tokens`` (bearer tokens and roles), ``audit`` (who changed what), ``patches``
-(RFC 7396 merge patches), ``models`` (request and response bodies), ``limits`` (body
-size), ``routes`` (one module per resource).
+``tokens`` (bearer tokens and roles), ``patches`` (RFC 7396 merge patches), ``models``
+(request and response bodies), ``ocpp_schemas`` (OCPP requests as bodies), ``params``
+(shared parameters), ``limits`` (body size), ``operations`` and ``diagnostics`` (what the
+remote-operation routes hold), ``routes`` (one module per resource), ``dashboard`` (its
+static files). The API runs no engine: it writes the stores and wakes the ``fleet``
+component; who changed what goes to the audit log (:mod:`chargetwin.audit`).
 
 Errors reach clients only as problem details; inside, one exception carries them::
 
