@@ -24,17 +24,26 @@ PACKAGE = "ocpp.v16"
 DROPPED = ("$schema", "$id", "definitions", "id")
 
 
+# OCPP-J's "integer" is a 32-bit signed integer (as RemoteStopTransaction's transactionId
+# in api.routes.commands); the schema files leave it unbounded, the bound is said here so
+# the document promises only what a charger can take.
+INT32 = {"minimum": -(2**31), "maximum": 2**31 - 1}
+
+
 def _inline(node: Any, definitions: dict[str, Any]) -> Any:
     if isinstance(node, dict):
         ref = node.get("$ref")
         if isinstance(ref, str) and ref.startswith("#/definitions/"):
             return _inline(definitions[ref.removeprefix("#/definitions/")], definitions)
-        return {
+        out = {
             key: _inline(value, definitions)
             for key, value in node.items()
             # "additionalProperties" on a string enum is noise the spec's files carry.
             if not (key == "additionalProperties" and node.get("type") == "string")
         }
+        if out.get("type") == "integer":
+            out = {**INT32, **out}
+        return out
     if isinstance(node, list):
         return [_inline(item, definitions) for item in node]
     return node

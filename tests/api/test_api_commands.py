@@ -195,6 +195,10 @@ async def test_an_ocpp_request_body_is_checked_against_the_ocpp_schema(
         headers={**auth("operator"), "content-type": "application/json"},
     )
     assert_problem(not_json, 400)
+    too_big = await client.post(
+        f"{url}/cancel-reservation", json={"reservationId": 2**40}, headers=auth("operator")
+    )
+    assert assert_problem(too_big, 422)["errors"][0]["pointer"] == "/reservationId"  # int32
     viewer = await client.post(f"{url}/get-local-list-version", json={}, headers=auth("viewer"))
     assert_problem(viewer, 403)
 
