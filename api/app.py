@@ -17,9 +17,11 @@ import uvicorn
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
 
+from api import metrics as metrics_routes
 from api.backends import Backend, open_backend
 from api.diagnostics import MAX_UPLOAD_BYTES
 from api.limits import MAX_BODY_BYTES, BodySizeLimitMiddleware
+from api.metrics import HttpMetricsMiddleware
 from api.problems import install_problem_handlers, problems_only
 from api.routes import (
     alerts,
@@ -50,6 +52,8 @@ from chargetwin.settings import Settings
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+# Served outside the OpenAPI document (their templates for the HTTP metrics).
+PAGES = ("/", "/dashboard/{name}", "/docs", "/redoc", "/docs/assets/{name}", "/openapi.json")
 REF_TEMPLATE = "#/components/schemas/{model}"
 
 DESCRIPTION = """
@@ -146,6 +150,7 @@ def create_app(backend: Backend) -> FastAPI:
     app.include_router(api)
     app.include_router(dashboard.router)
     app.include_router(docs.router)
+    app.include_router(metrics_routes.router)
     install_problem_handlers(app)
     app.add_middleware(
         BodySizeLimitMiddleware,
@@ -154,6 +159,9 @@ def create_app(backend: Backend) -> FastAPI:
             f"{API_PREFIX}/firmware": firmware.MAX_FIRMWARE_BYTES + 64 * 1024,
             f"{API_PREFIX}/diagnostics/uploads/": MAX_UPLOAD_BYTES + 64 * 1024,
         },
+    )
+    app.add_middleware(  # outermost: counts what clients get
+        HttpMetricsMiddleware, templates=lambda: [*app.openapi()["paths"], *PAGES]
     )
     return app
 

@@ -32,6 +32,7 @@ from bridge.times import now
 from bridge.tls import TlsFiles, server_context
 from chargetwin.audit import AuditLog
 from chargetwin.database import Database, connect
+from chargetwin.metrics import watch, watch_outbox
 from chargetwin.mqtt import MqttClient, client_id_for
 from chargetwin.readiness import SubscriberGate
 from chargetwin.settings import Settings
@@ -253,8 +254,18 @@ async def run_bridge(
     Without ``options`` every knob comes from ``settings`` (the CLI's ``--ocpp-*``).
     """
     bridge = Bridge(settings, options)
+    watches = [
+        watch(
+            "chargers_connected",
+            "Chargers with an open OCPP connection to this process.",
+            lambda: len(bridge.server.connections) if bridge.server is not None else 0,
+        ),
+        watch_outbox("bridge", lambda: bridge.mqtt.outbox.waiting if bridge.mqtt else 0),
+    ]
     try:
         await bridge.start()
         await stop.wait()
     finally:
+        for registration in watches:
+            registration.close()
         await bridge.stop()

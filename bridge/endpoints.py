@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -58,6 +59,7 @@ from ocpp.messages import (
 )
 from ocpp.routing import create_route_map
 from ocpp.v16 import ChargePoint
+from ocpp.v16.enums import Action
 from websockets.exceptions import ConnectionClosed
 
 from bridge.errorlog import ProtocolErrorLog
@@ -71,6 +73,15 @@ from bridge.errors import (
 )
 from bridge.frames import cause_of, parse_frame
 from chargetwin.deliveries import DeliveryTimeout, collected, collecting, confirmed
+from chargetwin.metrics import (
+    OCPP_CALL_ERRORS,
+    OCPP_CALL_SECONDS,
+    OCPP_CALLS,
+    known_action,
+)
+
+# Label values for the calls metric: the OCPP 1.6 actions (security extension included).
+OCPP16_ACTIONS = frozenset(a.value for a in Action)
 
 # Longest errorDetails cause sent back; a cause can quote the charger's own input.
 MAX_CAUSE = 200
@@ -337,7 +348,11 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
                     GenericError(description="rate limit", details={"cause": "too many messages"}),
                 )
                 return
+            action = known_action(msg.action, OCPP16_ACTIONS)
+            OCPP_CALLS.labels(action).inc()
+            started = time.perf_counter()
             await self._route_call(msg)
+            OCPP_CALL_SECONDS.labels(action).observe(time.perf_counter() - started)
             return
         future = self._pending.get(msg.unique_id)
         if future is None or future.done():
@@ -429,12 +444,14 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
                 unique_id = str(json.loads(message)[1])
                 self.errors.error(f"call {unique_id} not stored: {exc}")
                 error = _not_stored(exc)
+                OCPP_CALL_ERRORS.labels(error.code).inc()
                 message = CallError(
                     unique_id, error.code, error.description, error.details
                 ).to_json()
         await super()._send(message)
 
     async def _send_error(self, unique_id: str, error: OCPPError) -> None:
+        OCPP_CALL_ERRORS.labels(error.code).inc()
         frame = CallError(unique_id, error.code, error.description, error.details)
         await self._send(frame.to_json())
 

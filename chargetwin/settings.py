@@ -204,6 +204,13 @@ class Settings(BaseSettings):
         "(mode 0600) on first start. Every bridge and API process must use the same key: "
         "set it when they do not share one data dir. Keep it apart from database backups.",
     )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of a /metrics endpoint (Prometheus) of this process on --host; 0: "
+        "none. The API also serves /metrics on its own port (viewer token).",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("mqtt_url")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from chargetwin.database import Database, connect
 from chargetwin.leadership import Leadership, lock_for
+from chargetwin.metrics import CAMPAIGN_CHARGERS
 from chargetwin.mqtt import MqttClient, client_id_for
 from chargetwin.settings import Settings
 from chargetwin.shadow_client import ShadowClient
@@ -75,7 +76,26 @@ class FleetEngines:
     async def run(self, stop: asyncio.Event) -> None:
         """Run every engine until ``stop`` is set (the leader's job)."""
         async with self.campaigns.running(), self.maintenance.scheduler.running():
-            await stop.wait()
+            while not stop.is_set():
+                await self._count_campaign_chargers()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.campaigns.interval)
+        CAMPAIGN_CHARGERS.clear()
+
+    async def _count_campaign_chargers(self) -> None:
+        """The campaign-chargers gauge: chargers of running or paused campaigns per state."""
+        try:
+            rows = await self.campaigns.store.db.fetchall(
+                "SELECT cc.state, COUNT(*) FROM campaign_chargers cc"
+                " JOIN campaigns c ON c.campaign_id = cc.campaign_id"
+                " WHERE c.state IN ('running', 'paused') GROUP BY cc.state"
+            )
+        except Exception as exc:  # a metric must not stop the engines
+            log.warning("fleet: campaign chargers not counted: %s", exc)
+            return
+        CAMPAIGN_CHARGERS.clear()
+        for state, count in rows:
+            CAMPAIGN_CHARGERS.labels(str(state)).set(int(count))
 
 
 def wake_request(engine: str) -> bytes:

@@ -29,7 +29,7 @@ RULES_SETTINGS = (
     "mqtt_url", "mqtt_port", "mqtt_prefix", "mqtt_client_id", "mqtt_share_group",
     "data_dir", "database_url", "influx_url", "influx_database", "influx_username",
     "influx_password", "rules", "rules_webhooks", "rules_dry_run", "series_retention_days",
-    "meter_values_retention_days", "spool_max_bytes", "log_level",
+    "meter_values_retention_days", "spool_max_bytes", "metrics_port", "host", "log_level",
 )  # fmt: skip
 TOKEN_SETTINGS = ("data_dir", "database_url")
 

@@ -147,6 +147,8 @@ def _listening_ports(settings: Settings, command: str) -> list[tuple[str, str, i
         ports.append(("api_port", settings.host, settings.api_port))
     if command in ("up", "demo", "bridge"):
         ports.append(("ocpp_port", settings.host, settings.ocpp_port))
+    if settings.metrics_port:
+        ports.append(("metrics_port", settings.host, settings.metrics_port))
     return ports
 
 
@@ -239,6 +241,10 @@ async def _main(settings: Settings, command: str, chargers: int) -> int:
         except BrokerStartError as exc:
             raise StartupError(str(exc)) from exc
     settings = settings.model_copy(update={"mqtt_url": settings.broker_url})
+    if settings.metrics_port:
+        from chargetwin.metrics import serve as serve_metrics
+
+        serve_metrics(settings.host, settings.metrics_port)
 
     components: list[_Component] = []
     exit_code = 0

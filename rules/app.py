@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from chargetwin.database import connect
+from chargetwin.metrics import watch, watch_outbox
 from chargetwin.mqtt import MqttClient, client_id_for
 from chargetwin.readiness import ServiceAnnouncer
 from chargetwin.settings import Settings
@@ -97,6 +99,33 @@ async def run_rules(settings: Settings, stop: asyncio.Event) -> None:
         stack.push_async_callback(recorder.stop)
         await announcer.start(mqtt)  # every subscription is acknowledged by now
         stack.push_async_callback(announcer.stop, mqtt)
+        for registration in (
+            watch_outbox("rules", lambda: mqtt.outbox.waiting),
+            watch(
+                "recorder_points_written",
+                "Points the recorder wrote to the time-series store.",
+                lambda: recorder.written,
+                kind="counter",
+            ),
+            watch(
+                "recorder_points_dead_lettered",
+                "Points and messages the recorder refused, kept in the dead letter.",
+                lambda: recorder.dead_lettered,
+                kind="counter",
+            ),
+            watch(
+                "spool_bytes",
+                "Telemetry spooled on disk while the time-series store is unreachable.",
+                lambda: spool.bytes,
+            ),
+            watch(
+                "rules",
+                "Loaded rules by health (ok, nodata, error, unknown).",
+                lambda: dict(Counter(str(s.get("health")) for s in engine.states.values())),
+                label="health",
+            ),
+        ):
+            stack.callback(registration.close)
         if isinstance(store, SQLiteSeriesStore):
             policy = RetentionPolicy.from_days(
                 settings.series_retention_days, settings.meter_values_retention_days

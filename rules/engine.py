@@ -19,6 +19,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from chargetwin.metrics import RULE_GROUP_FAILURES, RULE_GROUP_SECONDS
 from rules.actions import Actions
 from rules.alerts import FIRING, PENDING, RESOLVED, Alert, AlertStore, matches, step
 from rules.evaluations import Outcome, SharedQueries, observe, selection_key
@@ -236,7 +237,11 @@ class Engine:
             )
 
     async def _run_group(self, rules: list[Rule]) -> None:
+        group = rules[0].group
+        started = time.perf_counter()
         try:
             await self.evaluate(rules=rules)
+            RULE_GROUP_SECONDS.labels(group).observe(time.perf_counter() - started)
         except Exception:  # the scheduler must keep running; the reason is logged once here
+            RULE_GROUP_FAILURES.labels(group).inc()
             log.exception("evaluation of %s failed", ", ".join(r.alert for r in rules))

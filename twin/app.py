@@ -7,6 +7,7 @@ import logging
 import socket
 
 from chargetwin.database import connect
+from chargetwin.metrics import watch, watch_outbox
 from chargetwin.mqtt import MqttClient, client_id_for
 from chargetwin.readiness import ServiceAnnouncer
 from chargetwin.settings import Settings
@@ -55,9 +56,27 @@ async def run_twin(settings: Settings, stop: asyncio.Event) -> None:
         await service.start()
         await mqtt.connect()  # returns once the service's subscriptions are acknowledged
         await announcer.start(mqtt)
+        watches = [
+            watch_outbox("twin", lambda: mqtt.outbox.waiting),
+            watch(
+                "shadow_updates_accepted",
+                "Shadow updates this process applied (reports and desired changes).",
+                lambda: service.updates_accepted,
+                kind="counter",
+            ),
+            watch(
+                "shadow_requests_refused",
+                "Shadow requests this process refused (invalid desired state, too big, "
+                "version conflicts, store errors).",
+                lambda: service.requests_refused,
+                kind="counter",
+            ),
+        ]
         try:
             await stop.wait()
         finally:
+            for registration in watches:
+                registration.close()
             await announcer.stop(mqtt)
             await service.stop()
             await mqtt.disconnect()

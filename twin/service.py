@@ -146,6 +146,7 @@ class ShadowService:
         self._stopping = False
         self._worker: asyncio.Task[None] | None = None
         self.updates_accepted = 0
+        self.requests_refused = 0  # answered on .../rejected (invalid, too big, conflicts)
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -549,6 +550,7 @@ class ShadowService:
         ]
 
     def _rejection(self, job: _Job, error: ShadowError) -> _Message:
+        self.requests_refused += 1
         if error.code >= 500:
             log.error("charger %s: %s refused: %s", job.charger_id, job.kind, error.message)
         else:
@@ -567,6 +569,7 @@ class ShadowService:
         )
 
     def _reject(self, charger_id: str, kind: str, error: ShadowError) -> None:
+        self.requests_refused += 1
         log.info("charger %s: %s refused (%d): %s", charger_id, kind, error.code, error.message)
         if "/" in charger_id or "+" in charger_id or "#" in charger_id or not charger_id:
             return
