@@ -23,14 +23,15 @@ from chargetwin.files import FileStore, StoredFile
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
 
-class _Unsatisfiable(Exception):
-    pass
+class UnsatisfiableRangeError(ValueError):
+    """A well-formed byte range that selects no byte of the file (answered 416)."""
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """``(start, end)`` (end exclusive) of one satisfiable range; None: send everything.
 
-    Raises :class:`_Unsatisfiable` for a well-formed range that selects no byte."""
+    Raises :class:`UnsatisfiableRangeError` for a well-formed range that selects no byte.
+    """
     if header is None or (match := _RANGE.match(header)) is None:
         return None
     first, last = match.groups()
@@ -39,14 +40,14 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first:  # a suffix: the last N bytes
         length = int(last)
         if length == 0 or size == 0:
-            raise _Unsatisfiable
+            raise UnsatisfiableRangeError
         return max(size - length, 0), size
     start = int(first)
     end = size if not last else int(last) + 1
     if last and end <= start:
         return None  # last-pos below first-pos: invalid, ignored (RFC 9110 14.1.1)
     if start >= size:
-        raise _Unsatisfiable
+        raise UnsatisfiableRangeError
     return start, min(end, size)
 
 
@@ -84,7 +85,7 @@ def stored_file_response(
     ranged = if_range is None or if_range in (out["etag"], out["last-modified"])
     try:
         span = byte_range(request.headers.get("range"), file.size) if ranged else None
-    except _Unsatisfiable:
+    except UnsatisfiableRangeError:
         return Response(
             status_code=416,
             headers={"content-range": f"bytes */{file.size}", "accept-ranges": "bytes"},
