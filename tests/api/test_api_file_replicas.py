@@ -229,3 +229,31 @@ async def test_diagnostics_uploaded_to_one_replica_list_and_download_from_the_ot
     assert blobs == named and len(named) == 2
     retry = await b.http.put(f"/api/v1/diagnostics/uploads/CP-R-1/{third}/ok.log", content=b"ok")
     assert retry.status_code == 201, retry.text  # the refused upload did not spend the grant
+
+
+async def test_switching_to_the_database_store_an_image_is_uploaded_again(
+    database_url: str, mosquitto_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """The finding this store fixes (a data-dir image 404 on another replica), and the way
+    docs/firmware.md gives to move an image in: a 409 upload of it still stores it."""
+    kind = "database" if database_url.startswith("sqlite") else "auto"
+    async with (
+        replica(database_url, mosquitto_url, prefix, tmp_path / "old", "data-dir") as old,
+        replica(database_url, mosquitto_url, prefix, tmp_path / "new", kind) as new,
+    ):
+        fields = {"vendor": "ChargeTwin", "model": "CT-AC22", "version": "2.0.0"}
+        body = {"file": ("fw.bin", IMAGE, "application/octet-stream")}
+        first = await old.http.post(
+            "/api/v1/firmware", data=fields, files=body, headers=await _headers(old, "operator")
+        )
+        assert first.status_code == 201, first.text
+        path = f"/api/v1/firmware/files/{SHA}"
+        assert (await old.http.get(path)).content == IMAGE
+        assert_problem(await new.http.get(path), 404)  # on the other replica's disk only
+
+        again = await new.http.post(
+            "/api/v1/firmware", data=fields, files=body, headers=await _headers(new, "operator")
+        )
+        assert_problem(again, 409)
+        served = await new.http.get(path)
+        assert served.status_code == 200 and served.content == IMAGE
