@@ -19,6 +19,7 @@ from api.operations import DEFAULT_PUBLIC_URL, Operations
 from api.tokens import TokenStore
 from chargetwin.audit import AuditLog
 from chargetwin.database import Database, connect
+from chargetwin.files import FileStoreKind
 from chargetwin.mqtt import MqttClient, client_id_for
 from chargetwin.settings import Settings
 from chargetwin.shadow_client import ShadowClient
@@ -68,6 +69,7 @@ class Backend:
         series: Callable[[], SeriesStore] | None = None,
         maintenance_interval: float = 30.0,
         password_key: bytes | None = None,
+        file_store: FileStoreKind = "auto",
     ) -> Backend:
         # Without a key (tests that only read) new passwords get scrypt hashes.
         registry = ChargerRegistry(db, password_key=password_key)
@@ -88,6 +90,7 @@ class Backend:
                 data_dir=data_dir,
                 public_url=public_url,
                 command_timeout=command_timeout,
+                file_store=file_store,
             ),
             maintenance=Maintenance.build(
                 db, registry, shadow_client, interval=maintenance_interval
@@ -151,6 +154,7 @@ async def open_backend(
             command_timeout=settings.command_timeout,
             series=lambda: open_series_store(settings),
             maintenance_interval=settings.maintenance_interval,
+            file_store=settings.file_store,
             password_key=password_key(
                 settings.charger_password_key.get_secret_value()
                 if settings.charger_password_key

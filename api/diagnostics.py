@@ -7,8 +7,10 @@ for :data:`GRANT_TTL_S` and spent by the first successful upload. It rides in th
 the query, because chargers append the file name to a location that ends with ``/`` (the
 habit OCPP 1.6 section 5.9 leaves to them); a query string would break that.
 
-Files land in ``data_dir/diagnostics/{charger_id}/``; every path is built with
-:func:`chargetwin.paths.inside`, so neither a charger id nor a file name can lead out of it.
+Files land in the file store (:mod:`chargetwin.files`) in folder
+``diagnostics/{charger_id}``: ``DATA_DIR/diagnostics/{charger_id}/`` or the database, so
+every API replica lists and serves what any of them received. Both stores refuse a charger
+id or file name that is not one plain path segment, so neither can lead out of its folder.
 """
 
 from __future__ import annotations
@@ -17,11 +19,10 @@ import hashlib
 import re
 import secrets
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 from chargetwin.database import Database
-from chargetwin.paths import UnsafePathError, inside
+from chargetwin.files import FileStore, StoredFile, check_segment
+from chargetwin.paths import UnsafePathError
 
 GRANT_TTL_S = 3600.0
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
@@ -49,19 +50,12 @@ def safe_file_name(name: str) -> str | None:
     return name if _SAFE_NAME.fullmatch(name) and ".." not in name else None
 
 
-@dataclass(frozen=True, slots=True)
-class DiagnosticsFile:
-    name: str
-    size: int
-    modified_at: float
-
-
 class DiagnosticsUploads:
-    """Upload grants in the database, files under ``root`` (``data_dir/diagnostics``)."""
+    """Upload grants in the database, files in ``files`` under ``diagnostics/{charger_id}``."""
 
-    def __init__(self, db: Database, root: Path, *, ttl: float = GRANT_TTL_S) -> None:
+    def __init__(self, db: Database, files: FileStore, *, ttl: float = GRANT_TTL_S) -> None:
         self._db = db
-        self.root = root
+        self.files = files
         self.ttl = ttl
 
     async def create_schema(self) -> None:
@@ -98,30 +92,23 @@ class DiagnosticsUploads:
         )
         return changed == 1
 
-    def folder(self, charger_id: str) -> Path:
+    def folder(self, charger_id: str) -> str:
         """The charger's folder; raises :class:`UnsafePathError` for an id that is no name."""
-        return inside(self.root, charger_id)
+        return f"diagnostics/{check_segment(charger_id)}"
 
-    def path_of(self, charger_id: str, file_name: str) -> Path | None:
+    async def find(self, charger_id: str, file_name: str) -> StoredFile | None:
         """The stored file, or None when there is no such (safe) name."""
         if safe_file_name(file_name) is None:
             return None
         try:
-            path = inside(self.root, charger_id, file_name)
+            return await self.files.stat(self.folder(charger_id), file_name)
         except UnsafePathError:
             return None
-        return path if path.is_file() else None
 
-    def list(self, charger_id: str) -> list[DiagnosticsFile]:
+    async def list(self, charger_id: str) -> list[StoredFile]:
+        """The charger's files, newest first."""
         try:
             folder = self.folder(charger_id)
         except UnsafePathError:
             return []  # an id registered before ids were restricted: it has no folder
-        if not folder.is_dir():
-            return []
-        files = []
-        for path in folder.iterdir():
-            if path.is_file() and not path.name.startswith("."):
-                stat = path.stat()
-                files.append(DiagnosticsFile(path.name, stat.st_size, stat.st_mtime))
-        return sorted(files, key=lambda f: f.modified_at, reverse=True)
+        return await self.files.list(folder)

@@ -1,8 +1,9 @@
 """What the remote-operation routes hold: firmware catalog, commands, uploads, id tags.
 
 Kept apart from :class:`~api.backends.Backend` so the routes of operations (firmware,
-commands, diagnostics, id tags) share one object that says where files live and how
-chargers reach the API (``public_url``), without widening the backend for each of them.
+commands, diagnostics, id tags) share one object that says where files live (``files``:
+the data directory or the database, ``--file-store``) and how chargers reach the API
+(``public_url``), without widening the backend for each of them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from api.diagnostics import DiagnosticsUploads
 from bridge.stores import IdTagStore
 from chargetwin.command_client import CommandClient
 from chargetwin.database import Database
+from chargetwin.files import FileStore, FileStoreKind, open_file_store
 from chargetwin.mqtt import MqttClient
 from chargetwin.topics import Topics
 from twin.catalog import FirmwareCatalog
@@ -35,6 +37,7 @@ class Operations:
     id_tags: IdTagStore
     public_url: str
     data_dir: Path
+    files: FileStore
 
     @classmethod
     def build(
@@ -46,21 +49,21 @@ class Operations:
         data_dir: Path,
         public_url: str = DEFAULT_PUBLIC_URL,
         command_timeout: float = 35.0,
+        file_store: FileStoreKind = "auto",
     ) -> Operations:
+        files = open_file_store(file_store, db, data_dir)
         return cls(
             catalog=FirmwareCatalog(db),
             commands=CommandClient(mqtt, topics, timeout=command_timeout),
-            uploads=DiagnosticsUploads(db, data_dir / "diagnostics"),
+            uploads=DiagnosticsUploads(db, files),
             id_tags=IdTagStore(db),
             public_url=public_url.rstrip("/"),
             data_dir=data_dir,
+            files=files,
         )
 
-    @property
-    def firmware_dir(self) -> Path:
-        return self.data_dir / "firmware"
-
     async def create_schema(self) -> None:
+        await self.files.create_schema()
         await self.catalog.create_schema()
         await self.uploads.create_schema()
         await self.id_tags.create_schema()

@@ -108,6 +108,13 @@ class Settings(BaseSettings):
         None,
         description="postgresql://... for shadows and records; unset uses SQLite in --data-dir.",
     )
+    file_store: Literal["auto", "data-dir", "database"] = Field(
+        "auto",
+        description="Where uploaded firmware images and diagnostics files are kept: "
+        "data-dir in --data-dir (one API process, or several sharing that folder), database "
+        "in the database in 1 MiB chunks (every API replica on one PostgreSQL serves every "
+        "file); auto takes database with a postgresql:// --database-url, else data-dir.",
+    )
     influx_url: str | None = Field(None, description="InfluxDB URL; unset: embedded store.")
     influx_database: str = Field("chargetwin", description="InfluxDB database (bucket).")
     influx_username: str | None = None

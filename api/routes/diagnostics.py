@@ -10,15 +10,11 @@ chargers have. No bearer token; the one-time grant in the path authorizes one up
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, status
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from starlette.datastructures import UploadFile
@@ -26,10 +22,12 @@ from starlette.datastructures import UploadFile
 from api.auth import Operator, Viewer
 from api.backends import Backend, get_backend
 from api.diagnostics import MAX_UPLOAD_BYTES, DiagnosticsUploads, safe_file_name
+from api.downloads import stored_file_response
 from api.operations import Operations, get_operations
 from api.problems import Problem, problem_responses
 from api.routes.chargers import find_charger
-from chargetwin.paths import UnsafePathError, inside
+from chargetwin.files import FileTooLargeError, Upload
+from chargetwin.paths import UnsafePathError
 from chargetwin.topics import InvalidTopicError, validate_charger_id
 
 log = logging.getLogger(__name__)
@@ -79,26 +77,25 @@ async def _receive(
         raise Problem(403, _REFUSED, kind="upload-refused") from exc
     if not await store.check(charger_id, token):
         raise Problem(403, _REFUSED, kind="upload-refused")
-    folder.mkdir(parents=True, exist_ok=True)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if request.method == "POST" and media_type == "multipart/form-data":
-        async with request.form(max_files=1, max_fields=5) as form:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise Problem(422, "the multipart body needs a `file` part", kind="no-file")
-            name = name or upload.filename
-            temp, size = await _copy(_chunks_of(upload), folder)
-    else:
-        temp, size = await _copy(request.stream(), folder)
-    try:
-        final = _free_name(folder, safe_file_name(name or "") or _default_name(charger_id))
-        if not await store.spend(charger_id, token, final):
-            raise Problem(403, _REFUSED, kind="upload-refused")
-        temp.replace(inside(folder, final))
-    finally:
-        temp.unlink(missing_ok=True)
-    log.info("%s: diagnostics %s uploaded (%d bytes)", charger_id, final, size)
-    return UploadOut(name=final, size=size)
+    async with store.files.upload(folder, max_bytes=MAX_UPLOAD_BYTES) as upload:
+        if request.method == "POST" and media_type == "multipart/form-data":
+            async with request.form(max_files=1, max_fields=5) as form:
+                part = form.get("file")
+                if not isinstance(part, UploadFile):
+                    raise Problem(422, "the multipart body needs a `file` part", kind="no-file")
+                name = name or part.filename
+                await _copy(_chunks_of(part), upload)
+        else:
+            await _copy(request.stream(), upload)
+        wanted = safe_file_name(name or "") or _default_name(charger_id)
+        stored = await upload.commit(wanted, exists="rename")  # never overwrites
+    if not await store.spend(charger_id, token, stored.name):
+        # Another upload spent the grant while this one was stored: take this one back.
+        await store.files.delete(folder, stored.name)
+        raise Problem(403, _REFUSED, kind="upload-refused")
+    log.info("%s: diagnostics %s uploaded (%d bytes)", charger_id, stored.name, stored.size)
+    return UploadOut(name=stored.name, size=stored.size)
 
 
 async def _chunks_of(upload: UploadFile) -> AsyncIterator[bytes]:
@@ -106,39 +103,20 @@ async def _chunks_of(upload: UploadFile) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _copy(chunks: AsyncIterator[bytes], folder: Path) -> tuple[Path, int]:
-    fd, name = tempfile.mkstemp(dir=folder, prefix=".upload-")
-    temp = Path(name)
-    size = 0
+async def _copy(chunks: AsyncIterator[bytes], upload: Upload) -> None:
     try:
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > MAX_UPLOAD_BYTES:
-                    raise Problem(
-                        413,
-                        f"diagnostics uploads are limited to {MAX_UPLOAD_BYTES} bytes",
-                        kind="body-too-large",
-                    )
-                out.write(chunk)
-    except BaseException:
-        _discard(temp)
-        raise
-    return temp, size
+        async for chunk in chunks:
+            await upload.write(chunk)
+    except FileTooLargeError as exc:
+        raise Problem(
+            413,
+            f"diagnostics uploads are limited to {MAX_UPLOAD_BYTES} bytes",
+            kind="body-too-large",
+        ) from exc
 
 
 def _default_name(charger_id: str) -> str:
     return f"{charger_id}-diagnostics-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.log"
-
-
-def _free_name(folder: Path, name: str) -> str:
-    """``name``, or ``name`` with a counter when a file of that name is already there."""
-    stem, dot, ext = name.rpartition(".") if "." in name[1:] else (name, "", "")
-    candidate, n = name, 1
-    while inside(folder, candidate).exists():
-        candidate = f"{stem}-{n}{dot}{ext}"
-        n += 1
-    return candidate
 
 
 _UPLOAD_DOC = (
@@ -196,33 +174,35 @@ async def list_files(
     await find_charger(backend, charger_id)
     return [
         DiagnosticsFileOut(name=f.name, size=f.size, modified_at=f.modified_at)
-        for f in operations.uploads.list(charger_id)
+        for f in await operations.uploads.list(charger_id)
     ]
 
 
 @files.get(
     "/{file_name}",
-    response_class=FileResponse,
+    response_class=Response,
     summary="Download a diagnostics file",
-    description="Operator (diagnostics may hold configuration and id tags).",
+    description="Operator (diagnostics may hold configuration and id tags). Supports Range "
+    "requests.",
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "The file."},
         **problem_responses(401, 403, 404),
     },
 )
 async def download_file(
-    charger_id: str, file_name: str, backend: BackendDep, operations: OperationsDep, _: Operator
-) -> FileResponse:
+    charger_id: str,
+    file_name: str,
+    request: Request,
+    backend: BackendDep,
+    operations: OperationsDep,
+    _: Operator,
+) -> Response:
     await find_charger(backend, charger_id)
-    path = operations.uploads.path_of(charger_id, file_name)
-    if path is None:
+    stored = await operations.uploads.find(charger_id, file_name)
+    if stored is None:
         raise Problem(404, f"no diagnostics file {file_name!r}", kind="file-not-found")
-    return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+    return stored_file_response(request, operations.files, stored, filename=stored.name)
 
 
 router.include_router(uploads)
 router.include_router(files)
-
-
-def _discard(path: Path) -> None:
-    path.unlink(missing_ok=True)

@@ -1,10 +1,11 @@
 """The firmware catalog over HTTP, the download endpoint chargers use, and the fit check.
 
 Operators add images by upload (multipart: the API computes the SHA-256 and keeps the file
-under ``data_dir/firmware/<sha256>``) or by external URL (JSON: the SHA-256 is given, or
-computed by downloading it when ``verify`` is true). Chargers download uploaded images from
-``/api/v1/firmware/files/{sha256}`` without a token (they cannot send one); the content
-hash makes the address unguessable and the content self-checking.
+in the file store as ``firmware/<sha256>``: the data directory or the database, see
+:mod:`chargetwin.files`, so every API replica serves it) or by external URL (JSON: the
+SHA-256 is given, or computed by downloading it when ``verify`` is true). Chargers download
+uploaded images from ``/api/v1/firmware/files/{sha256}`` without a token (they cannot send
+one); the content hash makes the address unguessable and the content self-checking.
 
 :func:`desired_firmware_problem` is the API half of "nothing ever sends firmware to a
 charger whose vendor / model it doesn't fit" (the bridge checks again before sending).
@@ -14,25 +15,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request, Response, status
-from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 from starlette.datastructures import UploadFile
 
 from api.auth import Admin, Operator, Viewer
 from api.backends import Backend, get_backend
+from api.downloads import stored_file_response
 from api.operations import Operations, get_operations
 from api.problems import Problem, ProblemError, problem_responses, validation_errors
+from chargetwin.files import FileTooLargeError, Upload
 from chargetwin.json_text import parse_json
-from chargetwin.paths import inside
 from twin.catalog import (
     SOURCE_UPLOAD,
     SOURCE_URL,
@@ -51,6 +49,8 @@ BackendDep = Annotated[Backend, Depends(get_backend)]
 OperationsDep = Annotated[Operations, Depends(get_operations)]
 
 MAX_FIRMWARE_BYTES = 512 * 1024 * 1024
+FOLDER = "firmware"
+"""The file store's folder of uploaded images, each named by its SHA-256."""
 _CHUNK = 1024 * 1024
 _ALL = 2**31 - 1
 _TEXT = r"^[^\x00-\x1f]{1,100}$"
@@ -301,15 +301,11 @@ async def _create_upload(request: Request, operations: Operations) -> FirmwareIm
                 kind="validation-error",
                 errors=[ProblemError(pointer="/file", message="missing")],
             )
-        folder = operations.firmware_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        digest, size, temp = await _store(upload, folder)
-    target = inside(folder, digest)
+        async with operations.files.upload(FOLDER, max_bytes=MAX_FIRMWARE_BYTES) as stored:
+            await _store(upload, stored)
+            digest, size = stored.sha256, stored.size
+            await stored.commit(digest, exists="keep")  # same name, same content
     try:
-        if target.exists():
-            temp.unlink()
-        else:
-            temp.replace(target)
         return await operations.catalog.add(
             vendor=meta.vendor,
             model=meta.model,
@@ -324,28 +320,15 @@ async def _create_upload(request: Request, operations: Operations) -> FirmwareIm
     except FirmwareExistsError as exc:
         await _forget_file(operations, digest)
         raise Problem(409, str(exc), kind="firmware-exists") from exc
-    finally:
-        temp.unlink(missing_ok=True)
 
 
-async def _store(upload: UploadFile, folder: Path) -> tuple[str, int, Path]:
-    """Copy the upload into ``folder`` under a temporary name, hashing it on the way."""
-    sha = hashlib.sha256()
-    size = 0
-    fd, name = tempfile.mkstemp(dir=folder, prefix=".upload-")
-    temp = Path(name)
+async def _store(upload: UploadFile, stored: Upload) -> None:
+    """Copy the upload into the file store, which hashes it on the way."""
     try:
-        with os.fdopen(fd, "wb") as out:
-            while chunk := await upload.read(_CHUNK):
-                size += len(chunk)
-                if size > MAX_FIRMWARE_BYTES:
-                    raise Problem(413, f"firmware images are limited to {MAX_FIRMWARE_BYTES} bytes")
-                sha.update(chunk)
-                out.write(chunk)
-    except BaseException:
-        _discard(temp)
-        raise
-    return sha.hexdigest(), size, temp
+        while chunk := await upload.read(_CHUNK):
+            await stored.write(chunk)
+    except FileTooLargeError as exc:
+        raise Problem(413, f"firmware images are limited to {MAX_FIRMWARE_BYTES} bytes") from exc
 
 
 async def _create_url(request: Request, operations: Operations) -> FirmwareImage:
@@ -495,7 +478,7 @@ async def _forget_file(operations: Operations, sha256: str) -> None:
     """Remove a stored image once no catalog entry uploads it any more."""
     still = [i for i in await operations.catalog.by_sha256(sha256) if i.source == SOURCE_UPLOAD]
     if not still:
-        inside(operations.firmware_dir, sha256).unlink(missing_ok=True)
+        await operations.files.delete(FOLDER, sha256)
 
 
 @router.head("/files/{sha256}", include_in_schema=False)
@@ -504,24 +487,23 @@ async def _forget_file(operations: Operations, sha256: str) -> None:
     summary="Download a firmware image (chargers)",
     description="No token: chargers cannot send one. The address is the image's SHA-256, "
     "so it cannot be guessed; query parameters (`sha256`, `version`) are for the charger "
-    "and ignored here. Supports HEAD and Range requests.",
-    response_class=FileResponse,
+    "and ignored here. Supports HEAD and Range requests. Every API replica serves every "
+    "uploaded image (docs/firmware.md, File storage).",
+    response_class=Response,
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "The image."},
         **problem_responses(404),
     },
 )
-async def download_firmware(sha256: str, operations: OperationsDep) -> FileResponse:
+async def download_firmware(sha256: str, request: Request, operations: OperationsDep) -> Response:
     digest = sha256.lower()
-    if not is_sha256(digest) or not (path := inside(operations.firmware_dir, digest)).is_file():
+    stored = await operations.files.stat(FOLDER, digest) if is_sha256(digest) else None
+    if stored is None:
         raise Problem(404, "no firmware image with that SHA-256", kind="firmware-not-found")
-    return FileResponse(
-        path,
-        media_type="application/octet-stream",
+    return stored_file_response(
+        request,
+        operations.files,
+        stored,
         filename=f"{digest}.bin",
         headers={"Cache-Control": "public, max-age=31536000, immutable"},
     )
-
-
-def _discard(path: Path) -> None:
-    path.unlink(missing_ok=True)

@@ -274,15 +274,15 @@ async def get_work_order(
     except WorkOrderNotFound as exc:
         raise Problem(404, str(exc), kind="work-order-not-found") from exc
     out = work_order_out(order, history=True)
-    out.diagnostics = _diagnostics(request, order)
+    out.diagnostics = await _diagnostics(request, order)
     return out
 
 
-def _diagnostics(request: Request, order: WorkOrder) -> list[DiagnosticsLink]:
+async def _diagnostics(request: Request, order: WorkOrder) -> list[DiagnosticsLink]:
     if order.charger_id is None:
         return []
     until = order.resolved_at or order.cancelled_at or float("inf")
-    files = get_operations(request).uploads.list(order.charger_id)
+    files = await get_operations(request).uploads.list(order.charger_id)
     return [
         DiagnosticsLink(
             name=f.name, size=f.size, modifiedAt=iso(f.modified_at),  # type: ignore[arg-type]

@@ -20,6 +20,14 @@ from chargetwin.topics import Topics
 Auth = Callable[[str], dict[str, str]]
 
 
+async def stored_bytes(backend: Backend, charger_id: str, name: str) -> bytes | None:
+    """A diagnostics file as the API's file store holds it (data directory or database)."""
+    assert backend.operations is not None
+    files = backend.operations.files
+    stored = await files.stat(f"diagnostics/{charger_id}", name)
+    return None if stored is None else b"".join([c async for c in files.read(stored)])
+
+
 @pytest.fixture
 async def backend(db: Database, api_mqtt: MqttClient, topics: Topics, tmp_path: Path) -> Backend:
     backend = Backend.build(
@@ -34,7 +42,6 @@ async def test_a_grant_allows_one_upload_by_its_charger(
     auth: Auth,
     backend: Backend,
     register: Callable[..., Awaitable[dict[str, Any]]],
-    tmp_path: Path,
 ) -> None:
     await register("CP-D-1")
     assert backend.operations is not None
@@ -47,7 +54,7 @@ async def test_a_grant_allows_one_upload_by_its_charger(
     put = await client.put(base + "log-1.txt", content=b"line 1\n")
     assert put.status_code == 201, put.text
     assert put.json() == {"name": "log-1.txt", "size": 7}
-    assert (tmp_path / "diagnostics" / "CP-D-1" / "log-1.txt").read_bytes() == b"line 1\n"
+    assert await stored_bytes(backend, "CP-D-1", "log-1.txt") == b"line 1\n"
     assert_problem(await client.put(base + "log-2.txt", content=b"again"), 403)  # spent
 
     second = await uploads.grant("CP-D-1")
@@ -69,14 +76,15 @@ async def test_a_grant_allows_one_upload_by_its_charger(
 
 
 async def test_unknown_and_expired_grants_are_refused(
-    client: httpx.AsyncClient, db: Database, tmp_path: Path
+    client: httpx.AsyncClient, db: Database, backend: Backend
 ) -> None:
     assert_problem(await client.put("/api/v1/diagnostics/uploads/CP-D-1/nope/a", content=b"x"), 403)
-    expired = DiagnosticsUploads(db, tmp_path / "diagnostics", ttl=-1)
+    assert backend.operations is not None
+    expired = DiagnosticsUploads(db, backend.operations.files, ttl=-1)
     token = await expired.grant("CP-D-1")
     url = f"/api/v1/diagnostics/uploads/CP-D-1/{token}/a.log"
     assert_problem(await client.put(url, content=b"x"), 403)
-    assert not (tmp_path / "diagnostics" / "CP-D-1" / "a.log").exists()
+    assert await stored_bytes(backend, "CP-D-1", "a.log") is None
 
 
 async def test_an_id_that_names_the_parent_folder_reaches_no_file_outside(
@@ -108,3 +116,6 @@ async def test_an_id_that_names_the_parent_folder_reaches_no_file_outside(
     assert_problem(await client.put(upload, content=b"x"), 403)
     left = {p.name for p in tmp_path.iterdir()}  # noqa: ASYNC240 (a small folder)
     assert not {n for n in left if n.startswith(("planted", ".upload-"))}
+    if backend.operations.files.kind == "database":
+        assert await db.fetchall("SELECT folder, name FROM stored_files") == []
+        assert await db.fetchall("SELECT blob_id FROM stored_file_chunks") == []

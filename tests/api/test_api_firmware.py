@@ -54,8 +54,16 @@ async def upload(
     )
 
 
+async def stored_bytes(backend: Backend, sha256: str) -> bytes | None:
+    """The image as the API's file store holds it (data directory or database)."""
+    assert backend.operations is not None
+    files = backend.operations.files
+    stored = await files.stat("firmware", sha256)
+    return None if stored is None else b"".join([c async for c in files.read(stored)])
+
+
 async def test_upload_list_get_and_download_without_a_token(
-    client: httpx.AsyncClient, auth: Auth, tmp_path: Path
+    client: httpx.AsyncClient, auth: Auth, backend: Backend
 ) -> None:
     answer = await upload(client, auth, notes="Fixes the RFID reader")
     assert answer.status_code == 201, answer.text
@@ -65,7 +73,7 @@ async def test_upload_list_get_and_download_without_a_token(
         f"http://chargers.example:8000/api/v1/firmware/files/{SHA}?sha256={SHA}&version=1.5.0"
     )
     assert answer.headers["Location"] == f"/api/v1/firmware/{image['id']}"
-    assert (tmp_path / "firmware" / SHA).read_bytes() == IMAGE
+    assert await stored_bytes(backend, SHA) == IMAGE
 
     assert (await upload(client, auth, "1.10.0", IMAGE + b"x")).status_code == 201
     assert (await upload(client, auth, "1.9.1", IMAGE + b"y")).status_code == 201
@@ -172,7 +180,6 @@ async def test_desired_firmware_must_fit_and_pins_its_image(
     twin: ShadowService,
     backend: Backend,
     register: Callable[..., Awaitable[dict[str, Any]]],
-    tmp_path: Path,
 ) -> None:
     image = (await upload(client, auth)).json()
     await register("CP-FW-1")
@@ -210,7 +217,7 @@ async def test_desired_firmware_must_fit_and_pins_its_image(
     assert (await want("CP-FW-1", None)).status_code == 200
     deleted = await client.delete(f"/api/v1/firmware/{image['id']}", headers=auth("admin"))
     assert deleted.status_code == 204
-    assert not (tmp_path / "firmware" / SHA).exists()
+    assert await stored_bytes(backend, SHA) is None
     gone = await client.get(f"/api/v1/firmware/{image['id']}", headers=auth("viewer"))
     assert_problem(gone, 404)
 
