@@ -2,16 +2,16 @@
 
 The route label is the route's template (``/api/v1/chargers/{charger_id}``), never the
 raw path, so a scan of random URLs adds no series; requests that match no route count as
-``unmatched``. Templates come from the application's OpenAPI paths and its few pages
-outside the document, matched once per request; not from the router's internals, which
-differ between FastAPI versions (nested routers keep their own relative paths).
+``unmatched``. Templates come from the routers the application includes, prefixed as it
+includes them (:func:`api.app.create_app`); not from the matched route in the request
+scope, whose path is relative to its router in current FastAPI versions.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,9 +24,6 @@ from chargetwin.metrics import HTTP_REQUESTS, HTTP_SECONDS
 router = APIRouter(tags=["health"])
 
 
-Templates = Callable[[], Iterable[str]]
-
-
 def _pattern(template: str) -> re.Pattern[str]:
     parts = re.split(r"(\{[^}]+\})", template)
     return re.compile("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts) + "/?")
@@ -35,16 +32,13 @@ def _pattern(template: str) -> re.Pattern[str]:
 class HttpMetricsMiddleware:
     """Counts every answered request and times it, by route template."""
 
-    def __init__(self, app: ASGIApp, templates: Templates) -> None:
+    def __init__(self, app: ASGIApp, templates: Iterable[str]) -> None:
         self.app = app
-        self._templates = templates
-        self._patterns: list[tuple[re.Pattern[str], str]] | None = None
+        # Literal templates first, so a fixed path wins over a parameter in its place.
+        ordered = sorted(set(templates), key=lambda t: (t.count("{"), -len(t)))
+        self._patterns = [(_pattern(t), t) for t in ordered if t]
 
     def route_of(self, path: str) -> str:
-        if self._patterns is None:
-            # Literal templates first, so /campaigns/new-ish paths prefer exact routes.
-            ordered = sorted(set(self._templates()), key=lambda t: (t.count("{"), -len(t)))
-            self._patterns = [(_pattern(t), t) for t in ordered]
         for pattern, template in self._patterns:
             if pattern.fullmatch(path):
                 return template
