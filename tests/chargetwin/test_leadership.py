@@ -67,7 +67,7 @@ async def test_one_leader_and_a_standby_that_takes_over(tmp_path: Path, kind: st
         stops[0].set()
         await asyncio.wait_for(first, 10)
         took = await _until(lambda: jobs[1].running == 1)
-        assert took < 2
+        assert took < 5  # polls every 0.1 s; slack for a loaded machine
         assert (jobs[0].running, leaders[1].terms) == (0, 1)
     finally:
         for stop in stops:
