@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
+import os
+import re
+import socket
 import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -430,8 +435,91 @@ class MqttClient:
             log.error("MQTT on-connect hook failed", exc_info=task.exception())
 
 
-def client_id_for(component: str, base: str | None = None) -> str:
-    """A client id that is stable when ``base`` is given (persistent sessions), unique else."""
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
+MAX_INSTANCES = 64
+INSTANCES_FOLDER = "instances"  # in --data-dir: the slots of the components
+
+
+def host_name() -> str:
+    """This host's name, as it may appear in a client id."""
+    return _UNSAFE_ID.sub("_", socket.gethostname()) or "host"
+
+
+class InstanceSlot:
+    """A numbered place that one process of a component holds in the data directory.
+
+    Why: a component with a persistent session (twin, rules) needs a client id that a
+    restart takes back, and that no other running process of the component uses (the
+    broker disconnects the older of two clients with one id, and they take turns). The
+    slot is a file ``{folder}/{component}-{n}`` holding a name made at its first claim
+    (``{host}-{8 hex}``), locked with ``flock`` while the process lives: a process takes
+    the lowest free slot, so a restarted one gets its old name back and a second one on
+    the same data directory the next. The kernel drops the lock when the process dies
+    (kill -9 included). Folders on different hosts or volumes hold different names.
+    """
+
+    def __init__(self, folder: Path, component: str, number: int, name: str, fd: int) -> None:
+        self.folder = folder
+        self.component = component
+        self.number = number
+        self.name = name
+        self._fd: int | None = fd
+
+    @classmethod
+    def claim(cls, folder: Path, component: str, *, limit: int = MAX_INSTANCES) -> InstanceSlot:
+        """The lowest slot no running process holds; ``RuntimeError`` when all are held."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for number in range(limit):
+            fd = os.open(folder / f"{component}-{number}", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                name = _slot_name(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            return cls(folder, component, number, name, fd)
+        raise RuntimeError(
+            f"all {limit} {component} instance slots in {folder} are held by running processes"
+        )
+
+    def release(self) -> None:
+        """Give the slot up (closing the descriptor drops the lock); idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _slot_name(fd: int) -> str:
+    """The name kept in a slot file, written (and fsynced) on its first claim."""
+    kept = os.pread(fd, 256, 0).decode("ascii", "replace").strip()
+    if kept and not _UNSAFE_ID.search(kept):
+        return kept
+    name = f"{host_name()}-{uuid.uuid4().hex[:8]}"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{name}\n".encode(), 0)
+    os.fsync(fd)
+    return name
+
+
+def client_id_for(
+    component: str, base: str | None = None, *, slot: InstanceSlot | None = None
+) -> str:
+    """The MQTT client id of one process of ``component``: the one rule of every component.
+
+    * ``base`` given (``--mqtt-client-id``): ``{base}-{component}``, as the operator named
+      it; give each process of a component its own base.
+    * ``slot`` given (a component that keeps a persistent session: twin, rules):
+      ``chargetwin-{component}-{slot name}``, the same after a restart and never the id
+      of another running process (:class:`InstanceSlot`).
+    * neither (bridge, fleet, api: nothing to keep across restarts):
+      ``chargetwin-{component}-{host}-{8 random hex}``, new at every start.
+    """
     if base:
         return f"{base}-{component}"
-    return f"chargetwin-{component}-{uuid.uuid4().hex[:8]}"
+    if slot is not None:
+        return f"chargetwin-{component}-{slot.name}"
+    return f"chargetwin-{component}-{host_name()}-{uuid.uuid4().hex[:8]}"

@@ -79,7 +79,13 @@ class Settings(BaseSettings):
     )
     mqtt_prefix: str = Field("chargetwin", description="Topic prefix.")
     mqtt_client_id: str | None = Field(
-        None, description="Client id base; unset derives one from the component and host."
+        None,
+        description="Client id base: each component connects as BASE-COMPONENT, so give "
+        "every process of a component its own. Unset (recommended): twin and rules connect as "
+        "chargetwin-COMPONENT-NAME, NAME kept in an instance slot in --data-dir/instances "
+        "(the same after a restart, so the persistent session comes back; a second process "
+        "on the data dir takes the next slot), the others as "
+        "chargetwin-COMPONENT-HOST-RANDOM, new at each start (docs/mqtt.md, Client ids).",
     )
     mqtt_subscribers: str = Field(
         "twin,rules",

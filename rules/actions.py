@@ -1,6 +1,10 @@
 """What a firing alert may do besides notify: open a work order, set desired state, send a
 command. Guardrails: a rate limit per rule action (sliding window) and ``dry_run``, which
-logs and records what would be done and does nothing."""
+logs and records what would be done and does nothing.
+
+A rule opens one work order per alert (the store's unique ``alert_id``), and none while
+one it opened for the same charger, connector and title is still open or in progress: a
+charger that faults again before the technician came gets no second order for it."""
 
 from __future__ import annotations
 
@@ -82,6 +86,19 @@ class Actions:
             )
         return out
 
+    async def _open_order(
+        self, rule: str, charger: str, connector: str | None, title: str
+    ) -> str | None:
+        """The id of an open or in-progress work order ``rule`` opened for the same
+        charger, connector and title, if any."""
+        orders, _ = await self.work_orders.list(
+            statuses=("open", "in_progress"), charger_ids=[charger], source="rule", limit=1000
+        )
+        for order in orders:
+            if (order.rule, order.connector_id, order.title) == (rule, connector, title):
+                return order.id
+        return None
+
     def _allowed(self, rule: Rule, index: int, action: Action, now: float) -> bool:
         if action.rate_max is None:
             return True
@@ -103,14 +120,21 @@ class Actions:
 
         if action.type != "work_order" and not charger:
             return record("skipped", "the alert has no charger label")
+        title = str(options.get("title") or alert.annotations.get("summary") or rule.alert)
+        if action.type == "work_order" and charger:
+            pending = await self._open_order(
+                rule.alert, charger, alert.labels.get("connector"), title
+            )
+            if pending is not None:
+                return record("skipped", f"work order {pending} is still open")
         if not self._allowed(rule, index, action, time.monotonic()):
             return record("rate-limited", f"more than {action.rate_max} per {action.rate_per:g} s")
         if action.dry_run or self.dry_run:
             return record("dry-run", repr(options))
         try:
             if action.type == "work_order":
-                await self.work_orders.create(
-                    options.get("title") or alert.annotations.get("summary") or rule.alert,
+                order = await self.work_orders.create(
+                    title,
                     actor=f"rule:{rule.alert}",
                     source="rule",
                     description=options.get("description") or alert.annotations.get("description"),
@@ -120,6 +144,8 @@ class Actions:
                     rule=rule.alert,
                     priority=str(options.get("priority") or "normal"),
                 )
+                if order is None:
+                    return record("skipped", "the alert has a work order already")
             elif action.type == "desired":
                 if self.shadow_client is None:
                     return record("skipped", "no MQTT connection")

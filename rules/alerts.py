@@ -5,6 +5,14 @@ keeps its identity while its value moves). Lifecycle as Prometheus: a breach ope
 *pending*; after ``for`` it is *firing*; when the breach ends a pending alert is dropped
 and a firing one *resolved* (after ``keep_firing_for``). A later breach opens a new alert.
 Acknowledgements and silences are written by operators (API) and only read here.
+
+One open alert per label set, in the store: a partial unique index over the pending and
+firing rows of a rule's fingerprint. A new alert is inserted only if no open one holds
+its label set (``INSERT ... ON CONFLICT DO NOTHING``), an open one is updated only while
+it is still open, and the first notification is claimed with a conditional update; so
+even two engines racing (a leader and one that has not yet noticed it lost the lead)
+cannot open, or announce, one alert twice. :meth:`AlertStore.save` reports what the store
+refused, and the engine takes the stored alert in its place.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from chargetwin.database import Database
+from chargetwin.database import Database, SQLiteDatabase
+from chargetwin.leadership import lock_key
 from rules.evaluations import Observation
 from rules.files import Rule
 from rules.points import Labels, format_duration
@@ -37,6 +46,15 @@ SCHEMA = (
         acknowledged_by TEXT, acknowledged_at DOUBLE PRECISION, ack_comment TEXT,
         ack_expires_at DOUBLE PRECISION)""",
     "CREATE INDEX IF NOT EXISTS alerts_by_state ON alerts (state, updated_at)",
+    # Before the unique index: open duplicates left by engines that ran side by side before
+    # it existed. The oldest open alert of a label set stays.
+    """DELETE FROM alerts WHERE state IN ('pending', 'firing') AND EXISTS (
+        SELECT 1 FROM alerts AS older WHERE older.rule = alerts.rule
+        AND older.fingerprint = alerts.fingerprint AND older.state IN ('pending', 'firing')
+        AND (older.active_at < alerts.active_at
+             OR (older.active_at = alerts.active_at AND older.id < alerts.id)))""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS alerts_open_once ON alerts (rule, fingerprint) "
+    "WHERE state IN ('pending', 'firing')",
     "CREATE INDEX IF NOT EXISTS alerts_by_charger ON alerts (charger_id)",
     """CREATE TABLE IF NOT EXISTS silences (
         id TEXT PRIMARY KEY, matchers TEXT NOT NULL, starts_at DOUBLE PRECISION NOT NULL,
@@ -54,6 +72,30 @@ _COLUMNS = (
     "fired_at, resolved_at, last_active_at, updated_at, silenced, inhibited, notified, "
     "acknowledged_by, acknowledged_at, ack_comment, ack_expires_at"
 )
+
+
+_OPEN = "state IN ('pending', 'firing')"
+_INSERT = (
+    f"INSERT INTO alerts ({_COLUMNS}) VALUES ({', '.join('?' for _ in _COLUMNS.split(', '))}) "
+    "ON CONFLICT DO NOTHING"
+)
+# The engine's columns; an alert closed meanwhile (by another engine) is not opened again.
+_UPDATE = (
+    "UPDATE alerts SET state = ?, value = ?, annotations = ?, fired_at = ?, resolved_at = ?, "
+    "last_active_at = ?, updated_at = ?, silenced = ?, inhibited = ? "
+    f"WHERE id = ? AND {_OPEN}"
+)
+_CLAIM = f"UPDATE alerts SET notified = TRUE WHERE id = ? AND notified = FALSE AND {_OPEN}"
+_DROP = "DELETE FROM alerts WHERE id = ? AND state = 'pending'"
+SCHEMA_LOCK = "rules-alerts-schema"
+
+
+@dataclass
+class Saved:
+    """What :meth:`AlertStore.save` could not write, and the notifications it claimed."""
+
+    refused: set[str] = field(default_factory=set)  # ids of alerts the store did not take
+    notify: list[Alert] = field(default_factory=list)  # first notifications now ours to send
 
 
 def fingerprint(labels: Mapping[str, str]) -> str:
@@ -86,6 +128,7 @@ class Alert:
     changed: bool = field(default=False, compare=False)  # to save now: new or state moved
     stale: bool = field(default=False, compare=False)  # value/annotations moved since saved
     saved_at: float = field(default=0.0, compare=False)
+    stored: bool = field(default=False, compare=False)  # its row exists in the store
 
     def as_dict(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
@@ -131,8 +174,16 @@ class Alert:
             active_at=row[9], fired_at=row[10], resolved_at=row[11], last_active_at=row[12],
             updated_at=row[13], silenced=bool(row[14]), inhibited=bool(row[15]),
             notified=bool(row[16]), acknowledged_by=row[17], acknowledged_at=row[18],
-            ack_comment=row[19], ack_expires_at=row[20],
+            ack_comment=row[19], ack_expires_at=row[20], stored=True,
         )  # fmt: skip
+
+
+def _update_params(alert: Alert) -> tuple[Any, ...]:
+    return (
+        alert.state, alert.value, json.dumps(alert.annotations), alert.fired_at,
+        alert.resolved_at, alert.last_active_at, alert.updated_at, alert.silenced,
+        alert.inhibited, alert.id,
+    )  # fmt: skip
 
 
 def labels_for(rule: Rule, group: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -229,27 +280,64 @@ class AlertStore:
         self.db = db
 
     async def create_schema(self) -> None:
-        for statement in SCHEMA:
-            await self.db.execute(statement)
+        # One transaction, and on PostgreSQL one process at a time: processes starting
+        # together would otherwise race on creating the same index.
+        async with self.db.transaction() as tx:
+            if not isinstance(self.db, SQLiteDatabase):
+                await tx.fetchall("SELECT pg_advisory_xact_lock(?)", (lock_key(SCHEMA_LOCK),))
+            for statement in SCHEMA:
+                await tx.execute(statement)
 
-    async def save(self, alerts: Iterable[Alert]) -> None:
-        """Upsert the engine's view; operator columns (acknowledgement) are left alone."""
-        placeholders = ", ".join("?" for _ in _COLUMNS.split(", "))
-        sql = (
-            f"INSERT INTO alerts ({_COLUMNS}) VALUES ({placeholders}) ON CONFLICT (id) DO UPDATE "
-            "SET state = excluded.state, value = excluded.value, "
-            "annotations = excluded.annotations, "
-            "fired_at = excluded.fired_at, resolved_at = excluded.resolved_at, "
-            "last_active_at = excluded.last_active_at, updated_at = excluded.updated_at, "
-            "silenced = excluded.silenced, inhibited = excluded.inhibited, "
-            "notified = excluded.notified"
+    async def save(self, alerts: Iterable[Alert], *, notify: Iterable[Alert] = ()) -> Saved:
+        """Write the engine's view of ``alerts`` and claim the first notification of those
+        in ``notify`` (firing alerts not yet announced, each one of ``alerts``); operator
+        columns (acknowledgement) are left alone. What the store refuses is returned, not
+        written (module docstring)."""
+        claims = {a.id for a in notify}
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        purposes: list[tuple[str, Alert]] = []
+        for alert in alerts:
+            if alert.state == "inactive":  # a pending alert whose breach ended: gone
+                statements.append((_DROP, (alert.id,)))
+                purposes.append(("drop", alert))
+            elif not alert.stored:
+                row = alert.row()
+                if alert.id in claims:
+                    row = (*row[:16], True, *row[17:])
+                statements.append((_INSERT, row))
+                purposes.append(("insert", alert))
+            else:
+                if alert.id in claims:
+                    statements.append((_CLAIM, (alert.id,)))
+                    purposes.append(("claim", alert))
+                statements.append((_UPDATE, _update_params(alert)))
+                purposes.append(("update", alert))
+        saved = Saved()
+        if not statements:
+            return saved
+        counts = await self.db.execute_batch(statements)
+        for (purpose, alert), count in zip(purposes, counts, strict=True):
+            if purpose == "insert":
+                if count == 1:
+                    alert.stored = True
+                    if alert.id in claims:
+                        saved.notify.append(alert)
+                else:
+                    saved.refused.add(alert.id)
+            elif purpose == "update" and count != 1:
+                saved.refused.add(alert.id)
+            elif purpose == "claim" and count == 1:
+                saved.notify.append(alert)
+        saved.notify = [a for a in saved.notify if a.id not in saved.refused]
+        return saved
+
+    async def open_alert(self, rule: str, fp: str) -> Alert | None:
+        """The open (pending or firing) alert of ``rule`` for one label set, if any."""
+        row = await self.db.fetchone(
+            f"SELECT {_COLUMNS} FROM alerts WHERE rule = ? AND fingerprint = ? AND state IN (?, ?)",
+            (rule, fp, PENDING, FIRING),
         )
-        statements = [(sql, a.row()) for a in alerts if a.state != "inactive"]
-        drops = [
-            ("DELETE FROM alerts WHERE id = ?", (a.id,)) for a in alerts if a.state == "inactive"
-        ]
-        if statements or drops:
-            await self.db.execute_batch([*statements, *drops])
+        return Alert.from_row(row) if row else None
 
     async def open_alerts(self) -> list[Alert]:
         rows = await self.db.fetchall(

@@ -61,6 +61,7 @@ class Engine:
         }
         self.value_refresh = value_refresh
         self._lock = asyncio.Lock()
+        self.closed = False
         self._concurrency = asyncio.Semaphore(concurrency)
         self._fingerprints: dict[str, dict[Labels, str]] = {}
         self.settle = settle
@@ -92,6 +93,12 @@ class Engine:
                 self.current[alert.rule][alert.fingerprint] = alert
         await self.alert_store.forget_rules_except(known)
 
+    async def close(self) -> None:
+        """Evaluate no more: the evaluation in flight finishes, later ones do nothing."""
+        self.closed = True
+        async with self._lock:
+            pass
+
     def firing(self, rule: str | None = None) -> list[Alert]:
         rules = [rule] if rule else list(self.current)
         return [a for r in rules for a in self.current.get(r, {}).values() if a.state == FIRING]
@@ -106,6 +113,8 @@ class Engine:
         """
         at = time.time() if at is None else at
         async with self._lock:
+            if self.closed:
+                return []
             evaluated = list(self.rules if rules is None else rules)
             queries = SharedQueries(self.store)
             async with asyncio.TaskGroup() as group:
@@ -116,8 +125,7 @@ class Engine:
             transitions: list[Alert] = []
             for rule, task in zip(evaluated, observing, strict=True):
                 transitions.extend(self._advance(rule, *task.result(), at))
-            await self._finish(transitions, evaluated, at)
-            return transitions
+            return await self._finish(transitions, evaluated, at)
 
     async def _observe(
         self, rule: Rule, queries: SharedQueries, at: float
@@ -158,7 +166,8 @@ class Engine:
         )
         return transitions
 
-    async def _finish(self, transitions: list[Alert], rules: list[Rule], at: float) -> None:
+    async def _finish(self, transitions: list[Alert], rules: list[Rule], at: float) -> list[Alert]:
+        """Silence, inhibit, save and notify; the transitions the store took are returned."""
         silences = await self.alert_store.active_silences(at)
         everything = [a for alerts in self.current.values() for a in alerts.values()]
         firing = [a for a in everything if a.state == FIRING]
@@ -184,26 +193,31 @@ class Engine:
             )
             if (silenced, inhibited) != (alert.silenced, alert.inhibited):
                 alert.silenced, alert.inhibited, alert.changed = silenced, inhibited, True
-        notify: list[Alert] = []
-        for alert in everything:
-            if (
-                alert.state == FIRING
-                and not alert.notified
-                and not (alert.silenced or alert.inhibited)
-            ):
-                alert.notified = alert.changed = True
-                notify.append(alert)
-        # Saved: what changed state (at once), and alerts whose value or annotations moved
-        # (at most every ``value_refresh`` seconds each: a held-for duration moves every
-        # evaluation, and rewriting thousands of rows per cycle for it is the slow part).
-        changed = {id(a): a for a in transitions}
+        notify = [
+            alert
+            for alert in everything
+            if alert.state == FIRING
+            and not alert.notified
+            and not (alert.silenced or alert.inhibited)
+        ]
+        # Saved: what changed state (at once), alerts to announce (the store's claim on their
+        # first notification), and alerts whose value or annotations moved (at most every
+        # ``value_refresh`` seconds each: a held-for duration moves every evaluation, and
+        # rewriting thousands of rows per cycle for it is the slow part).
+        changed = {id(a): a for a in [*transitions, *notify]}
         for alert in everything:
             if alert.changed or (alert.stale and at - alert.saved_at >= self.value_refresh):
                 changed[id(alert)] = alert
-        await self.alert_store.save(changed.values())
+        saved = await self.alert_store.save(changed.values(), notify=notify)
         for alert in changed.values():
             alert.changed = alert.stale = False
             alert.saved_at = at
+        for alert in notify:  # announced now, or by another engine that claimed it first
+            alert.notified = True
+        if saved.refused:
+            await self._take_stored([a for a in changed.values() if a.id in saved.refused], at)
+            transitions = [a for a in transitions if a.id not in saved.refused]
+        notify = saved.notify
         for rule in rules:
             await self.alert_store.save_rule_state(rule, self.states[rule.alert])
         notified = {id(a) for a in notify}
@@ -218,6 +232,29 @@ class Engine:
             owner = by_rule.get(alert.rule)
             if owner is not None and owner.actions and self.actions is not None:
                 await self.actions.run(owner, alert)
+        return transitions
+
+    async def _take_stored(self, refused: list[Alert], at: float) -> None:
+        """Put the store's open alert in place of each one it refused (another engine
+        opened the label set first, or closed the alert); none left: forget ours."""
+        for alert in refused:
+            current = self.current.get(alert.rule, {})
+            if current.get(alert.fingerprint) is not alert:
+                continue  # resolved or dropped here: nothing open to replace
+            stored = await self.alert_store.open_alert(alert.rule, alert.fingerprint)
+            if stored is None:
+                del current[alert.fingerprint]
+            else:
+                stored.saved_at = at
+                current[alert.fingerprint] = stored
+        if refused:
+            log.warning(
+                "%d alerts (first: rule %s, %s) were opened or closed by another engine "
+                "meanwhile; took the stored ones",
+                len(refused),
+                refused[0].rule,
+                refused[0].labels,
+            )
 
     def schedule(self, scheduler: AsyncIOScheduler) -> None:
         """One job per rule group, every ``interval``; a late run is merged, never doubled."""

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 
 from chargetwin.database import connect
 from chargetwin.metrics import watch, watch_outbox
-from chargetwin.mqtt import MqttClient, client_id_for
+from chargetwin.mqtt import INSTANCES_FOLDER, InstanceSlot, MqttClient, client_id_for
 from chargetwin.readiness import ServiceAnnouncer
 from chargetwin.settings import Settings
 from chargetwin.topics import Topics
@@ -32,15 +31,17 @@ async def run_twin(settings: Settings, stop: asyncio.Event) -> None:
     """Serve shadows until ``stop`` is set; queued requests are finished first."""
     db = connect(settings.database_target)
     await db.open()
+    slot: InstanceSlot | None = None
     try:
         store, registry = ShadowStore(db), ChargerRegistry(db)
         await store.create_schema()
         await registry.create_schema()
         # A stable client id and a persistent session: requests published while the twin
-        # restarts wait in the broker instead of being lost. The host name keeps workers on
-        # different hosts (containers) apart; several on one host need --mqtt-client-id.
-        base = settings.mqtt_client_id or f"chargetwin-{socket.gethostname()}"
-        client_id = client_id_for("twin", base)
+        # restarts wait in the broker instead of being lost. The instance slot keeps the id
+        # across restarts and apart from every other running twin (chargetwin.mqtt).
+        if not settings.mqtt_client_id:
+            slot = InstanceSlot.claim(settings.data_dir / INSTANCES_FOLDER, "twin")
+        client_id = client_id_for("twin", settings.mqtt_client_id, slot=slot)
         topics = Topics(settings.mqtt_prefix)
         # Publishers wait for this announcement after a broker restart (chargetwin.readiness).
         announcer = ServiceAnnouncer(topics, "twin", client_id)
@@ -81,4 +82,6 @@ async def run_twin(settings: Settings, stop: asyncio.Event) -> None:
             await service.stop()
             await mqtt.disconnect()
     finally:
+        if slot is not None:
+            slot.release()
         await db.close()

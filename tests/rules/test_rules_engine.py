@@ -16,7 +16,7 @@ from chargetwin.database import Database, connect
 from chargetwin.mqtt import MqttClient
 from chargetwin.topics import Topics
 from rules.actions import Actions, list_work_orders
-from rules.alerts import Alert, AlertStore
+from rules.alerts import Alert, AlertStore, Saved
 from rules.engine import Engine
 from rules.files import bundled_pack, load_rules
 from rules.influx import InfluxStore
@@ -318,10 +318,10 @@ class _CountingAlertStore(AlertStore):
         super().__init__(db)
         self.saves: list[list[str]] = []
 
-    async def save(self, alerts: Iterable[Alert]) -> None:
+    async def save(self, alerts: Iterable[Alert], *, notify: Iterable[Alert] = ()) -> Saved:
         alerts = list(alerts)
         self.saves.append([f"{a.rule}:{a.state}" for a in alerts])
-        await super().save(alerts)
+        return await super().save(alerts, notify=notify)
 
 
 async def test_rules_engine_saves_only_what_changed(
