@@ -6,7 +6,9 @@ messages to one callback, and logs instead of raising. This class keeps the subs
 and re-sends them on every connect, routes each message to the handler of the filter that
 matched it (``+``, ``#`` and ``$share/GROUP/`` understood), and answers the broker's
 PUBACK only once the handler has finished, so a message is acknowledged after its work is
-durable (at-least-once end to end).
+durable (at-least-once end to end). gmqtt acknowledges on receipt unless constructed with
+``optimistic_acknowledgement=False``; a message still in its handler when the process dies
+is therefore the broker's to send again.
 
 Publishing goes through an outbox (:mod:`chargetwin.outbox`) that loses nothing across
 reconnects and reports each message's PUBACK to the request being answered, if any
@@ -54,6 +56,10 @@ _DISCONNECT_TIMEOUT = 5.0
 
 class MqttError(RuntimeError):
     """The broker could not be reached or refused us."""
+
+
+class _Unacknowledged(Exception):
+    """A received message must stay unacknowledged (we are stopping without its handler)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,13 +149,20 @@ class MqttClient:
         self.session_present = False  # the broker's CONNACK flag of the current connection
         self._gate = gate
         self._closing = False
+        self._gone = asyncio.Event()  # set once disconnect() closed the connection
         self._tasks: set[asyncio.Task[None]] = set()
         will_message = None
         if will is not None:
             topic, payload, retain = will
             will_message = Message(topic, encode(payload), qos=1, retain=retain)
+        # optimistic_acknowledgement=False: gmqtt's default answers PUBACK as a message
+        # arrives, before its handler ran; a kill -9 then lost what the handler held (the
+        # recorder's open batch). Deferred, gmqtt sends the PUBACK when _on_message returns.
         self._client = GmqttClient(
-            client_id, clean_session=clean_session, will_message=will_message
+            client_id,
+            clean_session=clean_session,
+            will_message=will_message,
+            optimistic_acknowledgement=False,
         )
         self._client.set_config({"reconnect_retries": -1, "reconnect_delay": reconnect_delay})
         if self.address.username:
@@ -217,10 +230,13 @@ class MqttClient:
         for task in list(self._tasks):
             task.cancel()
         # Bounded: a stop must not wait forever on a broker that stopped answering.
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(_DISCONNECT_TIMEOUT):
-                await self._client.disconnect()
-        self._connected.clear()
+        try:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_DISCONNECT_TIMEOUT):
+                    await self._client.disconnect()
+        finally:
+            self._connected.clear()
+            self._gone.set()  # messages kept unacknowledged may return now: no PUBACK goes
 
     async def __aenter__(self) -> MqttClient:
         await self.connect()
@@ -379,21 +395,36 @@ class MqttClient:
     async def _on_message(
         self, client: Any, topic: str, payload: bytes, qos: int, properties: Any
     ) -> int:
+        """gmqtt sends the PUBACK of a QoS 1 message when this returns (never before: see
+        ``optimistic_acknowledgement``), so it must return a code and never raise: gmqtt
+        reads the result in a done-callback, where an exception is only logged."""
         handler = self._route(topic)
         if handler is None and not self._clean_session:
-            handler = await self._handler_to_come(topic)
+            try:
+                handler = await self._handler_to_come(topic)
+            except _Unacknowledged:
+                return await self._unacknowledged()
         if handler is None:
             return _PUBACK_SUCCESS
         try:
             await handler(topic, payload)
         except asyncio.CancelledError:
-            raise
+            # Cancelled (the loop is closing): no PUBACK, the broker sends it again.
+            return await self._unacknowledged()
         except Exception:
             # The handler's own errors must never kill the connection; the message is
             # acknowledged anyway, as redelivery would only fail the same way again.
             log.exception("handler for %s failed", topic)
             return _PUBACK_UNSPECIFIED_ERROR
         return _PUBACK_SUCCESS
+
+    async def _unacknowledged(self) -> int:
+        """Keep a message unacknowledged: return only once our connection is closed, so
+        the PUBACK gmqtt then writes goes nowhere and the broker keeps the message."""
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            async with asyncio.timeout(_DISCONNECT_TIMEOUT):  # a loop shutting down
+                await self._gone.wait()
+        return _PUBACK_UNSPECIFIED_ERROR
 
     async def _handler_to_come(self, topic: str) -> Handler | None:
         """A persistent session gets what the broker kept for it right after CONNACK, maybe
@@ -405,7 +436,7 @@ class MqttClient:
         while (remaining := deadline - loop.time()) > 0:
             if self._closing:
                 # Not acknowledged: the broker keeps it in the session for the next start.
-                raise asyncio.CancelledError
+                raise _Unacknowledged
             self._handler_added.clear()
             handler = self._route(topic)  # after the clear: a subscribe now is not missed
             if handler is not None:
