@@ -147,6 +147,7 @@ class MqttClient:
         self._connected = asyncio.Event()
         self._lost_at: float | None = None  # wall-clock time the last connection was lost
         self.session_present = False  # the broker's CONNACK flag of the current connection
+        self.connections = 0  # connections made so far (CONNACKs): tells them apart
         self._gate = gate
         self._closing = False
         self._gone = asyncio.Event()  # set once disconnect() closed the connection
@@ -326,6 +327,7 @@ class MqttClient:
             self._gate.reset()
             if not self._gate.is_open:
                 self._spawn(self._warn_while_gated())
+        self.connections += 1
         self._resubscribed = []
         for topic_filter, (qos, _) in self._handlers.items():
             mid = self._client.subscribe(topic_filter, qos=qos)
@@ -366,17 +368,35 @@ class MqttClient:
         self._spawn(self.outbox.flush())
 
     async def _warn_while_gated(self) -> None:
+        """Every few seconds while the gate stays shut on this connection: say so, and
+        subscribe to the statuses again, so the broker sends the retained ones once more
+        (MQTT 3.1.1 section 3.8.4): an announcement missed for any reason must not hold
+        every message (and every charger's answer) until the next reconnect."""
         assert self._gate is not None
-        try:
-            async with asyncio.timeout(_GATE_WARNING_AFTER):
-                await self._gate.wait_open()
-        except TimeoutError:
+        connection = self.connections
+        while not self._closing and self.connections == connection and self.is_connected:
+            try:
+                async with asyncio.timeout(_GATE_WARNING_AFTER):
+                    await self._gate.wait_open()
+                return
+            except TimeoutError:
+                pass
+            if self.connections != connection or not self.is_connected or self._closing:
+                return  # the next connection has its own
             log.warning(
                 "MQTT: holding %d messages until %s announce their subscriptions on %s",
                 self.outbox.waiting,
                 ", ".join(self._gate.missing),
                 self._gate.topic_filter,
             )
+            self._client.subscribe(self._gate.topic_filter, qos=1)
+
+    async def reconnect(self) -> None:
+        """Drop this connection and make a new one (subscriptions and hooks run again)."""
+        if not self._closing:
+            # delay=True: gmqtt's own reconnect, scheduled as the old socket closes, finds
+            # ours under way and stands back (with no delay it could open a second one).
+            await self._client.reconnect(delay=True)
 
     def _on_subscribe(self, client: Any, mid: int, qos: Any, properties: Any) -> None:
         future = self._suback.pop(mid, None)
