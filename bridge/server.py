@@ -311,7 +311,9 @@ class OcppServer:
 
     async def _run(self, charger_id: str, connection: ChargerConnection) -> None:
         reporter = self.services.reporter
-        log.info("%s: connected", charger_id)  # online once accepted (bridge.connections)
+        # DEBUG: in a reconnect storm three lines per charger (connected, online, booted)
+        # were a tenth of the bridge's CPU; "booted" (INFO) says what these would.
+        log.debug("%s: connected", charger_id)  # online once accepted (bridge.connections)
         try:
             await connection.serve()
         finally:
