@@ -2,16 +2,20 @@
 
 Routes raise :class:`Problem`; the handlers installed by :func:`install_problem_handlers`
 turn it, FastAPI's request validation errors, Starlette's 404/405 and any unexpected
-exception into ``application/problem+json`` bodies, so clients parse one format.
+exception into ``application/problem+json`` bodies, so clients parse one format. A
+database that cannot be reached or is locked (:func:`store_outage`) is a 503 with
+``Retry-After`` and one log line, not a 500 with a traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Annotated, Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -163,6 +167,12 @@ _SHARED_PROBLEMS: tuple[tuple[int, str, str], ...] = (
     (413, "body", "The request body is too large (`body-too-large`)"),
     (422, "input", "Invalid request (problem with `errors`)"),
     (500, "any", "Unexpected error; it has been logged (`internal-error`)"),
+    (
+        503,
+        "any",
+        "The database cannot be reached or is busy; try again after `Retry-After` seconds "
+        "(`store-unavailable`)",
+    ),
 )
 
 
@@ -264,6 +274,49 @@ def _allowed_methods(request: Request) -> list[str]:
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
+# Seconds a client is told to wait before it tries again while the database is away.
+STORE_RETRY_AFTER = 5
+
+
+def store_outage(exc: BaseException) -> BaseException | None:
+    """The database error behind ``exc`` when it means "unreachable or busy now" rather
+    than a defect: psycopg's OperationalError (the server is down, the connection was cut,
+    a backend was terminated, the pool timed out waiting for a connection: PoolTimeout is
+    one) or SQLite's "database is locked". Follows ``raise ... from`` and exception groups;
+    None for anything else."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if _is_outage(error):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        if error.__cause__ is not None:
+            pending.append(error.__cause__)
+    return None
+
+
+def _is_outage(error: BaseException) -> bool:
+    if isinstance(error, sqlite3.OperationalError):
+        message = str(error)
+        return "database is locked" in message or "database table is locked" in message
+    return isinstance(error, psycopg.OperationalError)
+
+
+def store_unavailable_problem() -> Problem:
+    return Problem(
+        503,
+        "the database cannot be reached or is busy; try again later",
+        kind="store-unavailable",
+        title="Database unavailable",
+        headers={"Retry-After": str(STORE_RETRY_AFTER)},
+    )
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
@@ -295,7 +348,23 @@ class UnexpectedErrorMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except Exception:
+        except Exception as exc:
+            outage = store_outage(exc)
+            if outage is not None:
+                # Not our defect and not the client's: one line, no traceback, and a 503
+                # the client may retry after Retry-After.
+                log.warning(
+                    "%s %s: database unavailable (503): %s",
+                    scope.get("method"),
+                    scope.get("path"),
+                    outage,
+                )
+                if started:
+                    raise
+                await problem_response(store_unavailable_problem(), scope.get("path"))(
+                    scope, receive, send
+                )
+                return
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if started:
                 raise

@@ -15,6 +15,7 @@ newer epoch than the will's tells the twin the socket was held all along (docs/m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ class BridgeOptions:
     firmware_retries: int = 3  # UpdateFirmware retries / retryInterval (OCPP 1.6 5.19)
     firmware_retry_interval: int = 60
     tls: TlsFiles | None = None  # None: plain ws:// (security profile 1)
+    # How often rotations whose old password outlived its grace are ended (credentials).
+    rotation_expiry_interval: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> BridgeOptions:
@@ -105,6 +108,7 @@ class Bridge:
         self.db: Database | None = None
         self.mqtt: MqttClient | None = None
         self.server: OcppServer | None = None
+        self._expiry: asyncio.Task[None] | None = None  # rotations' old passwords
         self.services: Services | None = None
         self.reporter: Reporter | None = None
         # The epoch the next MQTT connection announces; its will carries it already.
@@ -155,13 +159,17 @@ class Bridge:
         self.mqtt.on_connect(self._announce)
         await self.mqtt.connect()
 
+        rotations = CredentialRotations(
+            registry, reporter, audit, expiry_interval=options.rotation_expiry_interval
+        )
+        self._expiry = asyncio.create_task(rotations.run_expiry(), name="password expiry")
         self.services = Services(
             reporter=reporter,
             transactions=transactions,
             id_tags=id_tags,
             heartbeat_interval=options.heartbeat_interval,
             data_transfer_vendors=options.data_transfer_vendors,
-            credentials=CredentialRotations(registry, reporter, audit),
+            credentials=rotations,
             firmware=FirmwareSupport(
                 catalog,
                 shadows,
@@ -230,6 +238,11 @@ class Bridge:
         if self.server is not None:
             await self.server.stop()
             self.server = None
+        expiry, self._expiry = self._expiry, None
+        if expiry is not None:
+            expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiry
         if self.mqtt is not None and self.reporter is not None:
             self.reporter.bridge_status(False)
             if not await self.mqtt.drain(self.options.drain_timeout):

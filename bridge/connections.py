@@ -135,7 +135,7 @@ class ChargerConnection:
         self.handler.accepted = True
         self.accepted.set()
         self.services.reporter.presence(self.charger_id, True, now())
-        log.info("%s: online", self.charger_id)
+        log.debug("%s: online", self.charger_id)  # the "booted" line says it (INFO)
 
     async def _recall(self) -> None:
         """Was a boot of this charger accepted before? (It need not boot again.)"""

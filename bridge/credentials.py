@@ -14,10 +14,13 @@ registry hashed and presents it in HTTP Basic auth. The bridge speaks OCPP 1.6 o
 2.0.1's SetVariables BasicAuthPassword (the plain string) belongs here when it speaks 2.0.1.
 
 The charger's answer: Accepted (or RebootRequired: it will use it after a reboot) keeps
-both passwords valid until the charger connects with the new one; Rejected, NotSupported
-or a CALLERROR fail the rotation and the old password stays. Every change is reported in
-the shadow without the secret (``reported.security.credentials``) and written to the
-audit log.
+both passwords valid until the charger connects with the new one, for at most the
+registry's ``old_password_grace`` (24 h by default, :data:`twin.registry.OLD_PASSWORD_GRACE`):
+then the old password expires and the rotation ends ``done`` with the reason "old password
+expired" (:meth:`CredentialRotations.run_expiry` looks every ``expiry_interval``; a check of
+the old password after that moment ends it too). Rejected, NotSupported or a CALLERROR fail
+the rotation and the old password stays. Every change is reported in the shadow without
+the secret (``reported.security.credentials``) and written to the audit log.
 """
 
 from __future__ import annotations
@@ -52,12 +55,29 @@ class CredentialRotations:
     """What every connection shares: the registry, the shadow reporter, the audit log."""
 
     def __init__(
-        self, registry: ChargerRegistry, reporter: Reporter, audit: AuditLog | None = None
+        self,
+        registry: ChargerRegistry,
+        reporter: Reporter,
+        audit: AuditLog | None = None,
+        *,
+        expiry_interval: float = 60.0,
     ) -> None:
         self.registry = registry
         self.reporter = reporter
         self.audit = audit
+        self.expiry_interval = expiry_interval
         registry.on_rotation = self.changed
+
+    async def run_expiry(self) -> None:
+        """Until cancelled: every ``expiry_interval``, end the rotations whose old password
+        outlived its grace (several bridges may run this: the first to update wins, the
+        others find nothing)."""
+        while True:
+            try:
+                await self.registry.expire_old_passwords()
+            except Exception as exc:  # the database is away: the next round tries again
+                log.warning("expiring old charger passwords failed: %s", exc)
+            await asyncio.sleep(self.expiry_interval)
 
     async def changed(self, rotation: Rotation) -> None:
         """A rotation changed in this process: into the shadow, then the audit log."""
@@ -69,9 +89,11 @@ class CredentialRotations:
         if self.audit is None:
             return
         failed = rotation.status is RotationStatus.FAILED
+        # Done by the charger connecting with the new password; by us when the old expired.
+        by_charger = rotation.status is RotationStatus.DONE and rotation.reason is None
         try:
             await self.audit.record(
-                actor="charger" if rotation.status is RotationStatus.DONE else "bridge",
+                actor="charger" if by_charger else "bridge",
                 actor_id=None,
                 role="system",
                 charger_id=rotation.charger_id,

@@ -6,7 +6,9 @@ messages to one callback, and logs instead of raising. This class keeps the subs
 and re-sends them on every connect, routes each message to the handler of the filter that
 matched it (``+``, ``#`` and ``$share/GROUP/`` understood), and answers the broker's
 PUBACK only once the handler has finished, so a message is acknowledged after its work is
-durable (at-least-once end to end).
+durable (at-least-once end to end). gmqtt acknowledges on receipt unless constructed with
+``optimistic_acknowledgement=False``; a message still in its handler when the process dies
+is therefore the broker's to send again.
 
 Publishing goes through an outbox (:mod:`chargetwin.outbox`) that loses nothing across
 reconnects and reports each message's PUBACK to the request being answered, if any
@@ -59,6 +61,10 @@ _DISCONNECT_TIMEOUT = 5.0
 
 class MqttError(RuntimeError):
     """The broker could not be reached or refused us."""
+
+
+class _Unacknowledged(Exception):
+    """A received message must stay unacknowledged (we are stopping without its handler)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +152,23 @@ class MqttClient:
         self._connected = asyncio.Event()
         self._lost_at: float | None = None  # wall-clock time the last connection was lost
         self.session_present = False  # the broker's CONNACK flag of the current connection
+        self.connections = 0  # connections made so far (CONNACKs): tells them apart
         self._gate = gate
         self._closing = False
+        self._gone = asyncio.Event()  # set once disconnect() closed the connection
         self._tasks: set[asyncio.Task[None]] = set()
         will_message = None
         if will is not None:
             topic, payload, retain = will
             will_message = Message(topic, encode(payload), qos=1, retain=retain)
+        # optimistic_acknowledgement=False: gmqtt's default answers PUBACK as a message
+        # arrives, before its handler ran; a kill -9 then lost what the handler held (the
+        # recorder's open batch). Deferred, gmqtt sends the PUBACK when _on_message returns.
         self._client = GmqttClient(
-            client_id, clean_session=clean_session, will_message=will_message
+            client_id,
+            clean_session=clean_session,
+            will_message=will_message,
+            optimistic_acknowledgement=False,
         )
         self._client.set_config({"reconnect_retries": -1, "reconnect_delay": reconnect_delay})
         if self.address.username:
@@ -222,10 +236,13 @@ class MqttClient:
         for task in list(self._tasks):
             task.cancel()
         # Bounded: a stop must not wait forever on a broker that stopped answering.
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(_DISCONNECT_TIMEOUT):
-                await self._client.disconnect()
-        self._connected.clear()
+        try:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_DISCONNECT_TIMEOUT):
+                    await self._client.disconnect()
+        finally:
+            self._connected.clear()
+            self._gone.set()  # messages kept unacknowledged may return now: no PUBACK goes
 
     async def __aenter__(self) -> MqttClient:
         await self.connect()
@@ -315,6 +332,7 @@ class MqttClient:
             self._gate.reset()
             if not self._gate.is_open:
                 self._spawn(self._warn_while_gated())
+        self.connections += 1
         self._resubscribed = []
         for topic_filter, (qos, _) in self._handlers.items():
             mid = self._client.subscribe(topic_filter, qos=qos)
@@ -355,17 +373,35 @@ class MqttClient:
         self._spawn(self.outbox.flush())
 
     async def _warn_while_gated(self) -> None:
+        """Every few seconds while the gate stays shut on this connection: say so, and
+        subscribe to the statuses again, so the broker sends the retained ones once more
+        (MQTT 3.1.1 section 3.8.4): an announcement missed for any reason must not hold
+        every message (and every charger's answer) until the next reconnect."""
         assert self._gate is not None
-        try:
-            async with asyncio.timeout(_GATE_WARNING_AFTER):
-                await self._gate.wait_open()
-        except TimeoutError:
+        connection = self.connections
+        while not self._closing and self.connections == connection and self.is_connected:
+            try:
+                async with asyncio.timeout(_GATE_WARNING_AFTER):
+                    await self._gate.wait_open()
+                return
+            except TimeoutError:
+                pass
+            if self.connections != connection or not self.is_connected or self._closing:
+                return  # the next connection has its own
             log.warning(
                 "MQTT: holding %d messages until %s announce their subscriptions on %s",
                 self.outbox.waiting,
                 ", ".join(self._gate.missing),
                 self._gate.topic_filter,
             )
+            self._client.subscribe(self._gate.topic_filter, qos=1)
+
+    async def reconnect(self) -> None:
+        """Drop this connection and make a new one (subscriptions and hooks run again)."""
+        if not self._closing:
+            # delay=True: gmqtt's own reconnect, scheduled as the old socket closes, finds
+            # ours under way and stands back (with no delay it could open a second one).
+            await self._client.reconnect(delay=True)
 
     def _on_subscribe(self, client: Any, mid: int, qos: Any, properties: Any) -> None:
         future = self._suback.pop(mid, None)
@@ -384,21 +420,36 @@ class MqttClient:
     async def _on_message(
         self, client: Any, topic: str, payload: bytes, qos: int, properties: Any
     ) -> int:
+        """gmqtt sends the PUBACK of a QoS 1 message when this returns (never before: see
+        ``optimistic_acknowledgement``), so it must return a code and never raise: gmqtt
+        reads the result in a done-callback, where an exception is only logged."""
         handler = self._route(topic)
         if handler is None and not self._clean_session:
-            handler = await self._handler_to_come(topic)
+            try:
+                handler = await self._handler_to_come(topic)
+            except _Unacknowledged:
+                return await self._unacknowledged()
         if handler is None:
             return _PUBACK_SUCCESS
         try:
             await handler(topic, payload)
         except asyncio.CancelledError:
-            raise
+            # Cancelled (the loop is closing): no PUBACK, the broker sends it again.
+            return await self._unacknowledged()
         except Exception:
             # The handler's own errors must never kill the connection; the message is
             # acknowledged anyway, as redelivery would only fail the same way again.
             log.exception("handler for %s failed", topic)
             return _PUBACK_UNSPECIFIED_ERROR
         return _PUBACK_SUCCESS
+
+    async def _unacknowledged(self) -> int:
+        """Keep a message unacknowledged: return only once our connection is closed, so
+        the PUBACK gmqtt then writes goes nowhere and the broker keeps the message."""
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            async with asyncio.timeout(_DISCONNECT_TIMEOUT):  # a loop shutting down
+                await self._gone.wait()
+        return _PUBACK_UNSPECIFIED_ERROR
 
     async def _handler_to_come(self, topic: str) -> Handler | None:
         """A persistent session gets what the broker kept for it right after CONNACK, maybe
@@ -410,7 +461,7 @@ class MqttClient:
         while (remaining := deadline - loop.time()) > 0:
             if self._closing:
                 # Not acknowledged: the broker keeps it in the session for the next start.
-                raise asyncio.CancelledError
+                raise _Unacknowledged
             self._handler_added.clear()
             handler = self._route(topic)  # after the clear: a subscribe now is not missed
             if handler is not None:

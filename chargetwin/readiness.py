@@ -17,6 +17,13 @@ component that must not miss messages says so itself:
   waits for the live announcements, which come only after the subscriptions exist; a
   broker that kept its state answers with the retained statuses at once.
 
+Neither side gives up while its connection lives: an announcer whose SUBACKs do not come
+within 30 s reconnects (and announces on the new connection) instead of staying silent,
+and a gated publisher subscribes to the statuses again every 5 s, so the broker sends the
+retained ones once more. Before, either left the bridge gated until some later reconnect,
+each charger's call failing only after the outbox's confirm timeout: the broker-restart
+fault test looked hung.
+
 An announcement with ``sessionPresent`` false after the publisher lost its connection
 means the broker lost what it held for that subscriber; the publisher then sends again
 what the broker acknowledged just before (:meth:`chargetwin.outbox.Outbox.replay_recent`).
@@ -70,12 +77,25 @@ class ServiceAnnouncer:
         await mqtt.drain(timeout)
 
     async def _announce(self, mqtt: MqttClient) -> None:
+        connection = mqtt.connections
         try:
             async with asyncio.timeout(_SUBACK_TIMEOUT):
                 await mqtt.wait_subscribed()
         except TimeoutError:
-            log.warning("%s: subscriptions not acknowledged; not announced", self.topic)
-            return  # the connection is likely gone; the next connect announces
+            if mqtt.is_connected and mqtt.connections == connection:
+                # A live connection whose SUBACKs never came: giving up here left the
+                # publishers gated (each charger's call failing after its timeout) until
+                # some later reconnect. Start that reconnect now: it subscribes and
+                # announces again.
+                log.warning(
+                    "%s: subscriptions not acknowledged in %g s; reconnecting",
+                    self.topic,
+                    _SUBACK_TIMEOUT,
+                )
+                await mqtt.reconnect()
+            else:  # that connection is gone; the next connect announces
+                log.warning("%s: subscriptions not acknowledged; not announced", self.topic)
+            return
         mqtt.publish(
             self.topic,
             {"online": True, "since": time.time(), "sessionPresent": mqtt.session_present},

@@ -17,14 +17,23 @@ desired state for a secret, kept out of the shadow that viewers read::
 While ``pending`` or ``accepted`` both the old and the new password are accepted; the
 new password in clear is kept only until ``done`` or ``failed`` (the bridge sends it
 again when a charger comes back with the old one after accepting).
+
+Not for ever: ``old_password_grace`` (:data:`OLD_PASSWORD_GRACE`, 24 h) after the charger
+accepted, the old password expires. The rotation ends ``done`` with the reason
+:data:`EXPIRED_REASON` (the new password becomes the only one), heard by ``on_rotation``
+like every change (the bridge writes it to the audit log). A check of the old password
+after that moment ends it so and fails; :meth:`ChargerRegistry.expire_old_passwords` ends
+those nobody tried (the bridge calls it periodically).
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import string
 import time
@@ -47,7 +56,13 @@ from twin.passwords import (
 
 __all__ = ["WeakPasswordError"]
 
+log = logging.getLogger(__name__)
+
 _VERIFIED_CACHE_MAX = 100_000
+OLD_PASSWORD_GRACE = 24 * 3600.0
+"""Seconds the old password stays valid after the charger accepted a new one."""
+EXPIRED_REASON = "old password expired"
+"""The reason of a rotation ended by the expiry of the old password, not by a connect."""
 # A rotated password: 20 characters of [A-Za-z0-9] (~119 bits). Printable, so the same
 # string is the OCPP 2.0.1 BasicAuthPassword and, as 40 hex digits of its 20 bytes, the
 # OCPP 1.6 AuthorizationKey (security whitepaper: 16-20 bytes, hexadecimal).
@@ -186,8 +201,10 @@ class ChargerRegistry:
         *,
         password_key: bytes | None = None,
         on_rotation: RotationListener | None = None,
+        old_password_grace: float = OLD_PASSWORD_GRACE,
     ) -> None:
         self._db = db
+        self.old_password_grace = old_password_grace
         self.hasher = PasswordHasher(password_key)
         self.on_rotation = on_rotation
         self._known: set[str] = set()
@@ -316,6 +333,8 @@ class ChargerRegistry:
         stored, pending = hashes
         self._rotating[charger_id] = pending is not None
         if stored is not None and await self._matches(charger_id, password, stored):
+            if pending is not None and await self._expire_if_due(charger_id, pending[0]):
+                return False  # the old password of an accepted rotation, past its grace
             if self.hasher.outdated(stored) and len(password) >= MIN_PASSWORD_LENGTH:
                 await self._upgrades.replace(charger_id, stored, self.hasher.hash(password))
             return True
@@ -437,14 +456,69 @@ class ChargerRegistry:
             await self._announce(rotation)
         return rotation
 
-    async def _finish_rotation(self, charger_id: str, rotation_id: str, new_hash: str) -> None:
-        """The charger connected with its new password: it becomes the only one."""
+    async def _expire_if_due(self, charger_id: str, rotation_id: str) -> bool:
+        """End the rotation when the charger accepted it more than the grace ago (the old
+        password just matched); True when it did (the old password no longer works).
+        One query, only for a charger with an open rotation."""
+        row = await self._db.fetchone(
+            "SELECT new_hash FROM charger_credential_rotations"
+            " WHERE charger_id = ? AND rotation_id = ? AND status = ? AND updated_at <= ?",
+            (
+                charger_id,
+                rotation_id,
+                RotationStatus.ACCEPTED.value,
+                time.time() - self.old_password_grace,
+            ),
+        )
+        if row is None or row[0] is None:
+            return False
+        log.warning(
+            "%s: old password refused: it expired %g s after the charger accepted the new "
+            "one (rotation %s)",
+            charger_id,
+            self.old_password_grace,
+            rotation_id,
+        )
+        await self._finish_rotation(charger_id, rotation_id, str(row[0]), EXPIRED_REASON)
+        return True
+
+    async def expire_old_passwords(self) -> builtins.list[Rotation]:
+        """End every rotation whose charger accepted the new password more than
+        ``old_password_grace`` ago and has not connected with it: the old password stops
+        working. Returns the rotations ended (each is announced to ``on_rotation``)."""
+        rows = await self._db.fetchall(
+            "SELECT charger_id, rotation_id, new_hash FROM charger_credential_rotations"
+            " WHERE status = ? AND updated_at <= ? AND new_hash IS NOT NULL",
+            (RotationStatus.ACCEPTED.value, time.time() - self.old_password_grace),
+        )
+        ended: builtins.list[Rotation] = []
+        for charger_id, rotation_id, new_hash in rows:
+            if await self._finish_rotation(
+                str(charger_id), str(rotation_id), str(new_hash), EXPIRED_REASON
+            ):
+                log.warning(
+                    "%s: old password expired %g s after the charger accepted the new one "
+                    "without connecting with it (rotation %s)",
+                    charger_id,
+                    self.old_password_grace,
+                    rotation_id,
+                )
+                rotation = await self.rotation(str(charger_id))
+                if rotation is not None:
+                    ended.append(rotation)
+        return ended
+
+    async def _finish_rotation(
+        self, charger_id: str, rotation_id: str, new_hash: str, reason: str | None = None
+    ) -> bool:
+        """The charger connected with its new password (or the old one expired): the new
+        one becomes the only one. False when the rotation was no longer open."""
         async with self._db.transaction() as tx:
             changed = await tx.execute(
                 "UPDATE charger_credential_rotations SET status = ?, updated_at = ?,"
-                " new_hash = NULL, secret = NULL, reason = NULL"
+                " new_hash = NULL, secret = NULL, reason = ?"
                 " WHERE charger_id = ? AND rotation_id = ? AND status IN (?, ?)",
-                (RotationStatus.DONE.value, time.time(), charger_id, rotation_id, *_OPEN),
+                (RotationStatus.DONE.value, time.time(), reason, charger_id, rotation_id, *_OPEN),
             )
             if changed:
                 await tx.execute(
@@ -452,10 +526,12 @@ class ChargerRegistry:
                     (new_hash, charger_id),
                 )
         self._verified.pop(charger_id, None)
+        self._rotating.pop(charger_id, None)
         if changed:
             rotation = await self.rotation(charger_id)
             if rotation is not None:
                 await self._announce(rotation)
+        return bool(changed)
 
     async def _announce(self, rotation: Rotation) -> None:
         if self.on_rotation is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,4 +157,67 @@ async def test_kept_messages_wait_for_a_handler_registered_after_connecting(
         assert sorted(got) == list(range(20))
     finally:
         probe.close()
+        await again.disconnect()
+
+
+# A subscriber whose handler never returns: it is killed with SIGKILL while it holds a
+# message, as a recorder killed between receiving a point and making it durable.
+_STUCK_SUBSCRIBER = """
+import asyncio, sys
+from chargetwin.mqtt import MqttClient
+
+async def main() -> None:
+    client = MqttClient(sys.argv[1], sys.argv[2], clean_session=False)
+
+    async def hold(topic: str, payload: bytes) -> None:
+        print("holding", payload.decode(), flush=True)
+        await asyncio.Event().wait()
+
+    client.subscribe("held/#", hold)
+    await client.connect()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_message_whose_handler_did_not_return_comes_again_after_a_kill(
+    broker: Mosquitto,
+) -> None:
+    """The broker gets its PUBACK only when the handler returned: gmqtt acknowledges on
+    receipt unless told not to, and a recorder killed with -9 lost what it held."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _STUCK_SUBSCRIBER,
+        broker.url,
+        "held-subscriber",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    probe = MqttProbe(broker.url)
+    try:
+        async with asyncio.timeout(30):
+            assert await process.stdout.readline() == b"ready\n"
+            await probe.publish("held/x", b"kept")
+            assert await process.stdout.readline() == b"holding kept\n"
+        await asyncio.sleep(0.2)  # a PUBACK sent on receipt would reach the broker by now
+    finally:
+        probe.close()
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+    got: list[bytes] = []
+
+    async def record(topic: str, payload: bytes) -> None:
+        got.append(payload)
+
+    again = MqttClient(broker.url, "held-subscriber", clean_session=False)
+    again.subscribe("held/#", record)
+    try:
+        await again.connect()
+        await _until(lambda: got == [b"kept"])
+    finally:
         await again.disconnect()

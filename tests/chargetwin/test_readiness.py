@@ -173,3 +173,58 @@ async def test_a_replay_never_sends_retained_state_that_was_replaced(broker: Mos
 
 async def _publish_state(publisher: MqttClient, topic: str, n: int) -> None:
     publisher.publish(topic, {"n": n}, retain=True)
+
+
+async def test_a_missed_announcement_does_not_hold_the_publisher_for_ever(
+    broker: Mosquitto,
+) -> None:
+    """A status the gate did not see (its delivery lost for whatever reason) used to keep
+    the gate shut until the next reconnect: every call the bridge answered failed after
+    its confirm timeout, which looked like a hang. The gate asks for the retained
+    statuses again while it waits."""
+    topics = _topics()
+    gate = SubscriberGate(topics, ["rules"])
+    publisher = MqttClient(broker.url, "bridge-missed", gate=gate, reconnect_delay=0.1)
+    await publisher.connect()
+    subscriber = Subscriber(broker.url, topics)
+    try:
+        assert not gate.is_open
+        seen: list[str] = []
+
+        async def lost(topic: str, payload: bytes) -> None:
+            seen.append(topic)  # delivered, then lost on our side
+
+        publisher._handlers[gate.topic_filter] = (1, lost)
+        await subscriber.start()  # announces "rules" online, retained
+        await _until(lambda: seen, "the announcement's (lost) delivery")
+        publisher._handlers[gate.topic_filter] = (1, gate.on_status)
+        assert not gate.is_open
+        await _until(lambda: gate.is_open, "the announcement, asked for again", timeout=15)
+    finally:
+        await publisher.disconnect()
+        await subscriber.mqtt.disconnect()
+
+
+async def test_an_announcer_without_subacks_reconnects_instead_of_giving_up(
+    broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SUBACKs that never come on a live connection used to mean "not announced" until
+    some later reconnect; the announcer reconnects at once (and announces then)."""
+    monkeypatch.setattr("chargetwin.readiness._SUBACK_TIMEOUT", 0.5)
+    topics = _topics()
+    subscriber = Subscriber(broker.url, topics)
+    await subscriber.start()
+    gate = SubscriberGate(topics, ["rules"])
+    publisher = MqttClient(broker.url, "bridge-subacks", gate=gate, reconnect_delay=0.1)
+    try:
+        mqtt = subscriber.mqtt
+        before = mqtt.connections
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        mqtt._resubscribed = [never]  # as if the broker never answered the SUBSCRIBE
+        await subscriber.announcer._announce(mqtt)
+        await _until(lambda: mqtt.connections > before, "a new connection")
+        await publisher.connect()
+        await _until(lambda: gate.is_open, "the announcement on the new connection")
+    finally:
+        await publisher.disconnect()
+        await subscriber.mqtt.disconnect()

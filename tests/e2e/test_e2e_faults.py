@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
 from brokers import Mosquitto
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -89,10 +88,6 @@ def _recorded(series: Path) -> dict[str, set[int]]:
     return out
 
 
-@pytest.mark.skip(
-    reason="hangs now and then after the broker restart (a charger's call is never answered "
-    "again); the gate itself is covered by tests/chargetwin/test_readiness.py. Open defect."
-)
 async def test_a_broker_restart_without_persistence_loses_no_acknowledged_meter_value(
     tmp_path: Path,
 ) -> None:
