@@ -106,7 +106,10 @@ def progress(
     # Nothing older than this attempt's start speaks for it: the document may not show
     # this attempt's desired stamp yet (the request still on its way to the twin, read by
     # an engine that did not send it), and then an earlier attempt's refusal would
-    # otherwise be taken for this one's.
+    # otherwise be taken for this one's. (This compares the fleet host's clock with the
+    # bridge's, as the desired stamp already compares the twin's with the bridge's: hosts
+    # are assumed to keep time, e.g. by NTP; a refusal stamped before the start by a
+    # lagging clock is then caught by the attempt timeout instead.)
     asked_at = max(started_at, float((meta.get("version") or {}).get("timestamp") or 0))
     refusal = section(document, "reported", "refused").get("firmware") or {}
     if refusal.get("value") == version and float(refusal.get("at") or 0) >= asked_at:
