@@ -87,7 +87,10 @@ class PostgresLock:
         )
         try:
             for setting, value in _SERVER_KEEPALIVES.items():
-                await conn.execute(f"SET {setting} = {int(value)}")
+                try:
+                    await conn.execute(f"SET {setting} = {int(value)}")
+                except psycopg.Error as exc:  # e.g. no TCP_USER_TIMEOUT on the server's OS
+                    log.info("leadership: %s not set on the server: %s", setting, exc)
             cur = await conn.execute("SELECT current_schema()")
             row = await cur.fetchone()
         except BaseException:

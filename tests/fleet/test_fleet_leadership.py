@@ -215,3 +215,27 @@ async def test_file_lock_is_exclusive_and_freed_by_release(tmp_path: Path) -> No
     await two.release()
     beside = lock_for(f"sqlite:///{tmp_path}/chargetwin.db", "fleet")
     assert isinstance(beside, FileLock) and beside.path == path
+
+
+@pytest.mark.postgres
+async def test_the_server_gives_up_a_silent_holder_s_session_within_seconds() -> None:
+    """Server-side keepalives on the lock's session: a holder that vanished without a
+    word (power cut, partition) frees the lock in about 11 s, not the OS default hours."""
+    if not POSTGRES_URL:
+        pytest.skip("PostgreSQL tests disabled")
+    lock = PostgresLock(POSTGRES_URL, f"keepalive-{uuid.uuid4().hex[:8]}")
+    try:
+        assert await lock.try_acquire()
+        settings = {}
+        for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count",
+                     "tcp_user_timeout"):  # fmt: skip
+            cur = await lock._conn.execute(f"SHOW {name}")
+            settings[name] = (await cur.fetchone())[0]
+        assert settings == {
+            "tcp_keepalives_idle": "5",
+            "tcp_keepalives_interval": "2",
+            "tcp_keepalives_count": "3",
+            "tcp_user_timeout": "11000",
+        }
+    finally:
+        await lock.release()
