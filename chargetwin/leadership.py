@@ -6,13 +6,21 @@ lead already shares the database, and the database is what the job writes; a loc
 is held exactly as long as the holder's session lives. With PostgreSQL it is a
 session-level advisory lock (``pg_try_advisory_lock``) on a connection of its own: when
 the holder dies (kill -9, lost host) the server ends its session and the lock is free at
-once; a standby polls every ``poll`` seconds and takes over. TCP keepalives bound how
-long a silently vanished holder (power cut, partition) keeps it. With SQLite the platform
-is one machine, so the lock is an ``flock`` on a file beside the database, released by
-the kernel when the holder dies.
+once; a standby polls every ``poll`` seconds and takes over. TCP keepalives on both ends
+of the lock's connection bound how long a silently vanished holder (power cut, partition)
+keeps it: the server drops the session after about ``SERVER_GIVES_UP_S`` seconds without
+an answer. The key is the lock's name within the connection's schema
+(``current_schema()``), so deployments (or test runs) in different schemas of one
+database each have their own leader. With SQLite the platform is one machine, so the lock
+is an ``flock`` on a file beside the database, released by the kernel when the holder dies.
 
-The holder checks its lock every ``poll`` seconds; when it cannot (its connection to
-PostgreSQL broke), it stops the job at once, because a standby may already hold the lock.
+The holder checks its lock every ``poll`` seconds, a check that gives up after
+``CHECK_TIMEOUT_S``; when the check fails (its connection to PostgreSQL broke or hangs), it
+stops the job at once, because a standby may hold the lock soon. A partitioned holder
+notices (``poll`` + ``CHECK_TIMEOUT_S``) before the server frees its lock
+(``SERVER_GIVES_UP_S``), but the job may still be finishing a step then: leadership makes
+two leaders rare and short, never impossible, so every step a job takes is a
+compare-and-set on what it read (see :mod:`fleet.rollouts`).
 """
 
 from __future__ import annotations
@@ -30,6 +38,17 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 Job = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+CHECK_TIMEOUT_S = 5.0
+# Server side of the lock's connection: first probe after 5 s of silence, then every 2 s,
+# given up after 3 unanswered (and unacknowledged data is given up after the same time).
+_SERVER_KEEPALIVES = {
+    "tcp_keepalives_idle": 5,
+    "tcp_keepalives_interval": 2,
+    "tcp_keepalives_count": 3,
+    "tcp_user_timeout": 11_000,  # milliseconds
+}
+SERVER_GIVES_UP_S = 11.0
 
 
 class Lock(Protocol):
@@ -50,27 +69,49 @@ class PostgresLock:
 
     def __init__(self, url: str, name: str) -> None:
         self.url = url
-        self.key = lock_key(name)
+        self.name = name
+        self.key: int | None = None  # known once connected: it depends on the schema
         self._conn: Any = None
+
+    async def _connect(self) -> Any:
+        import psycopg
+
+        conn = await psycopg.AsyncConnection.connect(
+            self.url,
+            autocommit=True,
+            connect_timeout=5,
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+        )
+        try:
+            for setting, value in _SERVER_KEEPALIVES.items():
+                try:
+                    await conn.execute(f"SET {setting} = {int(value)}")
+                except psycopg.Error as exc:  # e.g. no TCP_USER_TIMEOUT on the server's OS
+                    log.info("leadership: %s not set on the server: %s", setting, exc)
+            cur = await conn.execute("SELECT current_schema()")
+            row = await cur.fetchone()
+        except BaseException:
+            await conn.close()
+            raise
+        schema = str(row[0]) if row and row[0] else ""
+        self.key = lock_key(f"{schema}:{self.name}")
+        return conn
 
     async def try_acquire(self) -> bool:
         import psycopg
 
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(
-                    self.url,
-                    autocommit=True,
-                    connect_timeout=5,
-                    keepalives=1,
-                    keepalives_idle=5,
-                    keepalives_interval=2,
-                    keepalives_count=3,
-                )
-            cur = await self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,))
+                async with asyncio.timeout(CHECK_TIMEOUT_S * 2):
+                    self._conn = await self._connect()
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
+                cur = await self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,))
             row = await cur.fetchone()
             return bool(row and row[0])
-        except (psycopg.Error, OSError) as exc:
+        except (psycopg.Error, OSError, TimeoutError) as exc:
             log.warning("leadership: PostgreSQL unreachable (%s); trying again", exc)
             await self.release()
             return False
@@ -82,7 +123,7 @@ class PostgresLock:
             return False
         try:
             # A session-level lock lives as long as its session: a live session holds it.
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
                 await self._conn.execute("SELECT 1")
             return True
         except (psycopg.Error, OSError, TimeoutError) as exc:

@@ -4,9 +4,16 @@ A campaign splits its chargers into phases (a canary, then waves), asks each cha
 image by setting ``desired.firmware.version`` in its shadow (MQTT, through the twin), and
 follows it through the shadow store until the reported version is the desired one. Every
 decision rests on rows in ``campaigns`` / ``campaign_chargers`` and on the shadows, so the
-leading ``fleet`` process picks the campaign up after a restart or a change of leader;
-per-charger transitions are compare-and-set on the previous state, so nothing is counted
-twice.
+leading ``fleet`` process picks the campaign up after a restart or a change of leader.
+
+Every write the engine makes is a compare-and-set on what it read, so two engines racing
+(a leader that lost its lock and does not know it yet, next to the new one) never take a
+step twice: each row carries a ``revision`` that every write bumps, a charger transition
+applies only while the row is still at the state *and* revision read (a charger that went
+``scheduled -> queued -> scheduled`` meanwhile is not the one read), and the engine's
+starts apply only while the campaign itself is still at the state and revision read (an
+operator's pause or cancel in between wins). Only the engine whose compare-and-set won
+publishes the desired firmware.
 
 Per charger: ``queued -> scheduled -> downloading -> downloaded -> installing -> installed``,
 or ``failed`` (retries spent), ``skipped`` (does not fit, already there, gone) or
@@ -32,7 +39,7 @@ from typing import Any
 
 from apscheduler.triggers.cron import CronTrigger
 
-from chargetwin.database import Database
+from chargetwin.database import Database, DatabaseError, SQLiteDatabase
 
 SCHEMA = (
     """
@@ -50,7 +57,8 @@ SCHEMA = (
         phase INTEGER NOT NULL,
         reason TEXT,
         created_at DOUBLE PRECISION NOT NULL,
-        updated_at DOUBLE PRECISION NOT NULL
+        updated_at DOUBLE PRECISION NOT NULL,
+        revision INTEGER NOT NULL DEFAULT 0
     )
     """,
     """
@@ -64,6 +72,7 @@ SCHEMA = (
         desired_set BOOLEAN NOT NULL DEFAULT FALSE,
         started_at DOUBLE PRECISION,
         updated_at DOUBLE PRECISION NOT NULL,
+        revision INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (campaign_id, charger_id)
     )
     """,
@@ -102,11 +111,15 @@ TERMINAL = (INSTALLED, FAILED, SKIPPED, CANCELLED)
 CHARGER_STATES = (QUEUED, *IN_FLIGHT, *TERMINAL)
 EXCLUDED_PHASE = -1  # chargers skipped at creation belong to no phase
 
+# Added after the first release: databases created before get them on start-up.
+_REVISION_COLUMNS = ("campaigns", "campaign_chargers")
+
 _CHUNK = 500
 _CAMPAIGN_COLUMNS = (
     "campaign_id, name, image_id, vendor, model, version, target, policy, phases, state,"
     " phase, reason, created_at, updated_at"
 )
+_CAMPAIGN_SELECT = f"{_CAMPAIGN_COLUMNS}, revision"
 
 
 class CampaignError(Exception):
@@ -221,6 +234,7 @@ class Campaign:
     reason: str | None
     created_at: float
     updated_at: float
+    revision: int = 0  # bumped by every write of the row: the engine's compare-and-set
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +257,7 @@ class ChargerProgress:
     desired_set: bool
     started_at: float | None
     updated_at: float
+    revision: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -258,7 +273,10 @@ class ChargerProgress:
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """Move one charger from ``old`` to ``new`` (applied only if it still is in ``old``)."""
+    """Move one charger from ``old`` to ``new``: applied only if it still is in ``old``
+    and, when ``revision`` is given, still at that revision (nobody wrote it since it was
+    read). ``old == new`` with a revision claims the row (e.g. to set the desired firmware
+    again) without changing its state."""
 
     charger_id: str
     old: str
@@ -266,6 +284,7 @@ class Transition:
     reason: str | None = None
     start: bool = False  # a new attempt: attempts + 1, started_at = now, desired_set
     extra: dict[str, Any] = field(default_factory=dict)
+    revision: int | None = None
 
 
 def _campaign(row: Sequence[Any]) -> Campaign:
@@ -284,10 +303,13 @@ def _campaign(row: Sequence[Any]) -> Campaign:
         reason=row[11],
         created_at=float(row[12]),
         updated_at=float(row[13]),
+        revision=int(row[14]),
     )
 
 
-_PROGRESS = "charger_id, phase, state, reason, attempts, desired_set, started_at, updated_at"
+_PROGRESS = (
+    "charger_id, phase, state, reason, attempts, desired_set, started_at, updated_at, revision"
+)
 
 
 def _progress(row: Sequence[Any]) -> ChargerProgress:
@@ -300,6 +322,7 @@ def _progress(row: Sequence[Any]) -> ChargerProgress:
         desired_set=bool(row[5]),
         started_at=None if row[6] is None else float(row[6]),
         updated_at=float(row[7]),
+        revision=int(row[8]),
     )
 
 
@@ -316,6 +339,23 @@ class CampaignStore:
     async def create_schema(self) -> None:
         for statement in SCHEMA:
             await self.db.execute(statement)
+        for table in _REVISION_COLUMNS:
+            await self._add_revision(table)
+
+    async def _add_revision(self, table: str) -> None:
+        column = "revision INTEGER NOT NULL DEFAULT 0"
+        if not isinstance(self.db, SQLiteDatabase):
+            await self.db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column}")
+            return
+        pragma = f"PRAGMA table_info({table})"
+        if "revision" in {str(r[1]) for r in await self.db.fetchall(pragma)}:
+            return
+        try:
+            await self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        except DatabaseError:
+            # Another component of this machine may have added it since we looked.
+            if "revision" not in {str(r[1]) for r in await self.db.fetchall(pragma)}:
+                raise
 
     async def conflicts(self, charger_ids: Sequence[str]) -> dict[str, str]:
         """Which of ``charger_ids`` an active campaign holds, and which campaign."""
@@ -382,9 +422,10 @@ class CampaignStore:
             await self.delete(c.campaign_id)
             raise CampaignConflictError(holders or dict.fromkeys(lost, "?"))
         await self.db.execute(
-            "UPDATE campaigns SET state = ? WHERE campaign_id = ?", (RUNNING, c.campaign_id)
+            "UPDATE campaigns SET state = ?, revision = revision + 1 WHERE campaign_id = ?",
+            (RUNNING, c.campaign_id),
         )
-        campaign.state = RUNNING
+        campaign.state, campaign.revision = RUNNING, campaign.revision + 1
 
     async def delete(self, campaign_id: str) -> None:
         await self.db.execute_batch(
@@ -396,7 +437,7 @@ class CampaignStore:
 
     async def get(self, campaign_id: str) -> Campaign:
         row = await self.db.fetchone(
-            f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE campaign_id = ? AND state <> ?",
+            f"SELECT {_CAMPAIGN_SELECT} FROM campaigns WHERE campaign_id = ? AND state <> ?",
             (campaign_id, DRAFT),
         )
         if row is None:
@@ -405,7 +446,7 @@ class CampaignStore:
 
     async def list(self, states: Sequence[str] = CAMPAIGN_STATES) -> builtins.list[Campaign]:
         rows = await self.db.fetchall(
-            f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE state IN ({_marks(states)})"
+            f"SELECT {_CAMPAIGN_SELECT} FROM campaigns WHERE state IN ({_marks(states)})"
             " ORDER BY created_at, campaign_id",
             list(states),
         )
@@ -414,7 +455,7 @@ class CampaignStore:
     async def cancelled_with_claims(self) -> builtins.list[Campaign]:
         """Cancelled campaigns whose clean-up is not finished (they still hold chargers)."""
         rows = await self.db.fetchall(
-            f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE state = ? AND campaign_id IN"
+            f"SELECT {_CAMPAIGN_SELECT} FROM campaigns WHERE state = ? AND campaign_id IN"
             " (SELECT campaign_id FROM campaign_claims)",
             (CANCELLED,),
         )
@@ -462,13 +503,21 @@ class CampaignStore:
         return [_progress(r) for r in rows]
 
     async def apply(
-        self, campaign_id: str, transitions: Sequence[Transition]
+        self,
+        campaign_id: str,
+        transitions: Sequence[Transition],
+        *,
+        campaign: Campaign | None = None,
     ) -> builtins.list[bool]:
-        """Apply transitions in one transaction; per transition, whether it happened."""
+        """Apply transitions in one transaction; per transition, whether it happened.
+
+        With ``campaign``, each applies only while the campaign is still at that record's
+        state and revision (nobody paused, cancelled or advanced it since it was read).
+        """
         now = time.time()
         statements = []
         for t in transitions:
-            sets = ["state = ?", "reason = ?", "updated_at = ?"]
+            sets = ["state = ?", "reason = ?", "updated_at = ?", "revision = revision + 1"]
             params: list[Any] = [t.new, t.reason, now]
             if t.start:
                 sets += ["attempts = attempts + 1", "started_at = ?", "desired_set = ?"]
@@ -476,11 +525,21 @@ class CampaignStore:
             for column, value in t.extra.items():
                 sets.append(f"{column} = ?")
                 params.append(value)
+            where = ["campaign_id = ?", "charger_id = ?", "state = ?"]
+            params += [campaign_id, t.charger_id, t.old]
+            if t.revision is not None:
+                where.append("revision = ?")
+                params.append(t.revision)
+            if campaign is not None:
+                where.append(
+                    "EXISTS (SELECT 1 FROM campaigns WHERE campaign_id = ? AND state = ?"
+                    " AND revision = ?)"
+                )
+                params += [campaign_id, campaign.state, campaign.revision]
             statements.append(
                 (
-                    f"UPDATE campaign_chargers SET {', '.join(sets)}"
-                    " WHERE campaign_id = ? AND charger_id = ? AND state = ?",
-                    (*params, campaign_id, t.charger_id, t.old),
+                    f"UPDATE campaign_chargers SET {', '.join(sets)} WHERE {' AND '.join(where)}",
+                    params,
                 )
             )
         if not statements:
@@ -495,40 +554,53 @@ class CampaignStore:
         old: Sequence[str],
         reason: str | None = None,
         phase: int | None = None,
+        revision: int | None = None,
     ) -> bool:
-        """Compare-and-set the campaign's state (and phase); False when it was not in ``old``."""
-        sets, params = ["state = ?", "reason = ?", "updated_at = ?"], [new, reason, time.time()]
+        """Compare-and-set the campaign's state (and phase); False when it was not in ``old``
+        (or, with ``revision``, when anything wrote the campaign since it was read)."""
+        sets = ["state = ?", "reason = ?", "updated_at = ?", "revision = revision + 1"]
+        params: list[Any] = [new, reason, time.time()]
         if phase is not None:
             sets.append("phase = ?")
             params.append(phase)
+        where = f"campaign_id = ? AND state IN ({_marks(old)})"
+        params += [campaign_id, *old]
+        if revision is not None:
+            where += " AND revision = ?"
+            params.append(revision)
         changed = await self.db.execute(
-            f"UPDATE campaigns SET {', '.join(sets)}"
-            f" WHERE campaign_id = ? AND state IN ({_marks(old)})",
-            (*params, campaign_id, *old),
+            f"UPDATE campaigns SET {', '.join(sets)} WHERE {where}", params
         )
         return changed == 1
 
-    async def advance(self, campaign_id: str, from_phase: int) -> bool:
+    async def advance(self, campaign_id: str, from_phase: int, revision: int | None = None) -> bool:
+        """Move a running campaign from ``from_phase`` to the next (and, with ``revision``,
+        only if nothing wrote it since it was read)."""
+        where = "campaign_id = ? AND phase = ? AND state = ?"
+        params: list[Any] = [from_phase + 1, time.time(), campaign_id, from_phase, RUNNING]
+        if revision is not None:
+            where += " AND revision = ?"
+            params.append(revision)
         changed = await self.db.execute(
-            "UPDATE campaigns SET phase = ?, updated_at = ? WHERE campaign_id = ? AND phase = ?"
-            " AND state = ?",
-            (from_phase + 1, time.time(), campaign_id, from_phase, RUNNING),
+            "UPDATE campaigns SET phase = ?, updated_at = ?, revision = revision + 1"
+            f" WHERE {where}",
+            params,
         )
         return changed == 1
 
     async def requeue(self, campaign_id: str, states: Sequence[str], reason: str) -> int:
         """Put chargers in ``states`` back in the queue with their attempts reset (resume)."""
         return await self.db.execute(
-            "UPDATE campaign_chargers SET state = ?, reason = ?, attempts = 0, updated_at = ?"
-            f" WHERE campaign_id = ? AND state IN ({_marks(states)})",
+            "UPDATE campaign_chargers SET state = ?, reason = ?, attempts = 0, updated_at = ?,"
+            f" revision = revision + 1 WHERE campaign_id = ? AND state IN ({_marks(states)})",
             (QUEUED, reason, time.time(), campaign_id, *states),
         )
 
     async def settle(self, campaign_id: str, states: Sequence[str], new: str, reason: str) -> int:
         """Move every charger in ``states`` to the terminal ``new`` (cancel, skip failed)."""
         return await self.db.execute(
-            "UPDATE campaign_chargers SET state = ?, reason = ?, updated_at = ?"
-            f" WHERE campaign_id = ? AND state IN ({_marks(states)})",
+            "UPDATE campaign_chargers SET state = ?, reason = ?, updated_at = ?,"
+            f" revision = revision + 1 WHERE campaign_id = ? AND state IN ({_marks(states)})",
             (new, reason, time.time(), campaign_id, *states),
         )
 
@@ -540,8 +612,8 @@ class CampaignStore:
         await self.db.execute_batch(
             [
                 (
-                    "UPDATE campaign_chargers SET desired_set = ? WHERE campaign_id = ?"
-                    " AND charger_id = ?",
+                    "UPDATE campaign_chargers SET desired_set = ?, revision = revision + 1"
+                    " WHERE campaign_id = ? AND charger_id = ?",
                     (False, campaign_id, charger_id),
                 )
                 for charger_id in charger_ids

@@ -110,10 +110,20 @@ class InspectionStore:
         rows = await self._db.fetchall(_SELECT + clause + " ORDER BY created_at")
         return [Inspection(*row) for row in rows]
 
-    async def mark_run(self, inspection_id: str, now: float) -> None:
-        await self._db.execute(
-            "UPDATE inspections SET last_run_at = ? WHERE id = ?", (now, inspection_id)
-        )
+    async def mark_run(self, inspection_id: str, now: float, *, seen: float | None) -> bool:
+        """Record a run at ``now`` if the last run is still ``seen`` (compare-and-set: of
+        two schedulers that read the same inspection, one records the run)."""
+        if seen is None:
+            changed = await self._db.execute(
+                "UPDATE inspections SET last_run_at = ? WHERE id = ? AND last_run_at IS NULL",
+                (now, inspection_id),
+            )
+        else:
+            changed = await self._db.execute(
+                "UPDATE inspections SET last_run_at = ? WHERE id = ? AND last_run_at = ?",
+                (now, inspection_id, seen),
+            )
+        return changed == 1
 
     async def cancel(self, inspection_id: str, now: float | None = None) -> Inspection:
         await self.get(inspection_id)

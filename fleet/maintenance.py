@@ -16,14 +16,34 @@ Semantics (docs/maintenance.md):
   one ends, and only then is the saved value restored.
 * Restoring leaves an operator's own change alone: if desired connector 0 is no longer
   ``Inoperative`` at the end, it is not touched.
-* A failed shadow request is retried on the next tick (the run is recorded only after
-  the charger was taken out; holds left without a run are released on every tick).
+* A failed shadow request is retried on the next tick (the run's claim is given up when
+  the charger could not be taken out; holds left without a run are released on every
+  tick).
+
+Who runs it: the one leading ``fleet`` process (:mod:`fleet.app`). Leadership makes two
+schedulers at once rare and short, not impossible (a leader cut off from the database
+finishing its tick while a standby takes over), so each step is conditional on what was
+read rather than on a bare read:
+
+* A window start is claimed first (a ``starting`` run, inserted once per window, charger
+  and occurrence); only the scheduler whose insert won saves the hold and takes the
+  charger out, then marks the run ``active``. A claim whose scheduler died before it
+  finished is taken over after :data:`CLAIM_STALE_S`.
+* An inspection's work orders have ids derived from the inspection, the charger and the
+  occurrence, so opening them twice opens them once; the run is then recorded by a
+  compare-and-set on the last run read.
+* Ending a run is a compare-and-set on the run as read. Returning a charger is checked
+  again just before it is written (no run keeps the charger out now), and its hold is
+  released only if still no run does; writing the same restored value twice is harmless,
+  so the return is re-checked rather than claimed (a claim lost with its scheduler would
+  leave the charger out of service).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -42,6 +62,7 @@ log = logging.getLogger(__name__)
 
 INOPERATIVE = "Inoperative"
 ACTOR = "maintenance-scheduler"
+CLAIM_STALE_S = 60.0  # a start claimed this long ago and not finished: its scheduler died
 
 
 @dataclass
@@ -110,9 +131,13 @@ class MaintenanceScheduler:
                 if not occurrence.start <= now < occurrence.end:
                     continue
                 for charger_id in _targets(window, sites):
-                    if not await self.windows.has_run(window.id, charger_id, occurrence.start):
-                        await self._start(window, charger_id, occurrence, now)
-        for run in await self.windows.runs(state="active"):
+                    # Claimed (or found started) in one statement: no separate look first.
+                    await self._start(window, charger_id, occurrence, now)
+        stale_claims = [
+            r for r in await self.windows.runs(state="starting")
+            if r.started_at < now - CLAIM_STALE_S
+        ]  # fmt: skip
+        for run in [*await self.windows.runs(state="active"), *stale_claims]:
             owner = by_id.get(run.window_id)
             ends = run.ends_at
             if owner is not None and owner.cancelled_at is not None:
@@ -120,7 +145,11 @@ class MaintenanceScheduler:
             moved = owner is not None and run.charger_id not in _targets(owner, sites)
             if ends <= now or moved:
                 await self._end(run, now)
-        active = {r.charger_id for r in await self.windows.runs(state="active")}
+        active = {
+            r.charger_id
+            for state in ("active", "starting")
+            for r in await self.windows.runs(state=state)
+        }
         for charger_id, previous in (await self.windows.holds()).items():
             if charger_id not in active:
                 await self._restore(charger_id, previous)
@@ -135,6 +164,8 @@ class MaintenanceScheduler:
     async def _start(
         self, window: Window, charger_id: str, occurrence: Interval, now: float
     ) -> None:
+        if not await self.windows.claim_run(window.id, charger_id, occurrence, now, CLAIM_STALE_S):
+            return  # another scheduler started it (or is starting it)
         try:
             if await self.windows.hold(charger_id) is None:
                 previous = await self._availability(charger_id)
@@ -147,16 +178,21 @@ class MaintenanceScheduler:
                 "%s: maintenance window %s could not take it out (retrying): %s",
                 charger_id, window.id, exc,
             )  # fmt: skip
+            await self.windows.drop_claim(window.id, charger_id, occurrence.start, now)
             return
-        await self.windows.add_run(window.id, charger_id, occurrence, now)
+        except BaseException:
+            await self.windows.drop_claim(window.id, charger_id, occurrence.start, now)
+            raise
+        if not await self.windows.activate_run(window.id, charger_id, occurrence.start, now):
+            return  # taken over meanwhile (we were too slow): the other scheduler logs it
         log.info(
             "%s: maintenance window %s (%s) started; Inoperative until %s",
             charger_id, window.id, window.title, _iso(occurrence.end),
         )  # fmt: skip
 
     async def _end(self, run: Run, now: float) -> None:
-        await self.windows.finish_run(run, now)
-        log.info("%s: maintenance window %s ended", run.charger_id, run.window_id)
+        if await self.windows.finish_run(run, now):
+            log.info("%s: maintenance window %s ended", run.charger_id, run.window_id)
 
     async def _availability(self, charger_id: str) -> dict[str, Any]:
         """What connector 0 is meant to be before the window: desired, reported."""
@@ -173,6 +209,8 @@ class MaintenanceScheduler:
 
     async def _restore(self, charger_id: str, previous: dict[str, Any]) -> None:
         target = previous.get("desired") or previous.get("reported") or "Operative"
+        if await self.windows.held_by_run(charger_id):
+            return  # a window started since the holds were read: it keeps the charger out
         try:
             now_desired = (await self._availability(charger_id))["desired"]
             if now_desired == INOPERATIVE:
@@ -191,18 +229,20 @@ class MaintenanceScheduler:
         except ShadowRequestError as exc:
             log.warning("%s: could not return it from maintenance (retrying): %s", charger_id, exc)
             return
-        await self.windows.release_hold(charger_id)
+        await self.windows.release_hold(charger_id)  # unless a window took it out meanwhile
 
     async def _inspect(self, now: float, sites: dict[str, list[str]]) -> None:
         for inspection in await self.inspections.list(include_cancelled=False):
             if not inspection.due(now):
                 continue
+            due = inspection.next_due()
             chargers = (
                 [inspection.charger_id] if inspection.charger_id
                 else sites.get(inspection.site or "", [])
             )  # fmt: skip
+            opened = 0
             for charger_id in chargers:
-                await self.work_orders.create(
+                order = await self.work_orders.create(
                     inspection.title,
                     actor=ACTOR,
                     source="inspection",
@@ -210,12 +250,21 @@ class MaintenanceScheduler:
                     charger_id=charger_id,
                     inspection_id=inspection.id,
                     now=now,
+                    order_id=inspection_order_id(inspection.id, charger_id, due),
                 )
-            await self.inspections.mark_run(inspection.id, now)
-            log.info(
-                "inspection %s (%s): %d work orders opened", inspection.id, inspection.title,
-                len(chargers),
-            )  # fmt: skip
+                opened += order is not None
+            if await self.inspections.mark_run(inspection.id, now, seen=inspection.last_run_at):
+                log.info(
+                    "inspection %s (%s): %d work orders opened", inspection.id,
+                    inspection.title, opened,
+                )  # fmt: skip
+
+
+def inspection_order_id(inspection_id: str, charger_id: str, due: float | None) -> str:
+    """The id of the work order an inspection opens for a charger at one occurrence: the
+    same for every scheduler that opens it, so it is opened once."""
+    key = f"{inspection_id}:{charger_id}:{due!r}".encode()
+    return hashlib.sha256(key).hexdigest()[:32]
 
 
 def _targets(window: Window, sites: dict[str, list[str]]) -> list[str]:

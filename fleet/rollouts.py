@@ -19,6 +19,18 @@ and the bridge tries once more when the desired leaf is newer than its refusal
 (docs/firmware.md). A charger that goes offline mid-update keeps its state; the twin
 re-sends the delta when it returns, and an attempt without news (a status) for
 ``attemptTimeoutS`` is retried like a failure.
+
+Who runs it: the one leading ``fleet`` process (:mod:`fleet.app`). Leadership makes two
+engines at once rare and short, not impossible (a leader cut off from the database goes
+on with the tick in hand while a standby takes over), so no step here is taken on a bare
+read: every write is a compare-and-set on the row's state and revision as read (and, for
+starts, on the campaign's state and revision), and only the engine whose write won sets
+the desired firmware. Writing the desired firmware is the step that must never be
+doubled: the bridge sends UpdateFirmware again for a newer desired stamp. A desired
+firmware found missing is set again only ``republish_after`` seconds after the row's last
+write, so a request still on its way to the twin (a slow twin, a leader killed just after
+publishing) is not doubled either. The clean-up of a cancelled campaign removes desired
+firmware; doing that twice is harmless, so it is idempotent rather than claimed.
 """
 
 from __future__ import annotations
@@ -69,6 +81,7 @@ _STATUS_STATES = {
 }
 _PAGE = 500
 _PUBLISH_CONCURRENCY = 64
+REPUBLISH_AFTER_S = 10.0
 RETRY = "retry"  # an attempt failed; the charger goes back to the queue if retries are left
 
 
@@ -91,7 +104,14 @@ def progress(
     if desired != version:
         return SKIPPED, f"desired firmware changed to {desired!r} outside the campaign"
     meta = ((document.get("metadata") or {}).get("desired") or {}).get("firmware") or {}
-    asked_at = float((meta.get("version") or {}).get("timestamp") or started_at)
+    # Nothing older than this attempt's start speaks for it: the document may not show
+    # this attempt's desired stamp yet (the request still on its way to the twin, read by
+    # an engine that did not send it), and then an earlier attempt's refusal would
+    # otherwise be taken for this one's. (This compares the fleet host's clock with the
+    # bridge's, as the desired stamp already compares the twin's with the bridge's: hosts
+    # are assumed to keep time, e.g. by NTP; a refusal stamped before the start by a
+    # lagging clock is then caught by the attempt timeout instead.)
+    asked_at = max(started_at, float((meta.get("version") or {}).get("timestamp") or 0))
     refusal = section(document, "reported", "refused").get("firmware") or {}
     if refusal.get("value") == version and float(refusal.get("at") or 0) >= asked_at:
         return RETRY, str(refusal.get("status") or "refused")
@@ -125,11 +145,13 @@ class CampaignEngine:
         shadow_client: ShadowClient,
         *,
         interval: float = 5.0,
+        republish_after: float = REPUBLISH_AFTER_S,
     ) -> None:
         self.store = store
         self.shadows = shadows
         self.client = shadow_client
         self.interval = interval
+        self.republish_after = republish_after
         self._db: Database = store.db
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -189,28 +211,49 @@ class CampaignEngine:
         docs = await documents(self._db, [r.charger_id for r in rows])
         timeout, retries = campaign.policy.attempt_timeout_s, campaign.policy.retries
         changes, republish = [], []
+        notes: dict[str, tuple[int, str]] = {}  # logged once the change is applied
         for row in rows:
             state, reason = progress(
                 docs.get(row.charger_id), campaign.version, row.started_at or now, timeout, now
             )
             if state == "republish":
-                republish.append(row.charger_id)
+                if now - row.updated_at >= self.republish_after:
+                    # Claim the row (same state, revision + 1): only one engine sets it.
+                    republish.append(
+                        Transition(
+                            row.charger_id, row.state, row.state, row.reason, revision=row.revision
+                        )
+                    )
             elif state == RETRY:
                 left = row.attempts <= retries
                 new = QUEUED if left else FAILED
                 why = f"attempt {row.attempts} failed: {reason}" + ("; retrying" if left else "")
-                log.warning("%s: campaign %s: %s", row.charger_id, cid, why)
-                changes.append(Transition(row.charger_id, row.state, new, why))
+                notes[row.charger_id] = (logging.WARNING, why)
+                changes.append(
+                    Transition(row.charger_id, row.state, new, why, revision=row.revision)
+                )
             elif state and state != row.state:
                 if state == INSTALLED:
-                    log.info("%s: campaign %s: %s installed", row.charger_id, cid, campaign.version)
-                changes.append(Transition(row.charger_id, row.state, state, reason))
-        await self.store.apply(cid, changes)
+                    notes[row.charger_id] = (logging.INFO, f"{campaign.version} installed")
+                changes.append(
+                    Transition(row.charger_id, row.state, state, reason, revision=row.revision)
+                )
+        applied = await self.store.apply(cid, changes)
+        for t, ok in zip(changes, applied, strict=True):
+            if ok and t.charger_id in notes:
+                level, text = notes[t.charger_id]
+                log.log(level, "%s: campaign %s: %s", t.charger_id, cid, text)
         if republish:
-            log.info(
-                "campaign %s: desired firmware set again on %d charger(s)", cid, len(republish)
-            )
-            await self._publish(campaign, republish)
+            won = await self.store.apply(cid, republish, campaign=campaign)
+            claimed = {t.charger_id: t for t, ok in zip(republish, won, strict=True) if ok}
+            if claimed:
+                log.info(
+                    "campaign %s: desired firmware set again on %d charger(s)", cid, len(claimed)
+                )
+                await self._publish(
+                    campaign,
+                    {c: (t.new, (t.revision or 0) + 1) for c, t in claimed.items()},
+                )
 
     async def _check_phases(self, campaign: Campaign, counts: dict[tuple[int, str], int]) -> bool:
         """Pause or complete the campaign, or move to the next phase; True to start more."""
@@ -236,14 +279,16 @@ class CampaignEngine:
             in_flight = sum(c[s] for s in IN_FLIGHT)
             if c[INSTALLED] >= needed and in_flight == 0:
                 if index + 1 < len(campaign.phases):
-                    if not await self.store.advance(cid, index):
+                    if not await self.store.advance(cid, index, campaign.revision):
                         return False
-                    campaign.phase = index + 1
+                    campaign.phase, campaign.revision = index + 1, campaign.revision + 1
                     log.info("campaign %s: %s starts", cid, phase_name(campaign.phase))
                     continue
                 left = sum(n for (p, s), n in counts.items() if s not in TERMINAL)
                 if left == 0:
-                    if await self.store.set_state(cid, COMPLETED, old=(RUNNING,)):
+                    if await self.store.set_state(
+                        cid, COMPLETED, old=(RUNNING,), revision=campaign.revision
+                    ):
                         await self.store.release(cid)
                         log.info("campaign %s completed: %s", cid, _totals(counts))
                     return False
@@ -257,8 +302,10 @@ class CampaignEngine:
             return True
 
     async def _pause(self, campaign: Campaign, reason: str) -> None:
-        if await self.store.set_state(campaign.campaign_id, PAUSED, old=(RUNNING,), reason=reason):
-            campaign.state = PAUSED
+        if await self.store.set_state(
+            campaign.campaign_id, PAUSED, old=(RUNNING,), reason=reason, revision=campaign.revision
+        ):
+            campaign.state, campaign.revision = PAUSED, campaign.revision + 1
             log.warning("campaign %s paused: %s", campaign.campaign_id, reason)
 
     async def _start(self, campaign: Campaign, slots: int) -> None:
@@ -287,26 +334,35 @@ class CampaignEngine:
                 s = summaries.get(row.charger_id)
                 if s is None or not s.online:
                     continue  # stays queued until it is online
+                rev = row.revision
                 if (s.vendor, s.model) != (campaign.vendor, campaign.model):
                     why = f"it now reports {s.vendor} {s.model}, which the image does not fit"
-                    changes.append(Transition(row.charger_id, QUEUED, SKIPPED, why))
+                    changes.append(Transition(row.charger_id, QUEUED, SKIPPED, why, revision=rev))
                 elif s.firmware_version == campaign.version:
-                    changes.append(Transition(row.charger_id, QUEUED, INSTALLED, None))
+                    changes.append(Transition(row.charger_id, QUEUED, INSTALLED, revision=rev))
                 elif policy.only_idle and BUSY & set(s.statuses.values()):
                     continue
                 elif len(chosen) < slots:
                     chosen.append(row.charger_id)
                     changes.append(
-                        Transition(row.charger_id, QUEUED, SCHEDULED, row.reason, start=True)
+                        Transition(
+                            row.charger_id, QUEUED, SCHEDULED, row.reason, start=True, revision=rev
+                        )
                     )
-        applied = await self.store.apply(cid, changes)
-        started = [t.charger_id for t, ok in zip(changes, applied, strict=True) if ok and t.start]
+        # Only while the campaign is as read: a pause or cancel since then wins.
+        applied = await self.store.apply(cid, changes, campaign=campaign)
+        started = {
+            t.charger_id: (SCHEDULED, (t.revision or 0) + 1)
+            for t, ok in zip(changes, applied, strict=True)
+            if ok and t.start
+        }
         if started:
             log.info("campaign %s: starting %d charger(s)", cid, len(started))
             await self._publish(campaign, started)
 
-    async def _publish(self, campaign: Campaign, charger_ids: list[str]) -> None:
-        """Set ``desired.firmware.version`` on each charger, a bounded number at a time."""
+    async def _publish(self, campaign: Campaign, claimed: dict[str, tuple[str, int]]) -> None:
+        """Set ``desired.firmware.version`` on each charger this engine claimed (charger ->
+        the state and revision its claim left), a bounded number at a time."""
         limit = asyncio.Semaphore(_PUBLISH_CONCURRENCY)
         refused: list[Transition] = []
 
@@ -331,10 +387,11 @@ class CampaignEngine:
                         exc,
                     )
                     why = f"the twin refused the desired firmware: {exc}"
-                    refused.append(Transition(charger_id, SCHEDULED, SKIPPED, why))
+                    state, revision = claimed[charger_id]
+                    refused.append(Transition(charger_id, state, SKIPPED, why, revision=revision))
 
         async with asyncio.TaskGroup() as tg:
-            for charger_id in charger_ids:
+            for charger_id in claimed:
                 tg.create_task(one(charger_id), name=f"campaign-publish-{charger_id}")
         await self.store.apply(campaign.campaign_id, refused)
 

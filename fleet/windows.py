@@ -7,8 +7,9 @@ occurrences (pure, from APScheduler's cron trigger) and keeps the persisted stat
 windows in progress, so a restart mid-window continues where it was.
 
 Tables: ``maintenance_windows`` (definitions), ``maintenance_runs`` (one row per window,
-charger and occurrence once it started: ``active`` then ``done``) and
-``maintenance_holds`` (per charger held out: the availability to restore).
+charger and occurrence once it started: ``starting`` while the scheduler that claimed the
+start takes the charger out, then ``active``, then ``done``) and ``maintenance_holds``
+(per charger held out: the availability to restore).
 """
 
 from __future__ import annotations
@@ -303,12 +304,65 @@ class WindowStore:
             (window_id, charger_id, occurrence.start, occurrence.end, now),
         )
 
-    async def finish_run(self, run: Run, now: float) -> None:
-        await self._db.execute(
-            "UPDATE maintenance_runs SET state = 'done', ended_at = ? WHERE window_id = ?"
-            " AND charger_id = ? AND starts_at = ?",
-            (now, run.window_id, run.charger_id, run.starts_at),
+    async def claim_run(
+        self, window_id: str, charger_id: str, occurrence: Interval, now: float, stale_after: float
+    ) -> bool:
+        """Claim the start of an occurrence (a ``starting`` run stamped ``now``): True for
+        the one scheduler that gets it. A ``starting`` claim older than ``stale_after``
+        (its scheduler died before it finished) is taken over."""
+        key = (window_id, charger_id, occurrence.start)
+        inserted = await self._db.execute(
+            "INSERT INTO maintenance_runs (window_id, charger_id, starts_at, ends_at, state,"
+            " started_at) VALUES (?, ?, ?, ?, 'starting', ?) ON CONFLICT DO NOTHING",
+            (window_id, charger_id, occurrence.start, occurrence.end, now),
         )
+        if inserted == 1:
+            return True
+        taken = await self._db.execute(
+            "UPDATE maintenance_runs SET started_at = ? WHERE window_id = ? AND charger_id = ?"
+            " AND starts_at = ? AND state = 'starting' AND started_at < ?",
+            (now, *key, now - stale_after),
+        )
+        return taken == 1
+
+    async def activate_run(
+        self, window_id: str, charger_id: str, starts_at: float, claimed_at: float
+    ) -> bool:
+        """The claimed start is done: ``starting`` -> ``active`` (if the claim is still ours)."""
+        changed = await self._db.execute(
+            "UPDATE maintenance_runs SET state = 'active' WHERE window_id = ? AND charger_id = ?"
+            " AND starts_at = ? AND state = 'starting' AND started_at = ?",
+            (window_id, charger_id, starts_at, claimed_at),
+        )
+        return changed == 1
+
+    async def drop_claim(
+        self, window_id: str, charger_id: str, starts_at: float, claimed_at: float
+    ) -> None:
+        """Give a claimed start up (the charger could not be taken out): tried next tick."""
+        await self._db.execute(
+            "DELETE FROM maintenance_runs WHERE window_id = ? AND charger_id = ? AND starts_at = ?"
+            " AND state = 'starting' AND started_at = ?",
+            (window_id, charger_id, starts_at, claimed_at),
+        )
+
+    async def held_by_run(self, charger_id: str) -> bool:
+        """Whether a run keeps the charger out now (``active``, or ``starting``)."""
+        row = await self._db.fetchone(
+            "SELECT 1 FROM maintenance_runs WHERE charger_id = ? AND state IN"
+            " ('active', 'starting')",
+            (charger_id,),
+        )
+        return row is not None
+
+    async def finish_run(self, run: Run, now: float) -> bool:
+        """End the run if it is still as read (compare-and-set on its state and stamp)."""
+        changed = await self._db.execute(
+            "UPDATE maintenance_runs SET state = 'done', ended_at = ? WHERE window_id = ?"
+            " AND charger_id = ? AND starts_at = ? AND state = ? AND started_at = ?",
+            (now, run.window_id, run.charger_id, run.starts_at, run.state, run.started_at),
+        )
+        return changed == 1
 
     async def hold(self, charger_id: str) -> dict[str, Any] | None:
         row = await self._db.fetchone(
@@ -327,5 +381,12 @@ class WindowStore:
             (charger_id, json.dumps(previous), now),
         )
 
-    async def release_hold(self, charger_id: str) -> None:
-        await self._db.execute("DELETE FROM maintenance_holds WHERE charger_id = ?", (charger_id,))
+    async def release_hold(self, charger_id: str) -> bool:
+        """Drop the charger's hold unless a run keeps it out again (a window that started
+        since the hold was read keeps it, with the value saved before the first one)."""
+        changed = await self._db.execute(
+            "DELETE FROM maintenance_holds WHERE charger_id = ? AND NOT EXISTS (SELECT 1 FROM"
+            " maintenance_runs WHERE charger_id = ? AND state IN ('active', 'starting'))",
+            (charger_id, charger_id),
+        )
+        return changed == 1

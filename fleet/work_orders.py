@@ -165,10 +165,12 @@ class WorkOrderStore:
         window_id: str | None = None,
         inspection_id: str | None = None,
         now: float | None = None,
+        order_id: str | None = None,
     ) -> WorkOrder | None:
-        """A new open work order; None when one for ``alert_id`` exists already."""
+        """A new open work order; None when one for ``alert_id`` (or with ``order_id``,
+        which makes creating it idempotent) exists already."""
         now = time.time() if now is None else now
-        order_id = uuid.uuid4().hex
+        order_id = order_id or uuid.uuid4().hex
         values = {
             "id": order_id, "alert_id": alert_id, "rule": rule, "charger_id": charger_id,
             "connector_id": connector_id, "title": title, "description": description,
