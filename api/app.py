@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from api import metrics as metrics_routes
 from api.backends import Backend, open_backend
 from api.diagnostics import MAX_UPLOAD_BYTES
+from api.ftp_uploads import FtpUploads
 from api.limits import MAX_BODY_BYTES, BodySizeLimitMiddleware
 from api.metrics import HttpMetricsMiddleware
 from api.problems import install_problem_handlers, problems_only
@@ -218,5 +219,15 @@ async def run_api(
     """
     async with open_backend(settings, db=db, mqtt=mqtt) as backend:
         app = create_app(backend)
-        log.info("API listening on http://%s:%s%s", settings.host, settings.api_port, API_PREFIX)
-        await serve(app, settings.host, settings.api_port, stop)
+        ftp: FtpUploads | None = None
+        if settings.ftp_port and backend.operations is not None:
+            ftp = FtpUploads(backend.operations.uploads, settings.host, settings.ftp_port)
+            backend.operations.ftp_port = ftp.start()
+        try:
+            log.info(
+                "API listening on http://%s:%s%s", settings.host, settings.api_port, API_PREFIX
+            )
+            await serve(app, settings.host, settings.api_port, stop)
+        finally:
+            if ftp is not None:
+                ftp.stop()

@@ -70,6 +70,7 @@ class Backend:
         maintenance_interval: float = 30.0,
         password_key: bytes | None = None,
         file_store: FileStoreKind = "auto",
+        ftp_models: tuple[str, ...] = (),
     ) -> Backend:
         # Without a key (tests that only read) new passwords get scrypt hashes.
         registry = ChargerRegistry(db, password_key=password_key)
@@ -91,6 +92,7 @@ class Backend:
                 public_url=public_url,
                 command_timeout=command_timeout,
                 file_store=file_store,
+                ftp_models=ftp_models,
             ),
             maintenance=Maintenance.build(
                 db, registry, shadow_client, interval=maintenance_interval
@@ -155,6 +157,7 @@ async def open_backend(
             series=lambda: open_series_store(settings),
             maintenance_interval=settings.maintenance_interval,
             file_store=settings.file_store,
+            ftp_models=tuple(settings.ftp_models),
             password_key=password_key(
                 settings.charger_password_key.get_secret_value()
                 if settings.charger_password_key

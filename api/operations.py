@@ -38,6 +38,10 @@ class Operations:
     public_url: str
     data_dir: Path
     files: FileStore
+    # The FTP endpoint for diagnostics (api.ftp_uploads): its port once listening (0: none),
+    # and the charger models ("VENDOR/MODEL") sent there by default.
+    ftp_port: int = 0
+    ftp_models: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -50,6 +54,7 @@ class Operations:
         public_url: str = DEFAULT_PUBLIC_URL,
         command_timeout: float = 35.0,
         file_store: FileStoreKind = "auto",
+        ftp_models: tuple[str, ...] = (),
     ) -> Operations:
         files = open_file_store(file_store, db, data_dir)
         return cls(
@@ -60,6 +65,7 @@ class Operations:
             public_url=public_url.rstrip("/"),
             data_dir=data_dir,
             files=files,
+            ftp_models=ftp_models,
         )
 
     async def create_schema(self) -> None:

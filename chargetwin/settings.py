@@ -217,6 +217,19 @@ class Settings(BaseSettings):
         "(mode 0600) on first start. Every bridge and API process must use the same key: "
         "set it when they do not share one data dir. Keep it apart from database backups.",
     )
+    ftp_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the API's FTP endpoint for diagnostics and log uploads (chargers "
+        "that upload only over FTP) on --host; 0: none. Passive data ports are chosen by the "
+        "system: allow them through a firewall, or run it where chargers reach every port.",
+    )
+    ftp_models: list[str] = Field(
+        [],
+        description="Charger models (VENDOR/MODEL, as their BootNotification says) whose "
+        "get-diagnostics goes to the FTP endpoint unless the request names a protocol.",
+    )
     metrics_port: int = Field(
         0,
         ge=0,

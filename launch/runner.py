@@ -149,6 +149,8 @@ def _listening_ports(settings: Settings, command: str) -> list[tuple[str, str, i
         ports.append(("ocpp_port", settings.host, settings.ocpp_port))
     if settings.metrics_port:
         ports.append(("metrics_port", settings.host, settings.metrics_port))
+    if settings.ftp_port and command in ("up", "demo", "api"):
+        ports.append(("ftp_port", settings.host, settings.ftp_port))
     return ports
 
 

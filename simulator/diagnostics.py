@@ -6,14 +6,17 @@ DiagnosticsStatusNotification (section 4.4) Uploading, then Uploaded or UploadFa
 Upload convention: an HTTP PUT of the file body (text/plain) to ``location``, with the file
 name appended when ``location`` ends with ``/``; a server that answers 405 gets the same
 file as an HTTP POST of multipart/form-data (field ``file``), the other common habit of
-chargers. FTP locations, usual in the field, are reported as UploadFailed.
+chargers. An ``ftp://user:password@host:port/dir/`` location, usual in the field, gets the
+file by FTP (passive mode, STOR into ``dir``) with the standard library's ``ftplib``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ftplib
+import io
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 from ocpp.v16 import call
@@ -67,7 +70,7 @@ async def upload_diagnostics(
     for attempt in range(1, attempts + 1):
         try:
             await _upload(location, file_name, body)
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ftplib.Error, OSError, ValueError) as exc:
             charger.log.warning(
                 "%s: diagnostics upload %d/%d failed: %s", charger.id, attempt, attempts, exc
             )
@@ -84,14 +87,28 @@ async def upload_diagnostics(
 
 async def _upload(location: str, file_name: str, body: bytes) -> None:
     scheme = urlsplit(location).scheme
+    if scheme == "ftp":
+        await asyncio.to_thread(_ftp_upload, location, file_name, body)
+        return
     if scheme not in ("http", "https"):
-        raise ValueError(f"unsupported upload scheme {scheme!r} (only http and https)")
+        raise ValueError(f"unsupported upload scheme {scheme!r} (http, https or ftp)")
     url = location + file_name if location.endswith("/") else location
     async with httpx.AsyncClient(timeout=30.0) as client:
         response = await client.put(url, content=body, headers={"Content-Type": "text/plain"})
         if response.status_code == 405:
             response = await client.post(url, files={"file": (file_name, body, "text/plain")})
         response.raise_for_status()
+
+
+def _ftp_upload(location: str, file_name: str, body: bytes) -> None:
+    parts = urlsplit(location)
+    with ftplib.FTP() as client:
+        client.connect(parts.hostname or "", parts.port or 21, timeout=30)
+        client.login(unquote(parts.username or "anonymous"), unquote(parts.password or ""))
+        folder = parts.path.strip("/")
+        if folder:
+            client.cwd(folder)
+        client.storbinary(f"STOR {file_name}", io.BytesIO(body))
 
 
 async def _report(charger: Charger, status: DiagnosticsStatus) -> None:

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -31,9 +32,10 @@ from pydantic.alias_generators import to_camel
 from api.auth import Operator, Principal
 from api.backends import Backend, get_backend
 from api.diagnostics import UPLOAD_PATH
+from api.ftp_uploads import ftp_location
 from api.ocpp_schemas import openapi_body, request_errors
 from api.params import Moment
-from api.problems import Problem, problem_responses
+from api.problems import Problem, ProblemError, problem_responses
 from api.routes.chargers import find_charger
 from chargetwin.audit import Outcome
 from chargetwin.command_client import CommandError, CommandTimeoutError
@@ -93,6 +95,12 @@ class GetDiagnosticsBody(_Body):
         max_length=512,
         description="Where the charger uploads; default: this API's upload endpoint with a "
         "one-time grant (docs/firmware.md, Diagnostics).",
+    )
+    protocol: Literal["http", "ftp"] | None = Field(
+        None,
+        description="How the charger uploads when no location is given: this API's HTTP "
+        "upload endpoint or its FTP endpoint (--ftp-port); default: ftp for the models in "
+        "--ftp-models, else http.",
     )
     retries: int | None = Field(None, ge=0, le=100)
     retry_interval: int | None = Field(None, ge=0, le=86_400)
@@ -318,11 +326,34 @@ async def _ensure_online(backend: Backend, charger_id: str) -> None:
         )
 
 
-async def _diagnostics_location(backend: Backend, charger_id: str) -> str:
+async def _upload_protocol(backend: Backend, charger_id: str, asked: str | None) -> str:
+    """The request's protocol, else FTP for the models configured for it, else HTTP."""
+    operations = backend.operations
+    assert operations is not None
+    if asked is not None:
+        return asked
+    if operations.ftp_models:
+        summaries = await backend.shadows.list(ShadowFilter(charger_ids=(charger_id,), limit=1))
+        if summaries and f"{summaries[0].vendor}/{summaries[0].model}" in operations.ftp_models:
+            return "ftp"
+    return "http"
+
+
+async def _diagnostics_location(backend: Backend, charger_id: str, protocol: str) -> str:
     operations = backend.operations
     if operations is None:
         raise Problem(422, "give a location: this API keeps no diagnostics uploads")
+    if protocol == "ftp" and not operations.ftp_port:
+        raise Problem(
+            422,
+            "this API runs no FTP endpoint: start it with --ftp-port, or ask for http",
+            kind="no-ftp-endpoint",
+            errors=[ProblemError(pointer="/protocol", message="no FTP endpoint")],
+        )
     token = await operations.uploads.grant(charger_id)
+    if protocol == "ftp":
+        host = urlsplit(operations.public_url).hostname or "127.0.0.1"
+        return ftp_location(host, operations.ftp_port, charger_id, token)
     return f"{operations.public_url}{UPLOAD_PATH}{charger_id}/{token}/"
 
 
@@ -356,8 +387,13 @@ async def run_command(
         await record(Outcome.REJECTED, problem.status, problem.detail)
         raise
     if command.name == "get-diagnostics" and "location" not in payload:
-        payload["location"] = await _diagnostics_location(backend, charger_id)
-        audited["location"] = f"(upload grant under {UPLOAD_PATH}{charger_id}/)"
+        asked = payload.pop("protocol", None)
+        audited.pop("protocol", None)
+        protocol = await _upload_protocol(backend, charger_id, asked)
+        payload["location"] = await _diagnostics_location(backend, charger_id, protocol)
+        audited["location"] = f"(upload grant for {protocol}, folder {charger_id})"
+    payload.pop("protocol", None)  # ours, not OCPP's: with a location given it means nothing
+    audited.pop("protocol", None)
     operations = backend.operations
     assert operations is not None
     try:

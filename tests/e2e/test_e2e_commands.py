@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from e2e_operations import Platform, platform, reported
 
+from api.ftp_uploads import FtpUploads
+
 
 @pytest.fixture
 async def ops(tmp_path: Path, mosquitto_url: str) -> AsyncIterator[Platform]:
@@ -65,6 +67,34 @@ async def test_get_diagnostics_uploads_to_the_api(ops: Platform) -> None:
     body = await ops.api.get(f"/chargers/{charger.id}/diagnostics/{name}")
     assert body.status_code == 200
     assert f"charger={charger.id}".encode() in body.content
+
+
+async def test_get_diagnostics_over_ftp_end_to_end(ops: Platform) -> None:
+    """API -> bridge -> simulated charger, which uploads with ftplib to the API's FTP
+    endpoint using the one-time grant in its location; the HTTP API then serves the file."""
+    assert ops.fleet is not None and ops.backend.operations is not None
+    charger = ops.fleet.chargers[0]
+    await ops.until(charger.id, lambda d: reported(d).get("connection", {}).get("online"))
+    ftp = FtpUploads(ops.backend.operations.uploads, "127.0.0.1", 0)
+    ops.backend.operations.ftp_port = ftp.start()
+    try:
+        answer = await ops.api.post(
+            f"/chargers/{charger.id}/commands/get-diagnostics", json={"protocol": "ftp"}
+        )
+        assert answer.status_code == 200, answer.text
+        name = answer.json()["response"]["fileName"]
+        for _ in range(150):
+            listing = (await ops.api.get(f"/chargers/{charger.id}/diagnostics")).json()
+            if listing:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        ftp.stop()
+    assert [f["name"] for f in listing] == [name]
+    body = await ops.api.get(f"/chargers/{charger.id}/diagnostics/{name}")
+    assert f"charger={charger.id}".encode() in body.content
+    audit = (await ops.api.get(f"/chargers/{charger.id}/audit")).json()
+    assert audit[0]["patch"]["location"].startswith("(upload grant for ftp")
 
 
 async def test_an_offline_charger_answers_409(ops: Platform) -> None:

@@ -1,0 +1,158 @@
+"""Diagnostics over FTP: a real FTP client (Python's ftplib) uploads with the one-time
+grant in the location get-diagnostics gives, and the HTTP API lists and serves the file."""
+
+from __future__ import annotations
+
+import asyncio
+import ftplib
+import io
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from api_helpers import ADMIN_ENV_TOKEN, assert_problem
+from probes import MqttProbe
+from pydantic import SecretStr
+
+from api.backends import Backend
+from api.ftp_uploads import FtpUploads, ftp_location
+from chargetwin.database import Database
+from chargetwin.mqtt import MqttClient
+from chargetwin.topics import Topics
+from twin.service import ShadowService
+
+Auth = Callable[[str], dict[str, str]]
+LIMIT = 64 * 1024
+
+
+@pytest.fixture
+async def backend(db: Database, api_mqtt: MqttClient, topics: Topics, tmp_path: Path) -> Backend:
+    backend = Backend.build(
+        db, api_mqtt, topics, admin_token=SecretStr(ADMIN_ENV_TOKEN), data_dir=tmp_path,
+        public_url="http://127.0.0.1:8000", command_timeout=2.0,
+        ftp_models=("Voltaro/VX-FTP",),
+    )  # fmt: skip
+    await backend.create_schema()
+    return backend
+
+
+@pytest.fixture
+async def ftp(backend: Backend) -> AsyncIterator[FtpUploads]:
+    assert backend.operations is not None
+    endpoint = FtpUploads(backend.operations.uploads, "127.0.0.1", 0, max_bytes=LIMIT)
+    backend.operations.ftp_port = endpoint.start()
+    yield endpoint
+    endpoint.stop()
+
+
+def _store(location: str, name: str, data: bytes) -> None:
+    """What a charger does with an ftp:// location: log in with its userinfo, STOR."""
+    parts = urlsplit(location)
+    with ftplib.FTP() as client:
+        client.connect(parts.hostname or "", parts.port or 21, timeout=10)
+        client.login(parts.username or "", parts.password or "")
+        client.storbinary(f"STOR {name}", io.BytesIO(data))
+
+
+async def test_a_charger_uploads_over_ftp_and_the_api_serves_it(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    backend: Backend,
+    ftp: FtpUploads,
+    register: Callable[..., Awaitable[dict[str, Any]]],
+) -> None:
+    await register("CP-FTP-1")
+    assert backend.operations is not None
+    token = await backend.operations.uploads.grant("CP-FTP-1")
+    location = ftp_location("127.0.0.1", ftp.port, "CP-FTP-1", token)
+
+    await asyncio.to_thread(_store, location, "diag-1.log", b"ftp line 1\n")
+
+    async def listed() -> list[str]:
+        answer = await client.get("/api/v1/chargers/CP-FTP-1/diagnostics", headers=auth("viewer"))
+        return [f["name"] for f in answer.json()]
+
+    assert await listed() == ["diag-1.log"]
+    download = await client.get(
+        "/api/v1/chargers/CP-FTP-1/diagnostics/diag-1.log", headers=auth("operator")
+    )
+    assert download.status_code == 200 and download.content == b"ftp line 1\n"
+    # The grant is spent: the same credentials log in no more.
+    with pytest.raises(ftplib.error_perm, match="530"):
+        await asyncio.to_thread(_store, location, "diag-2.log", b"again")
+    assert await listed() == ["diag-1.log"]
+
+
+async def test_wrong_credentials_and_oversized_files_are_refused(
+    backend: Backend, ftp: FtpUploads, register: Callable[..., Awaitable[dict[str, Any]]]
+) -> None:
+    await register("CP-FTP-2")
+    assert backend.operations is not None
+    uploads = backend.operations.uploads
+    token = await uploads.grant("CP-FTP-2")
+    for user, password in (("CP-FTP-3", token), ("CP-FTP-2", "not-the-token"), ("..", token)):
+        with pytest.raises(ftplib.error_perm, match="530"):
+            await asyncio.to_thread(
+                _store, ftp_location("127.0.0.1", ftp.port, user, password), "x.log", b"x"
+            )
+    with pytest.raises(ftplib.Error):
+        await asyncio.to_thread(
+            _store, ftp_location("127.0.0.1", ftp.port, "CP-FTP-2", token), "big.log",
+            b"x" * (LIMIT + 1),
+        )  # fmt: skip
+    assert await uploads.list("CP-FTP-2") == []
+    assert await uploads.check("CP-FTP-2", token)  # not spent by the refused file
+
+
+@pytest.fixture
+async def online_ftp_charger(
+    twin: ShadowService, backend: Backend, register: Callable[..., Awaitable[dict[str, Any]]]
+) -> str:
+    await register("CP-FTP-4")
+    reported = {
+        "connection": {"online": True},
+        "chargePoint": {"vendor": "Voltaro", "model": "VX-FTP"},
+    }
+    await backend.shadow_client.update("CP-FTP-4", {"reported": reported})
+    return "CP-FTP-4"
+
+
+async def test_get_diagnostics_sends_ftp_models_to_the_ftp_endpoint(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    backend: Backend,
+    ftp: FtpUploads,
+    online_ftp_charger: str,
+    mosquitto_url: str,
+    topics: Topics,
+) -> None:
+    probe = MqttProbe(mosquitto_url)
+    await probe.subscribe(topics.command(online_ftp_charger))
+    url = f"/api/v1/chargers/{online_ftp_charger}/commands/get-diagnostics"
+    locations: dict[str, str] = {}
+    try:
+        for body, scheme in (({}, "ftp"), ({"protocol": "http"}, "http")):
+            call = asyncio.create_task(client.post(url, json=body, headers=auth("operator")))
+            request = await probe.expect(topics.command(online_ftp_charger))
+            assert urlsplit(request["payload"]["location"]).scheme == scheme
+            assert "protocol" not in request["payload"]  # ours, not an OCPP field
+            locations[scheme] = request["payload"]["location"]
+            await probe.publish(
+                f"{topics.command(online_ftp_charger)}/result",
+                {"clientToken": request["clientToken"], "name": request["name"],
+                 "status": "ok", "response": {"fileName": "d.log"}},
+            )  # fmt: skip
+            assert (await call).status_code == 200
+    finally:
+        probe.close()
+    # The ftp:// location works with a real FTP client, as the charger would use it.
+    await asyncio.to_thread(_store, locations["ftp"], "from-command.log", b"via get-diagnostics")
+    assert backend.operations is not None
+    names = [f.name for f in await backend.operations.uploads.list(online_ftp_charger)]
+    assert names == ["from-command.log"]
+    backend.operations.ftp_port = 0  # an API without FTP refuses to promise it
+    refused = await client.post(url, json={"protocol": "ftp"}, headers=auth("operator"))
+    assert assert_problem(refused, 422)["errors"][0]["pointer"] == "/protocol"
