@@ -71,7 +71,7 @@ from ocpp.v16 import call as v16
 from bench.brokers import _SETTINGS as BROKER_SETTINGS
 from bench.faults import Influx
 from bench.machine import describe, median, percentile
-from simulator import Fleet, SimulatorOptions
+from simulator import ChargerState, Fleet, SimulatorOptions
 from simulator.chargers import SimulatedCharger
 from simulator.options import SessionTiming
 
@@ -81,7 +81,8 @@ PASSWORD_KEY = "scale-out-password-key-" + uuid.uuid4().hex
 POSTGRES_URL = os.environ.get(
     "CHARGETWIN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-KINDS = ("bridge", "twin", "rules", "api", "fleet")
+# The order of the kills: the fleet's leader first, while the campaign it runs is young.
+KINDS = ("fleet", "bridge", "twin", "rules", "api")
 CAMPAIGN_VENDOR, CAMPAIGN_MODEL, OLD, NEW = "ChargeTwin", "CT-AC22", "1.4.2", "1.5.0-scale"
 IMAGE = b"\x7fCTFW-scale-out" + bytes(range(256)) * 16
 # A line each kind logs once it serves (INFO): a restarted process counts as up after it.
@@ -626,7 +627,11 @@ class Results:
     commands: list[tuple[str, str, str, int, str]] = field(default_factory=list)
     bridges_seen: set[str] = field(default_factory=set)
     campaign: dict[str, Any] = field(default_factory=dict)
-    campaign_targets: int = 0
+    # kind -> (campaign state, chargers installed) when a process of that kind was killed
+    campaign_at_kill: dict[str, tuple[str, int]] = field(default_factory=dict)
+    fleet_leader_killed: bool = False
+    campaign_targets: int = 0  # chargers of the campaign's model in the fleet
+    campaign_chargers: int = 0  # chargers the campaign took
     firmware_wrong: list[str] = field(default_factory=list)
     load_rate: float = 0.0  # calls acknowledged per second before the kills
     latency_ms: tuple[float, float] = (0.0, 0.0)  # median, p95 before the kills
@@ -762,7 +767,7 @@ async def run(root: Path, options: Options, say: Callable[[str], None] = print) 
         sim = SimulatorOptions(
             url=topo.ocpp_url,
             chargers=options.chargers,
-            id_prefix=f"SO{uuid.uuid4().hex[:4].upper()}-",
+            id_prefix="SO-",  # with the seed: the same models, so the same campaign, each run
             password=PASSWORD,
             meter_interval_s=options.meter_interval,
             heartbeat_interval_s=60,
@@ -792,16 +797,6 @@ async def run(root: Path, options: Options, say: Callable[[str], None] = print) 
             poller = VersionPoller(api, ids[:: max(1, len(ids) // 40)])
             poll_task = asyncio.create_task(poller.run(stop_poll), name="scale-out-versions")
 
-            # The campaign, started before the kills.
-            targets = [
-                c.id
-                for c in fleet.chargers
-                if (c.model.vendor, c.model.model) == (CAMPAIGN_VENDOR, CAMPAIGN_MODEL)
-            ]
-            results.campaign_targets = len(targets)
-            campaign_id = await start_campaign(api, targets, options.campaign_concurrency)
-            say(f"campaign {campaign_id} started on {len(targets)} chargers")
-
             # The load the topology carries, measured before any fault.
             cpu0 = {p.name: p.cpu_seconds() for p in topo.processes}
             acked0, lat0, t0 = ledger.acked, len(ledger.latencies), time.monotonic()
@@ -819,20 +814,16 @@ async def run(root: Path, options: Options, say: Callable[[str], None] = print) 
                 f"{results.latency_ms[0]:.0f} ms, p95 {results.latency_ms[1]:.0f} ms"
             )
 
-            # kill -9, one process of each kind in turn.
-            ledger.phase = "kills"
-            for kind in options.kills:
-                processes = topo.of(kind)
-                victim = processes[0]
-                if kind == "fleet":
-                    victim = next((p for p in processes if p.leads()), processes[0])
-                took = await asyncio.to_thread(topo.restart, victim)
-                results.restarts[victim.name] = took
-                say(f"kill -9 {victim.name}: serving again after {took:.1f} s")
-                await asyncio.sleep(options.load_s / 3)
-            ledger.phase = "after"
+            # The campaign, started right before the kills (the fleet leader's first).
+            targets = [
+                c.id
+                for c in fleet.chargers
+                if (c.model.vendor, c.model.model) == (CAMPAIGN_VENDOR, CAMPAIGN_MODEL)
+            ]
+            results.campaign_targets = len(targets)
+            campaign_id = await start_campaign(api, targets, options.campaign_concurrency)
+            say(f"campaign {campaign_id} started on {len(targets)} chargers")
 
-            # The campaign completes.
             async def campaign() -> dict[str, Any]:
                 with contextlib.suppress(httpx.HTTPError, ValueError):
                     answer = await api.get(f"/campaigns/{campaign_id}")
@@ -840,16 +831,56 @@ async def run(root: Path, options: Options, say: Callable[[str], None] = print) 
                         return dict(answer.json())
                 return {}
 
+            # kill -9, one process of each kind in turn.
+            ledger.phase = "kills"
+            for kind in options.kills:
+                processes = topo.of(kind)
+                victim = processes[0]
+                if kind == "fleet":
+                    victim = next((p for p in processes if p.leads()), processes[0])
+                    results.fleet_leader_killed = victim.leads()
+                now = await campaign()
+                results.campaign_at_kill[kind] = (
+                    str(now.get("state")),
+                    int(now.get("counts", {}).get("installed", 0)),
+                )
+                took = await asyncio.to_thread(topo.restart, victim)
+                results.restarts[victim.name] = took
+                say(f"kill -9 {victim.name}: serving again after {took:.1f} s")
+                await asyncio.sleep(options.load_s / 3)
+            ledger.phase = "after"
+
+            # The campaign completes.
+
             results.campaign = await until(
                 campaign,
                 lambda c: c.get("state") in ("completed", "cancelled"),
                 options.settle_s + len(targets) * 2,
             )
             say(f"campaign: {results.campaign.get('state')} {results.campaign.get('counts')}")
+            # The chargers the campaign took (those whose shadow showed the old version
+            # when it was created) are on the new version, on the charger itself.
+            taken = await campaign_chargers(api, campaign_id)
+            results.campaign_chargers = len(taken)
             results.firmware_wrong = [
-                c.id for c in fleet.chargers if c.id in targets and c.firmware_version != NEW
+                c.id for c in fleet.chargers if c.id in taken and c.firmware_version != NEW
             ]
 
+            # The chargers of a killed bridge all went to the other one; some churn (a
+            # quarter of the sockets dropped, as a mobile network does) brings chargers
+            # back to it through the balancer's leastconn.
+            churned = {c.id: c.connects for c in fleet.chargers[::4]}
+            for charger in fleet.chargers[::4]:
+                await charger.close()
+
+            async def back() -> int:
+                return sum(
+                    fleet[i].connects > n and fleet[i].state == ChargerState.BOOTED
+                    for i, n in churned.items()
+                )
+
+            await until(back, lambda n: n == len(churned), 60 + options.chargers / 5)
+            await asyncio.sleep(2.0)  # their presence reaches the shadows
             # Commands reach chargers on either bridge, through either API process.
             results.commands = await commands(topo, fleet, ids, api)
             results.bridges_seen = {bridge for _, bridge, _, _, _ in results.commands}
@@ -951,6 +982,20 @@ async def start_campaign(api: httpx.AsyncClient, targets: list[str], concurrency
     return str(created.json()["id"])
 
 
+async def campaign_chargers(api: httpx.AsyncClient, campaign_id: str) -> set[str]:
+    out: set[str] = set()
+    offset = 0
+    while True:
+        answer = await api.get(
+            f"/campaigns/{campaign_id}/chargers", params={"limit": 500, "offset": offset}
+        )
+        items = answer.json().get("items", []) if answer.status_code == 200 else []
+        out.update(str(item["id"]) for item in items if item.get("phase", 0) >= 0)
+        if len(items) < 500:
+            return out
+        offset += len(items)
+
+
 async def commands(
     topo: Topology, fleet: Fleet, ids: list[str], api: httpx.AsyncClient
 ) -> list[tuple[str, str, str, int, str]]:
@@ -1011,7 +1056,11 @@ def report(r: Results, options: Options) -> str:
         f"commands: {len([c for c in r.commands if c[3] == 200 and c[4] != 'nothing'])} of "
         f"{len(r.commands)} reached their charger, bridges: {sorted(r.bridges_seen)}",
         f"campaign: {r.campaign.get('state')} {r.campaign.get('counts')} of "
-        f"{r.campaign_targets} targets; chargers not on {NEW}: {len(r.firmware_wrong)}",
+        f"{r.campaign_chargers} taken of {r.campaign_targets} of the model; taken and not on "
+        f"{NEW}: {len(r.firmware_wrong)}; "
+        "at each kill (state, installed): "
+        + ", ".join(f"{k} {v[0]} {v[1]}" for k, v in r.campaign_at_kill.items())
+        + f"; the fleet process killed was the leader: {r.fleet_leader_killed}",
         f"took {r.elapsed:.0f} s",
     ]
     details = {
@@ -1039,7 +1088,7 @@ def main() -> None:
     parser.add_argument("--meter-interval", type=int, default=10, help="seconds (charging)")
     parser.add_argument("--load", type=float, default=30.0, help="seconds measured before kills")
     parser.add_argument("--no-kills", action="store_true", help="measure the load only")
-    parser.add_argument("--campaign-concurrency", type=int, default=5)
+    parser.add_argument("--campaign-concurrency", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="keep the folder with the logs")
     args = parser.parse_args()
     options = Options(
