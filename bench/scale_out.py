@@ -1,7 +1,8 @@
 """Scale-out on one machine: every component replicated, ``kill -9`` of one process of each kind.
 
     .venv/bin/python -m bench.scale_out [--chargers 500] [--meter-interval 10] [--load 30]
-    .venv/bin/python -m bench.scale_out --no-kills --chargers 500   # capacity only
+    .venv/bin/python -m bench.scale_out --no-kills --chargers 100   # the load only
+    .venv/bin/python -m bench.scale_out --balancer asyncio          # without HAProxy
     .venv/bin/python -m bench.scale_out proxy PORT BACKEND_PORT...   # the fallback balancer
 
 The topology of docs/deployment.md (*Scale-out*), each part a process of its own:
@@ -10,16 +11,19 @@ The topology of docs/deployment.md (*Scale-out*), each part a process of its own
   PostgreSQL database (``CREATE DATABASE`` on the server of ``CHARGETWIN_TEST_POSTGRES_URL``,
   dropped at the end) and a private ``influxd`` on free ports;
 - HAProxy in TCP mode in front of 2 bridges (``leastconn``, health-checked) and of 2 API
-  processes; without ``haproxy`` installed, a small asyncio TCP balancer (``proxy``
-  below) in a child process instead;
+  processes; without ``haproxy`` installed (or with ``--balancer asyncio``), a small
+  asyncio TCP balancer (``proxy`` below) in a child process per frontend instead;
 - 2 twin workers and 2 recorders (``chargetwin rules``) with ``--mqtt-share-group``,
   2 API processes (one data dir: the firmware files), a fleet leader and a standby;
 - simulated chargers (:mod:`simulator`) with charging sessions, connected through the
   balancer; every call a charger got a CALLRESULT for is noted (the *ledger*).
 
-Then, while the chargers charge and a firmware campaign runs, one process of each kind is
-killed with SIGKILL and started again (the fleet's leader, the first of the others), in
-turn. Afterwards it checks, against the chargers' own ledger:
+After a measured stretch of load, a firmware campaign starts and, while the chargers charge
+and the campaign runs, one process of each kind is killed with SIGKILL and started again,
+in turn: the fleet's leader first, then the first bridge, twin worker, recorder and API
+process. A quarter of the chargers then drop their sockets (churn), so that the balancer
+brings some back to the restarted bridge. Afterwards it checks, against the chargers' own
+ledger:
 
 - every shadow holds the last status each connector reported and the firmware version of
   the charger's last boot;
@@ -29,12 +33,13 @@ turn. Afterwards it checks, against the chargers' own ledger:
   was announced twice with different states, and no stored version is below one announced
   on ``shadow/update/documents``;
 - commands reach chargers on either bridge, sent through either API process;
-- the campaign started before the kills completes, every targeted charger on the new
+- the campaign started before the kills completes, every charger it took on the new
   version.
 
 It prints these, with the load the topology carried (calls acknowledged per second, the
-median and 95th percentile of CALL -> CALLRESULT, CPU seconds per kind of process) and
-the machine. ``tests/e2e/test_e2e_scale_out.py`` runs the same scenario, smaller.
+median and 95th percentile of CALL -> CALLRESULT, also per action, and the cores busy per
+kind of process), the load average and the machine. ``tests/e2e/test_e2e_scale_out.py``
+runs the same scenario, smaller.
 """
 
 from __future__ import annotations
@@ -194,17 +199,22 @@ class Balancer:
     """HAProxy in TCP mode in front of the bridges and of the API processes; without
     ``haproxy``, the asyncio balancer of this module (``proxy``), one per frontend."""
 
-    def __init__(self, folder: Path, bridges: list[int], apis: list[int]) -> None:
+    def __init__(
+        self, folder: Path, bridges: list[int], apis: list[int], *, haproxy: bool = True
+    ) -> None:
         self.folder, self.bridges, self.apis = folder, bridges, apis
         self.ocpp_port, self.api_port = free_port(), free_port()
-        self.binary = shutil.which("haproxy") or (
+        found = shutil.which("haproxy") or (
             "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
         )
+        self.binary = found if haproxy else None
         self.procs: list[subprocess.Popen[bytes]] = []
 
     @property
     def kind(self) -> str:
-        return "haproxy" if self.binary else "asyncio proxy (haproxy not installed)"
+        if self.binary:
+            return "haproxy"
+        return "asyncio proxy" + ("" if shutil.which("haproxy") else " (haproxy not installed)")
 
     def start(self) -> None:
         log = (self.folder / "balancer.log").open("ab")
@@ -390,6 +400,7 @@ class Topology:
     database: Database | None = None
     balancer: Balancer | None = None
     processes: list[Process] = field(default_factory=list)
+    haproxy: bool = True  # False: the asyncio balancer even where haproxy is installed
 
     @property
     def api_url(self) -> str:
@@ -414,7 +425,7 @@ class Topology:
         self.database.create()
         bridge_ports = [free_port() for _ in range(self.counts["bridge"])]
         api_ports = [free_port() for _ in range(self.counts["api"])]
-        self.balancer = Balancer(self.root, bridge_ports, api_ports)
+        self.balancer = Balancer(self.root, bridge_ports, api_ports, haproxy=self.haproxy)
         common = {
             **{k: v for k, v in os.environ.items() if not k.startswith("CHARGETWIN_")},
             "CHARGETWIN_HOST": "127.0.0.1",
@@ -478,8 +489,8 @@ class Topology:
 
 
 @contextlib.asynccontextmanager
-async def topology(root: Path, counts: dict[str, int] | None = None) -> AsyncIterator[Topology]:
-    topo = Topology(root) if counts is None else Topology(root, counts)
+async def topology(root: Path, *, haproxy: bool = True) -> AsyncIterator[Topology]:
+    topo = Topology(root, haproxy=haproxy)
     try:
         await asyncio.to_thread(topo.start)
         yield topo
@@ -503,6 +514,7 @@ class Ledger:
     unanswered: dict[str, dict[str, list[tuple[str, str]]]] = field(default_factory=dict)
     firmware: dict[str, str] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+    by_action: dict[str, list[float]] = field(default_factory=dict)  # before the kills
     acked: int = 0
     failed: int = 0
     phase: str = "load"
@@ -522,7 +534,10 @@ class Ledger:
                     per = self.unanswered.setdefault(charger.id, {})
                     per.setdefault(str(payload.connector_id), []).append(sent)
                 raise
-            self.latencies.append(time.perf_counter() - began)
+            took = time.perf_counter() - began
+            self.latencies.append(took)
+            if self.phase == "load":
+                self.by_action.setdefault(type(payload).__name__, []).append(took)
             self.acked += 1
             self.acked_in[self.phase] = self.acked_in.get(self.phase, 0) + 1
             self._note(charger, payload)
@@ -606,6 +621,7 @@ class Options:
     meter_interval: int = 10
     load_s: float = 30.0  # before the first kill, and between kills: load_s / 3
     kills: tuple[str, ...] = KINDS
+    haproxy: bool = True
     campaign_concurrency: int = 5
     settle_s: float = 90.0
     seed: int = 7
@@ -635,6 +651,8 @@ class Results:
     firmware_wrong: list[str] = field(default_factory=list)
     load_rate: float = 0.0  # calls acknowledged per second before the kills
     latency_ms: tuple[float, float] = (0.0, 0.0)  # median, p95 before the kills
+    # action -> (calls, median ms, p95 ms) from the boots to the first kill
+    by_action: dict[str, tuple[int, float, float]] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)  # kind -> CPU seconds per second
     sessions: int = 0
     charger_errors: int = 0
@@ -757,7 +775,7 @@ async def run(root: Path, options: Options, say: Callable[[str], None] = print) 
     """The whole scenario on a fresh topology under ``root``; every check's findings."""
     results = Results(chargers=options.chargers, load_average=(os.getloadavg()[0], 0.0))
     began = time.monotonic()
-    async with topology(root) as topo:
+    async with topology(root, haproxy=options.haproxy) as topo:
         assert topo.balancer is not None and topo.broker is not None and topo.influx is not None
         results.balancer = topo.balancer.kind
         say(f"topology up in {time.monotonic() - began:.0f} s ({results.balancer})")
@@ -805,6 +823,10 @@ async def run(root: Path, options: Options, say: Callable[[str], None] = print) 
             results.load_rate = (ledger.acked - acked0) / span
             window = ledger.latencies[lat0:]
             results.latency_ms = (median(window) * 1000, percentile(window, 95) * 1000)
+            results.by_action = {
+                action: (len(v), median(v) * 1000, percentile(v, 95) * 1000)
+                for action, v in sorted(ledger.by_action.items())
+            }
             for p in topo.processes:
                 results.cpu[p.kind] = (
                     results.cpu.get(p.kind, 0.0) + (p.cpu_seconds() - cpu0[p.name]) / span
@@ -1040,6 +1062,8 @@ def report(r: Results, options: Options) -> str:
         "",
         f"before the kills ({options.load_s:g} s): {r.load_rate:.1f} calls/s acknowledged; "
         f"CALL -> CALLRESULT median {r.latency_ms[0]:.0f} ms, p95 {r.latency_ms[1]:.0f} ms",
+        "per action since the boots (calls, median / p95 ms): "
+        + ", ".join(f"{a} {n} {m:.0f}/{p:.0f}" for a, (n, m, p) in r.by_action.items()),
         "CPU (cores busy) per kind of process: "
         + ", ".join(f"{k} {v:.2f}" for k, v in r.cpu.items()),
         "",
@@ -1088,6 +1112,12 @@ def main() -> None:
     parser.add_argument("--meter-interval", type=int, default=10, help="seconds (charging)")
     parser.add_argument("--load", type=float, default=30.0, help="seconds measured before kills")
     parser.add_argument("--no-kills", action="store_true", help="measure the load only")
+    parser.add_argument(
+        "--balancer",
+        choices=("haproxy", "asyncio"),
+        default="haproxy",
+        help="asyncio: this module's own balancer (used anyway when haproxy is missing)",
+    )
     parser.add_argument("--campaign-concurrency", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="keep the folder with the logs")
     args = parser.parse_args()
@@ -1096,6 +1126,7 @@ def main() -> None:
         meter_interval=args.meter_interval,
         load_s=args.load,
         kills=() if args.no_kills else KINDS,
+        haproxy=args.balancer == "haproxy",
         campaign_concurrency=args.campaign_concurrency,
     )
     root = Path(tempfile.mkdtemp(prefix="scale-out-"))
