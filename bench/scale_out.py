@@ -1082,9 +1082,13 @@ def report(r: Results, options: Options) -> str:
         f"campaign: {r.campaign.get('state')} {r.campaign.get('counts')} of "
         f"{r.campaign_chargers} taken of {r.campaign_targets} of the model; taken and not on "
         f"{NEW}: {len(r.firmware_wrong)}; "
-        "at each kill (state, installed): "
-        + ", ".join(f"{k} {v[0]} {v[1]}" for k, v in r.campaign_at_kill.items())
-        + f"; the fleet process killed was the leader: {r.fleet_leader_killed}",
+        + (
+            "at each kill (state, installed): "
+            + ", ".join(f"{k} {v[0]} {v[1]}" for k, v in r.campaign_at_kill.items())
+            + f"; the fleet process killed was the leader: {r.fleet_leader_killed}"
+            if r.campaign_at_kill
+            else "no kills"
+        ),
         f"took {r.elapsed:.0f} s",
     ]
     details = {
