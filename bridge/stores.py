@@ -37,6 +37,17 @@ CREATE TABLE IF NOT EXISTS transactions (
 )
 """
 
+# The last transaction id handed out, one row: several bridges allocate from it at once
+# (an UPDATE ... RETURNING takes the row's lock, so each gets its own id, in order), where
+# "MAX + 1" made them pick the same id and retry until they gave up.
+TRANSACTION_IDS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS transaction_ids (
+    name TEXT PRIMARY KEY,
+    last_id BIGINT NOT NULL
+)
+"""
+_COUNTER = "ocpp"
+
 ID_TAGS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS id_tags (
     id_tag TEXT PRIMARY KEY,
@@ -77,6 +88,14 @@ class TransactionStore:
 
     async def create_schema(self) -> None:
         await self._db.execute(TRANSACTIONS_SCHEMA)
+        await self._db.execute(TRANSACTION_IDS_SCHEMA)
+        # Seeded from the transactions already there (a database from before the counter).
+        await self._db.execute(
+            "INSERT INTO transaction_ids (name, last_id)"
+            " SELECT ?, COALESCE(MAX(transaction_id), 0) FROM transactions"
+            " WHERE true ON CONFLICT DO NOTHING",  # WHERE: SQLite's parser needs it here
+            (_COUNTER,),
+        )
 
     async def start(
         self,
@@ -117,13 +136,15 @@ class TransactionStore:
                     return StartedTransaction(int(rows[0][0]), retried=True)
                 (next_id,) = (
                     await tx.fetchall(
-                        "SELECT COALESCE(MAX(transaction_id), 0) + 1 FROM transactions"
+                        "UPDATE transaction_ids SET last_id = last_id + 1 WHERE name = ?"
+                        " RETURNING last_id",
+                        (_COUNTER,),
                     )
                 )[0]
                 if int(next_id) > _MAX_TRANSACTION_ID:
                     raise DatabaseError("transaction ids exhausted (OCPP 1.6 uses 32-bit ids)")
-                # Two bridge processes may pick the same next id at once; the loser's insert
-                # does nothing and it tries again (portable to SQLite and PostgreSQL).
+                # An identical start committed by another bridge meanwhile (a charger's retry
+                # that reached the other one): the insert does nothing and the loop finds it.
                 inserted = await tx.execute(
                     "INSERT INTO transactions (transaction_id, charger_id, connector_id, id_tag,"
                     " meter_start, started_at, reservation_id, created_at)"

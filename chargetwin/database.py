@@ -189,6 +189,22 @@ class _PostgresTransaction:
         return list(await cur.fetchall())
 
 
+def _lost_creation_race(sql: str, exc: Exception) -> bool:
+    """``CREATE ... IF NOT EXISTS`` that failed because another process created the same
+    object at the same moment: PostgreSQL checks existence before it inserts into its
+    catalogs, so two replicas starting together on a fresh database (twin workers, API
+    replicas) can both pass the check and one gets a unique violation. The object exists,
+    which is all the statement asked for."""
+    from psycopg import errors
+
+    statement = sql.lstrip().upper()
+    return (
+        statement.startswith("CREATE")
+        and "IF NOT EXISTS" in statement
+        and isinstance(exc, errors.UniqueViolation | errors.DuplicateTable | errors.DuplicateObject)
+    )
+
+
 class PostgresDatabase:
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8) -> None:
         self.url = url
@@ -232,6 +248,8 @@ class PostgresDatabase:
                 cur = await conn.execute(_pg(sql), tuple(params))
                 return int(cur.rowcount)
         except psycopg.Error as exc:
+            if _lost_creation_race(sql, exc):
+                return 0
             raise DatabaseError(str(exc)) from exc
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:

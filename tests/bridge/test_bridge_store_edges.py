@@ -4,8 +4,12 @@ the column it is stored in."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from conftest import MakeBridge, MqttWatcher, OpenCharger
+
+from bridge.stores import TransactionStore
 
 INT64_MAX = 2**63 - 1
 
@@ -60,3 +64,30 @@ async def test_a_reservation_id_no_column_holds_is_refused(
     }
     answer = await charger.call("StartTransaction", start)
     assert answer[2] == "PropertyConstraintViolation", answer
+
+
+async def test_two_bridges_starting_many_transactions_at_once_each_get_an_id(
+    database_url: str,
+) -> None:
+    """Two bridge processes on one database (scale-out): each start gets its own id at
+    once, however many race (MAX + 1 made them collide until they gave up)."""
+    from chargetwin.database import connect
+
+    first, second = connect(database_url), connect(database_url)
+    await first.open()
+    await second.open()
+    try:
+        stores = [TransactionStore(first), TransactionStore(second)]
+        await stores[0].create_schema()
+        await stores[1].create_schema()
+        started = await asyncio.gather(
+            *(
+                stores[i % 2].start(f"CP-{i % 40}", 1 + i % 2, f"TAG{i}", i, 1.7e9 + i)
+                for i in range(200)
+            )
+        )
+    finally:
+        await first.close()
+        await second.close()
+    ids = [s.transaction_id for s in started]
+    assert len(set(ids)) == 200 and not any(s.retried for s in started)

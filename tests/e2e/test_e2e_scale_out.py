@@ -164,13 +164,6 @@ def test_the_fallback_balancer_spreads_connections_and_skips_a_dead_backend() ->
     assert sorted(set(answers)) == ["0", "1"], answers
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open defect (twin/, chargetwin/database.py): twin workers started together on "
-    "a fresh PostgreSQL database race in CREATE TABLE IF NOT EXISTS and one exits with "
-    "UniqueViolation on pg_type_typname_nsp_index; the scale-out scenario starts the first "
-    "replica of each kind alone",
-)
 def test_twin_workers_started_together_on_a_fresh_database_all_serve(
     tmp_path: Path,
 ) -> None:
