@@ -62,6 +62,26 @@ from twin.registry import ChargerExistsError, ChargerRegistry, WeakPasswordError
 
 log = logging.getLogger(__name__)
 
+
+class _ProbeFilter(logging.Filter):
+    """A TCP connection that closes before sending any request (a load balancer's TCP
+    health check, a port scan) is not an error: websockets logs it as "opening handshake
+    failed" with a traceback; this turns it into one DEBUG line of ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != "opening handshake failed" or not record.exc_info:
+            return True
+        error = record.exc_info[1]
+        while error is not None and not isinstance(error, EOFError):
+            error = error.__cause__
+        if error is None:
+            return True
+        log.debug("bridge: a connection closed before its opening handshake (a TCP probe?)")
+        return False
+
+
+logging.getLogger("websockets.server").addFilter(_ProbeFilter())
+
 SUBPROTOCOLS = (Subprotocol("ocpp1.6"),)
 NO_SUBPROTOCOL_CLOSE = CloseCode.PROTOCOL_ERROR
 # Frames websockets buffers per connection before it stops reading the socket (its default

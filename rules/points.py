@@ -11,10 +11,11 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 NS = 1_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 FieldValue = float | str
 Labels = tuple[tuple[str, str], ...]
@@ -95,11 +96,15 @@ def to_ns(value: Any, default: float) -> int:
             raise InvalidPoint(f"timestamp {_shown(value)} is not a time: {exc}") from exc
     if isinstance(value, str) and value:
         try:
-            seconds = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                return round(moment.timestamp() * NS)
+            # In integers: through a float, .017 s became .016999936 s.
+            since = moment - _EPOCH
         except (ValueError, OverflowError):
             pass
         else:
-            return round(seconds * NS)
+            return (since.days * 86_400 + since.seconds) * NS + since.microseconds * 1_000
     return round(default * NS)
 
 

@@ -5,6 +5,7 @@ a close with 1002; it never counts as connected."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import pytest
@@ -50,3 +51,24 @@ def test_the_first_supported_subprotocol_of_the_chargers_list_is_chosen() -> Non
     assert select_subprotocol(["ocpp1.6", "ocpp1.5"]) == "ocpp1.6"
     assert select_subprotocol(["ocpp1.5"]) is None
     assert select_subprotocol([]) is None
+
+
+async def test_a_tcp_probe_that_sends_nothing_is_not_logged_as_an_error(
+    bridge: Bridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A load balancer's TCP health check opens and closes a connection: no traceback, no
+    ERROR (the scale-out run's HAProxy filled the log with them), and the bridge serves on."""
+    for _ in range(3):
+        _, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+        writer.close()
+        await writer.wait_closed()
+    await asyncio.sleep(0.3)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    charger_id = f"cp-{uuid.uuid4().hex[:10]}"
+    await register(bridge, charger_id)
+    async with connect(
+        url_of(bridge, charger_id),
+        subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+        additional_headers=basic(charger_id, PASSWORD),
+    ) as ws:
+        assert ws.subprotocol == "ocpp1.6"
