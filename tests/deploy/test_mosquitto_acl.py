@@ -58,7 +58,7 @@ TIMEOUT = 5.0  # seconds; only reached when something is wrong
 USERS = ("bridge", "twin", "rules", "api", "fleet")
 SPY = "ct-test-spy"  # test-only user appended to the ACL copy: reads and writes everything
 
-# What each service may do, from the design brief (docs/deployment.md, mosquitto/README.md).
+# What each service may do, as docs/mqtt.md and mosquitto/README.md document it.
 GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "bridge": {
         "write": (
