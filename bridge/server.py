@@ -10,7 +10,9 @@ certificate replaces Basic auth: its subject CN must be the charger id, and the 
 registered (or auto-registration on); either failure answers 403, since no HTTP
 credentials could fix it.
 
-The subprotocol is chosen by :func:`select_subprotocol`. A charger that offers none the
+The subprotocol is chosen by :func:`select_subprotocol`: the first of the charger's list
+that the bridge speaks (``ocpp2.0.1`` is served by :mod:`bridge.v201.connections`,
+``ocpp1.6`` by :mod:`bridge.connections`). A charger that offers none the
 bridge speaks is not refused with an HTTP status: OCPP-J 1.6 section 3.1.2 and RFC 6455
 section 4.2.2 have the server complete the handshake without ``Sec-WebSocket-Protocol``,
 so the bridge does, and then closes the socket with 1002 (protocol error) before any OCPP.
@@ -137,7 +139,7 @@ class OcppServer:
         mqtt: MqttClient,
         server_options: ServerOptions,
         connection_options: ConnectionOptions,
-        transaction_events: TransactionEvents | None = None,
+        transaction_events: TransactionEvents,
     ) -> None:
         # A charger's repeated messages must not fill the disk with log lines.
         limit_charger_lines()
@@ -147,7 +149,7 @@ class OcppServer:
         self.options = server_options
         self.connection_options = connection_options
         self.connections: dict[str, Connection] = {}
-        # OCPP 2.0.1 transactions (bridge.v201.transactions); None: only 1.6 is accepted.
+        # OCPP 2.0.1 transactions (bridge.v201.transactions), shared by 2.0.1 connections.
         self.transaction_events = transaction_events
         self._server: Server | None = None
         # Owned here, from start() to stop(): freed heap memory back to the system.
@@ -301,7 +303,7 @@ class OcppServer:
             await websocket.close(NO_SUBPROTOCOL_CLOSE, reason)
             return
         connection: Connection
-        if websocket.subprotocol == OCPP201 and self.transaction_events is not None:
+        if websocket.subprotocol == OCPP201:
             connection = StationConnection(
                 charger_id,
                 websocket,

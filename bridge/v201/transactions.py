@@ -98,7 +98,9 @@ def sample_value(sample: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "measurand": measurand,
         "phase": sample.get("phase"),
-        "unit": unit_of_measure.get("unit") or DEFAULT_UNIT,
+        # Part 2, UnitOfMeasureType: "Wh" by default for an Energy measurand only (as 1.6).
+        "unit": unit_of_measure.get("unit")
+        or (DEFAULT_UNIT if measurand.startswith("Energy.") else None),
         "value": value,
         "context": sample.get("context") or DEFAULT_CONTEXT,
         "location": sample.get("location") or DEFAULT_LOCATION,

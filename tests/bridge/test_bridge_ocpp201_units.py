@@ -185,6 +185,7 @@ def test_sampled_values_apply_the_multiplier_and_defaults() -> None:
     assert sample["measurand"] == "Energy.Active.Import.Register"
     assert sample["context"] == "Sample.Periodic" and sample["location"] == "Outlet"
     assert sample_value({"value": 3})["unit"] == "Wh"
+    assert sample_value({"value": 3, "measurand": "SoC"})["unit"] is None
     readings = [
         {"sampledValue": [{"value": 2.0, "unitOfMeasure": {"unit": "kWh"}}]},
         {"sampledValue": [{"value": 900, "phase": "L1"}, {"value": 4.5, "measurand": "SoC"}]},
