@@ -297,8 +297,12 @@ class StationHandler(Endpoint201):
         if complete:
             self._reporter.report(self.charger_id, {"config": None, "deviceModel": None}, at)
             at += 1e-6  # the values land after the clearing, in the twin's order
-        if config or model:
-            self._reporter.report(self.charger_id, {"config": config, "deviceModel": model}, at)
+        # Two updates: the values land even if the metadata would take the shadow past the
+        # twin's size limit (413; docs/ocpp201.md, Size).
+        if config:
+            self._reporter.report(self.charger_id, {"config": config}, at)
+        if model:
+            self._reporter.report(self.charger_id, {"deviceModel": model}, at + 1e-6)
         return config
 
     async def _notify_event(self, payload: dict[str, Any]) -> dict[str, Any]:

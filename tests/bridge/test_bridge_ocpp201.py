@@ -181,7 +181,8 @@ async def open_station(bridge: Bridge) -> AsyncIterator[OpenStation]:
     async def open_(charger_id: str | None = None, *, boot: bool = True) -> Station:
         charger_id = charger_id or f"cs-{uuid.uuid4().hex[:10]}"
         assert bridge.server is not None
-        await bridge.server.registry.register(charger_id, PASSWORD)
+        if not await bridge.server.registry.exists(charger_id):
+            await bridge.server.registry.register(charger_id, PASSWORD)
         ws = await connect(
             url_of(bridge, charger_id),
             subprotocols=[OCPP201, "ocpp1.6"],  # type: ignore[list-item]
@@ -428,6 +429,50 @@ async def test_transaction_events_make_one_session_even_when_sent_again(
     assert session["chargerId"] == station.id and session["connectorId"] == 1
     assert (session["meterStart"], session["meterStop"]) == (1000, 4000)
     assert session["stopReason"] == "EVDisconnected"
+    assert bridge.db is not None
+    rows = await bridge.db.fetchall(
+        "SELECT COUNT(*) FROM transactions WHERE charger_id = ?", (station.id,)
+    )
+    assert rows[0][0] == 1
+
+
+async def test_transaction_events_sent_again_after_a_reconnect_and_offline_ones(
+    bridge: Bridge, open_station: OpenStation, watcher: MqttWatcher
+) -> None:
+    station = await open_station()
+    tx = f"tx-{uuid.uuid4().hex[:8]}"
+    started = call.TransactionEvent(
+        event_type="Started",
+        timestamp=iso_now(),
+        trigger_reason="CablePluggedIn",
+        seq_no=0,
+        transaction_info={"transaction_id": tx},
+        evse={"id": 2, "connector_id": 1},
+        meter_value=[energy(500.0)],
+    )
+    await station.call(started)
+    await station._connection.close()  # the answer may not have arrived: sent again below
+    again = await open_station(station.id, boot=False)  # accepted before: no boot needed
+    await again.call(started)
+    for seq_no, kind, wh in ((1, "Updated", 900.0), (2, "Ended", 1500.0)):
+        await again.call(
+            call.TransactionEvent(
+                event_type=kind,
+                timestamp=iso_now(),
+                trigger_reason="EVCommunicationLost" if kind == "Ended" else "ChargingStateChanged",
+                seq_no=seq_no,
+                transaction_info={"transaction_id": tx},
+                meter_value=[energy(wh)],
+                offline=True,  # queued while the connection was down
+            )
+        )
+    topic = bridge.topics.events(station.id, "transaction")
+    stopped = await watcher.wait_for(topic, lambda m: m["event"] == "stopped")
+    assert stopped["offline"] is True and stopped["connectorId"] == 2
+    assert (stopped["meterStart"], stopped["meterStop"]) == (500, 1500)
+    assert stopped["reason"] == "Local"  # stoppedReason absent: Local (2.0.1 ReasonEnumType)
+    await asyncio.sleep(0.3)
+    assert [m["event"] for m in watcher.on(topic)] == ["started", "updated", "stopped"]
     assert bridge.db is not None
     rows = await bridge.db.fetchall(
         "SELECT COUNT(*) FROM transactions WHERE charger_id = ?", (station.id,)

@@ -13,6 +13,7 @@ from ocpp.exceptions import (
     ProtocolError,
     TypeConstraintViolationError,
 )
+from ocpp.messages import MessageType
 
 from bridge.errors import FrameError
 from bridge.frames import parse_frame
@@ -27,7 +28,8 @@ from bridge.v201.devicemodel import (
     report_entries,
     value_problem,
 )
-from bridge.v201.endpoints import for_ocpp201, frame_error_201
+from bridge.v201.endpoints import compiled, for_ocpp201, frame_error_201
+from bridge.v201.handlers import ACKNOWLEDGED, StationHandler
 from bridge.v201.transactions import energy_wh, sample_value
 from twin.schemas import desired_errors
 
@@ -194,3 +196,22 @@ def test_sampled_values_apply_the_multiplier_and_defaults() -> None:
     assert energy_wh(readings) == 3100
     assert energy_wh(readings[:2]) == 2000
     assert energy_wh([]) is None
+
+
+# Every message a charging station initiates in OCPP 2.0.1 (part 2, the Messages section),
+# written out here rather than derived from the code under test.
+CHARGER_INITIATED = {
+    "Authorize", "BootNotification", "ClearedChargingLimit", "DataTransfer",
+    "FirmwareStatusNotification", "Get15118EVCertificate", "GetCertificateStatus",
+    "Heartbeat", "LogStatusNotification", "MeterValues", "NotifyChargingLimit",
+    "NotifyCustomerInformation", "NotifyDisplayMessages", "NotifyEVChargingNeeds",
+    "NotifyEVChargingSchedule", "NotifyEvent", "NotifyMonitoringReport", "NotifyReport",
+    "PublishFirmwareStatusNotification", "ReportChargingProfiles", "ReservationStatusUpdate",
+    "SecurityEventNotification", "SignCertificate", "StatusNotification", "TransactionEvent",
+}  # fmt: skip
+
+
+def test_every_charger_initiated_action_has_a_handler_and_valid_acknowledgements() -> None:
+    assert set(StationHandler.handlers) == CHARGER_INITIATED
+    for action, answer in ACKNOWLEDGED.items():
+        compiled(action, MessageType.CallResult)(dict(answer))  # a schema-valid answer
