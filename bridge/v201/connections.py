@@ -10,6 +10,7 @@ ask the station to boot again (TriggerMessage BootNotification), which is Accept
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -38,6 +39,15 @@ log = logging.getLogger(__name__)
 
 # How long the whole device model may take to arrive after GetBaseReport is accepted.
 REPORT_TIMEOUT = 60.0
+
+
+async def stored_device_model(services: Services, charger_id: str) -> dict[str, Any]:
+    """``reported.deviceModel`` as the shadow store holds it (empty when unknown)."""
+    if services.firmware is None:
+        return {}
+    document = await services.firmware.shadows.get_document(charger_id) or {}
+    model = ((document.get("state") or {}).get("reported") or {}).get("deviceModel")
+    return model if isinstance(model, dict) else {}
 
 
 class StationConnection:
@@ -79,6 +89,8 @@ class StationConnection:
             None,
             self.handler.clock,
             self.accepted,
+            # A function of the services, not a bound method: no reference cycle.
+            stored_model=functools.partial(stored_device_model, services, charger_id),
         )
         self.device_model_reads = 0
 

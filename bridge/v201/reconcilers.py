@@ -20,6 +20,7 @@ this subclass decides *how* for 2.0.1:
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bridge.errors import CallErrorReceived, InvalidCallError, InvalidResponseError
@@ -30,6 +31,7 @@ from bridge.v201.devicemodel import (
     parse_key,
     value_problem,
 )
+from chargetwin.database import DatabaseError
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,33 @@ log = logging.getLogger(__name__)
 class StationReconciler(Reconciler):
     """The 1.6 reconciler's schedule with 2.0.1 calls (see the module docstring)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        stored_model: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        # Mutability and data type per key, from the last FullInventory.
+        # Mutability and data type per key, from the last FullInventory: read on this
+        # connection after a boot, else (a station that reconnected without booting) from
+        # the shadow's reported.deviceModel, once, when a config delta first needs it.
         self.device_model: dict[str, dict[str, Any]] = {}
+        self._stored_model = stored_model
+
+    async def _load_stored_model(self) -> None:
+        loader, self._stored_model = self._stored_model, None
+        if loader is None or self.device_model:
+            return
+        try:
+            model = await loader()
+        except DatabaseError as exc:
+            log.warning("%s: stored device model unreadable: %s", self.charger_id, exc)
+            return
+        self.device_model = {k: v for k, v in model.items() if isinstance(v, dict)}
 
     def record_device_model(self, config: dict[str, str], model: dict[str, dict[str, Any]]) -> None:
         """A whole device model read after a boot: what the station has now."""
+        self._stored_model = None
         self._known = {leaf: v for leaf, v in self._known.items() if leaf[0] != "config"}
         for key, value in config.items():
             self._known[("config", key)] = value
@@ -64,6 +86,7 @@ class StationReconciler(Reconciler):
             return
         if self._settled("config", key, value):
             return
+        await self._load_stored_model()
         try:
             target = parse_key(key)
         except KeyError201 as exc:

@@ -686,3 +686,55 @@ async def test_a_1_6_and_a_2_0_1_charger_on_one_bridge(
     for charger_id in (charger.charger_id, station.id):
         presence = await watcher.wait_for(bridge.topics.presence(charger_id), lambda p: p["online"])
         assert presence["ocppVersion"] == ("2.0.1" if charger_id == station.id else "1.6")
+
+
+async def test_after_a_reconnect_the_stored_device_model_still_guards_desired_values(
+    bridge: Bridge, open_station: OpenStation, twin: RunningTwin, watcher: MqttWatcher
+) -> None:
+    station = await open_station()
+    await twin.wait_reported(station.id, lambda r: r.get("deviceModel"))
+    await station._connection.close()
+    again = await open_station(station.id, boot=False)  # no boot: no device-model read
+    desired = {
+        "config": {
+            "EVSE@1/AvailabilityState": "Faulted",  # ReadOnly
+            "OCPPCommCtrlr/HeartbeatInterval": "5",  # below minLimit 10
+            "TxCtrlr/EVConnectionTimeOut": "45",  # fine
+        }
+    }
+    watcher.publish(bridge.topics.shadow(station.id, "update"), {"state": {"desired": desired}})
+    reported = await twin.wait_reported(
+        station.id,
+        lambda r: (
+            len(r.get("refused", {}).get("config", {})) == 2
+            and r["config"].get("TxCtrlr/EVConnectionTimeOut") == "45"
+        ),
+    )
+    refused = reported["refused"]["config"]
+    assert "ReadOnly" in refused["EVSE@1/AvailabilityState"]["reason"]
+    assert "below the minimum 10" in refused["OCPPCommCtrlr/HeartbeatInterval"]["reason"]
+    sent = [d["variable"]["name"] for action, d in again.calls if action == "SetVariables"]
+    assert sent == ["EVConnectionTimeOut"]
+
+
+async def test_a_report_nobody_asked_for_is_merged_into_the_config(
+    bridge: Bridge, open_station: OpenStation, twin: RunningTwin
+) -> None:
+    station = await open_station()
+    await twin.wait_reported(station.id, lambda r: r.get("config"))
+    for seq_no, tbc in ((0, True), (1, False)):
+        await station.call(
+            call.NotifyReport(
+                request_id=424242,
+                generated_at=iso_now(),
+                seq_no=seq_no,
+                tbc=tbc,
+                report_data=[variable("AlignedDataCtrlr", f"Interval{seq_no}", str(seq_no))],
+            )
+        )
+    reported = await twin.wait_reported(
+        station.id, lambda r: "AlignedDataCtrlr/Interval1" in r.get("config", {})
+    )
+    assert reported["config"]["AlignedDataCtrlr/Interval0"] == "0"
+    assert reported["config"]["OCPPCommCtrlr/HeartbeatInterval"] == "300"  # still there
+    assert reported["deviceModel"]["AlignedDataCtrlr/Interval1"]["mutability"] == "ReadWrite"
