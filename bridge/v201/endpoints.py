@@ -191,6 +191,11 @@ class Endpoint201(OcppEndpoint):
             if type(value) is int and not 0 <= value <= highest:
                 cause = f"{name} {value} is outside 0..{highest}"
                 return PropertyConstraintViolationError(details={"cause": cause})
+        reservation = payload.get("reservationId")
+        if type(reservation) is int and not -(2**31) <= reservation <= INT32_MAX:
+            # Stored in the same 32-bit column as 1.6 reservation ids (bridge.stores).
+            cause = f"reservationId {reservation} is outside the 32-bit range"
+            return PropertyConstraintViolationError(details={"cause": cause})
         evse = payload.get("evse")
         if isinstance(evse, dict):
             return self.range_problem(action, {k: evse.get(k) for k in ("id", "connectorId")})

@@ -651,6 +651,47 @@ async def test_bad_frames_get_2_0_1_error_codes_and_the_connection_stays(
         await station.close()
 
 
+TX = (
+    '"eventType": "Started", "timestamp": "2024-01-01T00:00:00Z", "triggerReason": "Authorized",'
+    ' "transactionInfo": {"transactionId": "t1"}'
+)
+
+
+@pytest.mark.parametrize(
+    ("frame", "answer_id", "code"),
+    [
+        ('[true, "h1", "Heartbeat", {}]', "h1", "MessageTypeNotSupported"),
+        (f'[2, "{"i" * 37}", "Heartbeat", {{}}]', "i" * 37, "RpcFrameworkError"),
+        ('[2, "h2", "DataTransfer", {"vendorId": "v", "data": ' + "[" * 40 + "]" * 40 + "}]",
+         "h2", "FormatViolation"),
+        ('[2, "h3", "DataTransfer", {"vendorId": "v", "data": NaN}]', "h3", "FormatViolation"),
+        ('[2, "h4", "DataTransfer", {"vendorId": "v\\u0000"}]', "h4",
+         "PropertyConstraintViolation"),
+        (f'[2, "h5", "TransactionEvent", {{{TX}, "seqNo": 99999999999999999999999}}]', "h5",
+         "TypeConstraintViolation"),
+        (f'[2, "h6", "TransactionEvent", {{{TX}, "seqNo": 1, "reservationId": 4294967296}}]',
+         "h6", "PropertyConstraintViolation"),
+        (f'[2, "h7", "TransactionEvent", {{{TX}, "seqNo": 1, "evse": {{"id": 9999}}}}]', "h7",
+         "PropertyConstraintViolation"),
+    ],
+)  # fmt: skip
+async def test_hostile_frames_get_2_0_1_answers_and_nothing_is_stored(
+    bridge: Bridge, frame: str, answer_id: str, code: str
+) -> None:
+    station = await open_raw_201(bridge)
+    try:
+        answer = await station.send_raw(frame, answer_id)
+        assert answer[:3] == [4, answer_id, code], answer
+        assert "currentTime" in await station.result("Heartbeat", {})
+    finally:
+        await station.close()
+    assert bridge.db is not None
+    rows = await bridge.db.fetchall(
+        "SELECT COUNT(*) FROM transactions WHERE charger_id = ?", (station.charger_id,)
+    )
+    assert rows[0][0] == 0
+
+
 async def test_oversized_frames_close_a_2_0_1_station_as_a_1_6_one(bridge: Bridge) -> None:
     station = await open_raw_201(bridge)
     big = json.dumps([2, "big", "DataTransfer", {"vendorId": "v", "data": "x" * 70_000}])
