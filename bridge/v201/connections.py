@@ -28,7 +28,7 @@ from bridge.limits import FloodGuard
 from bridge.stores import booted_before
 from bridge.tasks import TaskSet
 from bridge.times import now
-from bridge.v201.devicemodel import ReportTooLargeError, report_entries
+from bridge.v201.devicemodel import ReportTooLargeError
 from bridge.v201.endpoints import VERSION
 from bridge.v201.handlers import StationHandler
 from bridge.v201.reconcilers import StationReconciler
@@ -175,8 +175,8 @@ class StationConnection:
             status = answer.get("status")
             if status == "Accepted":
                 data = await asyncio.wait_for(whole, REPORT_TIMEOUT)
-                config = self.handler.record_report(data, complete=True)
-                self.reconciler.record_device_model(config, report_entries(data)[1])
+                config, model = self.handler.record_report(data, complete=True)
+                self.reconciler.record_device_model(config, model)
                 log.info("%s: device model read: %d values", self.charger_id, len(config))
             else:
                 log.warning("%s: GetBaseReport FullInventory %s", self.charger_id, status)

@@ -51,8 +51,11 @@ class KeyError201(ValueError):
     """A config key that does not follow the 2.0.1 key scheme."""
 
 
+_ESCAPE_TABLE = str.maketrans(_ESCAPES)
+
+
 def _escape(text: str) -> str:
-    return "".join(_ESCAPES.get(ch, ch) for ch in text)
+    return text.translate(_ESCAPE_TABLE)  # C speed: a report has thousands of names
 
 
 def _unescape(text: str) -> str:

@@ -286,7 +286,9 @@ class StationHandler(Endpoint201):
             self.record_report(whole, complete=False)
         return {}
 
-    def record_report(self, report_data: list[Any], *, complete: bool) -> dict[str, str]:
+    def record_report(
+        self, report_data: list[Any], *, complete: bool
+    ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
         """A whole report into ``reported.config`` and ``reported.deviceModel``.
 
         ``complete``: a FullInventory, which replaces both whole, so a variable the station
@@ -303,7 +305,7 @@ class StationHandler(Endpoint201):
             self._reporter.report(self.charger_id, {"config": config}, at)
         if model:
             self._reporter.report(self.charger_id, {"deviceModel": model}, at + 1e-6)
-        return config
+        return config, model
 
     async def _notify_event(self, payload: dict[str, Any]) -> dict[str, Any]:
         for data in payload.get("eventData") or ():
