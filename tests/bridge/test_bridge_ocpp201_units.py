@@ -4,6 +4,7 @@ SetVariables, NotifyReport assembly, 2.0.1 error codes for frame problems."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from ocpp.exceptions import (
@@ -16,7 +17,7 @@ from ocpp.exceptions import (
 from ocpp.messages import MessageType
 
 from bridge.errors import FrameError
-from bridge.frames import parse_frame
+from bridge.frames import _nests_deeper, parse_frame
 from bridge.v201.devicemodel import (
     MAX_PENDING_REPORTS,
     MAX_REPORT_PARTS,
@@ -215,3 +216,25 @@ def test_every_charger_initiated_action_has_a_handler_and_valid_acknowledgements
     assert set(StationHandler.handlers) == CHARGER_INITIATED
     for action, answer in ACKNOWLEDGED.items():
         compiled(action, MessageType.CallResult)(dict(answer))  # a schema-valid answer
+
+
+def _height(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_height(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_height(v) for v in value), default=0)
+    return 0
+
+
+@pytest.mark.parametrize("height", [1, 5, 31, 32, 33, 40])
+@pytest.mark.parametrize("noise", ["", '[{"x": "[[[{{{\\"]]"}]', '"\\\\"'])
+def test_the_fast_depth_check_agrees_with_the_tree(height: int, noise: str) -> None:
+    """A NotifyReport part has more than 32 brackets without nesting deeply: the depth is
+    read at C speed (bridge.frames._nests_deeper), and must agree with walking the tree."""
+    value: object = 1
+    for level in range(height):
+        value = {"k": value, "n": json.loads(noise)} if level % 2 and noise else [value]
+    text = json.dumps(value)
+    assert _nests_deeper(text) == (_height(json.loads(text)) > 32)
+    wide = json.dumps([[{"a": [1]}] for _ in range(100)])  # 300 brackets, height 5
+    assert not _nests_deeper(wide)
