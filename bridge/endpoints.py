@@ -169,19 +169,17 @@ def compile_schema(schema: Mapping[str, Any]) -> Check | None:
 
 
 @cache
-def fast_check(
-    action: str, message_type: int = MessageType.Call, version: str = "1.6"
-) -> Check | None:
-    """The compiled check of the library's schema for a CALL or CALLRESULT payload."""
-    schema = get_validator(message_type, action, version).schema
+def fast_check(action: str, message_type: int = MessageType.Call) -> Check | None:
+    """The compiled check of the library's 1.6 schema for a CALL or CALLRESULT payload."""
+    schema = get_validator(message_type, action, "1.6").schema
     return compile_schema(schema)
 
 
-async def validate(message: Call | CallResult, version: str = "1.6") -> None:
+async def validate(message: Call | CallResult) -> None:
     """The library's ``validate_payload``, skipped when the fast check proves it valid."""
-    check = fast_check(message.action, message.message_type_id, version)
+    check = fast_check(message.action, message.message_type_id)
     if check is None or not check(message.payload):
-        await validate_payload(message, version)
+        await validate_payload(message, "1.6")
 
 
 # Integer fields whose range the schemas leave open ("integer") but the bridge must bound:

@@ -11,7 +11,7 @@ so nothing a station says is lost (see ``docs/ocpp201.md`` for the table).
 **Boot** (OCPP 2.0.1 B01, B02): the first BootNotification on a connection is answered
 Pending; once the answer is on the wire the connection reads the device model
 (GetBaseReport FullInventory, assembled from NotifyReport parts) and then asks the station
-to boot again (TriggerMessage BootNotification, B02.FR.?? / F06); that BootNotification,
+to boot again (TriggerMessage BootNotification, use case F06); that BootNotification,
 or the one the station sends by itself after the Pending ``interval``, is Accepted. While
 Pending the station may send only BootNotification, Heartbeat and the NotifyReport it was
 asked for; anything else before it is accepted is answered SecurityError (B02.FR.09), as
