@@ -1,9 +1,10 @@
 """The OCPP-J central system: chargers in, device shadows, telemetry and events out.
 
 One process serves many chargers over websockets (``ws://HOST:PORT/ocpp/{charger_id}``,
-subprotocol ``ocpp1.6``). Per charger it answers every charger-initiated call, reports what
-it learns into the charger's shadow over MQTT, publishes telemetry and events, turns shadow
-deltas into OCPP calls, and runs operator commands. It keeps nothing that must survive a
+subprotocols ``ocpp2.0.1`` and ``ocpp1.6``; 2.0.1 in ``bridge.v201``). Per charger it
+answers every charger-initiated call, reports what it learns into the charger's shadow over
+MQTT, publishes telemetry and events, turns shadow deltas into OCPP calls, and runs
+operator commands. It keeps nothing that must survive a
 restart except the open sockets (transactions live in the shared database).
 
 Modules, one concept each:
@@ -24,6 +25,8 @@ Modules, one concept each:
 - ``stores``         — transactions and id tags in the shared database.
 - ``limits``         — the per-charger token bucket.
 - ``tasks``          — a small owner for asyncio tasks.
+- ``v201``           — OCPP 2.0.1: framing, handlers, device model, transactions,
+  reconciliation, connection (its own package; docs/ocpp201.md).
 
 Exceptions raised by the bridge::
 

@@ -31,6 +31,7 @@ from bridge.server import OcppServer, ServerOptions
 from bridge.stores import IdTagStore, TransactionStore
 from bridge.times import now
 from bridge.tls import TlsFiles, server_context
+from bridge.v201.transactions import TransactionEvents
 from chargetwin.audit import AuditLog
 from chargetwin.database import Database, connect
 from chargetwin.metrics import watch, watch_outbox
@@ -138,6 +139,8 @@ class Bridge:
         audit = AuditLog(self.db)  # password rotations are written to the API's audit log
         await audit.create_schema()
         await transactions.create_schema()
+        transaction_events = TransactionEvents(self.db, transactions)
+        await transaction_events.create_schema()
         await id_tags.create_schema()
         catalog = FirmwareCatalog(self.db)
         shadows = ShadowStore(self.db)
@@ -195,6 +198,7 @@ class Bridge:
                 command_timeout=options.command_timeout,
                 flood=options.flood,
             ),
+            transaction_events,
         )
         port = self.settings.ocpp_port if options.port is None else options.port
         self.port = await self.server.start(self.settings.host, port)

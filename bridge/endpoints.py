@@ -302,6 +302,20 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
     # Actions answered without the library's routing (see the module docstring): plain
     # functions on the class, so an endpoint holds no bound methods of itself.
     fast_handlers: ClassVar[Mapping[str, FastHandler]] = {}
+    # What differs by OCPP version (bridge.v201.endpoints overrides these): the actions
+    # counted by name in the metrics, and how errors and payloads are checked and spelled.
+    known_actions: ClassVar[frozenset[str]] = OCPP16_ACTIONS
+
+    def wire_error(self, error: OCPPError) -> OCPPError:
+        """``error`` as this version's CALLERROR spells it."""
+        return for_ocpp16(error)
+
+    def range_problem(self, action: str, payload: dict[str, Any]) -> OCPPError | None:
+        return range_problem(action, payload)
+
+    async def validate(self, message: Call | CallResult) -> None:
+        """Raise the OCPPError a payload deserves under this version's schema."""
+        await validate(message)
 
     def __init__(self, charger_id: str, connection: Any, *, call_timeout: float = 30.0) -> None:
         # ChargePoint.__init__ without its create_route_map(self), which probes every @on
@@ -348,7 +362,7 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
                     GenericError(description="rate limit", details={"cause": "too many messages"}),
                 )
                 return
-            action = known_action(msg.action, OCPP16_ACTIONS)
+            action = known_action(msg.action, self.known_actions)
             OCPP_CALLS.labels(action).inc()
             started = time.perf_counter()
             await self._route_call(msg)
@@ -372,10 +386,10 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
             return
         self.errors.error(f"frame answered with {error.error.code}: {cause}: {raw[:120]!r}")
         if admitted:  # a flood of garbage gets no answers
-            await self._send_error(error.unique_id, for_ocpp16(error.error))
+            await self._send_error(error.unique_id, self.wire_error(error.error))
 
     async def _route_call(self, msg: Call) -> None:
-        problem = range_problem(msg.action, msg.payload)
+        problem = self.range_problem(msg.action, msg.payload)
         if problem is not None:
             self.errors.error(f"{msg.action} {msg.unique_id} answered with {problem.code}")
             await self._send_error(msg.unique_id, problem)
@@ -397,7 +411,7 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
             self.errors.error(
                 f"{msg.action:.40} {msg.unique_id} answered with {error.code}: {cause_of(error)}"
             )
-            await self._send_error(msg.unique_id, for_ocpp16(error))
+            await self._send_error(msg.unique_id, self.wire_error(error))
             self._after_response.clear()
             return
         except ConnectionClosed:
@@ -472,7 +486,7 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
         """
         call = Call(unique_id=str(uuid.uuid4()), action=action, payload=payload)
         try:
-            await validate(call)
+            await self.validate(call)
         except OCPPError as error:
             cause = error.details.get("cause", error.description)
             raise InvalidCallError(f"{action}: {error.code}: {cause}") from error
@@ -494,7 +508,7 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
             )
         answer.action = action
         try:
-            await validate(answer)
+            await self.validate(answer)
         except OCPPError as error:
             cause = error.details.get("cause", error.description)
             raise InvalidResponseError(f"{action}: invalid answer: {cause}") from error

@@ -54,6 +54,8 @@ class Reporter:
         # Chargers whose last presence said online, with their "since": re-announced after
         # every MQTT reconnect (the twin may have marked them offline meanwhile).
         self.held: dict[str, float] = {}
+        # The OCPP version each held charger speaks, when not 1.6 (presence says it).
+        self.versions: dict[str, str] = {}
 
     def report(
         self, charger_id: str, reported: Mapping[str, Any], at: float, token: str | None = None
@@ -70,16 +72,23 @@ class Reporter:
     def event(self, charger_id: str, kind: str, payload: Mapping[str, Any]) -> None:
         self.mqtt.publish(self.topics.events(charger_id, kind), dict(payload))
 
-    def presence(self, charger_id: str, online: bool, since: float) -> None:
+    def presence(
+        self, charger_id: str, online: bool, since: float, ocpp_version: str = OCPP_VERSION
+    ) -> None:
         """Retained presence plus ``connection`` in the shadow (the twin trusts both)."""
+        if ocpp_version == OCPP_VERSION:
+            self.versions.pop(charger_id, None)
+        else:
+            self.versions[charger_id] = ocpp_version
         if online:
             self.held[charger_id] = since
-        else:
-            self.held.pop(charger_id, None)
         self.announce(charger_id, online, since)
+        if not online:
+            self.held.pop(charger_id, None)
+            self.versions.pop(charger_id, None)
         self.report(
             charger_id,
-            {"connection": {"online": online, "since": since, "ocppVersion": OCPP_VERSION}},
+            {"connection": {"online": online, "since": since, "ocppVersion": ocpp_version}},
             since,
         )
 
@@ -89,7 +98,7 @@ class Reporter:
         message: dict[str, Any] = {
             "online": online,
             "since": since,
-            "ocppVersion": OCPP_VERSION,
+            "ocppVersion": self.versions.get(charger_id, OCPP_VERSION),
             "bridge": self.bridge_id,
         }
         if self.epoch is not None:

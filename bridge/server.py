@@ -10,7 +10,9 @@ certificate replaces Basic auth: its subject CN must be the charger id, and the 
 registered (or auto-registration on); either failure answers 403, since no HTTP
 credentials could fix it.
 
-The subprotocol is chosen by :func:`select_subprotocol`. A charger that offers none the
+The subprotocol is chosen by :func:`select_subprotocol`: the first of the charger's list
+that the bridge speaks (``ocpp2.0.1`` is served by :mod:`bridge.v201.connections`,
+``ocpp1.6`` by :mod:`bridge.connections`). A charger that offers none the
 bridge speaks is not refused with an HTTP status: OCPP-J 1.6 section 3.1.2 and RFC 6455
 section 4.2.2 have the server complete the handshake without ``Sec-WebSocket-Protocol``,
 so the bridge does, and then closes the socket with 1002 (protocol error) before any OCPP.
@@ -55,6 +57,8 @@ from bridge.errorlog import limit_charger_lines
 from bridge.handlers import Services
 from bridge.heap import trim_heap_periodically
 from bridge.tls import common_name
+from bridge.v201.connections import StationConnection
+from bridge.v201.transactions import TransactionEvents
 from chargetwin.database import DatabaseError
 from chargetwin.mqtt import Handler, MqttClient
 from chargetwin.topics import InvalidTopicError, validate_charger_id
@@ -82,7 +86,10 @@ class _ProbeFilter(logging.Filter):
 
 logging.getLogger("websockets.server").addFilter(_ProbeFilter())
 
-SUBPROTOCOLS = (Subprotocol("ocpp1.6"),)
+# What the bridge speaks, in its order of preference; the charger's own order decides
+# (select_subprotocol). Each maps to the OCPP version reported in presence and the shadow.
+SUBPROTOCOLS = (Subprotocol("ocpp2.0.1"), Subprotocol("ocpp1.6"))
+OCPP201 = Subprotocol("ocpp2.0.1")
 NO_SUBPROTOCOL_CLOSE = CloseCode.PROTOCOL_ERROR
 # Frames websockets buffers per connection before it stops reading the socket (its default
 # is 16). A charger has one CALL in flight (OCPP-J 1.6 section 4.1.1) plus answers to ours,
@@ -91,6 +98,10 @@ NO_SUBPROTOCOL_CLOSE = CloseCode.PROTOCOL_ERROR
 MAX_QUEUED_FRAMES = 4
 PATH_PREFIX = "/ocpp/"
 WWW_AUTHENTICATE = 'Basic realm="chargetwin", charset="UTF-8"'
+
+
+# A live connection: OCPP 1.6 (bridge.connections) or 2.0.1 (bridge.v201.connections).
+Connection = ChargerConnection | StationConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +159,7 @@ class OcppServer:
         mqtt: MqttClient,
         server_options: ServerOptions,
         connection_options: ConnectionOptions,
+        transaction_events: TransactionEvents,
     ) -> None:
         # A charger's repeated messages must not fill the disk with log lines.
         limit_charger_lines()
@@ -156,7 +168,9 @@ class OcppServer:
         self.mqtt = mqtt
         self.options = server_options
         self.connection_options = connection_options
-        self.connections: dict[str, ChargerConnection] = {}
+        self.connections: dict[str, Connection] = {}
+        # OCPP 2.0.1 transactions (bridge.v201.transactions), shared by 2.0.1 connections.
+        self.transaction_events = transaction_events
         self._server: Server | None = None
         # Owned here, from start() to stop(): freed heap memory back to the system.
         self._trimmer: asyncio.Task[None] | None = None
@@ -308,9 +322,19 @@ class OcppServer:
             reason = "no supported subprotocol; offer one of: " + ", ".join(SUBPROTOCOLS)
             await websocket.close(NO_SUBPROTOCOL_CLOSE, reason)
             return
-        connection = ChargerConnection(
-            charger_id, websocket, self.services, self.connection_options
-        )
+        connection: Connection
+        if websocket.subprotocol == OCPP201:
+            connection = StationConnection(
+                charger_id,
+                websocket,
+                self.services,
+                self.connection_options,
+                self.transaction_events,
+            )
+        else:
+            connection = ChargerConnection(
+                charger_id, websocket, self.services, self.connection_options
+            )
         previous = self.connections.get(charger_id)
         self.connections[charger_id] = connection
         try:
@@ -324,12 +348,12 @@ class OcppServer:
             connection.finished.set()
 
     @staticmethod
-    async def _replace(previous: ChargerConnection) -> None:
+    async def _replace(previous: Connection) -> None:
         log.info("%s: new connection replaces the previous one", previous.charger_id)
         await previous.close(CloseCode.NORMAL_CLOSURE, "replaced by a new connection")
         await previous.finished.wait()
 
-    async def _run(self, charger_id: str, connection: ChargerConnection) -> None:
+    async def _run(self, charger_id: str, connection: Connection) -> None:
         reporter = self.services.reporter
         # DEBUG: in a restart storm of 5,000, logging took ~9 % of the bridge's samples
         # (py-spy), about 5 % for these lifecycle lines (connected, online, booted) and the
@@ -340,7 +364,8 @@ class OcppServer:
         finally:
             if self.connections.get(charger_id) is connection:
                 del self.connections[charger_id]
-                reporter.presence(charger_id, False, connection.closed_at)
+                version = "2.0.1" if isinstance(connection, StationConnection) else "1.6"
+                reporter.presence(charger_id, False, connection.closed_at, version)
                 code = connection.websocket.close_code
                 log.info("%s: offline (close code %s)", charger_id, code)
 
@@ -365,7 +390,7 @@ class OcppServer:
         log.info("%s: unregistered; closing its connection", connection.charger_id)
         await connection.close(CloseCode.POLICY_VIOLATION, "charger unregistered")
 
-    def _connection_for(self, topic: str) -> ChargerConnection | None:
+    def _connection_for(self, topic: str) -> Connection | None:
         """The connection of the charger a topic names, when this bridge holds it."""
         try:
             charger_id = self.services.reporter.topics.charger_id_of(topic)

@@ -3,7 +3,9 @@
 One JSON Schema (draft 2020-12), used by the twin on every desired update (MQTT answers
 422) and by the API before it publishes (HTTP answers 422), so both refuse the same input.
 Values follow OCPP 1.6: configuration values are CiString500 (section 9.1.4), connector
-ids are integers where 0 is the whole charger (section 5.2).
+ids are integers where 0 is the whole charger (section 5.2). An OCPP 2.0.1 station's
+configuration keys name a device-model variable (``COMPONENT/VARIABLE``, the scheme of
+``bridge.v201.devicemodel`` and docs/ocpp201.md); its ports are EVSE ids, like connector ids.
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 # Configuration keys that hold a secret and are never desired state (see "config" below).
-SECRET_KEYS = frozenset({"AuthorizationKey"})
+SECRET_KEYS = frozenset({"AuthorizationKey", "SecurityCtrlr/BasicAuthPassword"})
+
+# One name or instance in a 2.0.1 device-model key, its separators percent-encoded.
+_NAME = "[A-Za-z0-9_*+|=%-]{1,150}"
+# bridge.v201.devicemodel: component[:instance][@evse[.connector]]/variable[:instance][#type]
+DEVICE_MODEL_KEY = (
+    f"^{_NAME}(:{_NAME})?(@[0-9]{{1,3}}([.][0-9]{{1,3}})?)?"
+    f"/{_NAME}(:{_NAME})?(#(Target|MinSet|MaxSet))?$"
+)
 
 DESIRED_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -29,7 +39,10 @@ DESIRED_SCHEMA: dict[str, Any] = {
             # desired state is readable by viewers, so it is set by a password rotation
             # (POST /chargers/{id}/credentials/rotate), never here.
             "propertyNames": {
-                "pattern": "^[A-Za-z0-9_.\\-]{1,50}$",
+                "anyOf": [
+                    {"pattern": "^[A-Za-z0-9_.\\-]{1,50}$"},  # OCPP 1.6 keys
+                    {"pattern": DEVICE_MODEL_KEY},  # OCPP 2.0.1 device-model keys
+                ],
                 "not": {"enum": sorted(SECRET_KEYS)},
             },
             "additionalProperties": {"type": "string", "maxLength": 500},

@@ -17,7 +17,7 @@ from bridge import Bridge
 from bridge.server import select_subprotocol
 
 
-@pytest.mark.parametrize("offered", [None, ["ocpp2.0.1"], ["chat", "ocpp1.5"]])
+@pytest.mark.parametrize("offered", [None, ["ocpp2.1"], ["chat", "ocpp1.5"]])
 async def test_no_supported_subprotocol_completes_the_handshake_then_closes_with_1002(
     bridge: Bridge,
     watcher: MqttWatcher,
@@ -38,7 +38,8 @@ async def test_no_supported_subprotocol_completes_the_handshake_then_closes_with
         async with asyncio.timeout(5):
             await ws.wait_closed()
         assert ws.close_code == CloseCode.PROTOCOL_ERROR
-        assert ws.close_reason is not None and "ocpp1.6" in ws.close_reason
+        assert ws.close_reason is not None
+        assert "ocpp2.0.1" in ws.close_reason and "ocpp1.6" in ws.close_reason
     lines = [r.getMessage() for r in caplog.records if charger_id in r.getMessage()]
     assert any("no supported subprotocol" in line for line in lines), lines
     # Never connected: no presence, and the charger is not held.
@@ -47,7 +48,9 @@ async def test_no_supported_subprotocol_completes_the_handshake_then_closes_with
 
 
 def test_the_first_supported_subprotocol_of_the_chargers_list_is_chosen() -> None:
-    assert select_subprotocol(["ocpp2.0.1", "ocpp1.6"]) == "ocpp1.6"
+    assert select_subprotocol(["ocpp2.0.1", "ocpp1.6"]) == "ocpp2.0.1"
+    assert select_subprotocol(["ocpp1.6", "ocpp2.0.1"]) == "ocpp1.6"
+    assert select_subprotocol(["ocpp2.1", "ocpp2.0.1"]) == "ocpp2.0.1"
     assert select_subprotocol(["ocpp1.6", "ocpp1.5"]) == "ocpp1.6"
     assert select_subprotocol(["ocpp1.5"]) is None
     assert select_subprotocol([]) is None

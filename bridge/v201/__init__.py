@@ -1,0 +1,13 @@
+"""OCPP 2.0.1 on the bridge's endpoint, beside 1.6, with one set of shadow semantics.
+
+A charger that offers ``ocpp2.0.1`` first (bridge.server) is served by these modules; the
+shadow, topics and session records are the 1.6 ones wherever the meaning is the same
+(``docs/ocpp201.md`` has the mapping). One concept per module:
+
+- ``endpoints``     — OCPP-J 2.0.1 framing: 2.0.1 error codes, compiled schema checks.
+- ``handlers``      — every charger-initiated 2.0.1 message: answered and mirrored.
+- ``devicemodel``   — the device-model key scheme and NotifyReport assembly.
+- ``transactions``  — TransactionEvent into the shared session records, idempotent by seqNo.
+- ``reconcilers``   — desired config -> SetVariables, availability -> ChangeAvailability.
+- ``connections``   — one station's connection: receive loop, boot sequence, owned tasks.
+"""

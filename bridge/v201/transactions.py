@@ -1,0 +1,257 @@
+"""OCPP 2.0.1 transactions: TransactionEvent into the same session records as 1.6.
+
+A 2.0.1 station names its transactions itself (``transactionInfo.transactionId``, a string
+of up to 36 characters) and numbers every TransactionEvent with ``seqNo``; it sends an
+event again until it is answered, across reconnects, and events queued while it was
+offline arrive later with ``offline: true`` (OCPP 2.0.1 E01-E07, E12).
+
+Sessions stay in the bridge's ``transactions`` table (:class:`bridge.stores.TransactionStore`),
+which the fleet's session records, EV-ChART CSV, KPIs and uptime read, so a 2.0.1 session
+is counted exactly like a 1.6 one: the first event of a transaction starts a session (an
+integer ``sessionId``, the table's ``transaction_id``), Ended stops it. The map from the
+station's id to the session is ``transactions_201``; every event handled is
+``transaction_events_201`` ``(charger, transactionId, seqNo)``, so an event sent again
+(same seqNo) changes nothing and publishes nothing. The effects come before that row is
+written and are idempotent themselves (a start with the same key returns the same session,
+a stop writes the same values), so a failure between them loses nothing: the station sends
+the event again and it is applied again.
+
+Energy: ``meterStart`` and ``meterStop`` are the ``Energy.Active.Import.Register`` readings
+(Wh) of the first and last events that carry one (OCPP 2.0.1 SampledDataCtrlr
+TxStartedMeasurands / TxEndedMeasurands); a transaction without any reading starts at 0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.stores import TransactionStore
+from chargetwin.database import Database
+
+SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS transactions_201 (
+    charger_id TEXT NOT NULL,
+    transaction_id TEXT NOT NULL,
+    session_id INTEGER NOT NULL,
+    evse_id INTEGER,
+    connector_id INTEGER,
+    meter_start DOUBLE PRECISION,
+    meter_last DOUBLE PRECISION,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (charger_id, transaction_id)
+)
+""",
+    """
+CREATE TABLE IF NOT EXISTS transaction_events_201 (
+    charger_id TEXT NOT NULL,
+    transaction_id TEXT NOT NULL,
+    seq_no BIGINT NOT NULL,
+    event_type TEXT NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (charger_id, transaction_id, seq_no)
+)
+""",
+)
+
+ENERGY_REGISTER = "Energy.Active.Import.Register"
+# OCPP 2.0.1 ReasonEnumType: stoppedReason "may only be omitted when the Reason is Local".
+DEFAULT_STOPPED_REASON = "Local"
+# OCPP 2.0.1 part 2, SampledValueType and UnitOfMeasureType defaults.
+DEFAULT_MEASURAND = ENERGY_REGISTER
+DEFAULT_CONTEXT = "Sample.Periodic"
+DEFAULT_LOCATION = "Outlet"
+DEFAULT_UNIT = "Wh"
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """The session a station's transaction is recorded as."""
+
+    session_id: int
+    evse_id: int | None
+    connector_id: int | None
+    meter_start: float | None
+    started_at: float
+    id_tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What one TransactionEvent did: ``repeated`` (same seqNo seen: nothing done)."""
+
+    repeated: bool
+    session: Session | None = None
+    started: bool = False  # this event started the session
+
+
+def sample_value(sample: Mapping[str, Any]) -> dict[str, Any]:
+    """A 2.0.1 SampledValue in the shape the bridge publishes for 1.6 (bridge.reports):
+    the multiplier applied (value x 10^multiplier), defaults filled in."""
+    unit_of_measure = sample.get("unitOfMeasure") or {}
+    multiplier = unit_of_measure.get("multiplier", 0)
+    measurand = sample.get("measurand") or DEFAULT_MEASURAND
+    value = float(sample["value"]) * (10 ** int(multiplier))
+    out: dict[str, Any] = {
+        "measurand": measurand,
+        "phase": sample.get("phase"),
+        # Part 2, UnitOfMeasureType: "Wh" by default for an Energy measurand only (as 1.6).
+        "unit": unit_of_measure.get("unit")
+        or (DEFAULT_UNIT if measurand.startswith("Energy.") else None),
+        "value": value,
+        "context": sample.get("context") or DEFAULT_CONTEXT,
+        "location": sample.get("location") or DEFAULT_LOCATION,
+    }
+    signed = sample.get("signedMeterValue")
+    if isinstance(signed, Mapping):
+        out["signedData"] = signed.get("signedMeterData")
+    return out
+
+
+def energy_wh(meter_values: Iterable[Mapping[str, Any]]) -> float | None:
+    """The last whole-EVSE energy register reading in Wh (kWh converted), if any."""
+    reading = None
+    for meter_value in meter_values:
+        for sample in meter_value.get("sampledValue") or ():
+            converted = sample_value(sample)
+            if converted["measurand"] != ENERGY_REGISTER or converted["phase"] is not None:
+                continue
+            if converted["location"] != DEFAULT_LOCATION:
+                continue
+            unit = str(converted["unit"])
+            if unit == "Wh":
+                reading = converted["value"]
+            elif unit == "kWh":
+                reading = converted["value"] * 1000.0
+    return reading
+
+
+class TransactionEvents:
+    """``transactions_201`` and ``transaction_events_201`` over the shared database."""
+
+    def __init__(self, db: Database, sessions: TransactionStore) -> None:
+        self._db = db
+        self._sessions = sessions
+
+    async def create_schema(self) -> None:
+        for statement in SCHEMA:
+            await self._db.execute(statement)
+
+    async def seen(self, charger_id: str, transaction_id: str, seq_no: int) -> bool:
+        row = await self._db.fetchone(
+            "SELECT 1 FROM transaction_events_201 WHERE charger_id = ? AND transaction_id = ?"
+            " AND seq_no = ?",
+            (charger_id, transaction_id, seq_no),
+        )
+        return row is not None
+
+    async def session(self, charger_id: str, transaction_id: str) -> Session | None:
+        row = await self._db.fetchone(
+            "SELECT m.session_id, m.evse_id, m.connector_id, m.meter_start, t.started_at,"
+            " t.id_tag FROM transactions_201 m JOIN transactions t"
+            " ON t.transaction_id = m.session_id"
+            " WHERE m.charger_id = ? AND m.transaction_id = ?",
+            (charger_id, transaction_id),
+        )
+        if row is None:
+            return None
+        return Session(
+            session_id=int(row[0]),
+            evse_id=None if row[1] is None else int(row[1]),
+            connector_id=None if row[2] is None else int(row[2]),
+            meter_start=None if row[3] is None else float(row[3]),
+            started_at=float(row[4]),
+            id_tag=str(row[5]),
+        )
+
+    async def record(
+        self,
+        charger_id: str,
+        event: Mapping[str, Any],
+        at: float,
+        *,
+        exact_time: bool = True,
+    ) -> Recorded:
+        """Apply one TransactionEvent (camelCase payload) received at source time ``at``."""
+        info = event["transactionInfo"]
+        transaction_id = str(info["transactionId"])
+        seq_no = int(event["seqNo"])
+        if await self.seen(charger_id, transaction_id, seq_no):
+            return Recorded(True, await self.session(charger_id, transaction_id))
+        evse = event.get("evse") or {}
+        evse_id = evse.get("id")
+        connector_id = evse.get("connectorId")
+        reading = energy_wh(event.get("meterValue") or ())
+        id_token = (event.get("idToken") or {}).get("idToken")
+        session = await self.session(charger_id, transaction_id)
+        started = session is None
+        if session is None:
+            # The first event of the transaction the bridge hears of starts the session
+            # (normally Started; a station that began it before it knew this CSMS may
+            # send Updated or Ended first). Idempotent: the same key gives the same id.
+            begun = await self._sessions.start(
+                charger_id,
+                int(evse_id or 0),
+                str(id_token or ""),
+                round(reading or 0),
+                at,
+                event.get("reservationId"),
+                exact_time=exact_time,
+            )
+            await self._db.execute(
+                "INSERT INTO transactions_201 (charger_id, transaction_id, session_id, evse_id,"
+                " connector_id, meter_start, meter_last, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    charger_id,
+                    transaction_id,
+                    begun.transaction_id,
+                    evse_id,
+                    connector_id,
+                    reading,
+                    reading,
+                    time.time(),
+                ),
+            )
+            session = await self.session(charger_id, transaction_id)
+            assert session is not None  # just written, or by an identical earlier attempt
+        else:
+            if session.meter_start is None and reading is not None:
+                # The first reading of a transaction that started without one: the session
+                # counts energy from here, not from the register's 0.
+                await self._db.execute(
+                    "UPDATE transactions SET meter_start = ? WHERE transaction_id = ?",
+                    (round(reading), session.session_id),
+                )
+            await self._db.execute(
+                "UPDATE transactions_201 SET evse_id = COALESCE(evse_id, ?),"
+                " connector_id = COALESCE(connector_id, ?),"
+                " meter_start = COALESCE(meter_start, ?),"
+                " meter_last = COALESCE(?, meter_last)"
+                " WHERE charger_id = ? AND transaction_id = ?",
+                (evse_id, connector_id, reading, reading, charger_id, transaction_id),
+            )
+        if event["eventType"] == "Ended":
+            row = await self._db.fetchone(
+                "SELECT meter_last FROM transactions_201 WHERE charger_id = ?"
+                " AND transaction_id = ?",
+                (charger_id, transaction_id),
+            )
+            last = row[0] if row is not None and row[0] is not None else reading
+            await self._sessions.stop(
+                charger_id,
+                session.session_id,
+                round(last if last is not None else session.meter_start or 0),
+                at,
+                str(info.get("stoppedReason") or DEFAULT_STOPPED_REASON),
+                None if id_token is None else str(id_token),
+            )
+        await self._db.execute(
+            "INSERT INTO transaction_events_201 (charger_id, transaction_id, seq_no, event_type,"
+            " received_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (charger_id, transaction_id, seq_no, str(event["eventType"]), time.time()),
+        )
+        return Recorded(False, session, started)
