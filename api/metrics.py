@@ -67,6 +67,9 @@ class HttpMetricsMiddleware:
 
 @router.get(
     "/metrics",
+    # Outside the document like the dashboard: /api/v1 is the operators' API; this is the
+    # path Prometheus scrapes by default (docs/operations.md, Metrics).
+    include_in_schema=False,
     summary="Prometheus metrics of this process",
     description="Viewer. The Prometheus text format (`text/plain; version=0.0.4`): OCPP "
     "calls and errors, connected chargers, shadow updates, the MQTT outbox, recorder "
