@@ -13,6 +13,8 @@ Exception tree::
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +60,9 @@ class UpdateRequest:
     timestamp: float
     # Epoch seconds after which the request must not be applied (the requester gave up).
     deadline: float | None = None
+    # The request's identity when it has a clientToken (a digest of its bytes): the same
+    # request delivered twice is recognised (ShadowDocument.remember_request).
+    fingerprint: str | None = None
 
 
 def parse_json_object(payload: bytes, limits: Limits) -> dict[str, Any]:
@@ -91,10 +96,14 @@ def parse_update(payload: bytes, limits: Limits, now: float) -> UpdateRequest:
     body = parse_json_object(payload, limits)
     token = client_token_of(body)
     try:
-        return _check_update(body, token, limits, now)
+        request = _check_update(body, token, limits, now)
     except ShadowError as exc:
         exc.client_token = token
         raise
+    if token is None:
+        return request
+    fingerprint = hashlib.blake2b(payload, digest_size=12).hexdigest()
+    return dataclasses.replace(request, fingerprint=fingerprint)
 
 
 def _check_update(

@@ -31,6 +31,9 @@ broker hands to whom.
 * Before a batch runs, the versions of the cached documents it touches are checked in
   one query: a document another worker changed is read again, so ``get`` answers and
   ``version`` checks never rest on a stale copy.
+* A request with a clientToken that already changed the shadow (delivered again after
+  its worker died unacknowledged) is answered with the version it produced, not applied
+  twice (``ShadowDocument.remember_request``).
 * A request may carry a ``deadline`` (epoch seconds): past it, the twin refuses it (408)
   instead of applying it, so a requester that gave up waiting is never contradicted by a
   late change (see ``docs/shadow.md``).
@@ -519,6 +522,13 @@ class ShadowService:
                 return _Outcome(job, [])  # nothing to change, nothing to answer
             request, resend_delta = decided
         current = doc or ShadowDocument(cid)
+        done_at = current.requests.get(request.fingerprint) if request.fingerprint else None
+        if done_at is not None:
+            # Delivered again after it was applied (its worker died before acknowledging
+            # it): answered as the first time, not applied twice.
+            answer = self._accepted(request, current)
+            answer["version"] = done_at
+            return _Outcome(job, [(t.shadow(cid, "update", "accepted"), answer)])
         if request.version is not None and request.version != current.version:
             raise ShadowError(
                 409,
@@ -555,6 +565,8 @@ class ShadowService:
         except ShadowError:
             current.rollback(snapshot)
             raise
+        if request.fingerprint is not None:
+            current.remember_request(request.fingerprint)
         for section in current.sections.values():
             section.prune_tombstones(now - _TOMBSTONE_HORIZON)
         entry = working[cid]

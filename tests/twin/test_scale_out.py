@@ -267,6 +267,48 @@ async def test_a_worker_answers_get_and_version_checks_from_the_store_not_a_stal
         await b.stop()
 
 
+async def test_a_request_delivered_again_after_it_was_applied_is_answered_not_reapplied(
+    mosquitto_url: str, database_url: str, prefix: str, registry: ChargerRegistry
+) -> None:
+    """A worker killed between its commit and its acknowledgement: the broker gives the
+    request to a peer (here: a fresh worker on the same store), which must answer it as
+    applied, not refuse it as stale (the API would audit "precondition failed") nor apply
+    it twice."""
+    await registry.register("CP-1", None)
+    topics = Topics(prefix)
+    topic = topics.shadow("CP-1", "update")
+    probe = MqttProbe(mosquitto_url)
+    await probe.subscribe(f"{prefix}/#")
+    request = json.dumps(
+        {"state": {"desired": {"config": {"A": "1"}}}, "version": 1, "clientToken": "t-1"}
+    ).encode()
+    first = await Worker.start(mosquitto_url, database_url, prefix, "first")
+    try:
+        await probe.request(topic, {"state": {"reported": {"x": 1}}})
+        await probe.publish(topic, request)
+        answer = await probe.expect(topic + "/accepted", clientToken="t-1")
+        assert answer["version"] == 2
+    finally:
+        await first.stop()
+    second = await Worker.start(mosquitto_url, database_url, prefix, "second")
+    try:
+        await probe.publish(topic, request)
+        answer = await probe.expect(topic + "/accepted", clientToken="t-1")
+        assert answer["version"] == 2
+        _, doc = await probe.request(topics.shadow("CP-1", "get"), {})
+        assert doc["version"] == 2
+        # The same token on another request is another request.
+        await probe.publish(
+            topic, {"state": {"desired": {"config": {"A": "2"}}}, "clientToken": "t-1"}
+        )
+        answer = await probe.expect(topic + "/accepted", clientToken="t-1")
+        assert answer["version"] == 3
+        assert not [t for t, _ in probe.seen if t.endswith("/rejected")]
+    finally:
+        probe.close()
+        await second.stop()
+
+
 # --- 2. a deadline the twin honours -----------------------------------------------------
 async def test_a_request_past_its_deadline_is_refused_408_and_not_applied(
     mosquitto_url: str, database_url: str, prefix: str, registry: ChargerRegistry
