@@ -10,7 +10,11 @@ desired changes as the API does (5 s timeout, a deadline). Per round:
 - baseline: both workers alive, ``--requests`` changes sent at once;
 - kill -9: one worker killed, then the same number of changes at once and as many
   bridge-style reports; answer times, 504s, and reports missing from the shadows;
-- clean stop: the worker restarted, then stopped with SIGTERM, then the changes again.
+- clean stop: the worker restarted, then stopped with SIGTERM, then the changes again;
+- silent loss: the worker restarted, then frozen with SIGSTOP (its socket stays open, as
+  when its host or network is lost), then the changes again: the broker notices only after
+  1.5 keepalives (5 s), so changes given to it in the meantime end as 504 (408, expired:
+  not applied, as the deadline wants) rather than wait.
 
 The killed or stopped worker's session is taken over by its peer (``twin/adoption.py``).
 Prints per phase the medians over the rounds of the median and the largest answer time,
@@ -163,6 +167,20 @@ class Bench:
         finally:
             await db.close()
 
+    async def applied(self, label: str) -> int:
+        """How many changes of ``label`` the shadows hold."""
+        db = connect(self.database)
+        await db.open()
+        try:
+            store, count = ShadowStore(db), 0
+            for c in range(self.chargers):
+                doc = await store.get_document(f"CP-{c}") or {"state": {}}
+                config = (doc["state"].get("desired") or {}).get("config") or {}
+                count += sum(value == label for value in config.values())
+            return count
+        finally:
+            await db.close()
+
     async def stop(self) -> None:
         for process in self.workers.values():
             process.kill()
@@ -217,6 +235,17 @@ async def run(args: argparse.Namespace) -> None:
             phases.setdefault("just after a clean stop of one", []).append(
                 (median(times), max(times, default=0), timeouts, lost)
             )
+            await bench.start_worker("w2")
+            bench.workers["w2"].send_signal(signal.SIGSTOP)
+            times, timeouts = await bench.changes(client, f"frozen-{r}")
+            lost = await bench.lost_reports(bridge, f"frozen-{r}")
+            phases.setdefault("just after one froze (SIGSTOP)", []).append(
+                (median(times), max(times, default=0), timeouts, lost)
+            )
+            await asyncio.sleep(10)  # the frozen worker's session taken over meanwhile
+            late = await bench.applied(f"frozen-{r}") - len(times)
+            phases.setdefault("  504s applied after all", []).append((0, 0, late, 0))
+            await bench.end("w2", signal.SIGKILL)
         await api.disconnect()
         await bridge.disconnect()
     finally:
