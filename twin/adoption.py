@@ -163,6 +163,7 @@ class SessionAdopter:
         ) -> int:
             state["in_progress"] += 1
             state["received"] += 1
+            self.adopted_messages += 1
             try:
                 for topic_filter, handler in handlers:
                     if topic_matches(topic_filter, topic):
@@ -213,7 +214,6 @@ class SessionAdopter:
                     async with asyncio.timeout(0.1):
                         await lost.wait()
         finally:
-            self.adopted_messages += int(state["received"])
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5.0):
                     await client.disconnect()

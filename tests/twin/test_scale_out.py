@@ -19,6 +19,7 @@ from probes import MqttProbe
 from chargetwin.database import Database, DatabaseError, connect
 from chargetwin.mqtt import MqttClient
 from chargetwin.topics import Topics
+from twin.adoption import SessionAdopter
 from twin.documents import ShadowDocument
 from twin.registry import ChargerRegistry
 from twin.service import ShadowService
@@ -367,3 +368,62 @@ async def test_reports_published_while_the_twin_is_stopped_are_applied_when_it_s
         await worker.stop()
         # Leave no session behind on the shared broker.
         MqttProbe(mosquitto_url, client_id=f"{prefix}-twin", clean_session=True).close()
+
+
+# --- 2b. a gone worker's session is taken over ----------------------------------------------
+async def test_a_worker_takes_over_a_gone_peers_session_and_serves_what_it_held(
+    mosquitto_url: str, database_url: str, prefix: str, registry: ChargerRegistry
+) -> None:
+    """Mosquitto keeps giving a disconnected persistent member of the group its turn: the
+    peer's session (made here by a paho client that subscribed and left) holds about half
+    of the requests until a live worker takes it over."""
+    await registry.register("CP-1", None)
+    topics = Topics(prefix)
+    group = prefix
+    peer = f"{prefix}-peer-twin"
+    gone = MqttProbe(mosquitto_url, client_id=peer, clean_session=False)
+    await gone.subscribe(f"$share/{group}-twin/{topics.all_shadow_requests('update')}")
+    gone.close()
+    worker = await Worker.start(mosquitto_url, database_url, prefix, "a", group=group)
+    adopter = SessionAdopter(
+        worker.mqtt,
+        topics,
+        f"{prefix}-a",
+        group,
+        worker.service.subscriptions,
+        lambda: [f for f, _ in worker.service.shared_subscriptions()],
+        settle=0.2,
+    )
+    adopter.start()
+    await worker.mqtt.wait_subscribed()
+    probe = MqttProbe(mosquitto_url)
+    await probe.subscribe(f"{prefix}/#")
+    topic = topics.shadow("CP-1", "update")
+    status = topics.service_status("twin", peer)
+    try:
+        for n in range(10):
+            await probe.publish(topic, {"state": {"reported": {f"r{n}": n}}})
+        await asyncio.sleep(0.5)
+        waiting = 10 - worker.service.updates_accepted
+        assert waiting > 0, "the broker gave the gone member nothing: nothing to take over"
+        await probe.publish(
+            status, {"online": False, "clientId": peer, "shareGroup": group}, retain=True
+        )
+        started = time.monotonic()
+        accepted = await probe.collect(topic + "/accepted", 10, timeout=10)
+        assert len(accepted) == 10
+        assert time.monotonic() - started < 5
+        assert adopter.adopted_sessions == 1 and adopter.adopted_messages >= waiting
+        # The session no longer takes a turn: every new request goes to the live worker.
+        probe.seen.clear()
+        for n in range(10, 20):
+            await probe.publish(topic, {"state": {"reported": {f"r{n}": n}}})
+        assert len(await probe.collect(topic + "/accepted", 10, timeout=5)) == 10
+        _, doc = await probe.request(topics.shadow("CP-1", "get"), {})
+        assert doc["state"]["reported"] == {f"r{n}": n for n in range(20)}
+    finally:
+        await probe.publish(status, b"", retain=True)
+        probe.close()
+        await adopter.stop()
+        await worker.stop()
+        MqttProbe(mosquitto_url, client_id=peer, clean_session=True).close()
