@@ -133,22 +133,26 @@ class SessionAdopter:
         return all(self._client_id < peer for peer in self._online)
 
     async def _run(self) -> None:
+        retry = False
         while True:
-            await self._wake.wait()
+            # A session not taken last time (the broker was away, or its owner came back
+            # and its status is on its way) is looked at again after a pause; any news of
+            # the peers ends the pause at once (waiting blindly here held a stopped peer's
+            # requests past their deadline).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_RETRY_PAUSE if retry else None):
+                    await self._wake.wait()
             # Let the statuses settle: a burst of retained ones at start, or the owner's
             # own disconnect still in progress after its clean stop.
             await asyncio.sleep(self._settle)
             self._wake.clear()
+            retry = False
             if not self._mqtt.is_connected or not self._chosen():
                 continue
             for peer in sorted(self._orphans):
                 if peer in self._orphans and self._chosen() and await self._adopt(peer):
                     self._orphans.discard(peer)
-            if self._orphans:
-                # Not taken (the broker was away, or the owner came back and its status
-                # is on its way): look again in a while.
-                await asyncio.sleep(_RETRY_PAUSE)
-                self._wake.set()
+            retry = bool(self._orphans)
 
     # --- adopting one session ----------------------------------------------------------------
     async def _adopt(self, peer: str) -> bool:

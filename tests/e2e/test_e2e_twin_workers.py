@@ -138,7 +138,11 @@ async def _changes(client: ShadowClient, round_: str) -> list[float]:
         await client.update(f"CP-{i % CHARGERS}", {"desired": {"config": {f"K{i}": round_}}})
         return time.monotonic() - started
 
-    return list(await asyncio.gather(*(change(i) for i in range(REQUESTS))))
+    results = await asyncio.gather(*(change(i) for i in range(REQUESTS)), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [r for r in results if isinstance(r, float)]
 
 
 async def test_a_killed_worker_holds_no_request_and_loses_no_report(group: Group) -> None:
