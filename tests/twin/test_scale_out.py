@@ -427,3 +427,56 @@ async def test_a_worker_takes_over_a_gone_peers_session_and_serves_what_it_held(
         await adopter.stop()
         await worker.stop()
         MqttProbe(mosquitto_url, client_id=peer, clean_session=True).close()
+
+
+async def test_a_peer_back_during_a_takeover_is_taken_over_again_at_once_when_it_stops(
+    mosquitto_url: str, database_url: str, prefix: str, registry: ChargerRegistry
+) -> None:
+    """The owner came back during the takeover (the broker gave it its session back), then
+    stopped again: its session was left for 5 s, and requests waited past their deadline."""
+    topics = Topics(prefix)
+    group, peer = prefix, f"{prefix}-peer-twin"
+    status = topics.service_status("twin", peer)
+    shared_filter = f"$share/{group}-twin/{topics.all_shadow_requests('update')}"
+    owner = MqttProbe(mosquitto_url, client_id=peer, clean_session=False)
+    await owner.subscribe(shared_filter)
+    owner.close()
+    worker = await Worker.start(mosquitto_url, database_url, prefix, "a", group=group)
+    adopter = SessionAdopter(
+        worker.mqtt,
+        topics,
+        f"{prefix}-a",
+        group,
+        worker.service.subscriptions,
+        lambda: [f for f, _ in worker.service.shared_subscriptions()],
+        settle=0.2,
+        idle=3.0,  # long enough for the owner to come back in the middle
+    )
+    adopter.start()
+    await worker.mqtt.wait_subscribed()
+    probe = MqttProbe(mosquitto_url)
+    offline = {"online": False, "clientId": peer, "shareGroup": group}
+    try:
+        await probe.publish(status, offline, retain=True)
+        deadline = time.monotonic() + 5
+        while adopter.adopted_sessions < 1:
+            assert time.monotonic() < deadline, "the gone peer's session was not taken over"
+            await asyncio.sleep(0.05)
+        owner = MqttProbe(mosquitto_url, client_id=peer, clean_session=False)
+        await owner.subscribe(shared_filter)
+        await probe.publish(
+            status, {"online": True, "clientId": peer, "shareGroup": group}, retain=True
+        )
+        await asyncio.sleep(0.5)
+        owner.close()
+        await probe.publish(status, offline, retain=True)
+        stopped = time.monotonic()
+        while adopter.adopted_sessions < 2:
+            assert time.monotonic() - stopped < 3, "the stopped owner's session was left"
+            await asyncio.sleep(0.05)
+    finally:
+        await probe.publish(status, b"", retain=True)
+        probe.close()
+        await adopter.stop()
+        await worker.stop()
+        MqttProbe(mosquitto_url, client_id=peer, clean_session=True).close()
