@@ -245,7 +245,9 @@ class AuditEntryOut(_Wire):
     action: str
     patch: Any
     version: int | None = Field(description="Shadow version produced, when accepted.")
-    outcome: str = Field(description="accepted, invalid, precondition-failed, rejected or timeout.")
+    outcome: str = Field(
+        description="accepted, invalid, precondition-failed, rejected, timeout or expired."
+    )
     status: int = Field(description="The HTTP status the API answered.")
     detail: str | None
 

@@ -29,7 +29,12 @@ class Outcome(StrEnum):
     REJECTED = "rejected"
     """The twin refused it (see ``status`` and ``detail``)."""
     TIMEOUT = "timeout"
-    """No answer from the twin; the change may or may not have been applied."""
+    """No answer from the twin in time. The request carried a deadline that the twin
+    never applies past, so the change was applied only if the twin did so before the
+    deadline and its answer was then lost or late (see ``docs/shadow.md``)."""
+    EXPIRED = "expired"
+    """The twin got the change only after its deadline (a worker was gone, say) and did
+    not apply it: the change was not made."""
 
 
 def _schema(db: Database) -> tuple[str, ...]:

@@ -58,13 +58,21 @@ def instance_of(client_id: str) -> str:
 class ServiceAnnouncer:
     """Says, retained, that a component's subscriptions are in place (or that it left)."""
 
-    def __init__(self, topics: Topics, component: str, client_id: str) -> None:
+    def __init__(
+        self,
+        topics: Topics,
+        component: str,
+        client_id: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         self.topic = topics.service_status(component, instance_of(client_id))
+        # Carried by every status, the will included (the twin's peers read its session).
+        self.details = dict(details or {})
 
     @property
     def will(self) -> tuple[str, dict[str, Any], bool]:
         """The ``will`` argument of :class:`~chargetwin.mqtt.MqttClient`."""
-        return self.topic, {"online": False}, True
+        return self.topic, {"online": False, **self.details}, True
 
     async def start(self, mqtt: MqttClient) -> None:
         """Announce now (call it once every subscription is made) and after each reconnect."""
@@ -73,7 +81,9 @@ class ServiceAnnouncer:
 
     async def stop(self, mqtt: MqttClient, timeout: float = 2.0) -> None:
         """A clean stop sends no will: say offline ourselves."""
-        mqtt.publish(self.topic, {"online": False, "since": time.time()}, retain=True)
+        mqtt.publish(
+            self.topic, {"online": False, "since": time.time(), **self.details}, retain=True
+        )
         await mqtt.drain(timeout)
 
     async def _announce(self, mqtt: MqttClient) -> None:
@@ -98,7 +108,12 @@ class ServiceAnnouncer:
             return
         mqtt.publish(
             self.topic,
-            {"online": True, "since": time.time(), "sessionPresent": mqtt.session_present},
+            {
+                "online": True,
+                "since": time.time(),
+                "sessionPresent": mqtt.session_present,
+                **self.details,
+            },
             retain=True,
         )
 

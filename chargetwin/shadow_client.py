@@ -4,10 +4,15 @@ The API, the fleet engines and the rules engine change desired state only by pub
 ``shadow/update`` (they never write the shadow store), and wait for ``accepted`` or
 ``rejected`` with the same ``clientToken`` (:mod:`chargetwin.correlation`), so the process
 only receives answers for chargers it is asking about.
+
+An update carries a ``deadline`` (now + the timeout, epoch seconds): the twin never applies
+it later (it answers 408 instead), so a caller that timed out is never contradicted by a
+late change. The caller waits ``ANSWER_GRACE`` past the deadline for that answer.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from chargetwin.correlation import Correlator
@@ -31,6 +36,15 @@ class ShadowTimeoutError(ShadowRequestError):
         super().__init__(504, message)
 
 
+class ShadowExpiredError(ShadowTimeoutError):
+    """The twin got the update only after its deadline and did not apply it (its 408)."""
+
+
+# How long past a request's deadline its answer is still awaited: the twin checks the
+# deadline before applying, then commits and answers.
+ANSWER_GRACE = 1.0
+
+
 class ShadowClient:
     def __init__(self, mqtt: MqttClient, topics: Topics, *, timeout: float = 5.0) -> None:
         self._topics = topics
@@ -41,10 +55,10 @@ class ShadowClient:
         self, charger_id: str, state: dict[str, Any], *, version: int | None = None
     ) -> dict[str, Any]:
         """Publish ``{"state": state}``; return the ``accepted`` answer or raise."""
-        request: dict[str, Any] = {"state": state}
+        request: dict[str, Any] = {"state": state, "deadline": time.time() + self._timeout}
         if version is not None:
             request["version"] = version
-        return await self._request(charger_id, "update", request)
+        return await self._request(charger_id, "update", request, ANSWER_GRACE)
 
     async def get(self, charger_id: str) -> dict[str, Any]:
         return await self._request(charger_id, "get", {})
@@ -54,7 +68,7 @@ class ShadowClient:
         return await self._request(charger_id, "delete", {})
 
     async def _request(
-        self, charger_id: str, operation: str, request: dict[str, Any]
+        self, charger_id: str, operation: str, request: dict[str, Any], grace: float = 0.0
     ) -> dict[str, Any]:
         answers = tuple(
             self._topics.shadow(charger_id, operation, result)
@@ -62,12 +76,18 @@ class ShadowClient:
         )
         try:
             topic, answer = await self._requests.ask(
-                self._topics.shadow(charger_id, operation), request, answers, self._timeout
+                self._topics.shadow(charger_id, operation),
+                request,
+                answers,
+                self._timeout + grace,
             )
         except TimeoutError as exc:
             raise ShadowTimeoutError(
                 f"no answer from the twin for {charger_id} in {self._timeout:g} s"
             ) from exc
         if topic.endswith("/rejected"):
-            raise ShadowRequestError(int(answer.get("code", 500)), str(answer.get("message", "")))
+            code, message = int(answer.get("code", 500)), str(answer.get("message", ""))
+            if code == 408:
+                raise ShadowExpiredError(f"not applied: {message}")
+            raise ShadowRequestError(code, message)
         return answer

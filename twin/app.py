@@ -1,4 +1,9 @@
-"""Running the twin as a component: open the stores, connect MQTT, serve until stopped."""
+"""Running the twin as a component: open the stores, connect MQTT, serve until stopped.
+
+With a share group, a worker also takes over the sessions of the group's workers that are
+gone (:mod:`twin.adoption`) and keeps a short keepalive, so that the broker notices a
+worker lost without a word (a host or network failure) within 1.5 keepalives.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,17 @@ from chargetwin.mqtt import INSTANCES_FOLDER, InstanceSlot, MqttClient, client_i
 from chargetwin.readiness import ServiceAnnouncer
 from chargetwin.settings import Settings
 from chargetwin.topics import Topics
+from twin.adoption import SessionAdopter
 from twin.registry import ChargerRegistry
 from twin.requests import Limits
 from twin.service import ShadowService
 from twin.stores import ShadowStore
 
 log = logging.getLogger(__name__)
+
+# Seconds; the broker drops a silent worker's connection after 1.5 of them and its peers
+# then take its session over (docs/deployment.md, twin workers).
+WORKER_KEEPALIVE = 5
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -43,17 +53,38 @@ async def run_twin(settings: Settings, stop: asyncio.Event) -> None:
             slot = InstanceSlot.claim(settings.data_dir / INSTANCES_FOLDER, "twin")
         client_id = client_id_for("twin", settings.mqtt_client_id, slot=slot)
         topics = Topics(settings.mqtt_prefix)
-        # Publishers wait for this announcement after a broker restart (chargetwin.readiness).
-        announcer = ServiceAnnouncer(topics, "twin", client_id)
-        mqtt = MqttClient(settings.broker_url, client_id, clean_session=False, will=announcer.will)
+        group = settings.mqtt_share_group
+        # Publishers wait for this announcement after a broker restart (chargetwin.readiness);
+        # the group's other workers read the client id from it to adopt our session.
+        announcer = ServiceAnnouncer(
+            topics, "twin", client_id, {"clientId": client_id, "shareGroup": group}
+        )
+        mqtt = MqttClient(
+            settings.broker_url,
+            client_id,
+            clean_session=False,
+            will=announcer.will,
+            keepalive=WORKER_KEEPALIVE if group else 30,
+        )
         service = ShadowService(
             mqtt,
             store,
             registry,
             topics,
             limits=limits_from(settings),
-            share_group=settings.mqtt_share_group,
+            share_group=group,
         )
+        adopter = None
+        if group:
+            adopter = SessionAdopter(
+                mqtt,
+                topics,
+                client_id,
+                group,
+                service.subscriptions,
+                lambda: [f for f, _ in service.shared_subscriptions()],
+            )
+            adopter.start()
         await service.start()
         await mqtt.connect()  # returns once the service's subscriptions are acknowledged
         await announcer.start(mqtt)
@@ -78,8 +109,12 @@ async def run_twin(settings: Settings, stop: asyncio.Event) -> None:
         finally:
             for registration in watches:
                 registration.close()
-            await announcer.stop(mqtt)
+            if adopter is not None:
+                await adopter.stop()
+            # Queued requests first; then "offline", after which a peer may adopt the
+            # session (its subscriptions stay: see ShadowService.stop).
             await service.stop()
+            await announcer.stop(mqtt)
             await mqtt.disconnect()
     finally:
         if slot is not None:

@@ -26,6 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SECTIONS = ("reported", "desired")
+# How many request fingerprints a document remembers (ShadowDocument.remember_request), and
+# the key they are stored under beside the sections' writes.
+REQUESTS_REMEMBERED = 16
+_REQUESTS_KEY = "requests"
 
 Path = tuple[str, ...]
 JSON = Any
@@ -327,6 +331,9 @@ class ShadowDocument:
     sections: dict[str, Section] = field(
         default_factory=lambda: {name: Section() for name in SECTIONS}
     )
+    # Fingerprints of the latest requests with a clientToken that changed the document,
+    # with the version each produced (see remember_request); kept with the writes.
+    requests: dict[str, int] = field(default_factory=dict)
     _encoded: EncodedDocument | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -343,7 +350,19 @@ class ShadowDocument:
             self.version,
             self.timestamp,
             {name: s.clone() for name, s in self.sections.items()},
+            dict(self.requests),
         )
+
+    def remember_request(self, fingerprint: str) -> None:
+        """Note that the request ``fingerprint`` produced the current version.
+
+        A request delivered again (its worker died between the commit and the broker's
+        acknowledgement, and a peer got it) is then answered with that version instead of
+        being applied twice: a conditional one would be refused as stale although it was
+        applied, and the operator would be told so."""
+        self.requests[fingerprint] = self.version
+        while len(self.requests) > REQUESTS_REMEMBERED:
+            del self.requests[next(iter(self.requests))]
 
     def apply(self, state: dict[str, JSON | None], timestamp: float) -> bool:
         """Merge ``{"reported": patch | None, "desired": patch | None}``; True on change."""
@@ -412,11 +431,15 @@ class ShadowDocument:
         }
 
     def writes_to_json(self) -> dict[str, JSON]:
-        return {name: s.writes_to_json() for name, s in self.sections.items()}
+        out: dict[str, JSON] = {name: s.writes_to_json() for name, s in self.sections.items()}
+        if self.requests:
+            out[_REQUESTS_KEY] = [[fingerprint, v] for fingerprint, v in self.requests.items()]
+        return out
 
     @classmethod
     def restore(
         cls, charger_id: str, version: int, timestamp: float, writes: dict[str, list[list[JSON]]]
     ) -> ShadowDocument:
         sections = {name: Section.from_writes(writes.get(name, [])) for name in SECTIONS}
-        return cls(charger_id, version, timestamp, sections)
+        requests = {str(row[0]): int(str(row[1])) for row in writes.get(_REQUESTS_KEY, [])}
+        return cls(charger_id, version, timestamp, sections, requests)

@@ -2,8 +2,9 @@
 
 Everything here is pure: a request either becomes an :class:`UpdateRequest` or raises
 :class:`ShadowError` with the code the ``rejected`` topic carries (AWS IoT codes: 400 bad
-request, 404 no such charger, 409 version conflict, 413 too large, 422 invalid desired
-state, 500 internal).
+request, 404 no such charger, 408 the request's ``deadline`` passed before it could be
+applied (not applied), 409 version conflict, 413 too large, 422 invalid desired state,
+500 internal).
 
 Exception tree::
 
@@ -12,6 +13,8 @@ Exception tree::
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +22,7 @@ from typing import Any
 from chargetwin.json_text import JsonTextError, parse_json
 from twin.documents import SECTIONS, depth_of
 
-_REQUEST_KEYS = frozenset({"state", "version", "clientToken", "timestamp"})
+_REQUEST_KEYS = frozenset({"state", "version", "clientToken", "timestamp", "deadline"})
 _MAX_TOKEN_LENGTH = 64
 # A source clock may run a little ahead of ours; more than this is a broken clock, and
 # accepting it would freeze the leaf against every later correct write.
@@ -55,6 +58,11 @@ class UpdateRequest:
     version: int | None
     client_token: str | None
     timestamp: float
+    # Epoch seconds after which the request must not be applied (the requester gave up).
+    deadline: float | None = None
+    # The request's identity when it has a clientToken (a digest of its bytes): the same
+    # request delivered twice is recognised (ShadowDocument.remember_request).
+    fingerprint: str | None = None
 
 
 def parse_json_object(payload: bytes, limits: Limits) -> dict[str, Any]:
@@ -88,10 +96,14 @@ def parse_update(payload: bytes, limits: Limits, now: float) -> UpdateRequest:
     body = parse_json_object(payload, limits)
     token = client_token_of(body)
     try:
-        return _check_update(body, token, limits, now)
+        request = _check_update(body, token, limits, now)
     except ShadowError as exc:
         exc.client_token = token
         raise
+    if token is None:
+        return request
+    fingerprint = hashlib.blake2b(payload, digest_size=12).hexdigest()
+    return dataclasses.replace(request, fingerprint=fingerprint)
 
 
 def _check_update(
@@ -127,8 +139,19 @@ def _check_update(
         raise ShadowError(400, "'timestamp' must be a positive number of epoch seconds")
     if timestamp > now + MAX_CLOCK_SKEW:
         raise ShadowError(400, f"'timestamp' is more than {MAX_CLOCK_SKEW:g} s in the future")
+    deadline = body.get("deadline")
+    if deadline is not None and (
+        isinstance(deadline, bool)
+        or not isinstance(deadline, int | float)
+        or not (math.isfinite(deadline) and deadline > 0)
+    ):
+        raise ShadowError(400, "'deadline' must be a positive number of epoch seconds")
     return UpdateRequest(
-        state=state, version=version, client_token=token, timestamp=float(timestamp)
+        state=state,
+        version=version,
+        client_token=token,
+        timestamp=float(timestamp),
+        deadline=None if deadline is None else float(deadline),
     )
 
 

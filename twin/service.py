@@ -17,6 +17,30 @@ bridge that did not announce itself (a broker that lost its retained messages pu
 will: after a kill -9 of the whole platform, say). Every change of ``connection.online``
 or ``since``, whoever made it, is published on ``chargers/{id}/presence/shadow`` for the
 recorder.
+
+Several workers (``share_group``): the batch loop keeps every shadow right whatever the
+broker hands to whom.
+
+* Writes are conditional on the version read; a batch that lost a race reloads the
+  chargers concerned and applies their requests again, until they win (a report is never
+  answered "conflict": only a request that names a stale ``version`` is).
+* A batch's rows are written in charger-id order (see :mod:`twin.stores`), so two workers
+  cannot deadlock each other; a batch the database aborts anyway for a reason of the
+  moment (deadlock, serialization failure, busy file) is applied again from the store
+  instead of being answered 500.
+* Before a batch runs, the versions of the cached documents it touches are checked in
+  one query: a document another worker changed is read again, so ``get`` answers and
+  ``version`` checks never rest on a stale copy.
+* A request with a clientToken that already changed the shadow (delivered again after
+  its worker died unacknowledged) is answered with the version it produced, not applied
+  twice (``ShadowDocument.remember_request``).
+* A request may carry a ``deadline`` (epoch seconds): past it, the twin refuses it (408)
+  instead of applying it, so a requester that gave up waiting is never contradicted by a
+  late change (see ``docs/shadow.md``).
+
+Stopping keeps the broker subscriptions: the session is persistent, and what is
+published while the twin is down waits in the broker for its return (or for a peer that
+takes the session over, :mod:`twin.adoption`).
 """
 
 from __future__ import annotations
@@ -32,7 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chargetwin.database import DatabaseError
-from chargetwin.mqtt import MqttClient
+from chargetwin.mqtt import Handler, MqttClient
 from chargetwin.topics import InvalidTopicError, Topics, shared, validate_charger_id
 from twin.documents import ShadowDocument, delta_metadata
 from twin.presence import (
@@ -56,11 +80,17 @@ from twin.requests import (
     request_metadata,
 )
 from twin.schemas import desired_errors
-from twin.stores import ShadowStore
+from twin.stores import ShadowStore, is_transient
 
 log = logging.getLogger(__name__)
 
 _BATCH_MAX = 1000
+# A batch the database aborted for a reason of the moment is applied again this many times
+# (with a growing pause) before its requests are answered 500.
+_TRANSIENT_ATTEMPTS = 20
+# A request whose conditional write lost to another worker is applied again (reloaded)
+# up to this many times; each round some worker wins, so this is a guard, not a policy.
+_CONFLICT_ATTEMPTS = 100
 _CACHE_MAX = 50_000
 # Deletes are remembered this long so that a late write cannot resurrect a deleted key.
 _TOMBSTONE_HORIZON = 7 * 24 * 3600.0
@@ -111,6 +141,7 @@ class _Outcome:
 
     job: _Job
     messages: list[_Message]
+    changed: bool = False
 
 
 class ShadowService:
@@ -147,21 +178,14 @@ class ShadowService:
         self._worker: asyncio.Task[None] | None = None
         self.updates_accepted = 0
         self.requests_refused = 0  # answered on .../rejected (invalid, too big, conflicts)
+        self.batches_retried = 0  # batches the database aborted and that were applied again
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="twin-batches")
         t = self._topics
-        # Every worker follows every bridge's status (low volume), so each knows which
-        # bridges are gone. Subscribed first (and so again first after each reconnect):
-        # the broker sends retained messages in subscription order, and the statuses must
-        # not queue behind thousands of retained presences past the presence grace.
-        self._mqtt.subscribe(t.all_bridge_status(), self._on_bridge_status)
-        self._mqtt.subscribe(shared(t.all_shadow_requests("update"), self._group), self._on_update)
-        self._mqtt.subscribe(shared(t.all_shadow_requests("get"), self._group), self._on_get)
-        self._mqtt.subscribe(shared(t.all_shadow_requests("delete"), self._group), self._on_delete)
-        # Presence goes to one worker of the group.
-        self._mqtt.subscribe(shared(t.all_presence(), self._group), self._on_presence)
+        for topic_filter, handler in self.subscriptions():
+            self._mqtt.subscribe(topic_filter, handler)
         self._mqtt.on_connect(self._connected)
         if self._mqtt.is_connected:
             await self._connected()
@@ -171,17 +195,35 @@ class ShadowService:
             f", shared group {self._group}" if self._group else "",
         )
 
-    async def stop(self) -> None:
-        """Finish queued requests, then stop; nothing acknowledged is left unsaved."""
+    def subscriptions(self) -> list[tuple[str, Handler]]:
+        """The topic filters the service serves, with their handlers."""
         t = self._topics
-        for topic_filter in (
-            shared(t.all_shadow_requests("update"), self._group),
-            shared(t.all_shadow_requests("get"), self._group),
-            shared(t.all_shadow_requests("delete"), self._group),
-            shared(t.all_presence(), self._group),
-            t.all_bridge_status(),
-        ):
-            self._mqtt.unsubscribe(topic_filter)
+        return [
+            # Every worker follows every bridge's status (low volume), so each knows which
+            # bridges are gone. Subscribed first (and so again first after each reconnect):
+            # the broker sends retained messages in subscription order, and the statuses
+            # must not queue behind thousands of retained presences past the presence grace.
+            (t.all_bridge_status(), self._on_bridge_status),
+            *self.shared_subscriptions(),
+        ]
+
+    def shared_subscriptions(self) -> list[tuple[str, Handler]]:
+        """The filters one worker of the group serves (all of them without a group)."""
+        t = self._topics
+        return [
+            (shared(t.all_shadow_requests("update"), self._group), self._on_update),
+            (shared(t.all_shadow_requests("get"), self._group), self._on_get),
+            (shared(t.all_shadow_requests("delete"), self._group), self._on_delete),
+            # Presence goes to one worker of the group.
+            (shared(t.all_presence(), self._group), self._on_presence),
+        ]
+
+    async def stop(self) -> None:
+        """Finish queued requests, then stop; nothing acknowledged is left unsaved.
+
+        The broker subscriptions stay: the session is persistent, so what is published
+        while the twin is down waits for it (unsubscribing lost those updates). A message
+        that arrives during the stop is left unacknowledged, for the next start."""
         self._stopping = True
         if self._reconciler is not None:
             self._reconciler.cancel()
@@ -303,6 +345,9 @@ class ShadowService:
         await asyncio.gather(*(self._submit(job) for job in jobs))
 
     async def _submit(self, job: _Job) -> None:
+        if self._stopping:
+            # Not acknowledged: the broker keeps it in the session for the next start.
+            raise asyncio.CancelledError
         self._queue.put_nowait(job)
         # Acknowledge to the broker only once the batch holding the job is durable.
         await asyncio.shield(job.done)
@@ -314,7 +359,7 @@ class ShadowService:
             while len(batch) < _BATCH_MAX and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._process(batch)
+                await self._process_until_durable(batch)
             except Exception:
                 log.exception("shadow batch of %d requests failed", len(batch))
                 for job in batch:
@@ -323,19 +368,44 @@ class ShadowService:
                 for _ in batch:
                     self._queue.task_done()
 
+    async def _process_until_durable(self, batch: list[_Job]) -> None:
+        """Process the batch; when the database aborts it for a reason of the moment (a
+        deadlock with another writer, say), apply it again from the store."""
+        for attempt in range(1, _TRANSIENT_ATTEMPTS + 1):
+            try:
+                await self._process(batch)
+                return
+            except DatabaseError as exc:
+                if not is_transient(exc) or attempt == _TRANSIENT_ATTEMPTS:
+                    raise
+                pause = min(0.02 * 2**attempt, 1.0)
+                log.warning(
+                    "shadow batch of %d requests aborted by the database (%s); applying it "
+                    "again in %.2f s (attempt %d)",
+                    len(batch),
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                    pause,
+                    attempt + 1,
+                )
+                self.batches_retried += 1
+                await asyncio.sleep(pause)
+
     async def _process(self, batch: list[_Job]) -> None:
         working: _Working = {}
         outcomes: list[_Outcome] = []
-        for job in batch:
-            try:
-                outcomes.append(await self._handle(job, working))
-            except ShadowError as exc:
-                exc.client_token = job.client_token
-                outcomes.append(_Outcome(job, [self._rejection(job, exc)]))
+        if self._group is not None:
+            await self._drop_stale_cache({job.charger_id for job in batch})
         try:
+            for job in batch:
+                try:
+                    outcomes.append(await self._handle(job, working))
+                except ShadowError as exc:
+                    exc.client_token = job.client_token
+                    outcomes.append(_Outcome(job, [self._rejection(job, exc)]))
             saved = await self._save(working)
         except BaseException:
-            # The cached documents were changed in place: forget them, the store is right.
+            # The cached documents were changed in place: forget them, the store is right
+            # (and the batch may be applied again from it).
             for charger_id in working:
                 self._cache.pop(charger_id, None)
             raise
@@ -346,7 +416,7 @@ class ShadowService:
                 # Another worker wrote this shadow first: reload and apply again.
                 self._cache.pop(job.charger_id, None)
                 job.attempts += 1
-                if job.attempts < 5:
+                if job.attempts < _CONFLICT_ATTEMPTS:
                     self._queue.put_nowait(job)
                     continue
                 outcome = _Outcome(
@@ -358,10 +428,22 @@ class ShadowService:
                         )
                     ],
                 )
+            if outcome.changed:
+                self.updates_accepted += 1
             for topic, message in outcome.messages:
                 self._mqtt.publish(topic, message)
             if not job.done.done():
                 job.done.set_result(None)
+
+    async def _drop_stale_cache(self, charger_ids: set[str]) -> None:
+        """Forget cached documents that another worker changed since we read them."""
+        cached = sorted(cid for cid in charger_ids if cid in self._cache)
+        if not cached:
+            return
+        stored = await self._store.versions(cached)
+        for cid in cached:
+            if stored.get(cid) != self._cache[cid].version:
+                del self._cache[cid]
 
     async def _save(self, working: _Working) -> dict[str, bool]:
         """Write the batch in one transaction; per charger, whether its write won."""
@@ -431,12 +513,23 @@ class ShadowService:
         if job.kind == "update":
             request = job.update
             assert request is not None
+            if request.deadline is not None and self._clock() > request.deadline:
+                # The requester stopped waiting: applying it now would contradict the
+                # timeout it answered (and audited).
+                raise ShadowError(408, "the request expired before the twin could apply it")
         else:
             decided = self._presence_request(job, doc)
             if decided is None:
                 return _Outcome(job, [])  # nothing to change, nothing to answer
             request, resend_delta = decided
         current = doc or ShadowDocument(cid)
+        done_at = current.requests.get(request.fingerprint) if request.fingerprint else None
+        if done_at is not None:
+            # Delivered again after it was applied (its worker died before acknowledging
+            # it): answered as the first time, not applied twice.
+            answer = self._accepted(request, current)
+            answer["version"] = done_at
+            return _Outcome(job, [(t.shadow(cid, "update", "accepted"), answer)])
         if request.version is not None and request.version != current.version:
             raise ShadowError(
                 409,
@@ -473,11 +566,12 @@ class ShadowService:
         except ShadowError:
             current.rollback(snapshot)
             raise
+        if request.fingerprint is not None:
+            current.remember_request(request.fingerprint)
         for section in current.sections.values():
             section.prune_tombstones(now - _TOMBSTONE_HORIZON)
         entry = working[cid]
         entry.doc, entry.dirty = current, True
-        self.updates_accepted += 1
         documents = (
             f'{{"previous":{previous.versioned() if previous else "null"},'
             f'"current":{encoded.versioned()},"timestamp":{json.dumps(now)}'
@@ -500,7 +594,7 @@ class ShadowService:
         old_delta = previous.delta if previous is not None else {}
         if new_delta and ("desired" in request.state or new_delta != old_delta or resend_delta):
             messages += self._delta_message(current, request.client_token)
-        return _Outcome(job, messages)
+        return _Outcome(job, messages, changed=True)
 
     def _presence_request(
         self, job: _Job, doc: ShadowDocument | None

@@ -5,18 +5,25 @@ writes that later merges need, and a few columns derived from the document so th
 queries (online, vendor, model, firmware, has-delta, connector status) run in SQL.
 
 Writes are conditional on the version read (optimistic concurrency): two twin workers
-that race on one charger cannot both win; the loser reloads and applies again.
+that race on one charger cannot both win; the loser reloads and applies again. A batch
+writes its rows in charger-id order, whatever order its requests came in: two workers whose
+batches share chargers then take the row locks in the same order and cannot deadlock
+(PostgreSQL aborted whole batches with ``deadlock detected`` when each locked in arrival
+order). Should the database still abort a batch for a reason that goes away by itself
+(a deadlock with another writer, a serialization failure, a busy SQLite file),
+:func:`is_transient` says so and the twin applies the batch again.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chargetwin.database import Database
+from chargetwin.database import Database, DatabaseError
 from twin.documents import ShadowDocument
 
 SCHEMA = (
@@ -143,15 +150,30 @@ class ShadowStore:
         version)`` pairs in one transaction.
 
         Returns, per pair, whether it was written (False: someone else wrote first).
+        Rows are written in charger-id order, so concurrent batches lock them in one order.
         """
-        statements = [_save_statement(doc, v) for doc, v in docs]
+        statements = [(doc.charger_id, _save_statement(doc, v)) for doc, v in docs]
         statements += [
-            ("DELETE FROM shadows WHERE charger_id = ? AND version = ?", (cid, v))
+            (cid, ("DELETE FROM shadows WHERE charger_id = ? AND version = ?", (cid, v)))
             for cid, v in deletes
         ]
-        counts = await self.db.execute_batch(statements)
-        ok = [count == 1 for count in counts]
+        order = sorted(range(len(statements)), key=lambda i: statements[i][0])
+        counts = await self.db.execute_batch([statements[i][1] for i in order])
+        ok = [False] * len(statements)
+        for i, count in zip(order, counts, strict=True):
+            ok[i] = count == 1
         return ok[: len(docs)], ok[len(docs) :]
+
+    async def versions(self, charger_ids: Sequence[str]) -> dict[str, int]:
+        """The stored version of each of ``charger_ids`` that has a shadow (one query)."""
+        if not charger_ids:
+            return {}
+        rows = await self.db.fetchall(
+            "SELECT charger_id, version FROM shadows WHERE charger_id IN"
+            f" ({', '.join('?' for _ in charger_ids)})",
+            tuple(charger_ids),
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
 
     async def get_document(self, charger_id: str) -> dict[str, Any] | None:
         """The public document, as stored (no merge state)."""
@@ -245,3 +267,20 @@ def _where(query: ShadowFilter) -> tuple[str, list[Any]]:
             clauses.append(f"charger_id IN ({', '.join('?' for _ in query.charger_ids)})")
             params.extend(query.charger_ids)
     return (" WHERE " + " AND ".join(clauses) if clauses else "", params)
+
+
+# PostgreSQL's SQLSTATEs of a transaction aborted for a reason of the moment: deadlock
+# detected, serialization failure, lock not available.
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+
+
+def is_transient(error: DatabaseError) -> bool:
+    """Whether the statement failed for a reason that goes away by itself (try again)."""
+    cause = error.__cause__
+    sqlstate = getattr(cause, "sqlstate", None)
+    if sqlstate in _TRANSIENT_SQLSTATES:
+        return True
+    if isinstance(cause, sqlite3.OperationalError):
+        text = str(cause).lower()
+        return "locked" in text or "busy" in text
+    return False

@@ -22,7 +22,11 @@ from api.routes.chargers import find_charger
 from api.routes.firmware import desired_firmware_problem
 from chargetwin.audit import Outcome
 from chargetwin.json_text import JsonTextError, parse_json
-from chargetwin.shadow_client import ShadowRequestError, ShadowTimeoutError
+from chargetwin.shadow_client import (
+    ShadowExpiredError,
+    ShadowRequestError,
+    ShadowTimeoutError,
+)
 from twin.schemas import DESIRED_SCHEMA, desired_errors
 
 router = APIRouter(prefix="/chargers/{charger_id}/shadow", tags=["shadows"])
@@ -177,7 +181,8 @@ _PATCH_BODY = {
     description="Operator. The patch is merged into the current desired state and the "
     "result validated (422 with JSON pointers when invalid), then sent to the twin. "
     '`If-Match: "<version>"` makes the change conditional (412 when stale). '
-    "504 when the twin does not answer; the change may then still be applied later.",
+    "504 when the twin does not answer in time; the change is then never applied later "
+    "(the request carries a deadline the twin honours).",
     openapi_extra={"requestBody": _PATCH_BODY},
     responses={
         200: {
@@ -243,11 +248,18 @@ async def patch_desired(
     version = expected if isinstance(expected, int) else None
     try:
         answer = await backend.shadow_client.update(charger_id, {"desired": patch}, version=version)
+    except ShadowExpiredError as exc:
+        await change.record(Outcome.EXPIRED, 504, exc.message)
+        raise Problem(
+            504,
+            "the twin service could not apply the change in time; it was not applied",
+            kind="twin-timeout",
+        ) from exc
     except ShadowTimeoutError as exc:
         await change.record(Outcome.TIMEOUT, 504, exc.message)
         raise Problem(
             504,
-            "the twin service did not answer in time; the change may still be applied",
+            "the twin service did not answer in time; the change is not applied later",
             kind="twin-timeout",
         ) from exc
     except ShadowRequestError as exc:

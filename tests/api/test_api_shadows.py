@@ -259,6 +259,23 @@ async def test_twin_refusals_map_to_http_statuses(
     )
 
 
+async def test_a_change_the_twin_got_past_its_deadline_is_a_504_audited_as_expired(
+    client: httpx.AsyncClient,
+    auth: Headers,
+    charger: str,
+    backend: Backend,
+    refusing_twin: Callable[[int], None],
+) -> None:
+    """The twin answers 408 to a request past its deadline and did not apply it: the
+    audit says so (not the "may have been applied" of a timeout)."""
+    refusing_twin(408)
+    response = await patch_desired(client, auth("operator"), {"config": {"A": "1"}})
+    problem = assert_problem(response, 504)
+    assert "not applied" in problem["detail"]
+    entries = await backend.audit.list(charger_id="CP-1")
+    assert [(e.outcome.value, e.status) for e in entries] == [("expired", 504)]
+
+
 async def test_every_change_and_refusal_is_audited(
     client: httpx.AsyncClient, auth: Headers, charger: str, twin: ShadowService
 ) -> None:

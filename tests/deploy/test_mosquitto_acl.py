@@ -101,6 +101,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
             "chargetwin/chargers/+/shadow/delete",
             "chargetwin/chargers/+/presence",
             "chargetwin/bridges/+/status",
+            # A worker reads its peers' statuses to take over a gone one's session.
+            "chargetwin/services/twin/+/status",
         ),
     },
     "rules": {
