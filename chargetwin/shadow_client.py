@@ -3,11 +3,14 @@
 The API and the rules engine change desired state only by publishing ``shadow/update``
 (they never write the shadow store), and wait for ``accepted`` or ``rejected`` with the
 same ``clientToken`` (:mod:`chargetwin.correlation`), so the process only receives
-answers for chargers it is asking about.
+answers for chargers it is asking about. :meth:`ShadowClient.update_many` writes many
+shadows at once (a campaign step) under one wildcard subscription for all their answers.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from chargetwin.correlation import Correlator
@@ -46,6 +49,43 @@ class ShadowClient:
             request["version"] = version
         return await self._request(charger_id, "update", request)
 
+    async def update_many(
+        self, states: Mapping[str, dict[str, Any]], *, concurrency: int = 64
+    ) -> dict[str, dict[str, Any] | ShadowRequestError]:
+        """Publish ``{"state": states[id]}`` to every charger; per charger the ``accepted``
+        answer or the error (:class:`ShadowTimeoutError` included), never a raise.
+
+        The answers of all of them come through one subscription to the wildcard filters
+        (``.../+/shadow/update/accepted|rejected``), held for the batch, where
+        :meth:`update` subscribes and unsubscribes two topics per charger. At most
+        ``concurrency`` requests wait on the twin at a time, each with its own timeout.
+        """
+        out: dict[str, dict[str, Any] | ShadowRequestError] = {}
+        if not states:
+            return out
+        filters = tuple(self._topics.shadow("+", "update", r) for r in ("accepted", "rejected"))
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(charger_id: str, state: dict[str, Any]) -> None:
+            async with limit:
+                try:
+                    out[charger_id] = await self._request(
+                        charger_id, "update", {"state": state}, subscribe=False
+                    )
+                except ShadowRequestError as exc:
+                    out[charger_id] = exc
+
+        try:
+            async with self._requests.listening(filters, self._timeout), asyncio.TaskGroup() as tg:
+                for charger_id, state in states.items():
+                    tg.create_task(one(charger_id, state), name=f"shadow-update-{charger_id}")
+        except TimeoutError:  # the broker did not confirm the subscription
+            error = ShadowTimeoutError(
+                f"no subscription to the twin's answers in {self._timeout:g} s"
+            )
+            return {charger_id: out.get(charger_id, error) for charger_id in states}
+        return out
+
     async def get(self, charger_id: str) -> dict[str, Any]:
         return await self._request(charger_id, "get", {})
 
@@ -54,7 +94,12 @@ class ShadowClient:
         return await self._request(charger_id, "delete", {})
 
     async def _request(
-        self, charger_id: str, operation: str, request: dict[str, Any]
+        self,
+        charger_id: str,
+        operation: str,
+        request: dict[str, Any],
+        *,
+        subscribe: bool = True,
     ) -> dict[str, Any]:
         answers = tuple(
             self._topics.shadow(charger_id, operation, result)
@@ -62,7 +107,11 @@ class ShadowClient:
         )
         try:
             topic, answer = await self._requests.ask(
-                self._topics.shadow(charger_id, operation), request, answers, self._timeout
+                self._topics.shadow(charger_id, operation),
+                request,
+                answers,
+                self._timeout,
+                subscribe=subscribe,
             )
         except TimeoutError as exc:
             raise ShadowTimeoutError(
