@@ -213,11 +213,17 @@ def _spent(before: dict[str, tuple[float, float]], after: dict[str, tuple[float,
 async def until(check: Any, timeout: float, every: float = 0.5) -> float:
     """Poll ``check()`` until true; the seconds it took."""
     started = time.monotonic()
-    while not await check():
+    while True:
+        try:
+            if await check():
+                return time.monotonic() - started
+        except httpx.TransportError:
+            # A keep-alive connection the server closed just as it was reused (a race
+            # that a loaded machine makes likely): the GET is simply asked again.
+            pass
         if time.monotonic() - started > timeout:
             raise TimeoutError(f"not reached in {timeout:g} s")
         await asyncio.sleep(every)
-    return time.monotonic() - started
 
 
 async def one_run(
