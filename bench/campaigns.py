@@ -2,10 +2,21 @@
 
     .venv/bin/python -m bench.campaigns --chargers 2000 --runs 3
 
-Setup (the embedded deployment): ``chargetwin up`` as a child process (embedded broker,
-SQLite, the campaign engine in its ``fleet`` component, ``--campaign-interval 1``), and the
+Two deployments (``--deployments``), each on SQLite, ``--campaign-interval 1``, with the
 simulated fleet (:class:`simulator.Fleet`, real websockets) in this process, so the
-platform's CPU time, read from ``/proc/PID/stat``, is the platform's alone.
+platform's CPU time, read from ``/proc/PID/stat``, is the platform's alone:
+
+* **embedded**: ``chargetwin up`` as one child process (every component, the campaign
+  engine in its ``fleet`` component, the embedded broker: Mosquitto as its child when
+  installed).
+* **split**: one process per component on a private Mosquitto, as a scaled-out site runs
+  them: twin, rules, bridge, two ``chargetwin api`` replicas (the bench talks to the
+  first) and two ``chargetwin fleet`` processes (one leads and runs the engine, the other
+  stands by). Per-process figures show what the leading fleet process (the engine
+  itself) costs.
+
+Platform CPU is counted two ways: the ChargeTwin processes (``chargetwin``: the figure
+issue 10 quoted), and with the broker (the embedded Mosquitto, or the private one).
 
 Per run, on a fresh platform and data dir:
 
@@ -19,7 +30,9 @@ Per run, on a fresh platform and data dir:
    of 25%, the rest; 500 concurrent updates; only idle chargers), until ``completed``:
    wall time, updates per second, platform CPU per charger updated (UpdateFirmware, image
    download over HTTP, four FirmwareStatusNotifications, reboot and boot, the engine's
-   reads and desired-state writes).
+   reads and desired-state writes), and the same above the idle baseline (minus the idle
+   rate times the campaign's wall time: what the campaign itself added, whatever the
+   machine's load made its duration).
 
 Prints medians over ``--runs`` and the machine. Chargers are registered with a cheap
 scrypt cost (see :mod:`bench.bridge_load`).
@@ -30,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import logging
 import shutil
 import statistics
@@ -44,13 +58,14 @@ import httpx
 from bench.bridge_load import (
     BIN,
     PASSWORD,
-    Server,
+    ROOT,
     cpu_seconds,
     free_port,
     raise_nofile,
     register,
     wait_listening,
 )
+from bench.brokers import _SETTINGS as BROKER_SETTINGS
 from bench.machine import describe
 from simulator import Fleet, SimulatorOptions
 from simulator.options import ChargerModel, SessionTiming
@@ -62,19 +77,102 @@ TOKEN = "bench-campaign-admin-token"
 LAST_LOG = Path(tempfile.gettempdir()) / "bench-campaigns-platform.log"  # kept after a run
 
 
-class Platform:
-    """``chargetwin up`` in its own process, with an HTTP client on its API."""
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of ``pid`` itself, and of its live descendants (an embedded broker)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    own = cpu_seconds(pid)
+    rest, todo = 0.0, list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        with contextlib.suppress(OSError):
+            rest += cpu_seconds(child)
+        todo += children.get(child, [])
+    return own, rest
 
-    def __init__(self, data_dir: Path) -> None:
+
+class Process:
+    """One platform process; ``broker``: its CPU counts as the broker's, not ChargeTwin's."""
+
+    def __init__(self, name: str, cmd: list[str], log: Path, *, port: int | None = None,
+                 broker: bool = False) -> None:  # fmt: skip
+        self.name, self.cmd, self.log, self.port, self.broker = name, cmd, log, port, broker
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.cmd, cwd=ROOT, stdout=log, stderr=log, preexec_fn=raise_nofile
+            )
+        if self.port is not None:
+            try:
+                await wait_listening(self.port, self.proc, timeout=60)
+            except RuntimeError as exc:
+                tail = self.log.read_text(errors="replace").splitlines()[-20:]
+                raise RuntimeError(f"{self.name}: {exc}; its log:\n" + "\n".join(tail)) from exc
+
+    def cpu(self) -> tuple[float, float]:
+        """(ChargeTwin CPU, broker CPU) seconds of this process and its children."""
+        assert self.proc is not None
+        own, children = tree_cpu(self.proc.pid)
+        return (0.0, own + children) if self.broker else (own, children)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 30)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+class Platform:
+    """The platform's processes, with an HTTP client on (the first replica of) its API."""
+
+    def __init__(self, data_dir: Path, deployment: str) -> None:
         self.data_dir = data_dir
+        self.deployment = deployment
         self.api_port, self.ocpp_port, self.mqtt_port = free_port(), free_port(), free_port()
-        cmd = [
-            str(BIN / "chargetwin"), "up", f"--data-dir={data_dir}",
-            f"--api-port={self.api_port}", f"--ocpp-port={self.ocpp_port}",
-            f"--mqtt-port={self.mqtt_port}", "--campaign-interval=1", "--log-level=WARNING",
-            f"--admin-token={TOKEN}",
-        ]  # fmt: skip
-        self.server = Server("chargetwin up", cmd, self.api_port, data_dir / "platform.log")
+        common = [f"--data-dir={data_dir}", "--campaign-interval=1", "--log-level=WARNING",
+                  f"--admin-token={TOKEN}"]  # fmt: skip
+        chargetwin = str(BIN / "chargetwin")
+        log = data_dir / "platform.log"
+        if deployment == "embedded":
+            self.processes = [
+                Process("chargetwin up", [chargetwin, "up", f"--api-port={self.api_port}",
+                        f"--ocpp-port={self.ocpp_port}", f"--mqtt-port={self.mqtt_port}",
+                        *common], log, port=self.ocpp_port),
+            ]  # fmt: skip
+        elif deployment == "split":
+            config = data_dir / "mosquitto.conf"
+            config.write_text(
+                f"listener {self.mqtt_port} 127.0.0.1\n{BROKER_SETTINGS}user {getpass.getuser()}\n"
+            )
+            mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+            url = [f"--mqtt-url=mqtt://127.0.0.1:{self.mqtt_port}"]
+            second_api = free_port()
+            self.processes = [
+                Process("mosquitto", [mosquitto, "-c", str(config)], log, port=self.mqtt_port,
+                        broker=True),
+                Process("twin", [chargetwin, "twin", *url, *common], log),
+                Process("rules", [chargetwin, "rules", *url, *common], log),
+                Process("fleet leader", [chargetwin, "fleet", *url, *common], log),
+                Process("fleet standby", [chargetwin, "fleet", *url, *common], log),
+                Process("api 1", [chargetwin, "api", f"--api-port={self.api_port}", *url,
+                        *common], log, port=self.api_port),
+                Process("api 2", [chargetwin, "api", f"--api-port={second_api}", *url, *common],
+                        log, port=second_api),
+                Process("bridge", [chargetwin, "bridge", f"--ocpp-port={self.ocpp_port}",
+                        f"--api-port={self.api_port}", *url, *common], log, port=self.ocpp_port),
+            ]  # fmt: skip
+        else:
+            raise ValueError(f"unknown deployment {deployment!r}")
         self.api = httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{self.api_port}/api/v1",
             headers={"Authorization": f"Bearer {TOKEN}"},
@@ -82,16 +180,21 @@ class Platform:
         )
 
     async def start(self) -> None:
-        await self.server.start()
-        assert self.server.proc is not None
-        await wait_listening(self.ocpp_port, self.server.proc, timeout=60)
+        for process in self.processes:
+            await process.start()
+            if process.port is None:
+                # Twin, rules, fleet: no port to wait on. Schemas are created one process
+                # at a time, and the first fleet process is the one that leads.
+                await asyncio.sleep(3.0)
 
     async def stop(self) -> None:
         await self.api.aclose()
-        await self.server.stop()
+        for process in reversed(self.processes):
+            await process.stop()
 
-    def cpu(self) -> float:
-        return cpu_seconds(self.server.pid)
+    def cpu(self) -> dict[str, tuple[float, float]]:
+        """Per process: (ChargeTwin CPU, broker CPU) seconds so far."""
+        return {p.name: p.cpu() for p in self.processes}
 
     async def count(self, **params: Any) -> int:
         answer = await self.api.get("/chargers", params={**params, "limit": 1})
@@ -99,17 +202,33 @@ class Platform:
         return int(answer.json()["total"])
 
 
+def _spent(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],
+           ) -> tuple[float, float, dict[str, float]]:  # fmt: skip
+    """ChargeTwin CPU, broker CPU, and ChargeTwin CPU per process, between two readings."""
+    per = {name: after[name][0] - before[name][0] for name in after}
+    broker = sum(after[name][1] - before[name][1] for name in after)
+    return sum(per.values()), broker, per
+
+
 async def until(check: Any, timeout: float, every: float = 0.5) -> float:
     """Poll ``check()`` until true; the seconds it took."""
     started = time.monotonic()
-    while not await check():
+    while True:
+        try:
+            if await check():
+                return time.monotonic() - started
+        except httpx.TransportError:
+            # A keep-alive connection the server closed just as it was reused (a race
+            # that a loaded machine makes likely): the GET is simply asked again.
+            pass
         if time.monotonic() - started > timeout:
             raise TimeoutError(f"not reached in {timeout:g} s")
         await asyncio.sleep(every)
-    return time.monotonic() - started
 
 
-async def one_run(chargers: int, ramp_s: float, timeout: float) -> dict[str, float]:
+async def one_run(
+    deployment: str, chargers: int, ramp_s: float, timeout: float
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-campaigns-") as tmp:
         data_dir = Path(tmp)
         options = SimulatorOptions(
@@ -129,7 +248,7 @@ async def one_run(chargers: int, ramp_s: float, timeout: float) -> dict[str, flo
         )
         ids = [options.charger_id(options.first_index + i) for i in range(chargers)]
         await register(data_dir, ids)
-        platform = Platform(data_dir)
+        platform = Platform(data_dir, deployment)
         await platform.start()
         stop = asyncio.Event()
         fleet = Fleet(replace(options, url=f"ws://127.0.0.1:{platform.ocpp_port}/ocpp"))
@@ -140,7 +259,7 @@ async def one_run(chargers: int, ramp_s: float, timeout: float) -> dict[str, flo
             stop.set()
             await running
             await platform.stop()
-            shutil.copy(data_dir / "platform.log", LAST_LOG)
+            shutil.copy(data_dir / "platform.log", LAST_LOG.with_suffix(f".{deployment}.log"))
 
 
 async def _measure(platform: Platform, fleet: Fleet, n: int, timeout: float) -> dict[str, float]:
@@ -151,12 +270,16 @@ async def _measure(platform: Platform, fleet: Fleet, n: int, timeout: float) -> 
         return await platform.count(online="true", firmwareVersion=MODEL.firmware_version) >= n
 
     out["boot_s"] = await until(booted, timeout)
-    cpu1 = platform.cpu()
-    out["boot_cpu_ms"] = (cpu1 - cpu0) * 1000 / n
+    own, broker, _ = _spent(cpu0, platform.cpu())
+    out["boot_cpu_ms"] = own * 1000 / n
+    out["boot_broker_ms"] = broker * 1000 / n
     await asyncio.sleep(2.0)  # the boots' last GetConfiguration answers settle
     idle0, t0 = platform.cpu(), time.monotonic()
-    await asyncio.sleep(5.0)
-    out["idle_cpu_pct"] = (platform.cpu() - idle0) * 100 / (time.monotonic() - t0)
+    await asyncio.sleep(10.0)
+    own, broker, _ = _spent(idle0, platform.cpu())
+    idle_s = time.monotonic() - t0
+    out["idle_cpu_pct"] = own * 100 / idle_s
+    out["idle_broker_pct"] = broker * 100 / idle_s
 
     uploaded = await platform.api.post(
         "/firmware",
@@ -192,7 +315,12 @@ async def _measure(platform: Platform, fleet: Fleet, n: int, timeout: float) -> 
 
     await until(completed, timeout, every=0.25)
     out["campaign_s"] = time.monotonic() - started
-    out["campaign_cpu_ms"] = (platform.cpu() - cpu2) * 1000 / n
+    own, broker, per = _spent(cpu2, platform.cpu())
+    out["campaign_cpu_ms"] = own * 1000 / n
+    out["campaign_broker_ms"] = broker * 1000 / n
+    out["above_idle_ms"] = (own - out["idle_cpu_pct"] / 100 * out["campaign_s"]) * 1000 / n
+    for name, seconds in per.items():
+        out[f"campaign_cpu_ms[{name}]"] = seconds * 1000 / n
     out["updates_per_s"] = n / out["campaign_s"]
     if last["counts"]["installed"] != n:
         raise RuntimeError(f"not every charger installed: {last['counts']}")
@@ -207,6 +335,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument(
+        "--deployments",
+        default="embedded,split",
+        help="Comma-separated: embedded (chargetwin up), split (one process per component, "
+        "two API replicas, a standby fleet process).",
+    )
+    parser.add_argument(
         "--ramp",
         type=float,
         default=None,
@@ -217,24 +351,45 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     raise_nofile()
     ramp = args.chargers / 100 if args.ramp is None else args.ramp
-    runs = []
-    for i in range(args.runs):
-        result = asyncio.run(one_run(args.chargers, ramp, args.timeout))
-        runs.append(result)
-        print(f"run {i + 1}: " + ", ".join(f"{k}={v:.2f}" for k, v in result.items()), flush=True)
-
-    def med(key: str) -> float:
-        return statistics.median(r[key] for r in runs)
+    results: dict[str, list[dict[str, float]]] = {}
+    for deployment in args.deployments.split(","):
+        runs = results.setdefault(deployment, [])
+        for i in range(args.runs):
+            result = asyncio.run(one_run(deployment, args.chargers, ramp, args.timeout))
+            runs.append(result)
+            print(f"{deployment} run {i + 1}: "
+                  + ", ".join(f"{k}={v:.2f}" for k, v in result.items()), flush=True)  # fmt: skip
 
     print(f"\nmachine: {describe()}")
-    print(f"{args.chargers} chargers, embedded `chargetwin up` (process), medians of {args.runs}")
-    print(f"  baseline boot: all online in {med('boot_s'):.1f} s, "
-          f"platform CPU {med('boot_cpu_ms'):.2f} ms per charger boot")  # fmt: skip
-    print(f"  baseline idle: platform CPU {med('idle_cpu_pct'):.1f}% of a core, fleet connected")
-    print(f"  campaign:      {med('campaign_s'):.1f} s to complete, "
-          f"{med('updates_per_s'):.1f} updates/s, "
-          f"platform CPU {med('campaign_cpu_ms'):.2f} ms per charger updated "
-          f"({med('campaign_cpu_ms') / med('boot_cpu_ms'):.1f}x a boot)")  # fmt: skip
+    print(f"load average at the end: {Path('/proc/loadavg').read_text().strip()}")
+    for deployment, runs in results.items():
+
+        def med(key: str, runs: list[dict[str, float]] = runs) -> float:
+            return statistics.median(r[key] for r in runs)
+
+        print(f"\n{args.chargers} chargers, {DEPLOYMENTS[deployment]}, medians of {len(runs)}")
+        print(f"  baseline boot: all online in {med('boot_s'):.1f} s, platform CPU "
+              f"{med('boot_cpu_ms'):.2f} ms per charger boot (+ broker "
+              f"{med('boot_broker_ms'):.2f} ms)")  # fmt: skip
+        print(f"  baseline idle: platform CPU {med('idle_cpu_pct'):.1f}% of a core "
+              f"(+ broker {med('idle_broker_pct'):.1f}%), fleet connected")  # fmt: skip
+        print(f"  campaign:      {med('campaign_s'):.1f} s to complete, "
+              f"{med('updates_per_s'):.1f} updates/s")  # fmt: skip
+        print(f"    platform CPU {med('campaign_cpu_ms'):.2f} ms per charger updated "
+              f"({med('campaign_cpu_ms') / med('boot_cpu_ms'):.1f}x a boot; + broker "
+              f"{med('campaign_broker_ms'):.2f} ms)")  # fmt: skip
+        print(f"    above the idle baseline: {med('above_idle_ms'):.2f} ms per charger updated")
+        for key in sorted(runs[0]):
+            if key.startswith("campaign_cpu_ms[") and len(runs[0]) > 0:
+                name = key[len("campaign_cpu_ms[") : -1]
+                print(f"      {name:>14}: {med(key):.2f} ms per charger updated")
+
+
+DEPLOYMENTS = {
+    "embedded": "embedded `chargetwin up` (one process, Mosquitto as its child)",
+    "split": "one process per component: twin, rules, bridge, 2 API replicas, "
+    "fleet leader + standby, Mosquitto",
+}
 
 
 if __name__ == "__main__":

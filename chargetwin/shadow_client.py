@@ -8,11 +8,15 @@ only receives answers for chargers it is asking about.
 An update carries a ``deadline`` (now + the timeout, epoch seconds): the twin never applies
 it later (it answers 408 instead), so a caller that timed out is never contradicted by a
 late change. The caller waits ``ANSWER_GRACE`` past the deadline for that answer.
+:meth:`ShadowClient.update_many` writes many shadows at once (a campaign step) under one
+wildcard subscription for all their answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from chargetwin.correlation import Correlator
@@ -60,6 +64,46 @@ class ShadowClient:
             request["version"] = version
         return await self._request(charger_id, "update", request, ANSWER_GRACE)
 
+    async def update_many(
+        self, states: Mapping[str, dict[str, Any]], *, concurrency: int = 64
+    ) -> dict[str, dict[str, Any] | ShadowRequestError]:
+        """Publish ``{"state": states[id]}`` to every charger; per charger the ``accepted``
+        answer or the error (:class:`ShadowTimeoutError` included), never a raise.
+
+        The answers of all of them come through one subscription to the wildcard filters
+        (``.../+/shadow/update/accepted|rejected``), held for the batch, where
+        :meth:`update` subscribes and unsubscribes two topics per charger. At most
+        ``concurrency`` requests wait on the twin at a time, each with its own timeout.
+        """
+        out: dict[str, dict[str, Any] | ShadowRequestError] = {}
+        if not states:
+            return out
+        filters = tuple(self._topics.shadow("+", "update", r) for r in ("accepted", "rejected"))
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(charger_id: str, state: dict[str, Any]) -> None:
+            async with limit:
+                try:
+                    # The deadline counts from now: a request waiting for its turn here
+                    # has not been sent yet.
+                    request = {"state": state, "deadline": time.time() + self._timeout}
+                    out[charger_id] = await self._request(
+                        charger_id, "update", request, ANSWER_GRACE, subscribe=False
+                    )
+                except ShadowRequestError as exc:
+                    out[charger_id] = exc
+
+        try:
+            async with self._requests.listening(filters, self._timeout), asyncio.TaskGroup() as tg:
+                for charger_id, state in states.items():
+                    tg.create_task(one(charger_id, state), name=f"shadow-update-{charger_id}")
+        except TimeoutError:  # the broker did not confirm the subscription
+            error = ShadowTimeoutError(
+                f"no subscription to the twin's answers in {self._timeout:g} s"
+            )
+            return {charger_id: out.get(charger_id, error) for charger_id in states}
+        return out
+
     async def get(self, charger_id: str) -> dict[str, Any]:
         return await self._request(charger_id, "get", {})
 
@@ -68,7 +112,13 @@ class ShadowClient:
         return await self._request(charger_id, "delete", {})
 
     async def _request(
-        self, charger_id: str, operation: str, request: dict[str, Any], grace: float = 0.0
+        self,
+        charger_id: str,
+        operation: str,
+        request: dict[str, Any],
+        grace: float = 0.0,
+        *,
+        subscribe: bool = True,
     ) -> dict[str, Any]:
         answers = tuple(
             self._topics.shadow(charger_id, operation, result)
@@ -80,6 +130,7 @@ class ShadowClient:
                 request,
                 answers,
                 self._timeout + grace,
+                subscribe=subscribe,
             )
         except TimeoutError as exc:
             raise ShadowTimeoutError(

@@ -14,6 +14,13 @@ bring every shadow change of the whole fleet (heartbeats, meter-driven status) i
 ``fleet`` process. The price is latency of one tick (``--campaign-interval``, 5 s), less
 when the API wakes the engine after an operator's change.
 
+What a tick costs (docs/campaigns.md, "Cost"): the versions of the in-flight shadows (one
+small query per 500), and the documents of only those whose version moved since the last
+tick, kept as the few leaves :func:`progress` reads (:class:`_FirmwareViews`); a charger
+that is downloading for a minute is parsed a handful of times, not once a tick. Desired
+versions are written as one batch per tick (:meth:`ShadowClient.update_many`: one
+wildcard subscription for all the twin's answers).
+
 A retry is the same desired version written again: the twin stamps the desired leaf anew,
 and the bridge tries once more when the desired leaf is newer than its refusal
 (docs/firmware.md). A charger that goes offline mid-update keeps its state; the twin
@@ -67,7 +74,7 @@ from fleet.campaigns import (
     Transition,
     phase_name,
 )
-from fleet.targets import documents, section
+from fleet.targets import documents, section, versioned_documents, versions
 from twin.stores import ShadowFilter, ShadowStore
 
 log = logging.getLogger(__name__)
@@ -80,6 +87,7 @@ _STATUS_STATES = {
     "Installed": INSTALLING,  # installed, rebooting: done once the boot reports the version
 }
 _PAGE = 500
+_MIN_PAGE = 50
 _PUBLISH_CONCURRENCY = 64
 REPUBLISH_AFTER_S = 10.0
 RETRY = "retry"  # an attempt failed; the charger goes back to the queue if retries are left
@@ -135,6 +143,43 @@ def _totals(counts: dict[tuple[int, str], int]) -> dict[str, int]:
     return dict(out)
 
 
+def firmware_view(document: dict[str, Any]) -> dict[str, Any]:
+    """The leaves of a shadow document that :func:`progress` and a clean-up read, in the
+    document's own shape (a few hundred bytes, where a document is kilobytes)."""
+    state = document.get("state") or {}
+    reported = state.get("reported") or {}
+    desired_meta = (document.get("metadata") or {}).get("desired") or {}
+    return {
+        "state": {
+            "reported": {
+                "firmware": reported.get("firmware"),
+                "refused": {"firmware": (reported.get("refused") or {}).get("firmware")},
+            },
+            "desired": {"firmware": (state.get("desired") or {}).get("firmware")},
+        },
+        "metadata": {"desired": {"firmware": desired_meta.get("firmware")}},
+    }
+
+
+class _FirmwareViews:
+    """Firmware views of a campaign's chargers, each re-read only when its shadow's version
+    moved: one query for the versions, one for the changed documents."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._held: dict[str, tuple[int, dict[str, Any]]] = {}
+
+    async def read(self, charger_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The views of ``charger_ids`` that have a shadow; forgets every other charger."""
+        now = await versions(self._db, charger_ids)
+        stale = [c for c, v in now.items() if self._held.get(c, (None,))[0] != v]
+        held = {c: self._held[c] for c in now if c in self._held}
+        for charger_id, (version, document) in (await versioned_documents(self._db, stale)).items():
+            held[charger_id] = (version, firmware_view(document))
+        self._held = held
+        return {c: view for c, (_, view) in held.items()}
+
+
 class CampaignEngine:
     """Drives campaigns; :meth:`running` owns the ticking task for the caller's lifetime."""
 
@@ -155,6 +200,7 @@ class CampaignEngine:
         self._db: Database = store.db
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._views: dict[str, _FirmwareViews] = {}  # per active campaign
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[CampaignEngine]:
@@ -188,7 +234,12 @@ class CampaignEngine:
     async def tick(self) -> None:
         """One step of every active campaign, and the clean-up of cancelled ones."""
         async with self._lock:
-            for campaign in await self.store.list((RUNNING, PAUSED)):
+            active = await self.store.list((RUNNING, PAUSED))
+            self._views = {
+                c.campaign_id: self._views.get(c.campaign_id) or _FirmwareViews(self._db)
+                for c in active
+            }
+            for campaign in active:
                 await self._drive(campaign)
             for campaign in await self.store.cancelled_with_claims():
                 await self._clean_up(campaign)
@@ -208,7 +259,8 @@ class CampaignEngine:
         """Read the shadows of in-flight chargers and record what they report."""
         cid, now = campaign.campaign_id, time.time()
         rows = await self.store.chargers(cid, states=IN_FLIGHT, limit=2**31 - 1)
-        docs = await documents(self._db, [r.charger_id for r in rows])
+        views = self._views.setdefault(cid, _FirmwareViews(self._db))
+        docs = await views.read([r.charger_id for r in rows])
         timeout, retries = campaign.policy.attempt_timeout_s, campaign.policy.retries
         changes, republish = [], []
         notes: dict[str, tuple[int, str]] = {}  # logged once the change is applied
@@ -318,9 +370,12 @@ class CampaignEngine:
         cid, offset = campaign.campaign_id, 0
         chosen: list[str] = []
         changes: list[Transition] = []
+        # Pages sized by the free slots: a charger that finished frees one, and starting
+        # it again must not read the summaries of 500 queued chargers.
+        size = min(_PAGE, max(_MIN_PAGE, 2 * slots))
         while len(chosen) < slots:
             page = await self.store.chargers(
-                cid, states=(QUEUED,), max_phase=campaign.phase, limit=_PAGE, offset=offset
+                cid, states=(QUEUED,), max_phase=campaign.phase, limit=size, offset=offset
             )
             if not page:
                 break
@@ -362,38 +417,23 @@ class CampaignEngine:
 
     async def _publish(self, campaign: Campaign, claimed: dict[str, tuple[str, int]]) -> None:
         """Set ``desired.firmware.version`` on each charger this engine claimed (charger ->
-        the state and revision its claim left), a bounded number at a time."""
-        limit = asyncio.Semaphore(_PUBLISH_CONCURRENCY)
+        the state and revision its claim left): one batch, a bounded number of requests in
+        flight at a time."""
+        cid = campaign.campaign_id
+        answers = await self.client.update_many(
+            {c: {"desired": {"firmware": {"version": campaign.version}}} for c in claimed},
+            concurrency=_PUBLISH_CONCURRENCY,
+        )
         refused: list[Transition] = []
-
-        async def one(charger_id: str) -> None:
-            async with limit:
-                try:
-                    await self.client.update(
-                        charger_id, {"desired": {"firmware": {"version": campaign.version}}}
-                    )
-                except ShadowTimeoutError as exc:
-                    log.warning(
-                        "%s: campaign %s: %s (set again next tick)",
-                        charger_id,
-                        campaign.campaign_id,
-                        exc,
-                    )
-                except ShadowRequestError as exc:
-                    log.warning(
-                        "%s: campaign %s: the twin refused: %s",
-                        charger_id,
-                        campaign.campaign_id,
-                        exc,
-                    )
-                    why = f"the twin refused the desired firmware: {exc}"
-                    state, revision = claimed[charger_id]
-                    refused.append(Transition(charger_id, state, SKIPPED, why, revision=revision))
-
-        async with asyncio.TaskGroup() as tg:
-            for charger_id in claimed:
-                tg.create_task(one(charger_id), name=f"campaign-publish-{charger_id}")
-        await self.store.apply(campaign.campaign_id, refused)
+        for charger_id, answer in answers.items():
+            if isinstance(answer, ShadowTimeoutError):
+                log.warning("%s: campaign %s: %s (set again next tick)", charger_id, cid, answer)
+            elif isinstance(answer, ShadowRequestError):
+                log.warning("%s: campaign %s: the twin refused: %s", charger_id, cid, answer)
+                why = f"the twin refused the desired firmware: {answer}"
+                state, revision = claimed[charger_id]
+                refused.append(Transition(charger_id, state, SKIPPED, why, revision=revision))
+        await self.store.apply(cid, refused)
 
     # --- cancelled campaigns ----------------------------------------------------------------
     async def _clean_up(self, campaign: Campaign) -> None:
@@ -409,14 +449,15 @@ class CampaignEngine:
                 if section(docs.get(r.charger_id), "desired", "firmware").get("version")
                 == campaign.version
             ]
-            await asyncio.gather(*(self._unset(cid, charger_id) for charger_id in ours))
+            answers = await self.client.update_many(
+                {charger_id: {"desired": {"firmware": None}} for charger_id in ours}
+            )
+            for charger_id, answer in answers.items():
+                if isinstance(answer, ShadowRequestError):
+                    log.warning(
+                        "%s: campaign %s: desired firmware not removed: %s", charger_id, cid, answer
+                    )
             await self.store.forget_desired(cid, [r.charger_id for r in rows])
             log.info("campaign %s: desired firmware removed from %d charger(s)", cid, len(ours))
             return
         await self.store.release(cid)
-
-    async def _unset(self, cid: str, charger_id: str) -> None:
-        try:
-            await self.client.update(charger_id, {"desired": {"firmware": None}})
-        except ShadowRequestError as exc:
-            log.warning("%s: campaign %s: desired firmware not removed: %s", charger_id, cid, exc)

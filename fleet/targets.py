@@ -133,6 +133,37 @@ async def documents(db: Database, charger_ids: Sequence[str]) -> dict[str, dict[
     return out
 
 
+async def versions(db: Database, charger_ids: Sequence[str]) -> dict[str, int]:
+    """The shadow version of each of ``charger_ids`` that has a shadow: one small query per
+    :data:`CHUNK`, to tell which documents changed since they were last read."""
+    out: dict[str, int] = {}
+    for start in range(0, len(charger_ids), CHUNK):
+        chunk = list(charger_ids[start : start + CHUNK])
+        marks = ", ".join("?" for _ in chunk)
+        rows = await db.fetchall(
+            f"SELECT charger_id, version FROM shadows WHERE charger_id IN ({marks})", chunk
+        )
+        out.update({str(charger_id): int(version) for charger_id, version in rows})
+    return out
+
+
+async def versioned_documents(
+    db: Database, charger_ids: Sequence[str]
+) -> dict[str, tuple[int, dict[str, Any]]]:
+    """As :func:`documents`, each with the version it was read at."""
+    out: dict[str, tuple[int, dict[str, Any]]] = {}
+    for start in range(0, len(charger_ids), CHUNK):
+        chunk = list(charger_ids[start : start + CHUNK])
+        marks = ", ".join("?" for _ in chunk)
+        rows = await db.fetchall(
+            f"SELECT charger_id, version, document FROM shadows WHERE charger_id IN ({marks})",
+            chunk,
+        )
+        for charger_id, version, document in rows:
+            out[str(charger_id)] = (int(version), dict(json.loads(document)))
+    return out
+
+
 def section(document: dict[str, Any] | None, *path: str) -> dict[str, Any]:
     """``document["state"][path...]`` as a dict, ``{}`` wherever something is missing."""
     node: Any = (document or {}).get("state")

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from api_campaigns_helpers import NEW, add_image, desired_firmware, progress, report, seed
 
 from api.backends import Backend
 from api.routes.campaigns import CampaignCreate, campaign_out
+from chargetwin.mqtt import MqttClient
+from chargetwin.shadow_client import ShadowRequestError
 from fleet.campaigns import Campaign, CampaignStore, Policy, Window, phase_sizes
-from fleet.rollouts import CampaignEngine
+from fleet.rollouts import RETRY, CampaignEngine, _FirmwareViews, firmware_view
+from fleet.rollouts import progress as decide
 from twin.service import ShadowService
 
 
@@ -298,3 +302,93 @@ def test_a_window_is_open_for_its_duration_after_each_cron_time(
 )
 def test_phase_sizes(canary: int | str, waves: list[int | str], sizes: list[int]) -> None:
     assert phase_sizes(10, canary, waves) == sizes
+
+
+async def test_update_many_answers_every_charger_through_one_subscription(
+    backend: Backend, twin: ShadowService, api_mqtt: MqttClient
+) -> None:
+    """A batch of desired writes: each charger gets its own answer (accepted, or the twin's
+    refusal), and the process subscribed once for all of them, not twice per charger."""
+    ids = [f"CP-{i}" for i in range(12)]
+    for cid in ids:
+        await seed(backend, cid)
+    sent: list[str] = []
+    real = api_mqtt.subscribe_acked
+
+    async def counting(topic_filter: str, *args: Any, **kwargs: Any) -> None:
+        sent.append(topic_filter)
+        await real(topic_filter, *args, **kwargs)
+
+    api_mqtt.subscribe_acked = counting  # type: ignore[method-assign]
+    states: dict[str, dict[str, Any]] = {
+        c: {"desired": {"firmware": {"version": NEW}}} for c in ids
+    }
+    states["CP-3"] = {"desired": {"firmware": {"version": ""}}}  # invalid: the twin says 422
+    answers = await backend.shadow_client.update_many(states, concurrency=4)
+
+    assert sorted(answers) == sorted(ids)
+    refused = answers["CP-3"]
+    assert isinstance(refused, ShadowRequestError) and refused.code == 422
+    for cid in ids:
+        if cid != "CP-3":
+            answer = answers[cid]
+            assert isinstance(answer, dict)
+            assert answer["state"] == {"desired": {"firmware": {"version": NEW}}}
+            assert await desired_firmware(backend, cid) == {"version": NEW}
+    assert len(sent) == 2 and all("/+/shadow/update/" in f for f in sent), sent
+
+
+async def test_the_engine_parses_a_shadow_again_only_when_its_version_moved(
+    backend: Backend, twin: ShadowService
+) -> None:
+    """In-flight chargers are read every tick; their documents only when they changed."""
+    ids = ["CP-0", "CP-1"]
+    for cid in ids:
+        await seed(backend, cid)
+    views = _FirmwareViews(backend.db)
+    first = await views.read(ids)
+    again = await views.read(ids)
+    assert again["CP-0"] is first["CP-0"] and again["CP-1"] is first["CP-1"]  # not re-read
+
+    await progress(backend, "CP-1", "Downloading")
+    moved = await views.read(ids)
+    assert moved["CP-0"] is first["CP-0"]
+    assert moved["CP-1"] is not first["CP-1"]
+    assert moved["CP-1"]["state"]["reported"]["firmware"]["status"] == "Downloading"
+    assert set(await views.read(["CP-1", "CP-9"])) == {"CP-1"}  # no shadow, no view
+
+
+def test_a_firmware_view_decides_like_the_whole_document() -> None:
+    """:func:`fleet.rollouts.progress` on the slim view gives what it gives on the full document."""
+    now = 1000.0
+    document = {
+        "state": {
+            "reported": {
+                "firmware": {
+                    "version": "1.4.2",
+                    "status": "Downloading",
+                    "updatedAt": now - 5,
+                    "requested": {"version": NEW, "at": now - 10},
+                },
+                "refused": {"config": {"value": "x"}},
+                "connectors": {"1": {"status": "Available"}},
+                "config": {"HeartbeatInterval": "300"},
+            },
+            "desired": {"firmware": {"version": NEW}, "config": {"A": "b"}},
+        },
+        "metadata": {"desired": {"firmware": {"version": {"timestamp": now - 20}}}},
+        "version": 7,
+    }
+    for at in (now, now + 200):
+        assert decide(firmware_view(document), NEW, now - 30, 120, at) == decide(
+            document, NEW, now - 30, 120, at
+        )
+    refused = {**document}
+    refused["state"] = {
+        **document["state"],
+        "reported": {
+            **document["state"]["reported"],
+            "refused": {"firmware": {"value": NEW, "at": now, "status": "Rejected"}},
+        },
+    }
+    assert decide(firmware_view(refused), NEW, now - 30, 120, now) == (RETRY, "Rejected")
