@@ -65,13 +65,6 @@ def test_one_process_of_each_kind_was_killed_and_served_again(scale_out: Results
     assert scale_out.acked > 0 and scale_out.sessions > 0
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open defect (twin/, being fixed): twin workers deadlock each other on PostgreSQL "
-    "('deadlock detected' in a shadow batch) and refuse the batch's updates with 'internal "
-    "error', so an acknowledged report (a boot's firmware, a connector status) never reaches "
-    "the shadow; seen with 500 chargers (14 of 500 shadows), rarely with 16",
-)
 def test_every_shadow_equals_what_its_charger_last_reported(scale_out: Results) -> None:
     assert scale_out.shadow_wrong == {}
 
