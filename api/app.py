@@ -44,6 +44,7 @@ from api.routes import inspections as inspection_routes
 from api.routes import maintenance as maintenance_routes
 from api.routes import monitoring as monitoring_routes
 from api.routes import profiles as profile_routes
+from api.routes import usage as usage_routes
 from api.routes.health import VERSION
 from chargetwin.database import Database
 from chargetwin.mqtt import MqttClient
@@ -147,6 +148,7 @@ def create_app(backend: Backend) -> FastAPI:
     api.include_router(maintenance_routes.router)
     api.include_router(inspection_routes.router)
     api.include_router(monitoring_routes.router)
+    api.include_router(usage_routes.router)
     app.include_router(api)
     app.include_router(dashboard.router)
     app.include_router(docs.router)
