@@ -186,7 +186,7 @@ const state = {
   features: { alerts: null, alertsProbedAt: 0 },
   cfgShowAll: false,
   view: "chargers", // or "usage": the charts
-  charts: { scope: "", days: 30, fetchedAt: 0 }, // scope: "", "site:NAME" or "charger:ID"
+  charts: { scope: "", days: 30, fetchedAt: 0, running: null, generation: 0 }, // scope: "", "site:NAME" or "charger:ID"
   detailUsage: { id: null, fetchedAt: 0 },
 };
 
@@ -276,7 +276,8 @@ async function tick() {
   try {
     const health = refreshHealth(signal);
     await Promise.all([refreshFleet(signal), refreshTable(signal)]);
-    await Promise.all([health, refreshDetail(signal), refreshAlerts(signal), refreshCharts(signal), refreshDetailUsage(signal)]);
+    await Promise.all([health, refreshDetail(signal), refreshAlerts(signal), refreshDetailUsage(signal)]);
+    chartsInBackground();
     state.failures = 0;
     state.lastSuccess = Date.now();
     $("banner-error").hidden = true;
@@ -1129,6 +1130,15 @@ const HOT_SEVERITIES = new Set(["critical", "error", "major"]);
 const plots = new Map(); // element id -> { u, shape }
 const number = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
 const dayFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium" });
+const tickDay = new Intl.DateTimeFormat(undefined, { month: "numeric", day: "numeric" });
+const DAY = 86400;
+// Ticks of a per-day axis fall on days only; counts on whole numbers only.
+const DAY_AXIS = {
+  space: 44,
+  incrs: [DAY, 2 * DAY, 7 * DAY, 14 * DAY, 28 * DAY, 91 * DAY],
+  values: (u, ticks) => ticks.map((t) => tickDay.format(new Date(t * 1000))),
+};
+const COUNT_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000];
 const percent = new Intl.NumberFormat(undefined, { style: "percent", maximumFractionDigits: 1 });
 
 function cssVar(name, fallback) {
@@ -1211,9 +1221,14 @@ function emptyChart(el, text) {
   el.dataset.empty = text;
 }
 
+/** A #rrggbb colour at 75% opacity (what the canvas fills bars with). */
+function translucent(color) {
+  return /^#[0-9a-f]{6}$/i.test(color) ? `${color}bf` : color;
+}
+
 function barSeries(label, stroke, unit, digits = 0) {
   return {
-    label, stroke, fill: `color-mix(in srgb, ${stroke} 75%, transparent)`, width: 1,
+    label, stroke, fill: translucent(stroke), width: 1,
     paths: uPlot.paths.bars({ size: [0.7, 48], align: 0 }),
     points: { show: false },
     value: (u, v) => (v === null || v === undefined ? "–" : `${v.toFixed(digits)}${unit}`),
@@ -1229,7 +1244,7 @@ function dayBars(el, days, field, label, unit, digits, height) {
     legend: { show: height > 180 },
     scales: { x: { time: true, range: (u, lo, hi) => [lo - 43200, hi + 43200] }, y: { range: (u, lo, hi) => [0, Math.max(1, hi * 1.1)] } },
     series: [{ value: (u, v) => (v ? dayFormat.format(new Date(v * 1000)) : "–") }, barSeries(label, cssVar("--accent", "#1f6feb"), unit, digits)],
-    axes: [{}, { size: 48 }],
+    axes: [DAY_AXIS, { size: 48, ...(digits === 0 ? { incrs: COUNT_INCRS } : {}) }],
   }, [xs, ys], height);
 }
 
@@ -1261,20 +1276,21 @@ async function refreshCharts(signal, force = false) {
   if (state.view !== "usage" || !chartsReady()) return;
   if (!force && Date.now() - c.fetchedAt < CHARTS_REFRESH_MS) return;
   c.fetchedAt = Date.now();
+  const gen = ++c.generation;
   fillScopeSelect();
   const scope = c.scope;
   await Promise.all([
-    part(["energy-note", "sessions-note", "heatmap-note", "util-note"], () => refreshUsage(scope, signal)),
-    part(["uptime-note"], () => refreshUptime(scope, signal)),
-    part(["fwshare-note"], () => refreshFirmwareShare(scope, signal)),
-    part(["alerts-chart-note"], () => refreshAlertChart(scope, signal)),
+    part(["energy-note", "sessions-note", "heatmap-note", "util-note"], () => refreshUsage(scope, signal, gen)),
+    part(["uptime-note"], () => refreshUptime(scope, signal, gen)),
+    part(["fwshare-note"], () => refreshFirmwareShare(scope, signal, gen)),
+    part(["alerts-chart-note"], () => refreshAlertChart(scope, signal, gen)),
   ]);
 }
 
-async function refreshUsage(scope, signal) {
+async function refreshUsage(scope, signal, gen) {
   const { days } = state.charts;
   const { data } = await api(`usage${query({ ...scopeParams(scope), from: periodStart(days).toISOString(), timezone: TIME_ZONE })}`, { signal });
-  if (scope !== state.charts.scope) return;
+  if (gen !== state.charts.generation) return; // a newer refresh has begun
   setText($("charts-summary"), `${scopeName(scope)}: ${data.sessions} sessions · ${number.format(data.energyKwh)} kWh · utilization ${data.utilization === null ? "–" : percent.format(data.utilization)}`);
   chartNote("energy-note", `${number.format(data.energyKwh)} kWh in ${data.days.length} days`);
   chartNote("sessions-note", `${data.sessions} started`);
@@ -1336,13 +1352,13 @@ function lastMonths(count) {
   return months;
 }
 
-async function refreshUptime(scope, signal) {
+async function refreshUptime(scope, signal, gen) {
   const [kind, id] = splitScope(scope);
   const months = lastMonths(UPTIME_MONTHS);
   // One request per month, sequentially: each one works through a year of status points.
   const answers = [];
   for (const m of months) answers.push((await api(`uptime${query({ month: m.key, ...scopeParams(scope) })}`, { signal })).data);
-  if (scope !== state.charts.scope) return;
+  if (gen !== state.charts.generation) return; // a newer refresh has begun
   const siteOf = new Map((state.fleet?.items || []).map((c) => [c.id, c.site || "no site"]));
   // Per port for one charger; otherwise the mean of the ports' uptimes per site.
   const groupOf = kind === "charger" ? (p) => p.port_id : (p) => (kind === "site" ? id : siteOf.get(p.charger_id) || "no site");
@@ -1381,10 +1397,10 @@ async function refreshUptime(scope, signal) {
   }, [months.map((m) => m.x), ...series, months.map(() => UPTIME_TARGET)]);
 }
 
-async function refreshFirmwareShare(scope, signal) {
+async function refreshFirmwareShare(scope, signal, gen) {
   const [kind, id] = splitScope(scope);
   const { data: catalog } = await api("firmware", { signal });
-  if (scope !== state.charts.scope) return;
+  if (gen !== state.charts.generation) return; // a newer refresh has begun
   const newest = new Map();
   for (const image of catalog) {
     const key = `${image.vendor}\u0000${image.model}`;
@@ -1418,11 +1434,11 @@ async function refreshFirmwareShare(scope, signal) {
     : [h("li", { class: "bars-empty", text: "No charger in scope has booted yet (vendor and model unknown)." })]);
 }
 
-async function refreshAlertChart(scope, signal) {
+async function refreshAlertChart(scope, signal, gen) {
   const [kind, id] = splitScope(scope);
   const { days } = state.charts;
   const { data } = await api(`alerts${query({ limit: 1000, ...(kind === "charger" ? { chargerId: id } : {}) })}`, { signal });
-  if (scope !== state.charts.scope) return;
+  if (gen !== state.charts.generation) return; // a newer refresh has begun
   const siteChargers = kind === "site" ? new Set((state.fleet?.items || []).filter((c) => c.site === id).map((c) => c.id)) : null;
   const start = periodStart(days);
   const dates = [];
@@ -1450,7 +1466,7 @@ async function refreshAlertChart(scope, signal) {
       barSeries("All alerts", cssVar("--warn", "#9a6700"), ""),
       barSeries("Critical", cssVar("--bad", "#cf222e"), ""),
     ],
-    axes: [{}, { size: 40 }],
+    axes: [DAY_AXIS, { size: 48, incrs: COUNT_INCRS }],
   }, [xs, total, hot], 200);
 }
 
@@ -1490,6 +1506,13 @@ function showView(view) {
     if (state.selected && window.matchMedia("(max-width: 1279px)").matches) closeDetail();
     refreshCharts(undefined, true).catch(chartsFailed);
   }
+}
+
+/** The charts on their own schedule: a slow uptime answer must not hold up the fleet's. */
+function chartsInBackground() {
+  const c = state.charts;
+  if (c.running || state.view !== "usage" || Date.now() - c.fetchedAt < CHARTS_REFRESH_MS) return;
+  c.running = refreshCharts().catch(chartsFailed).finally(() => { c.running = null; });
 }
 
 function chartsFailed(error) {
