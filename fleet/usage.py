@@ -24,7 +24,9 @@ from zoneinfo import ZoneInfo
 from fleet.sessions import Session
 
 DAYS_OF_WEEK = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-MAX_DAYS = 367  # a period is at most 366 days; its first and last days may be partial
+# A period is at most 366 days (and a second); its first and last days may be partial, and
+# a change of the clocks may push its end past one more midnight.
+MAX_DAYS = 369
 
 
 def local_days(start: float, end: float, zone: ZoneInfo) -> list[date]:

@@ -35,7 +35,7 @@ _ALL = 2**31 - 1
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # "America" is a folder
         error = ProblemError(parameter="timezone", message="not an IANA time zone")
         raise Problem(422, f"unknown time zone {name!r}", errors=[error]) from exc
 

@@ -141,8 +141,9 @@ async def test_api_usage_refusals(used: Backend, client: httpx.AsyncClient, auth
     assert assert_problem(await get("viewer", site="nowhere"), 404)["type"].endswith(
         "site-not-found"
     )
-    bad_zone = assert_problem(await get("viewer", timezone="Mars/Olympus"), 422)
-    assert bad_zone["errors"][0]["parameter"] == "timezone"
+    for zone in ("Mars/Olympus", "America", "../../etc/passwd", ""):  # "America": a folder
+        bad_zone = assert_problem(await get("viewer", timezone=zone), 422)
+        assert bad_zone["errors"][0]["parameter"] == "timezone", zone
     backwards = await get(
         "viewer", **{"from": "2026-10-08T00:00:00Z", "to": "2026-10-05T00:00:00Z"}
     )

@@ -77,7 +77,11 @@ def test_a_day_of_25_hours_at_the_end_of_summer_time_is_one_day() -> None:
 
 def test_a_period_longer_than_a_year_and_a_day_is_refused() -> None:
     with pytest.raises(ValueError, match="longer than"):
-        local_days(t("2025-01-01 00:00"), t("2026-01-04 00:00"), UTC_ZONE)
+        local_days(t("2025-01-01 00:00"), t("2026-01-06 00:00"), UTC_ZONE)
+    # 366 days and a second from 23:30 local, over a change of the clocks, is 368 days.
+    berlin = ZoneInfo("Europe/Berlin")
+    lo = datetime(2026, 3, 28, 23, 30, tzinfo=berlin).timestamp()  # winter to summer time
+    assert len(local_days(lo, lo + 366 * 86400 + 1, berlin)) == 368
 
 
 def test_hour_of_week_counts_starts_monday_first_in_local_hours() -> None:
