@@ -1037,6 +1037,9 @@ function confirmDialog(title, text, action) {
     dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
     dialog.returnValue = "";
     dialog.showModal();
+    // Cancel is the safe default. Focused here, not by an autofocus attribute, which the
+    // page would process at load (logging that another element already has focus).
+    dialog.querySelector('button[value="cancel"]').focus();
   });
 }
 
@@ -1304,18 +1307,20 @@ function renderHeatmap(matrix) {
   const max = Math.max(0, ...matrix.flat());
   let peak = null;
   matrix.forEach((row, d) => row.forEach((n, hour) => { if (n && n === max && !peak) peak = [d, hour]; }));
-  chartNote("heatmap-note", peak ? `Busiest: ${DAY_NAMES[peak[0]]} ${String(peak[1]).padStart(2, "0")}:00 (${max})` : "No session started in this period");
+  const busiest = peak ? `Busiest: ${DAY_NAMES[peak[0]]} ${String(peak[1]).padStart(2, "0")}:00 (${max})` : "No session started in this period";
+  chartNote("heatmap-note", busiest);
+  setAttr($("heatmap"), "aria-label", `Sessions started by day of week and hour. ${busiest}.`);
   const el = $("heatmap");
   replaceIfChanged(el, JSON.stringify(matrix), () => {
-    const cells = [h("span", { role: "presentation" })];
-    for (let hour = 0; hour < 24; hour++) cells.push(h("span", { class: "hm-head", role: "columnheader", text: hour % 3 === 0 ? String(hour).padStart(2, "0") : "" }));
+    const cells = [h("span")];
+    for (let hour = 0; hour < 24; hour++) cells.push(h("span", { class: "hm-head", text: hour % 3 === 0 ? String(hour).padStart(2, "0") : "" }));
     matrix.forEach((row, d) => {
-      cells.push(h("span", { class: "hm-day", role: "rowheader", text: DAY_NAMES[d] }));
+      cells.push(h("span", { class: "hm-day", text: DAY_NAMES[d] }));
       row.forEach((n, hour) => {
         const level = n === 0 ? 0 : Math.max(1, Math.ceil((5 * n) / max));
         const isPeak = peak && peak[0] === d && peak[1] === hour;
         const label = `${DAY_NAMES[d]} ${String(hour).padStart(2, "0")}:00–${String(hour + 1).padStart(2, "0")}:00: ${n} session${n === 1 ? "" : "s"} started`;
-        cells.push(h("span", { class: `hm-cell l${level}${isPeak ? " peak" : ""}`, role: "cell", title: label, "aria-label": label, dataset: { count: String(n) } }));
+        cells.push(h("span", { class: `hm-cell l${level}${isPeak ? " peak" : ""}`, title: label, dataset: { count: String(n) } }));
       });
     });
     return cells;

@@ -183,3 +183,13 @@ def test_the_charting_library_is_the_pinned_release_with_its_license() -> None:
     assert html.index('<script defer src="dashboard/uplot.iife.min.js">') < html.index(
         '<script type="module" src="dashboard/app.js">'
     )
+
+
+def test_the_page_has_no_autofocus_attribute() -> None:
+    """Chromium processes ``autofocus`` at load, even inside the closed confirm dialog, and
+    logs "Autofocus processing was blocked ..." when the charger panel has taken focus;
+    the dialog focuses its Cancel button from the script instead."""
+    html = DASHBOARD.joinpath("index.html").read_text("utf-8")
+    assert "autofocus" not in html
+    script = DASHBOARD.joinpath("app.js").read_text("utf-8")
+    assert "dialog.querySelector('button[value=\"cancel\"]').focus()" in script
