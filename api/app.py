@@ -45,6 +45,7 @@ from api.routes import inspections as inspection_routes
 from api.routes import maintenance as maintenance_routes
 from api.routes import monitoring as monitoring_routes
 from api.routes import profiles as profile_routes
+from api.routes import usage as usage_routes
 from api.routes.health import VERSION
 from chargetwin.database import Database
 from chargetwin.mqtt import MqttClient
@@ -145,6 +146,7 @@ def create_app(backend: Backend) -> FastAPI:
         maintenance_routes.router,
         inspection_routes.router,
         monitoring_routes.router,
+        usage_routes.router,
     ]
     for router in api_routers:
         api.include_router(router)

@@ -185,6 +185,9 @@ const state = {
   inflight: null,
   features: { alerts: null, alertsProbedAt: 0 },
   cfgShowAll: false,
+  view: "chargers", // or "usage": the charts
+  charts: { scope: "", days: 30, fetchedAt: 0, running: null, generation: 0 }, // scope: "", "site:NAME" or "charger:ID"
+  detailUsage: { id: null, fetchedAt: 0 },
 };
 
 // --- sign in / out ----------------------------------------------------------------------
@@ -273,7 +276,8 @@ async function tick() {
   try {
     const health = refreshHealth(signal);
     await Promise.all([refreshFleet(signal), refreshTable(signal)]);
-    await Promise.all([health, refreshDetail(signal), refreshAlerts(signal)]);
+    await Promise.all([health, refreshDetail(signal), refreshAlerts(signal), refreshDetailUsage(signal)]);
+    chartsInBackground();
     state.failures = 0;
     state.lastSuccess = Date.now();
     $("banner-error").hidden = true;
@@ -437,6 +441,7 @@ function renderFleet() {
     },
   );
   updateFilterOptions();
+  fillScopeSelect();
 }
 
 function updateFilterOptions() {
@@ -604,6 +609,10 @@ function readUrl() {
   const limit = Number(params.get("limit"));
   if ([25, 50, 100].includes(limit)) state.limit = limit;
   state.selected = params.get("charger") || null;
+  state.view = params.get("view") === "usage" ? "usage" : "chargers";
+  state.charts.scope = params.get("scope") || "";
+  const days = Number(params.get("days"));
+  if (PERIODS.includes(days)) state.charts.days = days;
 }
 
 function writeUrl() {
@@ -612,6 +621,9 @@ function writeUrl() {
   if (state.offset) params.set("offset", state.offset);
   if (state.limit !== 50) params.set("limit", state.limit);
   if (state.selected) params.set("charger", state.selected);
+  if (state.view === "usage") params.set("view", "usage");
+  if (state.charts.scope) params.set("scope", state.charts.scope);
+  if (state.charts.days !== 30) params.set("days", state.charts.days);
   const search = params.toString();
   history.replaceState(null, "", `${location.pathname}${search ? `?${search}` : ""}${location.hash}`);
 }
@@ -619,6 +631,7 @@ function writeUrl() {
 // --- the charger detail panel -----------------------------------------------------------
 
 function openDetail(id) {
+  if (state.view === "usage") showView("chargers");
   if (state.selected !== id) {
     state.selected = id;
     state.detail = null;
@@ -630,6 +643,7 @@ function openDetail(id) {
     setText($("detail-title"), id);
     setText($("detail-sub"), "Loading…");
     setText($("detail-meta"), "");
+    setText($("detail-energy-note"), "Loading…");
   }
   $("detail").hidden = false;
   $("detail-backdrop").hidden = false;
@@ -663,7 +677,7 @@ function closeDetail() {
 
 async function loadDetail() {
   try {
-    await refreshDetail();
+    await Promise.all([refreshDetail(), refreshDetailUsage(undefined, true)]);
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) signOut("The token was refused. Sign in again.");
     else if (!(error instanceof ApiError) && error.name !== "AbortError") showFailure(error);
@@ -1023,6 +1037,9 @@ function confirmDialog(title, text, action) {
     dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
     dialog.returnValue = "";
     dialog.showModal();
+    // Cancel is the safe default. Focused here, not by an autofocus attribute, which the
+    // page would process at load (logging that another element already has focus).
+    dialog.querySelector('button[value="cancel"]').focus();
   });
 }
 
@@ -1101,6 +1118,431 @@ function renderAlerts(alerts) {
     });
 }
 
+// --- charts: the "Usage & health" view and the detail panel's energy ---------------------
+//
+// Drawn by uPlot (vendored: dashboard/uplot.iife.min.js); the heatmap and the bar lists are
+// plain elements. Charts refresh every CHARTS_REFRESH_MS while shown, not at every poll.
+
+const CHARTS_REFRESH_MS = 60000;
+const UPTIME_MONTHS = 6;
+const UPTIME_TARGET = 97;
+const PERIODS = [7, 30, 90, 365];
+const TIME_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+const DAY_NAMES = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+const HOT_SEVERITIES = new Set(["critical", "error", "major"]);
+const plots = new Map(); // element id -> { u, shape }
+const number = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
+const dayFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium" });
+const tickDay = new Intl.DateTimeFormat(undefined, { month: "numeric", day: "numeric" });
+const DAY = 86400;
+// Ticks of a per-day axis fall on days only; counts on whole numbers only.
+const DAY_AXIS = {
+  space: 44,
+  incrs: [DAY, 2 * DAY, 7 * DAY, 14 * DAY, 28 * DAY, 91 * DAY],
+  values: (u, ticks) => ticks.map((t) => tickDay.format(new Date(t * 1000))),
+};
+const COUNT_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000];
+const percent = new Intl.NumberFormat(undefined, { style: "percent", maximumFractionDigits: 1 });
+
+function cssVar(name, fallback) {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || fallback;
+}
+
+function palette() {
+  return [cssVar("--accent", "#1f6feb"), cssVar("--ok", "#1a7f37"), cssVar("--st-suspendedev", "#8250df"),
+    cssVar("--st-reserved", "#bc4c00"), cssVar("--st-preparing", "#0f7b8a"), cssVar("--st-unavailable", "#6e7781")];
+}
+
+function splitScope(scope) {
+  const at = scope.indexOf(":");
+  return at < 0 ? ["fleet", null] : [scope.slice(0, at), scope.slice(at + 1)];
+}
+
+function scopeParams(scope) {
+  const [kind, id] = splitScope(scope);
+  return kind === "site" ? { site: id } : kind === "charger" ? { chargerId: id } : {};
+}
+
+function scopeName(scope) {
+  const [kind, id] = splitScope(scope);
+  return kind === "site" ? `site ${id}` : kind === "charger" ? `charger ${id}` : "the whole fleet";
+}
+
+/** Local midnight `days - 1` days ago: the period covers `days` calendar days, today included. */
+function periodStart(days) {
+  const d = new Date();
+  d.setHours(0, 0, 0, 0);
+  d.setDate(d.getDate() - (days - 1));
+  return d;
+}
+
+function dayEpoch(isoDate) {
+  const [y, m, d] = isoDate.split("-").map(Number);
+  return new Date(y, m - 1, d).getTime() / 1000;
+}
+
+function localDate(date) {
+  return `${date.getFullYear()}-${String(date.getMonth() + 1).padStart(2, "0")}-${String(date.getDate()).padStart(2, "0")}`;
+}
+
+/** One uPlot per element, rebuilt when the series change, else given the new data. */
+function plot(el, opts, data, height = 220) {
+  const shape = JSON.stringify(opts.series.map((s) => s.label || ""));
+  const width = el.clientWidth || el.parentElement?.clientWidth || 400;
+  const entry = plots.get(el.id);
+  el.classList.remove("is-empty");
+  if (entry && entry.shape === shape) {
+    entry.u.setData(data);
+    return entry.u;
+  }
+  entry?.u.destroy();
+  const muted = cssVar("--muted", "#5a6676");
+  const grid = cssVar("--border", "#d5dbe3");
+  const axis = { stroke: muted, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
+  const u = new uPlot({
+    width, height, ...opts,
+    axes: (opts.axes || [{}, {}]).map((a) => ({ ...axis, ...a })),
+  }, data, el);
+  plots.set(el.id, { u, shape });
+  chartResizer.observe(el);
+  return u;
+}
+
+const chartResizer = new ResizeObserver((entries) => {
+  for (const { target } of entries) {
+    const entry = plots.get(target.id);
+    const width = target.clientWidth;
+    if (entry && width > 0 && Math.abs(entry.u.width - width) > 2) entry.u.setSize({ width, height: entry.u.height });
+  }
+});
+
+function emptyChart(el, text) {
+  plots.get(el.id)?.u.destroy();
+  plots.delete(el.id);
+  el.replaceChildren();
+  el.classList.add("is-empty");
+  el.dataset.empty = text;
+}
+
+/** A #rrggbb colour at 75% opacity (what the canvas fills bars with). */
+function translucent(color) {
+  return /^#[0-9a-f]{6}$/i.test(color) ? `${color}bf` : color;
+}
+
+function barSeries(label, stroke, unit, digits = 0) {
+  return {
+    label, stroke, fill: translucent(stroke), width: 1,
+    paths: uPlot.paths.bars({ size: [0.7, 48], align: 0 }),
+    points: { show: false },
+    value: (u, v) => (v === null || v === undefined ? "–" : `${v.toFixed(digits)}${unit}`),
+  };
+}
+
+function dayBars(el, days, field, label, unit, digits, height) {
+  const xs = days.map((d) => dayEpoch(d.date));
+  const ys = days.map((d) => d[field]);
+  el.dataset.points = String(xs.length);
+  el.dataset.total = String(Math.round(ys.reduce((a, b) => a + b, 0) * 1000) / 1000);
+  plot(el, {
+    legend: { show: height > 180 },
+    scales: { x: { time: true, range: (u, lo, hi) => [lo - 43200, hi + 43200] }, y: { range: (u, lo, hi) => [0, Math.max(1, hi * 1.1)] } },
+    series: [{ value: (u, v) => (v ? dayFormat.format(new Date(v * 1000)) : "–") }, barSeries(label, cssVar("--accent", "#1f6feb"), unit, digits)],
+    axes: [DAY_AXIS, { size: 48, ...(digits === 0 ? { incrs: COUNT_INCRS } : {}) }],
+  }, [xs, ys], height);
+}
+
+function chartNote(id, text, error = false) {
+  const el = $(id);
+  setText(el, text);
+  el.classList.toggle("chart-error", error);
+}
+
+/** Run one chart's part; its failure shows on its card, not as the page's failure. */
+async function part(noteIds, work) {
+  try {
+    await work();
+  } catch (error) {
+    if (error.name === "AbortError" || (error instanceof ApiError && error.status === 401)) throw error;
+    const what = error instanceof ApiError ? error.problem.detail || error.problem.title : error.message;
+    for (const id of noteIds) chartNote(id, `Unavailable: ${what}`, true);
+  }
+}
+
+function chartsReady() {
+  if (typeof uPlot === "function") return true;
+  setText($("charts-summary"), "The charting library did not load; reload the page.");
+  return false;
+}
+
+async function refreshCharts(signal, force = false) {
+  const c = state.charts;
+  if (state.view !== "usage" || !chartsReady()) return;
+  if (!force && Date.now() - c.fetchedAt < CHARTS_REFRESH_MS) return;
+  c.fetchedAt = Date.now();
+  const gen = ++c.generation;
+  fillScopeSelect();
+  const scope = c.scope;
+  await Promise.all([
+    part(["energy-note", "sessions-note", "heatmap-note", "util-note"], () => refreshUsage(scope, signal, gen)),
+    part(["uptime-note"], () => refreshUptime(scope, signal, gen)),
+    part(["fwshare-note"], () => refreshFirmwareShare(scope, signal, gen)),
+    part(["alerts-chart-note"], () => refreshAlertChart(scope, signal, gen)),
+  ]);
+}
+
+async function refreshUsage(scope, signal, gen) {
+  const { days } = state.charts;
+  const { data } = await api(`usage${query({ ...scopeParams(scope), from: periodStart(days).toISOString(), timezone: TIME_ZONE })}`, { signal });
+  if (gen !== state.charts.generation) return; // a newer refresh has begun
+  setText($("charts-summary"), `${scopeName(scope)}: ${data.sessions} sessions · ${number.format(data.energyKwh)} kWh · utilization ${data.utilization === null ? "–" : percent.format(data.utilization)}`);
+  chartNote("energy-note", `${number.format(data.energyKwh)} kWh in ${data.days.length} days`);
+  chartNote("sessions-note", `${data.sessions} started`);
+  dayBars($("chart-energy"), data.days, "energyKwh", "Energy", " kWh", 1, 220);
+  dayBars($("chart-sessions"), data.days, "sessions", "Sessions", "", 0, 220);
+  renderHeatmap(data.hourOfWeek.sessionsStarted);
+  renderUtilization(data.chargers);
+}
+
+function renderHeatmap(matrix) {
+  const max = Math.max(0, ...matrix.flat());
+  let peak = null;
+  matrix.forEach((row, d) => row.forEach((n, hour) => { if (n && n === max && !peak) peak = [d, hour]; }));
+  const busiest = peak ? `Busiest: ${DAY_NAMES[peak[0]]} ${String(peak[1]).padStart(2, "0")}:00 (${max})` : "No session started in this period";
+  chartNote("heatmap-note", busiest);
+  setAttr($("heatmap"), "aria-label", `Sessions started by day of week and hour. ${busiest}.`);
+  const el = $("heatmap");
+  replaceIfChanged(el, JSON.stringify(matrix), () => {
+    const cells = [h("span")];
+    for (let hour = 0; hour < 24; hour++) cells.push(h("span", { class: "hm-head", text: hour % 3 === 0 ? String(hour).padStart(2, "0") : "" }));
+    matrix.forEach((row, d) => {
+      cells.push(h("span", { class: "hm-day", text: DAY_NAMES[d] }));
+      row.forEach((n, hour) => {
+        const level = n === 0 ? 0 : Math.max(1, Math.ceil((5 * n) / max));
+        const isPeak = peak && peak[0] === d && peak[1] === hour;
+        const label = `${DAY_NAMES[d]} ${String(hour).padStart(2, "0")}:00–${String(hour + 1).padStart(2, "0")}:00: ${n} session${n === 1 ? "" : "s"} started`;
+        cells.push(h("span", { class: `hm-cell l${level}${isPeak ? " peak" : ""}`, title: label, dataset: { count: String(n) } }));
+      });
+    });
+    return cells;
+  });
+}
+
+function barRow(label, share, valueText, title, kind = "", onclick = null) {
+  const fill = h("span", { class: `bar-fill ${kind}` });
+  fill.style.width = `${Math.max(0, Math.min(100, share * 100)).toFixed(2)}%`;
+  const name = onclick
+    ? h("button", { type: "button", class: "link bar-label", text: label, onclick, title: `Show the charts of ${label}` })
+    : h("span", { class: "bar-label", text: label, title: label });
+  return h("li", { class: "bar-row", title }, name, h("span", { class: "bar-track", "aria-hidden": "true" }, fill), h("span", { class: "bar-value", text: valueText }));
+}
+
+function renderUtilization(chargers) {
+  const rows = [...chargers].sort((a, b) => (b.utilization ?? 0) - (a.utilization ?? 0) || a.chargerId.localeCompare(b.chargerId));
+  const top = Math.max(0.0001, ...rows.map((r) => r.utilization ?? 0));
+  chartNote("util-note", rows.length ? `charging time ÷ (ports × period) · ${rows.length} charger${rows.length === 1 ? "" : "s"}` : "");
+  replaceIfChanged($("util-bars"), JSON.stringify(rows), () => rows.length
+    ? rows.map((r) => barRow(r.chargerId, (r.utilization ?? 0) / top, r.utilization === null ? "–" : percent.format(r.utilization),
+      `${r.chargerId}: ${r.sessions} sessions, ${number.format(r.chargingHours)} h charging on ${r.ports} port${r.ports === 1 ? "" : "s"}, ${number.format(r.energyKwh)} kWh`,
+      "", state.charts.scope === `charger:${r.chargerId}` ? null : () => setChartsScope(`charger:${r.chargerId}`)))
+    : [h("li", { class: "bars-empty", text: "No charger in scope." })]);
+}
+
+function lastMonths(count) {
+  const now = new Date();
+  const months = [];
+  for (let i = count - 1; i >= 0; i--) {
+    const d = new Date(now.getFullYear(), now.getMonth() - i, 1);
+    months.push({ key: `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}`, x: d.getTime() / 1000 });
+  }
+  return months;
+}
+
+async function refreshUptime(scope, signal, gen) {
+  const [kind, id] = splitScope(scope);
+  const months = lastMonths(UPTIME_MONTHS);
+  // One request per month, sequentially: each one works through a year of status points.
+  const answers = [];
+  for (const m of months) answers.push((await api(`uptime${query({ month: m.key, ...scopeParams(scope) })}`, { signal })).data);
+  if (gen !== state.charts.generation) return; // a newer refresh has begun
+  const siteOf = new Map((state.fleet?.items || []).map((c) => [c.id, c.site || "no site"]));
+  // Per port for one charger; otherwise the mean of the ports' uptimes per site.
+  const groupOf = kind === "charger" ? (p) => p.port_id : (p) => (kind === "site" ? id : siteOf.get(p.charger_id) || "no site");
+  const groups = new Map();
+  answers.forEach((answer, i) => {
+    for (const port of answer.ports) {
+      const key = groupOf(port);
+      if (!groups.has(key)) groups.set(key, months.map(() => []));
+      groups.get(key)[i].push(port.uptime);
+    }
+  });
+  const names = [...groups.keys()].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+  const el = $("chart-uptime");
+  if (!names.length) {
+    chartNote("uptime-note", "");
+    emptyChart(el, "No port to report yet");
+    return;
+  }
+  const series = names.map((name) => groups.get(name).map((list) => (list.length ? list.reduce((a, b) => a + b, 0) / list.length : null)));
+  const values = series.flat().filter((v) => v !== null);
+  const low = Math.min(UPTIME_TARGET, ...values);
+  const below = names.filter((name, i) => (series[i].at(-1) ?? 100) < UPTIME_TARGET);
+  chartNote("uptime-note", `${kind === "charger" ? "per port" : "mean of ports, per site"} · 12 months ending each month · ${below.length ? `below 97%: ${below.join(", ")}` : "all at or above 97%"}`, below.length > 0);
+  el.dataset.points = String(months.length);
+  el.dataset.series = names.join("|");
+  const colors = palette();
+  const fmt = (u, v) => (v === null || v === undefined ? "–" : `${v.toFixed(2)}%`);
+  plot(el, {
+    scales: { x: { time: true }, y: { range: () => [Math.max(0, Math.floor(low) - 1), 100.5] } },
+    series: [
+      { value: (u, v) => (v ? new Date(v * 1000).toLocaleDateString(undefined, { year: "numeric", month: "short" }) : "–") },
+      ...names.map((name, i) => ({ label: name, stroke: colors[i % colors.length], width: 2, value: fmt, points: { size: 6 } })),
+      { label: "97% target", stroke: cssVar("--bad", "#cf222e"), width: 1.5, dash: [6, 4], points: { show: false }, value: fmt },
+    ],
+    axes: [{ space: 60 }, { size: 56, values: (u, ticks) => ticks.map((t) => `${t}%`) }],
+  }, [months.map((m) => m.x), ...series, months.map(() => UPTIME_TARGET)]);
+}
+
+async function refreshFirmwareShare(scope, signal, gen) {
+  const [kind, id] = splitScope(scope);
+  const { data: catalog } = await api("firmware", { signal });
+  if (gen !== state.charts.generation) return; // a newer refresh has begun
+  const newest = new Map();
+  for (const image of catalog) {
+    const key = `${image.vendor}\u0000${image.model}`;
+    if (!newest.has(key)) newest.set(key, image.version); // the catalog lists newest first
+  }
+  const chargers = (state.fleet?.items || []).filter((c) => kind === "fleet" || (kind === "site" ? c.site === id : c.id === id));
+  const models = new Map();
+  for (const c of chargers) {
+    if (!c.vendor && !c.model) continue;
+    const key = `${c.vendor || ""}\u0000${c.model || ""}`;
+    if (!models.has(key)) models.set(key, { vendor: c.vendor, model: c.model, total: 0, current: 0, versions: new Map() });
+    const m = models.get(key);
+    m.total += 1;
+    if (c.firmwareVersion && c.firmwareVersion === newest.get(key)) m.current += 1;
+    m.versions.set(c.firmwareVersion || "unknown", (m.versions.get(c.firmwareVersion || "unknown") || 0) + 1);
+  }
+  const rows = [...models.entries()].map(([key, m]) => ({ ...m, latest: newest.get(key) ?? null }))
+    .sort((a, b) => a.current / a.total - b.current / b.total || `${a.vendor}${a.model}`.localeCompare(`${b.vendor}${b.model}`));
+  const all = rows.reduce((s, r) => s + r.total, 0);
+  const current = rows.reduce((s, r) => s + (r.latest ? r.current : 0), 0);
+  const known = rows.filter((r) => r.latest).reduce((s, r) => s + r.total, 0);
+  chartNote("fwshare-note", all ? `${current} of ${known} chargers with a catalog image are up to date${known < all ? ` · ${all - known} of models not in the catalog` : ""}` : "");
+  replaceIfChanged($("fw-bars"), JSON.stringify(rows.map((r) => [r.vendor, r.model, r.total, r.current, r.latest])), () => rows.length
+    ? rows.map((r) => {
+      const name = [r.vendor, r.model].filter(Boolean).join(" · ");
+      const others = [...r.versions.entries()].map(([v, n]) => `${v}: ${n}`).join(", ");
+      return r.latest
+        ? barRow(name, r.current / r.total, `${r.current} of ${r.total}`, `${name}: newest in the catalog is ${r.latest}; running ${others}`, r.current === r.total ? "ok" : "behind")
+        : barRow(name, 0, `${r.total}`, `${name}: no image of this model in the catalog; running ${others}`);
+    })
+    : [h("li", { class: "bars-empty", text: "No charger in scope has booted yet (vendor and model unknown)." })]);
+}
+
+async function refreshAlertChart(scope, signal, gen) {
+  const [kind, id] = splitScope(scope);
+  const { days } = state.charts;
+  const { data } = await api(`alerts${query({ limit: 1000, ...(kind === "charger" ? { chargerId: id } : {}) })}`, { signal });
+  if (gen !== state.charts.generation) return; // a newer refresh has begun
+  const siteChargers = kind === "site" ? new Set((state.fleet?.items || []).filter((c) => c.site === id).map((c) => c.id)) : null;
+  const start = periodStart(days);
+  const dates = [];
+  for (let d = new Date(start); d <= new Date(); d.setDate(d.getDate() + 1)) dates.push(localDate(d));
+  const index = new Map(dates.map((d, i) => [d, i]));
+  const total = dates.map(() => 0);
+  const hot = dates.map(() => 0);
+  for (const alert of Array.isArray(data) ? data : []) {
+    if (siteChargers && !siteChargers.has(alert.labels?.charger)) continue;
+    const i = index.get(localDate(new Date(alert.activeAt * 1000)));
+    if (i === undefined) continue;
+    total[i] += 1;
+    if (HOT_SEVERITIES.has(String(alert.severity).toLowerCase())) hot[i] += 1;
+  }
+  const sum = total.reduce((a, b) => a + b, 0);
+  const el = $("chart-alerts");
+  el.dataset.points = String(dates.length);
+  el.dataset.total = String(sum);
+  chartNote("alerts-chart-note", `${sum} raised · ${hot.reduce((a, b) => a + b, 0)} critical${data.length >= 1000 ? " · the newest 1000 alerts only" : ""}`);
+  const xs = dates.map(dayEpoch);
+  plot(el, {
+    scales: { x: { time: true, range: (u, lo, hi) => [lo - 43200, hi + 43200] }, y: { range: (u, lo, hi) => [0, Math.max(1, hi * 1.1)] } },
+    series: [
+      { value: (u, v) => (v ? dayFormat.format(new Date(v * 1000)) : "–") },
+      barSeries("All alerts", cssVar("--warn", "#9a6700"), ""),
+      barSeries("Critical", cssVar("--bad", "#cf222e"), ""),
+    ],
+    axes: [DAY_AXIS, { size: 48, incrs: COUNT_INCRS }],
+  }, [xs, total, hot], 200);
+}
+
+function fillScopeSelect() {
+  const select = $("charts-scope");
+  const sites = [...new Set((state.fleet?.items || []).map((c) => c.site).filter(Boolean))].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+  const scope = state.charts.scope;
+  const [kind, id] = splitScope(scope);
+  const chargers = (state.fleet?.items || []).map((c) => c.id);
+  if (kind === "site" && !sites.includes(id)) sites.push(id);
+  const signature = JSON.stringify([sites, chargers]);
+  if (select.dataset.sig !== signature) {
+    select.dataset.sig = signature;
+    const groups = [h("option", { value: "", text: "Whole fleet" })];
+    if (sites.length) groups.push(h("optgroup", { label: "Sites" }, sites.map((s) => h("option", { value: `site:${s}`, text: s }))));
+    if (chargers.length) groups.push(h("optgroup", { label: "Chargers" }, chargers.map((c) => h("option", { value: `charger:${c}`, text: c }))));
+    select.replaceChildren(...groups);
+  }
+  if (kind === "charger" && ![...select.options].some((o) => o.value === scope)) select.append(h("option", { value: scope, text: id }));
+  if (select.value !== scope) select.value = scope;
+  $("charts-days").value = String(state.charts.days);
+}
+
+function setChartsScope(scope) {
+  state.charts.scope = scope;
+  writeUrl();
+  showView("usage");
+}
+
+function showView(view) {
+  state.view = view;
+  $("charts").hidden = view !== "usage";
+  $("workspace").hidden = view === "usage";
+  for (const tab of document.querySelectorAll(".view-tab")) setAttr(tab, "aria-pressed", String(tab.dataset.view === view));
+  writeUrl();
+  if (view === "usage" && token) {
+    if (state.selected && window.matchMedia("(max-width: 1279px)").matches) closeDetail();
+    refreshCharts(undefined, true).catch(chartsFailed);
+  }
+}
+
+/** The charts on their own schedule: a slow uptime answer must not hold up the fleet's. */
+function chartsInBackground() {
+  const c = state.charts;
+  if (c.running || state.view !== "usage" || Date.now() - c.fetchedAt < CHARTS_REFRESH_MS) return;
+  c.running = refreshCharts().catch(chartsFailed).finally(() => { c.running = null; });
+}
+
+function chartsFailed(error) {
+  if (error instanceof ApiError && error.status === 401) signOut("The token was refused (unknown or revoked). Sign in again.");
+  else if (error.name !== "AbortError") setText($("charts-summary"), `Charts failed: ${error.message}`);
+}
+
+async function refreshDetailUsage(signal, force = false) {
+  const id = state.selected;
+  const d = state.detailUsage;
+  if (!id || typeof uPlot !== "function") return;
+  if (!force && d.id === id && Date.now() - d.fetchedAt < CHARTS_REFRESH_MS) return;
+  Object.assign(d, { id, fetchedAt: Date.now() });
+  try {
+    const { data } = await api(`usage${query({ chargerId: id, from: periodStart(30).toISOString(), timezone: TIME_ZONE })}`, { signal });
+    if (state.selected !== id) return;
+    setText($("detail-energy-note"), `Last 30 days: ${number.format(data.energyKwh)} kWh in ${data.sessions} session${data.sessions === 1 ? "" : "s"}, utilization ${data.utilization === null ? "–" : percent.format(data.utilization)}.`);
+    dayBars($("chart-detail-energy"), data.days, "energyKwh", "Energy", " kWh", 1, 160);
+  } catch (error) {
+    if (error.name === "AbortError" || (error instanceof ApiError && error.status === 401)) throw error;
+    d.fetchedAt = 0;
+    setText($("detail-energy-note"), `Energy unavailable: ${error instanceof ApiError ? error.problem.detail || error.problem.title : error.message}`);
+  }
+}
+
 // --- wiring -------------------------------------------------------------------------------
 
 function wire() {
@@ -1159,6 +1601,15 @@ function wire() {
     refreshNow();
   });
 
+  for (const tab of document.querySelectorAll(".view-tab")) tab.addEventListener("click", () => showView(tab.dataset.view));
+  $("charts-filters").addEventListener("submit", (event) => event.preventDefault());
+  $("charts-scope").addEventListener("change", (event) => setChartsScope(event.target.value));
+  $("charts-days").addEventListener("change", (event) => {
+    state.charts.days = Number(event.target.value) || 30;
+    writeUrl();
+    refreshCharts(undefined, true).catch(chartsFailed);
+  });
+  $("detail-usage").addEventListener("click", () => state.selected && setChartsScope(`charger:${state.selected}`));
   $("detail-close").addEventListener("click", closeDetail);
   $("detail-backdrop").addEventListener("click", closeDetail);
   $("cfg-toggle").addEventListener("click", () => {
@@ -1213,6 +1664,7 @@ function main() {
   syncFilterForm();
   $("f-search").value = state.filters.q;
   wire();
+  showView(state.view);
   const saved = localStorage.getItem(TOKEN_KEY);
   if (!saved) {
     showSignIn();

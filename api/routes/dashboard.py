@@ -4,6 +4,7 @@ Nothing is built or fetched at run time (operators' sites may have no internet).
 names each asset with a content hash (``app.js?v=<hash>``), so assets are cached for a year
 and the page itself is revalidated on every load: an upgrade shows at the next reload. A
 strict Content-Security-Policy keeps the page to its own origin, since it holds a token.
+The charts are drawn by uPlot, a charting library kept as one of these assets (no CDN).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ INDEX = "index.html"
 ASSET_TYPES = {
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    # uPlot, the charting library, vendored as published (MIT; version in its header).
+    "uplot.iife.min.js": "text/javascript; charset=utf-8",
+    "uplot.min.css": "text/css; charset=utf-8",
 }
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
