@@ -122,13 +122,17 @@ def test_two_servers_on_one_port_are_refused_before_anything_starts(tmp_path: Pa
     ]
 
 
-def _serving(api_port: int, process: subprocess.Popen[bytes], timeout: float) -> bool:
+def _serving(api_port: int, process: subprocess.Popen[bytes], timeout: float, *others: int) -> bool:
+    """The API answers healthy and every port in ``others`` accepts connections (the bridge
+    starts after the API, so a healthy API alone does not mean the OCPP port is open)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return False
-        with contextlib.suppress(httpx.HTTPError):
+        with contextlib.suppress(httpx.HTTPError, OSError):
             if httpx.get(f"http://127.0.0.1:{api_port}/api/v1/health", timeout=1).is_success:
+                for port in others:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 return True
         time.sleep(0.1)
     return False
@@ -162,7 +166,7 @@ def test_after_kill_9_the_platform_restarts_at_once_on_the_same_ports(tmp_path: 
     second: subprocess.Popen[bytes] | None = None
     clients: list[socket.socket] = []
     try:
-        assert _serving(api, first, 120), (tmp_path / "first.log").read_text()
+        assert _serving(api, first, 120, ocpp, mqtt), (tmp_path / "first.log").read_text()
         # Connections to every server, so the killed process leaves them in TIME_WAIT.
         clients = [socket.create_connection(("127.0.0.1", port)) for port in (api, ocpp, mqtt)]
         clients[0].sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -178,7 +182,7 @@ def test_after_kill_9_the_platform_restarts_at_once_on_the_same_ports(tmp_path: 
         # Refused ports made the restart exit at once; now it serves (as fast as the
         # machine starts it: generous bound for loaded CI machines).
         second = _start(argv, tmp_path / "second.log")
-        assert _serving(api, second, 120), (tmp_path / "second.log").read_text()
+        assert _serving(api, second, 120, ocpp, mqtt), (tmp_path / "second.log").read_text()
         assert not _process_alive(broker_pid)  # the killed process's broker died with it
     finally:
         for process in (first, second):
