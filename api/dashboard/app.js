@@ -812,13 +812,14 @@ function createConnectorRow(id) {
 }
 
 function fillConnectorSelect(ids) {
-  const select = $("cmd-unlock-connector");
-  const signature = ids.join(",");
-  if (select.dataset.sig === signature) return;
-  select.dataset.sig = signature;
-  const value = select.value;
-  select.replaceChildren(...(ids.length ? ids : ["1"]).map((id) => h("option", { value: id, text: `Connector ${id}` })));
-  if (ids.includes(value)) select.value = value;
+  for (const select of [$("cmd-unlock-connector"), $("cmd-schedule-connector")]) {
+    const signature = ids.join(",");
+    if (select.dataset.sig === signature) continue;
+    select.dataset.sig = signature;
+    const value = select.value;
+    select.replaceChildren(...(ids.length ? ids : ["1"]).map((id) => h("option", { value: id, text: `Connector ${id}` })));
+    if (ids.includes(value)) select.value = value;
+  }
 }
 
 function refusalText(refusal) {
@@ -1003,6 +1004,48 @@ const COMMANDS = {
     const requestedMessage = $("cmd-trigger-message").value;
     return { payload: { requestedMessage }, confirm: `Ask the charger to send ${requestedMessage} now.`, label: `Trigger ${requestedMessage}` };
   },
+  "get-diagnostics": () => {
+    const protocol = $("cmd-diagnostics-protocol").value;
+    return {
+      payload: protocol ? { protocol } : {},
+      confirm: "The charger uploads its diagnostics file to this platform (one-time grant); it appears under Diagnostics.",
+      label: "Get diagnostics",
+    };
+  },
+  "get-composite-schedule": () => {
+    const connectorId = Number($("cmd-schedule-connector").value || 1);
+    return {
+      payload: { connectorId, duration: 86400, chargingRateUnit: "A" },
+      confirm: `Read the charging schedule connector ${connectorId} follows for the next 24 hours.`,
+      label: `Schedule of connector ${connectorId}`,
+    };
+  },
+  "clear-charging-profile": () => {
+    const connectorId = Number($("cmd-schedule-connector").value || 1);
+    return {
+      payload: { connectorId },
+      confirm: `Remove every charging profile of connector ${connectorId}: it charges at its full rate until a new limit is set.`,
+      label: `Clear profiles of connector ${connectorId}`,
+    };
+  },
+  "cancel-reservation": () => {
+    const reservationId = Number($("cmd-reservation-id").value);
+    return {
+      payload: { reservationId },
+      confirm: `Cancel reservation ${reservationId}: its connector is free again for anyone.`,
+      label: `Cancel reservation ${reservationId}`,
+    };
+  },
+  "get-local-list-version": () => ({
+    payload: {},
+    confirm: "Read the version of the charger's local authorization list.",
+    label: "Local list version",
+  }),
+  "clear-cache": () => ({
+    payload: {},
+    confirm: "Clear the charger's authorization cache: idTags are checked online again.",
+    label: "Clear cache",
+  }),
 };
 
 async function runCommand(button) {
@@ -1016,7 +1059,8 @@ async function runCommand(button) {
   showResult(el, "busy", `${label}: waiting for the charger's answer…`);
   try {
     const { data } = await api(`chargers/${encodeURIComponent(id)}/commands/${name}`, { method: "POST", body: payload });
-    const answer = data?.response?.status ?? data?.status ?? (data ? JSON.stringify(data) : "done");
+    const response = data?.response;
+    const answer = response?.status ?? data?.status ?? (response ? JSON.stringify(response) : data ? JSON.stringify(data) : "done");
     showResult(el, String(answer).match(/Rejected|NotSupported|Failed/) ? "error" : "ok", `${label}: the charger answered ${answer}.`);
   } catch (error) {
     if (error instanceof ApiError && error.status === 409) showResult(el, "error", `${label}: the charger is offline, nothing was sent.`);

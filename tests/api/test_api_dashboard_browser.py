@@ -222,6 +222,16 @@ async def test_the_detail_panel_shows_pending_and_refused_desired_values(
         r'<tr[^>]*data-key="TurboMode"[^>]*class="refused"', dom
     )
     assert "1 pending · 1 refused" in element(dom, "cfg-summary")
+    # The remote operations an operator reaches for, for an online charger: shown, enabled,
+    # with the connector choices of its connectors.
+    assert not is_hidden(dom, "commands")
+    commands = re.search(r'<section[^>]*id="commands".*?</section>', dom, re.S)
+    assert commands
+    for label in ("Soft reset", "Get diagnostics", "Read schedule", "Clear profiles",
+                  "Cancel reservation", "Local list version", "Clear cache"):  # fmt: skip
+        button = re.search(rf"<button[^>]*>{label}</button>", commands.group(0))
+        assert button and "disabled" not in button.group(0), label
+    assert "Connector 1" in element(dom, "cmd-schedule-connector")
 
 
 @pytest.mark.parametrize(
