@@ -386,18 +386,33 @@ async def run_command(
     except Problem as problem:
         await record(Outcome.REJECTED, problem.status, problem.detail)
         raise
+    operations = backend.operations
+    assert operations is not None
+    fallback: str | None = None  # the other upload protocol, when the charger refuses one
     if command.name == "get-diagnostics" and "location" not in payload:
         asked = payload.pop("protocol", None)
         audited.pop("protocol", None)
         protocol = await _upload_protocol(backend, charger_id, asked)
         payload["location"] = await _diagnostics_location(backend, charger_id, protocol)
         audited["location"] = f"(upload grant for {protocol}, folder {charger_id})"
+        if asked is None:
+            fallback = "ftp" if protocol == "http" and operations.ftp_port else None
+            fallback = "http" if protocol == "ftp" else fallback
     payload.pop("protocol", None)  # ours, not OCPP's: with a location given it means nothing
     audited.pop("protocol", None)
-    operations = backend.operations
-    assert operations is not None
     try:
-        result = await operations.commands.send(charger_id, command.name, payload)
+        try:
+            result = await operations.commands.send(charger_id, command.name, payload)
+        except CommandError as exc:
+            if fallback is None or exc.code != 502:
+                raise
+            # A charger that takes only one protocol refuses the other's location (e.g.
+            # "Unsupported protocol"): ask once more with the other, each try audited.
+            await record(Outcome.REJECTED, 502, f"{exc.message}; asking again over {fallback}")
+            payload["location"] = await _diagnostics_location(backend, charger_id, fallback)
+            audited["location"] = f"(upload grant for {fallback}, folder {charger_id})"
+            log.info("%s: get-diagnostics refused; asking again over %s", charger_id, fallback)
+            result = await operations.commands.send(charger_id, command.name, payload)
     except CommandTimeoutError as exc:
         await record(Outcome.TIMEOUT, 504, exc.message)
         raise Problem(

@@ -156,3 +156,44 @@ async def test_get_diagnostics_sends_ftp_models_to_the_ftp_endpoint(
     backend.operations.ftp_port = 0  # an API without FTP refuses to promise it
     refused = await client.post(url, json={"protocol": "ftp"}, headers=auth("operator"))
     assert assert_problem(refused, 422)["errors"][0]["pointer"] == "/protocol"
+
+
+async def test_a_charger_that_refuses_one_protocol_is_asked_with_the_other(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    ftp: FtpUploads,
+    online_ftp_charger: str,
+    mosquitto_url: str,
+    topics: Topics,
+) -> None:
+    probe = MqttProbe(mosquitto_url)
+    await probe.subscribe(topics.command(online_ftp_charger))
+    url = f"/api/v1/chargers/{online_ftp_charger}/commands/get-diagnostics"
+    result_topic = f"{topics.command(online_ftp_charger)}/result"
+    try:
+        call = asyncio.create_task(client.post(url, json={}, headers=auth("operator")))
+        first = await probe.expect(topics.command(online_ftp_charger))
+        assert urlsplit(first["payload"]["location"]).scheme == "ftp"  # its model's default
+        await probe.publish(
+            result_topic,
+            {"clientToken": first["clientToken"], "name": first["name"], "status": "error",
+             "code": 502, "message": "NotSupported: Unsupported protocol",
+             "ocppError": "NotSupported"},
+        )  # fmt: skip
+        second = await probe.expect(topics.command(online_ftp_charger))
+        assert urlsplit(second["payload"]["location"]).scheme == "http"
+        await probe.publish(
+            result_topic,
+            {"clientToken": second["clientToken"], "name": second["name"], "status": "ok",
+             "response": {"fileName": "d.log"}},
+        )  # fmt: skip
+        answer = await call
+    finally:
+        probe.close()
+    assert answer.status_code == 200, answer.text
+    audit = (
+        await client.get(f"/api/v1/chargers/{online_ftp_charger}/audit", headers=auth("viewer"))
+    ).json()
+    tries = [(e["outcome"], e["patch"]["location"]) for e in reversed(audit)]
+    assert [o for o, _ in tries] == ["rejected", "accepted"]
+    assert "ftp" in tries[0][1] and "http" in tries[1][1]
