@@ -139,7 +139,10 @@ async def test_status_notification_reports_the_connector_and_an_event(
     }
     # Absent optional fields are sent as null, which deletes the old info in the shadow.
     assert unavailable["state"]["reported"]["connectors"]["1"]["info"] is None
-    events = watcher.on(topic(bridge, charger, "events", "status"))
+    # Events and shadow updates are separate publishes: wait for the second event too.
+    status_events = topic(bridge, charger, "events", "status")
+    await watcher.wait_for(status_events, lambda e: e["status"] == "Unavailable")
+    events = watcher.on(status_events)
     assert [(e["previous"], e["status"]) for e in events] == [
         (None, "Faulted"),
         ("Faulted", "Unavailable"),
