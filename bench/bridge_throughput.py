@@ -1,6 +1,7 @@
 """MeterValues per second through the bridge to MQTT, and frame-to-shadow latency.
 
     .venv/bin/python -m bench.bridge_throughput [--runs 3] [--chargers 200] [--frames 30000]
+        [--window 1]
 
 Needs ``mosquitto_sub``; the broker is a private Mosquitto (bench/brokers.py).
 Per run it starts, each as its
@@ -296,7 +297,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--chargers", type=int, default=200)
-    parser.add_argument("--window", type=int, default=2, help="frames in flight per charger")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=1,
+        help="frames in flight per charger (1, as OCPP-J allows a real charger)",
+    )
     parser.add_argument("--frames", type=int, default=30_000)
     parser.add_argument("--status-chargers", type=int, default=100)
     parser.add_argument("--status-rate", type=float, default=100.0)

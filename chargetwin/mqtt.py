@@ -40,6 +40,7 @@ from gmqtt import Message
 from gmqtt.mqtt.constants import MQTTv311
 
 from chargetwin import deliveries
+from chargetwin.coalesced_writes import coalesce_writes
 from chargetwin.outbox import Delivery, Outbox
 from chargetwin.readiness import SubscriberGate
 
@@ -333,6 +334,7 @@ class MqttClient:
             if not self._gate.is_open:
                 self._spawn(self._warn_while_gated())
         self.connections += 1
+        coalesce_writes(getattr(self._client, "_connection", None))
         self._resubscribed = []
         for topic_filter, (qos, _) in self._handlers.items():
             mid = self._client.subscribe(topic_filter, qos=qos)
