@@ -229,6 +229,13 @@ class TransactionEvents:
             session = await self.session(charger_id, transaction_id)
             assert session is not None  # just written, or by an identical earlier attempt
         else:
+            if id_token and not session.id_tag:
+                # A transaction that started at plug-in (TxStartPoint EVConnected) is
+                # authorized by a later event (E03): the session is that token's.
+                await self._db.execute(
+                    "UPDATE transactions SET id_tag = ? WHERE transaction_id = ? AND id_tag = ''",
+                    (str(id_token), session.session_id),
+                )
             if session.meter_start is None and reading is not None:
                 # The first reading of a transaction that started without one: the session
                 # counts energy from here, not from the register's 0.

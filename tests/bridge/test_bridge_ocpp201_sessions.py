@@ -29,16 +29,18 @@ async def test_plug_times_come_from_the_trigger_reasons(
     station = await open_station()
     tx = f"tx-{uuid.uuid4().hex[:8]}"
     t0 = round(datetime.now(UTC).timestamp()) - 600.0
-    # (seqNo, eventType, triggerReason, seconds after t0): the session starts at
-    # authorization, the cable goes in a minute later, the EV is detected later still (not
-    # the plug-in), communication is lost at unplugging, the EV departs after that.
+    # (seqNo, eventType, triggerReason, seconds after t0): the session starts at the
+    # cable check (EVSE-side, no token yet), the cable goes in a minute later, the driver's
+    # token comes after, the EV is detected later still (not the plug-in), communication is
+    # lost at unplugging, the EV departs after that.
     events = [
-        (0, "Started", "Authorized", 0),
+        (0, "Started", "ChargingStateChanged", 0),
         (1, "Updated", "CablePluggedIn", 60),
-        (2, "Updated", "EVDetected", 70),
-        (3, "Updated", "ChargingStateChanged", 80),
-        (4, "Updated", "EVCommunicationLost", 400),
-        (5, "Ended", "EVDeparted", 420),
+        (2, "Updated", "Authorized", 65),
+        (3, "Updated", "EVDetected", 70),
+        (4, "Updated", "ChargingStateChanged", 80),
+        (5, "Updated", "EVCommunicationLost", 400),
+        (6, "Ended", "EVDeparted", 420),
     ]
     for seq_no, kind, trigger, after in events:
         await station.call(
@@ -50,6 +52,7 @@ async def test_plug_times_come_from_the_trigger_reasons(
                 transaction_info={"transaction_id": tx},
                 evse={"id": 1, "connector_id": 1},
                 meter_value=[energy(1000.0 + 10 * seq_no)],
+                **({"id_token": {"id_token": "TAG-9", "type": "ISO14443"}} if seq_no == 2 else {}),
             )
         )
     stopped = await watcher.wait_for(
@@ -66,6 +69,7 @@ async def test_plug_times_come_from_the_trigger_reasons(
     assert row["plug_start_datetime"] == at(t0 + 60)
     assert row["plug_end_datetime"] == at(t0 + 400)
     assert row["charge_start_datetime"] == at(t0)
+    assert row["id_tag"] == "TAG-9"  # authorized after the start: the session is the token's
 
 
 async def test_a_session_without_plug_reports_leaves_the_plug_times_empty(
