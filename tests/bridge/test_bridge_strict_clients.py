@@ -15,14 +15,21 @@ import asyncio
 import json
 import shutil
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, MqttWatcher, RunningTwin, register
+from conftest import BROKER_URL, PASSWORD, MqttWatcher, RunningTwin, register
 
 from bridge import Bridge
+from chargetwin.mqtt import MqttClient
 from fleet.sessions import find_sessions
+from rules.points import Selection
+from rules.recorders import Recorder
+from rules.series import SeriesStore
+from rules.spools import Spool
+from rules.sqlite_series import SQLiteSeriesStore
 
 NODE = shutil.which("node")
 CLIENTS = Path(__file__).resolve().parents[1] / "strict_clients"
@@ -74,8 +81,36 @@ async def shadow_over_mqtt(bridge: Bridge, watcher: MqttWatcher, charger_id: str
     )
 
 
+@pytest.fixture
+async def recorded(bridge: Bridge, tmp_path: Path) -> AsyncIterator[SeriesStore]:
+    """The recorder (``chargetwin rules``' half that writes) on the bridge's topics, into an
+    embedded series store: what the bridge publishes, as rules will read it."""
+    store = SQLiteSeriesStore(tmp_path / "series.db")
+    await store.open()
+    mqtt = MqttClient(BROKER_URL, f"strict-recorder-{uuid.uuid4().hex[:8]}")
+    await mqtt.connect()
+    recorder = Recorder(store, Spool(tmp_path / "spool", max_bytes=1 << 20), bridge.topics)
+    await recorder.start(mqtt)
+    yield store
+    await recorder.stop()
+    await mqtt.disconnect()
+    await store.close()
+
+
+async def wait_recorded(store: SeriesStore, selection: Selection, points: int) -> list[Any]:
+    """Every point of ``selection`` once there are ``points`` of them, as (labels, time, value)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:
+        groups = await store.points(selection, 0, 2**62)
+        found = [(dict(labels), t, v) for labels, pts in groups.items() for t, v in pts]
+        if len(found) >= points or loop.time() > deadline:
+            return found
+        await asyncio.sleep(0.05)
+
+
 async def test_a_strict_2_0_1_station_boots_charges_and_reports(
-    bridge: Bridge, twin: RunningTwin, watcher: MqttWatcher
+    bridge: Bridge, twin: RunningTwin, watcher: MqttWatcher, recorded: SeriesStore
 ) -> None:
     charger_id = f"strict-{uuid.uuid4().hex[:8]}"
     report = await run_station(bridge, charger_id, "ocpp2.0.1")
@@ -124,6 +159,30 @@ async def test_a_strict_2_0_1_station_boots_charges_and_reports(
     assert record["id_tag"] == "STRICT-TAG"
     assert record["plug_start_datetime"] is not None and record["plug_end_datetime"] is not None
     assert record["plug_start_datetime"] <= record["plug_end_datetime"]
+
+    # Recorded from MQTT: the device event, and meter values with their EVSE.
+    tags = ("charger", "key", "component", "variable", "connector", "evse", "evse_connector")
+    [(labels, _, state)] = await wait_recorded(
+        recorded, Selection("device_events", "state", group_by=tags), 1
+    )
+    assert state == "true"
+    assert labels == {
+        "charger": charger_id, "key": "Connector@1.1/Problem", "component": "Connector",
+        "variable": "Problem", "connector": "1", "evse": "1", "evse_connector": "1",
+    }  # fmt: skip
+    [(_, _, code)] = await wait_recorded(recorded, Selection("device_events", "tech_code"), 1)
+    assert code == "E-17"
+    energy = Selection(
+        "meter_values",
+        "value",
+        {"measurand": ("Energy.Active.Import.Register",)},
+        ("charger", "connector", "evse"),
+    )
+    readings = await wait_recorded(recorded, energy, 4)
+    assert sorted(v for _, _, v in readings) == [1000.0, 2500.0, 2600.0, 4000.0]
+    assert {tuple(sorted(labels.items())) for labels, _, _ in readings} == {
+        (("charger", charger_id), ("connector", "1"), ("evse", "1")),
+    }
 
 
 async def test_a_strict_1_6_station_boots_and_charges(
