@@ -129,7 +129,7 @@ def status(charger: Mapping[str, str], body: dict[str, Any], now: float) -> list
 
 
 def device_event(charger: Mapping[str, str], body: dict[str, Any], now: float) -> list[Point]:
-    """A 2.0.1 NotifyEvent's eventData (OCPP 2.0.1 section 2.24 EventDataType): one point
+    """A 2.0.1 NotifyEvent's eventData (OCPP 2.0.1 part 2, EventDataType): one point
     per event, its series the station's component and variable. ``state`` is the actual
     value, or ``cleared`` when the event reports a return to normal, so a rule that holds
     on a value resolves on the clearing whatever value the station sends with it."""

@@ -16,9 +16,9 @@ written and are idempotent themselves (a start with the same key returns the sam
 a stop writes the same values), so a failure between them loses nothing: the station sends
 the event again and it is applied again.
 
-Plug-in and plug-out times: the time of the first event whose ``triggerReason`` is
+Plug-in and plug-out times: the time of the earliest event whose ``triggerReason`` is
 CablePluggedIn or EVDetected (plug-in), EVCommunicationLost or EVDeparted (plug-out), in
-the session's ``plug_start`` / ``plug_end`` (OCPP 2.0.1 E02, E07, TriggerReasonEnumType).
+the session's ``plug_start`` / ``plug_end`` (OCPP 2.0.1 TriggerReasonEnumType).
 
 Energy: ``meterStart`` and ``meterStop`` are the ``Energy.Active.Import.Register`` readings
 (Wh) of the first and last events that carry one (OCPP 2.0.1 SampledDataCtrlr
@@ -230,8 +230,8 @@ class TransactionEvents:
             assert session is not None  # just written, or by an identical earlier attempt
         else:
             if id_token and not session.id_tag:
-                # A transaction that started at plug-in (TxStartPoint EVConnected) is
-                # authorized by a later event (E03): the session is that token's.
+                # A transaction that started at plug-in (TxStartPoint EVConnected, E02
+                # "cable plugin first") is authorized by a later event: the token's session.
                 await self._db.execute(
                     "UPDATE transactions SET id_tag = ? WHERE transaction_id = ? AND id_tag = ''",
                     (str(id_token), session.session_id),
