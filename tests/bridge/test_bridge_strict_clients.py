@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +26,9 @@ from conftest import BROKER_URL, PASSWORD, MqttWatcher, RunningTwin, register
 from bridge import Bridge
 from chargetwin.mqtt import MqttClient
 from fleet.sessions import find_sessions
+from rules.alerts import AlertStore
+from rules.engine import Engine
+from rules.files import bundled_pack, load_rules
 from rules.points import Selection
 from rules.recorders import Recorder
 from rules.series import SeriesStore
@@ -183,6 +187,18 @@ async def test_a_strict_2_0_1_station_boots_charges_and_reports(
     assert {tuple(sorted(labels.items())) for labels, _, _ in readings} == {
         (("charger", charger_id), ("connector", "1"), ("evse", "1")),
     }
+
+    # The bundled pack's rule over the recorded event: the connector's problem fires once
+    # it has held for 30 s.
+    engine = Engine(recorded, AlertStore(bridge.db), load_rules([bundled_pack()]))
+    await engine.load()
+    await engine.evaluate(time.time() + 60)
+    [problem] = engine.firing("PortProblem")
+    assert dict(problem.labels) == {
+        "alertname": "PortProblem", "charger": charger_id, "connector": "1",
+        "component": "Connector", "key": "Connector@1.1/Problem", "severity": "critical",
+        "scope": "connector",
+    }  # fmt: skip
 
 
 async def test_a_strict_1_6_station_boots_and_charges(
