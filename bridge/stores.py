@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.times import iso_time
-from chargetwin.database import Database, DatabaseError
+from chargetwin.database import Database, DatabaseError, SQLiteDatabase
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,15 @@ CREATE TABLE IF NOT EXISTS transactions (
     stop_reason TEXT,
     stop_id_tag TEXT,
     created_at DOUBLE PRECISION NOT NULL,
+    plug_start DOUBLE PRECISION,
+    plug_end DOUBLE PRECISION,
     UNIQUE (charger_id, connector_id, id_tag, meter_start, started_at)
 )
 """
+# Columns added since the table was first made: added to an older table on start-up.
+# Plug-in and plug-out times (EV-ChART plug_start/plug_end), which OCPP 2.0.1 stations
+# report through TransactionEvent triggerReason and 1.6 chargers do not.
+TRANSACTIONS_ADDED_COLUMNS = (("plug_start", "DOUBLE PRECISION"), ("plug_end", "DOUBLE PRECISION"))
 
 # The last transaction id handed out, one row: several bridges allocate from it at once
 # (an UPDATE ... RETURNING takes the row's lock, so each gets its own id, in order), where
@@ -88,6 +94,7 @@ class TransactionStore:
 
     async def create_schema(self) -> None:
         await self._db.execute(TRANSACTIONS_SCHEMA)
+        await self._add_columns()
         await self._db.execute(TRANSACTION_IDS_SCHEMA)
         # Seeded from the transactions already there (a database from before the counter).
         await self._db.execute(
@@ -96,6 +103,28 @@ class TransactionStore:
             " WHERE true ON CONFLICT DO NOTHING",  # WHERE: SQLite's parser needs it here
             (_COUNTER,),
         )
+
+    async def _add_columns(self) -> None:
+        """The columns of TRANSACTIONS_ADDED_COLUMNS on a table made before them."""
+        if not isinstance(self._db, SQLiteDatabase):
+            for name, kind in TRANSACTIONS_ADDED_COLUMNS:
+                await self._db.execute(
+                    f"ALTER TABLE transactions ADD COLUMN IF NOT EXISTS {name} {kind}"
+                )
+            return
+        for name, kind in TRANSACTIONS_ADDED_COLUMNS:
+            if name in await self._sqlite_columns():
+                continue
+            try:
+                await self._db.execute(f"ALTER TABLE transactions ADD COLUMN {name} {kind}")
+            except DatabaseError:
+                # The bridge and the API of one process both create this schema: the other
+                # may have added the column since we looked.
+                if name not in await self._sqlite_columns():
+                    raise
+
+    async def _sqlite_columns(self) -> set[str]:
+        return {str(r[1]) for r in await self._db.fetchall("PRAGMA table_info(transactions)")}
 
     async def start(
         self,
@@ -188,19 +217,33 @@ class TransactionStore:
             started_at=float(started_at),
         )
 
+    async def plugged(
+        self, charger_id: str, transaction_id: int, start: float | None, end: float | None
+    ) -> None:
+        """Record when the vehicle was plugged in (``start``) or out (``end``): the earliest
+        report of each counts, so an event sent again or out of order changes nothing."""
+        for column, at in (("plug_start", start), ("plug_end", end)):
+            if at is None:
+                continue
+            await self._db.execute(
+                f"UPDATE transactions SET {column} = ? WHERE transaction_id = ?"
+                f" AND charger_id = ? AND ({column} IS NULL OR {column} > ?)",
+                (at, transaction_id, charger_id, at),
+            )
+
     async def get(self, transaction_id: int) -> dict[str, Any] | None:
         """One transaction as a dict (for tests and tools)."""
         row = await self._db.fetchone(
             "SELECT transaction_id, charger_id, connector_id, id_tag, meter_start, started_at,"
-            " meter_stop, stopped_at, stop_reason, stop_id_tag FROM transactions"
-            " WHERE transaction_id = ?",
+            " meter_stop, stopped_at, stop_reason, stop_id_tag, plug_start, plug_end"
+            " FROM transactions WHERE transaction_id = ?",
             (transaction_id,),
         )
         if row is None:
             return None
         names = (
             "transactionId", "chargerId", "connectorId", "idTag", "meterStart", "startedAt",
-            "meterStop", "stoppedAt", "stopReason", "stopIdTag",
+            "meterStop", "stoppedAt", "stopReason", "stopIdTag", "plugStart", "plugEnd",
         )  # fmt: skip
         return dict(zip(names, row, strict=True))
 

@@ -2,13 +2,16 @@
 values in the time-series store, as EV-ChART session records.
 
 EV-ChART field names are kept as they are (snake_case) so an operator can file the CSV
-as it is. What OCPP 1.6 does not tell, we leave empty rather than guess: plug-in and
-plug-out times (``plug_start_datetime``/``plug_end_datetime``) are not in a transaction.
+as it is. What a charger does not tell, we leave empty rather than guess: plug-in and
+plug-out times (``plug_start_datetime``/``plug_end_datetime``) come from OCPP 2.0.1
+stations' TransactionEvent trigger reasons (bridge.v201.transactions); an OCPP 1.6
+transaction does not have them.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -58,6 +61,8 @@ class Session:
     stopped_at: float | None
     stop_reason: str | None
     peak_kw: float | None = None
+    plug_start: float | None = None
+    plug_end: float | None = None
 
     @property
     def energy_kwh(self) -> float | None:
@@ -80,8 +85,8 @@ class Session:
             "charger_id": self.charger_id,
             "port_id": f"{self.charger_id}/{self.connector_id}",
             "connector_id": self.connector_id,
-            "plug_start_datetime": None,
-            "plug_end_datetime": None,
+            "plug_start_datetime": _iso(self.plug_start),
+            "plug_end_datetime": _iso(self.plug_end),
             "charge_start_datetime": _iso(self.started_at),
             "charge_end_datetime": _iso(self.stopped_at),
             "session_duration": (
@@ -107,7 +112,7 @@ def _iso(moment: float | None) -> str | None:
 
 _COLUMNS = (
     "transaction_id, charger_id, connector_id, id_tag, meter_start, started_at, meter_stop,"
-    " stopped_at, stop_reason"
+    " stopped_at, stop_reason, plug_start, plug_end"
 )
 
 
@@ -147,7 +152,7 @@ async def find_sessions(
     sessions = [
         Session(int(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4]), float(r[5]),
                 None if r[6] is None else int(r[6]), None if r[7] is None else float(r[7]),
-                r[8])
+                r[8], None, _float_or_none(r[9]), _float_or_none(r[10]))
         for r in rows
     ]  # fmt: skip
     return sessions, int(count[0]) if count else 0
@@ -183,11 +188,11 @@ async def with_peaks(store: SeriesStore, sessions: Sequence[Session], now: float
 
 
 def _replace_peak(session: Session, peak: float | None) -> Session:
-    return Session(
-        session.transaction_id, session.charger_id, session.connector_id, session.id_tag,
-        session.meter_start, session.started_at, session.meter_stop, session.stopped_at,
-        session.stop_reason, peak,
-    )  # fmt: skip
+    return dataclasses.replace(session, peak_kw=peak)
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def to_csv(rows: Iterable[dict[str, Any]], fields: Sequence[str]) -> str:

@@ -75,6 +75,12 @@ def meter_values(charger: Mapping[str, str], body: dict[str, Any], now: float) -
     if connector is not None and (text := str(connector)):
         series["connector"] = text
         known = known and is_known_tag_value(text)
+    # A 2.0.1 station's meter values name their EVSE (the port, so also ``connector``);
+    # 1.6 ones carry no evseId and keep their series as they were.
+    evse = body.get("evseId")
+    if evse is not None and (text := str(evse)):
+        series["evse"] = text
+        known = known and is_known_tag_value(text)
     out = []
     for sample in body.get("values") or ():
         if not isinstance(sample, dict):
@@ -116,6 +122,42 @@ def status(charger: Mapping[str, str], body: dict[str, Any], now: float) -> list
             "error_code": body.get("errorCode"),
             "info": body.get("info"),
             "vendor_error_code": body.get("vendorErrorCode"),
+        },
+        to_ns(body.get("timestamp"), now),
+    )
+    return [point] if point else []
+
+
+def device_event(charger: Mapping[str, str], body: dict[str, Any], now: float) -> list[Point]:
+    """A 2.0.1 NotifyEvent's eventData (OCPP 2.0.1 part 2, EventDataType): one point
+    per event, its series the station's component and variable. ``state`` is the actual
+    value, or ``cleared`` when the event reports a return to normal, so a rule that holds
+    on a value resolves on the clearing whatever value the station sends with it."""
+    cleared = body.get("cleared") is True
+    actual = _text(body.get("actualValue"))
+    evse = body.get("evseId")
+    point = make_point(
+        "device_events",
+        {
+            **charger,
+            "key": body.get("key"),
+            "component": body.get("component"),
+            "variable": body.get("variable"),
+            # The port identity of every measurement: the EVSE is the port (connector).
+            "connector": evse,
+            "evse": evse,
+            "evse_connector": body.get("evseConnectorId"),
+        },
+        {
+            "state": "cleared" if cleared else actual,
+            "actual_value": actual,
+            "cleared": cleared,
+            "trigger": _text(body.get("trigger")),
+            "tech_code": _text(body.get("techCode")),
+            "tech_info": _text(body.get("techInfo")),
+            "event_id": _text(body.get("eventId")),
+            "notification_type": _text(body.get("notificationType")),
+            "transaction_id": _text(body.get("transactionId")),
         },
         to_ns(body.get("timestamp"), now),
     )
@@ -233,6 +275,7 @@ CONVERTERS: dict[str, Converter] = {
     "events/firmware": firmware,
     "events/diagnostics": diagnostics,
     "events/clockSkew": clock_skew,
+    "events/deviceEvent": device_event,
     "presence": presence,
     # The twin's record of every change of reported.connection (docs/mqtt.md): the same
     # point as the bridge's presence when the bridge made the change, so the store keeps one.

@@ -16,6 +16,10 @@ written and are idempotent themselves (a start with the same key returns the sam
 a stop writes the same values), so a failure between them loses nothing: the station sends
 the event again and it is applied again.
 
+Plug-in and plug-out times: the time of the earliest event whose ``triggerReason`` is
+CablePluggedIn or EVDetected (plug-in), EVCommunicationLost or EVDeparted (plug-out), in
+the session's ``plug_start`` / ``plug_end`` (OCPP 2.0.1 TriggerReasonEnumType).
+
 Energy: ``meterStart`` and ``meterStop`` are the ``Energy.Active.Import.Register`` readings
 (Wh) of the first and last events that carry one (OCPP 2.0.1 SampledDataCtrlr
 TxStartedMeasurands / TxEndedMeasurands); a transaction without any reading starts at 0.
@@ -56,6 +60,12 @@ CREATE TABLE IF NOT EXISTS transaction_events_201 (
 )
 """,
 )
+
+# TriggerReasonEnumType values that tell when the vehicle was plugged in and out (EV-ChART
+# plug_start / plug_end). "EVConnected" is a ChargingState and TxStartPoint, not a trigger
+# reason: a transaction that starts at plug-in says so with CablePluggedIn or EVDetected.
+PLUG_IN_TRIGGERS = frozenset({"CablePluggedIn", "EVDetected"})
+PLUG_OUT_TRIGGERS = frozenset({"EVCommunicationLost", "EVDeparted"})
 
 ENERGY_REGISTER = "Energy.Active.Import.Register"
 # OCPP 2.0.1 ReasonEnumType: stoppedReason "may only be omitted when the Reason is Local".
@@ -219,6 +229,13 @@ class TransactionEvents:
             session = await self.session(charger_id, transaction_id)
             assert session is not None  # just written, or by an identical earlier attempt
         else:
+            if id_token and not session.id_tag:
+                # A transaction that started at plug-in (TxStartPoint EVConnected, E02
+                # "cable plugin first") is authorized by a later event: the token's session.
+                await self._db.execute(
+                    "UPDATE transactions SET id_tag = ? WHERE transaction_id = ? AND id_tag = ''",
+                    (str(id_token), session.session_id),
+                )
             if session.meter_start is None and reading is not None:
                 # The first reading of a transaction that started without one: the session
                 # counts energy from here, not from the register's 0.
@@ -233,6 +250,14 @@ class TransactionEvents:
                 " meter_last = COALESCE(?, meter_last)"
                 " WHERE charger_id = ? AND transaction_id = ?",
                 (evse_id, connector_id, reading, reading, charger_id, transaction_id),
+            )
+        trigger = event.get("triggerReason")
+        if trigger in PLUG_IN_TRIGGERS or trigger in PLUG_OUT_TRIGGERS:
+            await self._sessions.plugged(
+                charger_id,
+                session.session_id,
+                at if trigger in PLUG_IN_TRIGGERS else None,
+                at if trigger in PLUG_OUT_TRIGGERS else None,
             )
         if event["eventType"] == "Ended":
             row = await self._db.fetchone(

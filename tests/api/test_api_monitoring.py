@@ -102,6 +102,11 @@ async def monitored(
     await transactions.stop(
         "CP-1", two.transaction_id, 5000, t("2026-10-06 08:30"), "PowerLoss", None
     )
+    # As an OCPP 2.0.1 station reports them (bridge.v201.transactions): plugged in before
+    # the charge, out after it.
+    await transactions.plugged(
+        "CP-1", two.transaction_id, t("2026-10-06 07:58"), t("2026-10-06 08:41")
+    )
     await transactions.start("CP-2", 1, "TAG1", 0, t("2026-09-01 08:00"))  # still open
     return backend
 
@@ -170,6 +175,9 @@ async def test_api_monitoring_sessions_json_and_csv(
     assert (second["successful_completion"], second["error_code"], second["peak_kw"]) == (
         False, "PowerLoss", None,
     )  # fmt: skip
+    assert (second["plug_start_datetime"], second["plug_end_datetime"]) == (
+        "2026-10-06T07:58:00Z", "2026-10-06T08:41:00Z",
+    )  # fmt: skip
 
     async def tags(**params: Any) -> list[str]:
         got = await client.get("/api/v1/sessions", params=params, headers=viewer)
@@ -203,7 +211,10 @@ async def test_api_monitoring_sessions_json_and_csv(
         assert (rows[1]["energy_kwh"], rows[1]["peak_kw"], rows[1]["successful_completion"]) == (
             "10.0", "11.0", "true",
         )  # fmt: skip
-        assert rows[0]["plug_start_datetime"] == ""
+        assert (rows[0]["plug_start_datetime"], rows[0]["plug_end_datetime"]) == (
+            "2026-10-06T07:58:00Z", "2026-10-06T08:41:00Z",
+        )  # fmt: skip
+        assert (rows[1]["plug_start_datetime"], rows[1]["plug_end_datetime"]) == ("", "")
 
 
 async def test_api_monitoring_kpis(

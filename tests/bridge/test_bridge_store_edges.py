@@ -91,3 +91,41 @@ async def test_two_bridges_starting_many_transactions_at_once_each_get_an_id(
         await second.close()
     ids = [s.transaction_id for s in started]
     assert len(set(ids)) == 200 and not any(s.retried for s in started)
+
+
+async def test_a_transactions_table_from_before_plug_times_gets_their_columns(
+    database_url: str,
+) -> None:
+    """An installation upgraded from before plug-in / plug-out times: the bridge (and the
+    API, which makes the same schema) adds the columns to the table it finds, once, and
+    the plug times of its old and new sessions can be written and read."""
+    from chargetwin.database import connect
+
+    db = connect(database_url)
+    await db.open()
+    try:
+        await db.execute(
+            "CREATE TABLE transactions (transaction_id INTEGER PRIMARY KEY,"
+            " charger_id TEXT NOT NULL, connector_id INTEGER NOT NULL, id_tag TEXT NOT NULL,"
+            " meter_start BIGINT NOT NULL, started_at DOUBLE PRECISION NOT NULL,"
+            " reservation_id INTEGER, meter_stop BIGINT, stopped_at DOUBLE PRECISION,"
+            " stop_reason TEXT, stop_id_tag TEXT, created_at DOUBLE PRECISION NOT NULL,"
+            " UNIQUE (charger_id, connector_id, id_tag, meter_start, started_at))"
+        )
+        await db.execute(
+            "INSERT INTO transactions (transaction_id, charger_id, connector_id, id_tag,"
+            " meter_start, started_at, created_at) VALUES (7, 'CP-1', 1, 'T', 0, 1.7e9, 1.7e9)"
+        )
+        store = TransactionStore(db)
+        await store.create_schema()
+        await TransactionStore(db).create_schema()  # the API of the same process: no error
+        old = await store.get(7)
+        assert old is not None and (old["plugStart"], old["plugEnd"]) == (None, None)
+        await store.plugged("CP-1", 7, 1.7e9 + 30, None)
+        await store.plugged("CP-1", 7, 1.7e9 + 90, 1.7e9 + 600)  # later plug-in: not it
+        await store.plugged("CP-2", 7, 1.7e9 + 1, None)  # another charger's: ignored
+        plugged = await store.get(7)
+        assert plugged is not None
+        assert (plugged["plugStart"], plugged["plugEnd"]) == (1.7e9 + 30, 1.7e9 + 600)
+    finally:
+        await db.close()

@@ -132,6 +132,17 @@ POISONS: list[tuple[str, bytes, str]] = [
     ("events/status", b'{"connectorId": "1\\n2", "status": "Faulted"}', "control character"),
     ("events/status", json.dumps({"status": "x" * 70_000}).encode(), "bytes long"),
     ("events/transaction", json.dumps(STOPPED_HUGE).encode(), "beyond any float"),
+    (
+        "events/deviceEvent",
+        b'{"key": "Connector@1/Problem\\n", "actualValue": "true"}',
+        "control character",
+    ),
+    (
+        "events/deviceEvent",
+        json.dumps({"key": "A/B", "techInfo": "x" * 70_000}).encode(),
+        "bytes long",
+    ),
+    ("events/deviceEvent", b'{"key": "A/B", "actualValue": "on\\ud800"}', "surrogate"),
     ("events/boot", b"not json", "not JSON"),
     ("events/boot", b"[1, 2]", "not an object"),
     ("events/boot", b"[" * 100_000 + b"]" * 100_000, "not JSON"),
@@ -168,6 +179,23 @@ def test_rules_measurements_keep_the_good_values_of_a_message_with_a_bad_one() -
     # A charger id that cannot be a tag (MQTT topics may hold a newline) refuses the points.
     points, rejections = convert("p", "p/chargers/CP\n1/events/boot", b"{}", T0)
     assert not points and "control character" in rejections[0].reason
+
+
+def test_rules_measurements_keep_device_event_fields_of_one_type() -> None:
+    """A device event's fields are strings (but ``cleared``) whatever JSON type a publisher
+    gave them, so InfluxDB never meets one field with two types."""
+    body = {"key": "Fan/Speed", "component": "Fan", "variable": "Speed", "actualValue": 1200,
+            "eventId": 7, "techCode": 17, "cleared": "yes", "timestamp": T0}  # fmt: skip
+    [point], rejections = convert(
+        "p", "p/chargers/CS-1/events/deviceEvent", json.dumps(body).encode(), T0
+    )
+    assert rejections == []
+    assert point.fields == {
+        "state": "1200", "actual_value": "1200", "cleared": 0.0, "tech_code": "17",
+        "event_id": "7",
+    }  # fmt: skip
+    assert point.tags == {"charger": "CS-1", "key": "Fan/Speed", "component": "Fan",
+                          "variable": "Speed"}  # fmt: skip
 
 
 def bad_points() -> list[Point]:

@@ -156,6 +156,94 @@ async def test_rules_recorder_writes_every_kind_of_message(
         await recorder.stop()
 
 
+async def test_rules_recorder_writes_2_0_1_meter_values_and_device_events(
+    series_store: SeriesStore, mqtt: MqttClient, probe: MqttProbe, prefix: str, tmp_path: Path
+) -> None:
+    """A 2.0.1 station's meter values carry the ``evse`` tag beside ``connector`` (1.6 ones
+    do not); its NotifyEvent data become ``device_events`` whose ``state`` is ``cleared``
+    on a return to normal."""
+    recorder = Recorder(series_store, Spool(tmp_path / "spool", max_bytes=1 << 20), Topics(prefix))
+    await recorder.start(mqtt)
+    try:
+        base = f"{prefix}/chargers/CS-2"
+        await probe.publish(f"{base}/telemetry/meterValues", {**meter_message(0, 2), "evseId": 2})
+        await probe.publish(f"{prefix}/chargers/CP-1/telemetry/meterValues", meter_message(1))
+        event = {
+            "key": "Connector@2.1/Problem",
+            "component": "Connector",
+            "variable": "Problem",
+            "evseId": 2,
+            "evseConnectorId": 1,
+            "eventId": 17,
+            "trigger": "Alerting",
+            "actualValue": "true",
+            "techCode": "E-42",
+            "techInfo": "latch stuck",
+            "cleared": False,
+            "notificationType": "HardWiredNotification",
+            "transactionId": None,
+            "timestamp": T0 + 10,
+        }
+        await probe.publish(f"{base}/events/deviceEvent", event)
+        cleared = {**event, "eventId": 18, "actualValue": "false", "cleared": True,
+                   "techCode": None, "techInfo": None, "timestamp": T0 + 20}  # fmt: skip
+        await probe.publish(f"{base}/events/deviceEvent", cleared)
+        station = {"key": "ChargingStation/Tampered", "component": "ChargingStation",
+                   "variable": "Tampered", "evseId": None, "evseConnectorId": None,
+                   "eventId": 3, "trigger": "Delta", "actualValue": "true",
+                   "timestamp": T0 + 30}  # fmt: skip
+        await probe.publish(f"{base}/events/deviceEvent", station)
+        await wait_for_count(series_store, "device_events", 3, "event_id")
+        await wait_for_count(series_store, "meter_values", 4)
+
+        by_evse = Selection(
+            "meter_values",
+            "value",
+            {"measurand": ("Current.Import",)},
+            ("charger", "connector", "evse"),
+        )
+        samples = await series_store.last(by_evse, None, 2**62)
+        assert sorted((dict(s.labels) for s in samples), key=lambda labels: labels["charger"]) == [
+            {"charger": "CP-1", "connector": "1", "evse": ""},
+            {"charger": "CS-2", "connector": "2", "evse": "2"},
+        ]
+
+        tags = ("charger", "key", "component", "variable", "connector", "evse", "evse_connector")
+        problem = {"variable": ("Problem",)}
+        groups = await series_store.points(
+            Selection("device_events", "state", problem, tags), 0, 2**62
+        )
+        [(labels, points)] = groups.items()
+        assert points == [(int((T0 + 10) * NS), "true"), (int((T0 + 20) * NS), "cleared")]
+        assert dict(labels) == {
+            "charger": "CS-2",
+            "key": "Connector@2.1/Problem",
+            "component": "Connector",
+            "variable": "Problem",
+            "connector": "2",
+            "evse": "2",
+            "evse_connector": "1",
+        }
+        [actual] = await series_store.last(
+            Selection("device_events", "actual_value", problem), None, 2**62
+        )
+        assert actual.value == "false"
+        [flag] = await series_store.last(
+            Selection("device_events", "cleared", problem), None, 2**62
+        )
+        assert flag.value == 1.0
+        [code] = await series_store.last(
+            Selection("device_events", "tech_code", problem), None, 2**62
+        )
+        assert code.value == "E-42" and code.time == int((T0 + 10) * NS)
+        [tamper] = await series_store.last(
+            Selection("device_events", "state", {"variable": ("Tampered",)}, tags), None, 2**62
+        )
+        assert tamper.value == "true" and dict(tamper.labels)["connector"] == ""
+    finally:
+        await recorder.stop()
+
+
 async def test_rules_recorder_survives_an_influxdb_outage(
     mqtt: MqttClient, probe: MqttProbe, prefix: str, tmp_path: Path
 ) -> None:
