@@ -102,6 +102,9 @@ class FirmwareReconciler:
         self._one_off = False
         self.sent: list[str] = []  # actions sent on this connection (for tests and logs)
 
+    # Statuses of an update under way, not asked again while fresh (OCPP 2.0.1 adds some).
+    in_progress: frozenset[str] = IN_PROGRESS
+
     # --- inputs --------------------------------------------------------------------------
     def booted(self, charge_point: Mapping[str, Any]) -> None:
         """The BootNotification's fields (``vendor``, ``model``, ``firmwareVersion``)."""
@@ -189,7 +192,7 @@ class FirmwareReconciler:
             self._not_running(version, (self._charge_point or {}).get("firmwareVersion"))
             return True
         fresh = updated_at > now() - STALE_PROGRESS_S
-        if ours and firmware.get("status") in IN_PROGRESS and fresh:
+        if ours and firmware.get("status") in self.in_progress and fresh:
             log.info(
                 "%s: firmware %s already %s; not asked again",
                 self.charger_id,

@@ -30,6 +30,7 @@ from bridge.tasks import TaskSet
 from bridge.times import now
 from bridge.v201.devicemodel import ReportTooLargeError
 from bridge.v201.endpoints import VERSION
+from bridge.v201.firmwares import StationFirmware
 from bridge.v201.handlers import StationHandler
 from bridge.v201.reconcilers import StationReconciler
 from bridge.v201.transactions import TransactionEvents
@@ -86,7 +87,7 @@ class StationConnection:
             charger_id,
             self.handler.request,
             services.reporter,
-            None,
+            services.firmware,
             self.handler.clock,
             self.accepted,
             # A function of the services, not a bound method: no reference cycle.
@@ -152,7 +153,15 @@ class StationConnection:
     def booted(self) -> None:
         self._accept()
         self.reconciler.booted()
+        firmware = self.reconciler.firmware
+        if isinstance(firmware, StationFirmware) and self.handler.charge_point is not None:
+            firmware.booted(self.handler.charge_point)
         self.reconciler.poke()
+
+    def firmware_status(self, status: str, request_id: int | None) -> None:
+        firmware = self.reconciler.firmware
+        if isinstance(firmware, StationFirmware):
+            self.tasks.spawn(firmware.progress(status, request_id), "firmware status")
 
     def boot_pending(self) -> None:
         self.tasks.spawn(self._read_device_model(), "device model")
