@@ -28,6 +28,7 @@ from bridge.limits import FloodGuard
 from bridge.stores import booted_before
 from bridge.tasks import TaskSet
 from bridge.times import now
+from bridge.v201.credentials import StationCredentials
 from bridge.v201.devicemodel import ReportTooLargeError
 from bridge.v201.endpoints import VERSION
 from bridge.v201.firmwares import StationFirmware
@@ -93,6 +94,9 @@ class StationConnection:
             # A function of the services, not a bound method: no reference cycle.
             stored_model=functools.partial(stored_device_model, services, charger_id),
         )
+        self.credentials = StationCredentials(
+            charger_id, self.handler.request, services.credentials, self.tasks
+        )
         self.device_model_reads = 0
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -157,6 +161,7 @@ class StationConnection:
         if isinstance(firmware, StationFirmware) and self.handler.charge_point is not None:
             firmware.booted(self.handler.charge_point)
         self.reconciler.poke()
+        self.credentials.poke()  # a password rotation waiting for this station
 
     def firmware_status(self, status: str, request_id: int | None) -> None:
         firmware = self.reconciler.firmware
@@ -228,7 +233,9 @@ class StationConnection:
 
     def on_command(self, payload: bytes) -> None:
         """Operator commands are not built for 2.0.1 yet: answered 501 at once, so the API
-        does not wait for its timeout."""
+        does not wait for its timeout. A password rotation is carried (credentials)."""
+        if self.credentials.claims(payload):
+            return
         try:
             request = json.loads(payload)
         except ValueError:
