@@ -19,7 +19,9 @@ again, ``InstalledButNotRunning``); what differs for 2.0.1:
   Installed: OCPP 2.0.1 use case L01, "Secure Firmware Update"): Installed
   after a boot on this connection that followed the request, with the booted
   ``firmwareVersion`` not the requested one, is ``InstalledButNotRunning`` at once;
-  Installed before any boot waits for the boot, as for 1.6.
+  Installed before any boot waits for the boot, as for 1.6. A boot on another version after
+  InstallRebooting (the station said it reboots to activate the image) is
+  ``InstalledButNotRunning`` too, without waiting for a notification that may never come.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class StationFirmware(FirmwareReconciler):
     """:class:`~bridge.firmwares.FirmwareReconciler` with the 2.0.1 call and notifications."""
 
     in_progress = IN_PROGRESS_201
+    # InstallRebooting: "about to reboot to activate new firmware" (FirmwareStatusEnumType).
+    boots_into = frozenset({"Installed", "InstallRebooting"})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -241,6 +241,28 @@ async def test_installed_but_booted_on_the_old_version_is_a_failure_at_once(
     assert rebooted.updates == []  # a failure is not retried until the operator asks again
 
 
+async def test_a_boot_on_the_old_version_after_install_rebooting_is_a_failure(
+    bridge: Bridge, open_station: OpenFirmwareStation, twin: RunningTwin, watcher: MqttWatcher
+) -> None:
+    """The station said it reboots to activate the image, then boots on the old one and
+    says nothing more: a failure at that boot, not after the hour without news."""
+    await add_image(bridge)
+    charger_id = f"fw-{uuid.uuid4().hex[:8]}"
+    station = await open_station(charger_id)
+    desire(watcher, bridge, charger_id, NEW)
+    async with asyncio.timeout(10):
+        await station.reported_all.wait()
+    await twin.wait_reported(
+        charger_id, lambda r: (r.get("firmware") or {}).get("status") == "InstallRebooting"
+    )
+    await station.ws.close()
+
+    rebooted = await open_station(charger_id, OLD)
+    reported = await twin.wait_reported(charger_id, refused)
+    assert refused(reported)["status"] == "InstalledButNotRunning"
+    assert rebooted.updates == []
+
+
 async def test_an_image_for_another_model_is_never_sent_to_a_station(
     bridge: Bridge, open_station: OpenFirmwareStation, twin: RunningTwin, watcher: MqttWatcher
 ) -> None:
