@@ -216,6 +216,40 @@ async def test_refusals_and_failures_of_our_request_are_recorded_not_retried(
     assert len(station.updates) == 2
 
 
+@pytest.mark.parametrize(
+    ("answer", "refusal"),
+    [
+        ("Rejected", "Rejected"),
+        ("RevokedCertificate", "RevokedCertificate"),
+        ("AcceptedCanceled", None),  # accepted: an update under way was cancelled for it
+    ],
+)
+async def test_the_answer_to_update_firmware_decides_whether_it_started(
+    bridge: Bridge,
+    open_station: OpenFirmwareStation,
+    twin: RunningTwin,
+    watcher: MqttWatcher,
+    answer: str,
+    refusal: str | None,
+) -> None:
+    await add_image(bridge)
+    charger_id = f"fw-{uuid.uuid4().hex[:8]}"
+    station = await open_station(charger_id)
+    station.answer = answer
+    desire(watcher, bridge, charger_id, NEW)
+    if refusal is None:
+        reported = await twin.wait_reported(
+            charger_id, lambda r: (r.get("firmware") or {}).get("requested")
+        )
+        assert reported["firmware"]["requested"]["requestId"] == station.updates[0]["requestId"]
+        assert not refused(reported)
+    else:
+        reported = await twin.wait_reported(charger_id, refused)
+        assert refused(reported)["status"] == refusal
+        assert refused(reported)["reason"] == "UpdateFirmware refused"
+        assert "requested" not in (reported.get("firmware") or {})
+
+
 async def test_installed_but_booted_on_the_old_version_is_a_failure_at_once(
     bridge: Bridge, open_station: OpenFirmwareStation, twin: RunningTwin, watcher: MqttWatcher
 ) -> None:
