@@ -10,17 +10,20 @@ came back with the old password (it lost it).
 Value on the wire (OCPP 1.6 security whitepaper, "AuthorizationKey": 16-20 bytes,
 hexadecimal): the hex digits of the password's UTF-8 bytes. Rotated passwords are 20
 printable characters, so the charger decodes 40 hex digits to exactly the string the
-registry hashed and presents it in HTTP Basic auth. The bridge speaks OCPP 1.6 only;
-2.0.1's SetVariables BasicAuthPassword (the plain string) belongs here when it speaks 2.0.1.
+registry hashed and presents it in HTTP Basic auth. An OCPP 2.0.1 station gets the plain
+string through SetVariables ``SecurityCtrlr/BasicAuthPassword``
+(:mod:`bridge.v201.credentials`); everything else here is the same for both versions.
 
-The charger's answer: Accepted (or RebootRequired: it will use it after a reboot) keeps
-both passwords valid until the charger connects with the new one, for at most the
-registry's ``old_password_grace`` (24 h by default, :data:`twin.registry.OLD_PASSWORD_GRACE`):
-then the old password expires and the rotation ends ``done`` with the reason "old password
-expired" (:meth:`CredentialRotations.run_expiry` looks every ``expiry_interval``; a check of
-the old password after that moment ends it too). Rejected, NotSupported or a CALLERROR fail
-the rotation and the old password stays. Every change is reported in the shadow without
-the secret (``reported.security.credentials``) and written to the audit log.
+The charger's answer (its ``status``, or for 2.0.1 its ``attributeStatus``): Accepted
+(or RebootRequired: it will use it after a reboot) keeps both passwords valid until the
+charger connects with the new one, for at most the registry's ``old_password_grace``
+(24 h by default, :data:`twin.registry.OLD_PASSWORD_GRACE`): then the old password
+expires and the rotation ends ``done`` with the reason "old password expired"
+(:meth:`CredentialRotations.run_expiry` looks every ``expiry_interval``; a check of the
+old password after that moment ends it too). Rejected, NotSupported (2.0.1: Rejected,
+UnknownComponent, UnknownVariable, NotSupportedAttributeType) or a CALLERROR fail the
+rotation and the old password stays. Every change is reported in the shadow without the
+secret (``reported.security.credentials``) and written to the audit log.
 """
 
 from __future__ import annotations
@@ -110,6 +113,9 @@ class CredentialRotations:
 class ChargerCredentials:
     """One connection's part: sends the open rotation's password, one attempt at a time."""
 
+    # What carries the password on the wire (log lines); :meth:`_send` sends it.
+    carrier = CONFIGURATION_KEY
+
     def __init__(
         self,
         charger_id: str,
@@ -159,21 +165,19 @@ class ChargerCredentials:
             if found is None:
                 return
             rotation, secret = found
-            payload = {"key": CONFIGURATION_KEY, "value": authorization_key(secret)}
             log.info(
-                "%s: sending a new AuthorizationKey (%s)", self.charger_id, rotation.rotation_id
+                "%s: sending a new %s (%s)", self.charger_id, self.carrier, rotation.rotation_id
             )
             try:
-                answer = await self._request("ChangeConfiguration", payload)
+                status = await self._send(secret)
             except CallErrorReceived as exc:
                 await self._answered(rotations, rotation, False, f"CALLERROR {exc.error_code}")
                 return
             except OutgoingCallError as exc:
                 # No answer: the charger may or may not have it. The rotation stays
                 # pending (both passwords valid) and is sent again after the next boot.
-                log.warning("%s: AuthorizationKey not confirmed: %s", self.charger_id, exc)
+                log.warning("%s: %s not confirmed: %s", self.charger_id, self.carrier, exc)
                 return
-            status = str(answer.get("status"))
             await self._answered(rotations, rotation, status in _KEPT, status)
         except asyncio.CancelledError:
             self._again = False  # the connection is closing: its next boot looks again
@@ -186,12 +190,19 @@ class ChargerCredentials:
                 self._again = False
                 self.poke(asked=True)
 
+    async def _send(self, secret: str) -> str:
+        """Set the password on the charger; its answer's status (Accepted, Rejected...)."""
+        payload = {"key": CONFIGURATION_KEY, "value": authorization_key(secret)}
+        answer = await self._request("ChangeConfiguration", payload)
+        return str(answer.get("status"))
+
     async def _answered(
         self, rotations: CredentialRotations, rotation: Rotation, kept: bool, status: str
     ) -> None:
         log.info(
-            "%s: AuthorizationKey %s (%s)",
+            "%s: %s %s (%s)",
             self.charger_id,
+            self.carrier,
             "accepted" if kept else "refused",
             status,
         )

@@ -102,6 +102,11 @@ class FirmwareReconciler:
         self._one_off = False
         self.sent: list[str] = []  # actions sent on this connection (for tests and logs)
 
+    # Statuses of an update under way, not asked again while fresh (OCPP 2.0.1 adds some).
+    in_progress: frozenset[str] = IN_PROGRESS
+    # Statuses after which the next boot must report the new version.
+    boots_into: frozenset[str] = frozenset({"Installed"})
+
     # --- inputs --------------------------------------------------------------------------
     def booted(self, charge_point: Mapping[str, Any]) -> None:
         """The BootNotification's fields (``vendor``, ``model``, ``firmwareVersion``)."""
@@ -184,12 +189,13 @@ class FirmwareReconciler:
         requested = firmware.get("requested") or {}
         updated_at = float(firmware.get("updatedAt") or 0)
         ours = requested.get("version") == version and float(requested.get("at") or 0) >= asked_at
-        if ours and firmware.get("status") == "Installed" and updated_at < self._booted_at:
-            # Installed before this connection's boot, which reports another version.
+        if ours and firmware.get("status") in self.boots_into and updated_at < self._booted_at:
+            # Installed (about to run) before this connection's boot, which reports another
+            # version.
             self._not_running(version, (self._charge_point or {}).get("firmwareVersion"))
             return True
         fresh = updated_at > now() - STALE_PROGRESS_S
-        if ours and firmware.get("status") in IN_PROGRESS and fresh:
+        if ours and firmware.get("status") in self.in_progress and fresh:
             log.info(
                 "%s: firmware %s already %s; not asked again",
                 self.charger_id,

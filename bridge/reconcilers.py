@@ -55,6 +55,9 @@ def config_text(value: Any) -> str | None:
 class Reconciler:
     """Applies one charger's config, availability and firmware delta, one run at a time."""
 
+    # How firmware is carried (OCPP 2.0.1 stations have their own UpdateFirmware).
+    firmware_reconciler: type[FirmwareReconciler] = FirmwareReconciler
+
     def __init__(
         self,
         charger_id: str,
@@ -74,7 +77,7 @@ class Reconciler:
         self._delta: dict[str, Any] = {}
         self._metadata: dict[str, Any] = {}
         self.firmware = (
-            FirmwareReconciler(charger_id, request, reporter, firmware) if firmware else None
+            self.firmware_reconciler(charger_id, request, reporter, firmware) if firmware else None
         )
         self._wake = asyncio.Event()
         # What the charger has (from GetConfiguration, StatusNotification, accepted calls).

@@ -79,11 +79,19 @@ from twin.stores import ShadowFilter, ShadowStore
 
 log = logging.getLogger(__name__)
 
-BUSY = frozenset({"Charging", "SuspendedEV", "SuspendedEVSE", "Preparing", "Finishing"})
+# A port in use: the 1.6 ChargePointStatus values, and OCPP 2.0.1's ConnectorStatus
+# Occupied (a 2.0.1 port is its EVSE; docs/ocpp201.md, Port identity).
+BUSY = frozenset({"Charging", "SuspendedEV", "SuspendedEVSE", "Preparing", "Finishing", "Occupied"})
+# (Signed)FirmwareStatusNotification values of 1.6 and 2.0.1 -> the charger's state.
 _STATUS_STATES = {
+    "DownloadScheduled": SCHEDULED,  # 2.0.1: waiting for its retrieveDateTime
     "Downloading": DOWNLOADING,
+    "DownloadPaused": DOWNLOADING,  # 2.0.1
     "Downloaded": DOWNLOADED,
+    "SignatureVerified": DOWNLOADED,  # 1.6 security extension, 2.0.1
+    "InstallScheduled": DOWNLOADED,  # 2.0.1: waiting for its installDateTime
     "Installing": INSTALLING,
+    "InstallRebooting": INSTALLING,  # 2.0.1: rebooting into the new image
     "Installed": INSTALLING,  # installed, rebooting: done once the boot reports the version
 }
 _PAGE = 500

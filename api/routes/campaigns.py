@@ -134,7 +134,7 @@ class CampaignCreate(_Wire):
     only_idle: bool = Field(
         True,
         description="Start only on chargers with no connector in use (Charging, "
-        "SuspendedEV, SuspendedEVSE, Preparing, Finishing).",
+        "SuspendedEV, SuspendedEVSE, Preparing, Finishing; OCPP 2.0.1: Occupied).",
     )
     attempt_timeout_s: float = Field(
         3600.0, ge=1, le=7 * 86400, description="An attempt without news this long is retried."

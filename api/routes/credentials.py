@@ -2,8 +2,9 @@
 
 ``POST /chargers/{id}/credentials/rotate`` (admin) makes a new random password, keeps it
 in the registry (never in the shadow, which viewers read, and never in an answer), and
-asks the bridge holding the charger to set it there (ChangeConfiguration AuthorizationKey,
-see :mod:`bridge.credentials`); a charger that is offline gets it at its next boot. The
+asks the bridge holding the charger to set it there (ChangeConfiguration AuthorizationKey
+for OCPP 1.6, SetVariables SecurityCtrlr/BasicAuthPassword for 2.0.1; see
+:mod:`bridge.credentials`); a charger that is offline gets it at its next boot. The
 old password keeps working until the charger has connected with the new one.
 """
 
@@ -38,7 +39,8 @@ ROTATE_COMMAND = "rotate-credentials"
     response_model=RotationOut,
     summary="Rotate a charger's password",
     description="Admin. Makes a new random password and has the bridge set it on the charger "
-    "(OCPP 1.6 ChangeConfiguration AuthorizationKey) now, or at its next boot when offline. "
+    "(OCPP 1.6 ChangeConfiguration AuthorizationKey, OCPP 2.0.1 SetVariables "
+    "SecurityCtrlr/BasicAuthPassword) now, or at its next boot when offline. "
     "Both passwords work until the charger connects with the new one; the rotation is then "
     "`done`. A charger that refuses it leaves the rotation `failed` and its old password "
     "in place. The password is never shown. 409 while the last rotation is still `pending` "

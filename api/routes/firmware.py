@@ -76,11 +76,15 @@ class FirmwareFields(_Wire):
     signing_certificate: str | None = Field(
         None,
         max_length=5500,
-        description="PEM certificate of the firmware signer (1.6 security extension); "
-        "with `signature`, chargers that support it get SignedUpdateFirmware.",
+        description="PEM certificate of the firmware signer; with `signature`, OCPP 1.6 "
+        "chargers that support it get SignedUpdateFirmware (1.6 security extension) and "
+        "OCPP 2.0.1 stations get both in UpdateFirmware's `firmware` object.",
     )
     signature: str | None = Field(
-        None, max_length=800, description="Base64 signature of the image (SignedUpdateFirmware)."
+        None,
+        max_length=800,
+        description="Base64 signature of the image (1.6 SignedUpdateFirmware, 2.0.1 "
+        "UpdateFirmware).",
     )
 
 

@@ -27,6 +27,7 @@ from chargetwin.shadow_client import (
     ShadowRequestError,
     ShadowTimeoutError,
 )
+from twin.devicemodel import config_problems
 from twin.schemas import DESIRED_SCHEMA, desired_errors
 
 router = APIRouter(prefix="/chargers/{charger_id}/shadow", tags=["shadows"])
@@ -180,6 +181,10 @@ _PATCH_BODY = {
     summary="Change a charger's desired state",
     description="Operator. The patch is merged into the current desired state and the "
     "result validated (422 with JSON pointers when invalid), then sent to the twin. "
+    "For an OCPP 2.0.1 station, a `config` value the device model in the shadow "
+    "(`reported.deviceModel`) refuses is a 422 too (`device-model-refuses`: a ReadOnly "
+    "variable, a value not of its dataType, outside minLimit..maxLimit or not in its "
+    "valuesList, a key outside the COMPONENT/VARIABLE scheme). "
     '`If-Match: "<version>"` makes the change conditional (412 when stale). '
     "504 when the twin does not answer in time; the change is then never applied later "
     "(the request carries a deadline the twin honours).",
@@ -245,6 +250,11 @@ async def patch_desired(
         await change.record(Outcome.INVALID, 422, misfit.detail or "")
         raise misfit
 
+    unsettable = device_model_problem(document, patch)
+    if unsettable is not None:
+        await change.record(Outcome.INVALID, 422, unsettable.detail or "")
+        raise unsettable
+
     version = expected if isinstance(expected, int) else None
     try:
         answer = await backend.shadow_client.update(charger_id, {"desired": patch}, version=version)
@@ -277,6 +287,34 @@ async def patch_desired(
     await change.record(Outcome.ACCEPTED, 200, version=new_version)
     response.headers["ETag"] = etag(new_version)
     return DesiredUpdateOut(version=new_version, desired=desired)
+
+
+def device_model_problem(document: dict[str, Any], patch: dict[str, Any]) -> Problem | None:
+    """422 for desired ``config`` values an OCPP 2.0.1 station's device model (in the
+    shadow) says cannot be set: the bridge would refuse them without sending anything."""
+    config = patch.get("config")
+    if not isinstance(config, dict):
+        return None
+    reported = (document.get("state") or {}).get("reported") or {}
+    problems = config_problems(config, reported)
+    if not problems:
+        return None
+    return Problem(
+        422,
+        "the station's device model does not allow "
+        + "; ".join(f"{key}: {why}" for key, why in problems),
+        kind="device-model-refuses",
+        title="Not settable on this station",
+        errors=[
+            ProblemError(pointer="/desired/config/" + _pointer_part(key), message=why)
+            for key, why in problems
+        ],
+    )
+
+
+def _pointer_part(key: str) -> str:
+    """One JSON pointer reference token (RFC 6901: ``~`` and ``/`` escaped)."""
+    return key.replace("~", "~0").replace("/", "~1")
 
 
 class _Change:

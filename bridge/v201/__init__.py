@@ -6,8 +6,10 @@ shadow, topics and session records are the 1.6 ones wherever the meaning is the 
 
 - ``endpoints``     — OCPP-J 2.0.1 framing: 2.0.1 error codes, compiled schema checks.
 - ``handlers``      — every charger-initiated 2.0.1 message: answered and mirrored.
-- ``devicemodel``   — the device-model key scheme and NotifyReport assembly.
+- ``devicemodel``   — NotifyReport assembly (the key scheme: ``twin.devicemodel``).
 - ``transactions``  — TransactionEvent into the shared session records, idempotent by seqNo.
 - ``reconcilers``   — desired config -> SetVariables, availability -> ChangeAvailability.
+- ``firmwares``     — desired firmware -> UpdateFirmware, progress by requestId.
+- ``credentials``   — password rotation -> SetVariables SecurityCtrlr/BasicAuthPassword.
 - ``connections``   — one station's connection: receive loop, boot sequence, owned tasks.
 """

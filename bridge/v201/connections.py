@@ -28,8 +28,10 @@ from bridge.limits import FloodGuard
 from bridge.stores import booted_before
 from bridge.tasks import TaskSet
 from bridge.times import now
+from bridge.v201.credentials import StationCredentials
 from bridge.v201.devicemodel import ReportTooLargeError
 from bridge.v201.endpoints import VERSION
+from bridge.v201.firmwares import StationFirmware
 from bridge.v201.handlers import StationHandler
 from bridge.v201.reconcilers import StationReconciler
 from bridge.v201.transactions import TransactionEvents
@@ -86,11 +88,14 @@ class StationConnection:
             charger_id,
             self.handler.request,
             services.reporter,
-            None,
+            services.firmware,
             self.handler.clock,
             self.accepted,
             # A function of the services, not a bound method: no reference cycle.
             stored_model=functools.partial(stored_device_model, services, charger_id),
+        )
+        self.credentials = StationCredentials(
+            charger_id, self.handler.request, services.credentials, self.tasks
         )
         self.device_model_reads = 0
 
@@ -152,7 +157,16 @@ class StationConnection:
     def booted(self) -> None:
         self._accept()
         self.reconciler.booted()
+        firmware = self.reconciler.firmware
+        if isinstance(firmware, StationFirmware) and self.handler.charge_point is not None:
+            firmware.booted(self.handler.charge_point)
         self.reconciler.poke()
+        self.credentials.poke()  # a password rotation waiting for this station
+
+    def firmware_status(self, status: str, request_id: int | None) -> None:
+        firmware = self.reconciler.firmware
+        if isinstance(firmware, StationFirmware):
+            self.tasks.spawn(firmware.progress(status, request_id), "firmware status")
 
     def boot_pending(self) -> None:
         self.tasks.spawn(self._read_device_model(), "device model")
@@ -219,7 +233,9 @@ class StationConnection:
 
     def on_command(self, payload: bytes) -> None:
         """Operator commands are not built for 2.0.1 yet: answered 501 at once, so the API
-        does not wait for its timeout."""
+        does not wait for its timeout. A password rotation is carried (credentials)."""
+        if self.credentials.claims(payload):
+            return
         try:
             request = json.loads(payload)
         except ValueError:

@@ -75,6 +75,9 @@ class StationEvents(Protocol):
     def boot_wanted(self) -> None:
         """A station not accepted yet sent something else than a BootNotification."""
 
+    def firmware_status(self, status: str, request_id: int | None) -> None:
+        """A FirmwareStatusNotification arrived (firmware reconciliation follows it)."""
+
 
 def charge_point_of(station: Mapping[str, Any]) -> dict[str, Any]:
     """``reported.chargePoint`` from a 2.0.1 ChargingStationType (same keys as for 1.6)."""
@@ -442,6 +445,7 @@ class StationHandler(Endpoint201):
             event["requestId"] = payload["requestId"]
         self._reporter.event(self.charger_id, "firmware", event)
         log.info("%s: firmware status %s", self.charger_id, status)
+        self.events.firmware_status(status, payload.get("requestId"))
         return {}
 
     async def _log_status_notification(self, payload: dict[str, Any]) -> dict[str, Any]:

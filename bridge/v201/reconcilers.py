@@ -14,7 +14,8 @@ this subclass decides *how* for 2.0.1:
   ``reported.refused.config`` with the station's ``reasonCode`` when it gives one.
 - ``desired.availability`` ``"0"`` (the station) or ``"N"`` (EVSE N, the port) goes out as
   ChangeAvailability with ``operationalStatus`` (OCPP 2.0.1 G03, G04).
-- ``desired.firmware`` is not acted on for 2.0.1 yet (UpdateFirmware is not built).
+- ``desired.firmware`` goes out as the 2.0.1 UpdateFirmware, its progress followed by
+  ``requestId`` (:mod:`bridge.v201.firmwares`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bridge.v201.devicemodel import (
     parse_key,
     value_problem,
 )
+from bridge.v201.firmwares import StationFirmware
 from chargetwin.database import DatabaseError
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 class StationReconciler(Reconciler):
     """The 1.6 reconciler's schedule with 2.0.1 calls (see the module docstring)."""
+
+    firmware_reconciler = StationFirmware
 
     def __init__(
         self,
