@@ -9,5 +9,6 @@ shadow, topics and session records are the 1.6 ones wherever the meaning is the 
 - ``devicemodel``   — the device-model key scheme and NotifyReport assembly.
 - ``transactions``  — TransactionEvent into the shared session records, idempotent by seqNo.
 - ``reconcilers``   — desired config -> SetVariables, availability -> ChangeAvailability.
+- ``commands``      — operator command names and their 2.0.1 actions.
 - ``connections``   — one station's connection: receive loop, boot sequence, owned tasks.
 """
