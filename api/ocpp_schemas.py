@@ -63,7 +63,7 @@ def request_schema(action: str, version: str = OCPP16) -> dict[str, Any]:
     schema: dict[str, Any] = _inline(raw, raw.get("definitions", {}))
     for key in DROPPED:
         schema.pop(key, None)
-    schema["title"] = f"{action}Request" if version == OCPP16 else f"{action}Request (OCPP 2.0.1)"
+    schema["title"] = f"{action}Request"
     return schema
 
 
