@@ -599,15 +599,14 @@ async def run_command(
     payload.pop("protocol", None)  # ours, not OCPP's: with a location given it means nothing
     audited.pop("protocol", None)
     # A 2.0.1 station gets the diagnostics upload as GetLog; its LogStatusNotifications
-    # carry this requestId (docs/ocpp201.md, Commands).
-    request_id = secrets.randbelow(2**31 - 1) + 1
-    if command.action == "GetLog" and isinstance(command, Command):
-        audited["requestId"] = request_id
+    # carry this requestId, which the audit entry keeps (docs/ocpp201.md, Commands).
+    as_get_log = command.action == "GetLog" and isinstance(command, Command)
+    if as_get_log:
+        audited["requestId"] = secrets.randbelow(2**31 - 1) + 1
 
     def wire() -> dict[str, Any]:
-        if command.action == "GetLog" and isinstance(command, Command):
-            return get_log_request(payload, request_id)
-        return payload
+        """The payload as sent: built again after a change of upload location."""
+        return get_log_request(payload, audited["requestId"]) if as_get_log else payload
 
     try:
         try:
