@@ -1,16 +1,15 @@
-"""OCPP 1.6 request schemas as HTTP bodies: the calls that operators send as they are.
+"""OCPP 1.6 and 2.0.1 request schemas as HTTP bodies: the calls that operators send as they are.
 
-The commands with a hand-written body (``api.routes.commands``) are the everyday ones; the
-rest (reservations, local lists, smart charging, the security extension) take the OCPP
-payload itself. Their bodies are the ``ocpp`` package's own JSON schemas of the call, so
-the HTTP contract is the OCPP specification's: local ``$ref``s inlined for the OpenAPI
-document, and the same schema checks the body before the charger is bothered (422 with a
-JSON pointer per offending field).
+The 1.6 commands with a hand-written body (``api.routes.commands``) are the everyday ones;
+the rest (reservations, local lists, smart charging, the security extension) and every
+2.0.1 command take the OCPP payload itself. Their bodies are the ``ocpp`` package's own
+JSON schemas of the call, so the HTTP contract is the OCPP specification's: local ``$ref``s
+inlined for the OpenAPI document, and the same schema checks the body before the charger
+is bothered (422 with a JSON pointer per offending field).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from functools import cache
 from importlib import resources
@@ -20,8 +19,11 @@ from jsonschema import Draft7Validator
 
 from api.problems import ProblemError
 
-PACKAGE = "ocpp.v16"
-DROPPED = ("$schema", "$id", "definitions", "id")
+OCPP16 = "1.6"
+OCPP201 = "2.0.1"
+# Where the ``ocpp`` package keeps each version's schema files, and how it names them.
+PACKAGES = {OCPP16: ("ocpp.v16", "{action}.json"), OCPP201: ("ocpp.v201", "{action}Request.json")}
+DROPPED = ("$schema", "$id", "definitions", "id", "comment")
 
 
 # OCPP-J's "integer" is a 32-bit signed integer (as RemoteStopTransaction's transactionId
@@ -38,8 +40,10 @@ def _inline(node: Any, definitions: dict[str, Any]) -> Any:
         out = {
             key: _inline(value, definitions)
             for key, value in node.items()
-            # "additionalProperties" on a string enum is noise the spec's files carry.
+            # "additionalProperties" on a string enum is noise the spec's files carry, and
+            # "javaType" (2.0.1) names a class of the specification's code generator.
             if not (key == "additionalProperties" and node.get("type") == "string")
+            and key != "javaType"
         }
         if out.get("type") == "integer":
             out = {**INT32, **out}
@@ -50,10 +54,12 @@ def _inline(node: Any, definitions: dict[str, Any]) -> Any:
 
 
 @cache
-def request_schema(action: str) -> dict[str, Any]:
-    """The self-contained JSON schema of ``action``'s request (shared: do not change it)."""
-    text = resources.files(PACKAGE).joinpath("schemas", f"{action}.json").read_text("utf-8")
-    raw = json.loads(text)
+def request_schema(action: str, version: str = OCPP16) -> dict[str, Any]:
+    """The self-contained JSON schema of ``action``'s request in OCPP ``version`` (shared:
+    do not change it)."""
+    package, name = PACKAGES[version]
+    text = resources.files(package).joinpath("schemas", name.format(action=action))
+    raw = json.loads(text.read_text("utf-8"))
     schema: dict[str, Any] = _inline(raw, raw.get("definitions", {}))
     for key in DROPPED:
         schema.pop(key, None)
@@ -61,29 +67,16 @@ def request_schema(action: str) -> dict[str, Any]:
     return schema
 
 
-def openapi_body(action: str, example: dict[str, Any]) -> dict[str, Any]:
-    """``openapi_extra`` for a route whose body is ``action``'s OCPP request."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": copy.deepcopy(request_schema(action)),
-                    "example": example,
-                }
-            },
-        }
-    }
-
-
 @cache
-def _validator(action: str) -> Draft7Validator:
-    return Draft7Validator(request_schema(action))
+def _validator(action: str, version: str) -> Draft7Validator:
+    return Draft7Validator(request_schema(action, version))
 
 
-def request_errors(action: str, payload: Any) -> list[ProblemError]:
-    """Every way ``payload`` breaks ``action``'s schema, each with its JSON pointer."""
-    errors = sorted(_validator(action).iter_errors(payload), key=lambda e: list(e.path))
+def request_errors(action: str, payload: Any, version: str = OCPP16) -> list[ProblemError]:
+    """Every way ``payload`` breaks ``action``'s schema in ``version``, each with its JSON
+    pointer."""
+    validator = _validator(action, version)
+    errors = sorted(validator.iter_errors(payload), key=lambda e: list(e.path))
     return [
         ProblemError(
             pointer="".join(f"/{str(p).replace('~', '~0').replace('/', '~1')}" for p in e.path),

@@ -1,7 +1,8 @@
 """Operator commands over MQTT: ``.../commands`` in, an OCPP call, ``.../commands/result`` out.
 
 A request is ``{"name", "payload" (OCPP fields, camelCase), "clientToken"}``. The payload is
-checked against the OCPP 1.6 schema of the call before anything is sent, so a bad payload
+checked against the schema of the call in the charger's OCPP version (1.6 here, 2.0.1 with
+:data:`bridge.v201.commands.COMMANDS`) before anything is sent, so a bad payload
 answers 400 without bothering the charger; no answer in time answers 504 and a CALLERROR
 502. Each command runs as a task owned by the connection, so the MQTT handler returns at
 once (the broker gets its PUBACK) and a disconnect cancels what is still running.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from bridge.errors import CallErrorReceived, OutgoingCallError
@@ -66,17 +67,46 @@ COMMANDS: dict[str, str] = {
 }
 
 
+# What a command changed on the charger, told to the connection: (action, payload, answer).
+Mirror = Callable[[str, dict[str, Any], dict[str, Any]], None]
+
+
+def mirror_16(reconciler: Reconciler) -> Mirror:
+    """What a 1.6 command changed on the charger goes into reported state too; a refusal
+    stays in the command's answer (see :meth:`Reconciler.command_config`)."""
+
+    def mirror(action: str, payload: dict[str, Any], answer: dict[str, Any]) -> None:
+        status = str(answer.get("status"))
+        if action == "ChangeConfiguration":
+            reconciler.command_config(str(payload["key"]), str(payload["value"]), status)
+        elif action == "ChangeAvailability":
+            reconciler.command_availability(
+                str(payload["connectorId"]), str(payload["type"]), status
+            )
+        elif action == "GetConfiguration":
+            reconciler.record_configuration(answer)
+        elif action in ("UpdateFirmware", "SignedUpdateFirmware") and reconciler.firmware:
+            reconciler.firmware.one_off()
+
+    return mirror
+
+
 class CommandRunner:
-    """Runs one charger's commands and publishes their results."""
+    """Runs one charger's commands and publishes their results.
+
+    ``commands`` maps the command names of the charger's OCPP version to their actions;
+    ``mirror`` learns what each answered command changed (none: nothing to mirror).
+    """
 
     def __init__(
         self,
         charger_id: str,
         request: Request,
         reporter: Reporter,
-        reconciler: Reconciler,
+        mirror: Mirror | None,
         tasks: TaskSet,
         *,
+        commands: Mapping[str, str] = COMMANDS,
         timeout: float = 30.0,
         max_running: int = 64,
         accepted: asyncio.Event | None = None,
@@ -84,7 +114,8 @@ class CommandRunner:
         self.charger_id = charger_id
         self._request = request
         self._reporter = reporter
-        self._reconciler = reconciler
+        self._mirror = mirror
+        self._commands = commands
         self._tasks = tasks
         self._timeout = timeout
         self._max_running = max_running
@@ -104,24 +135,23 @@ class CommandRunner:
         token = request.get("clientToken")
         name = request.get("name")
         payload = request.get("payload", {})
-        if not isinstance(name, str) or name not in COMMANDS:
-            self._error(
-                token, name, 400, f"unknown command {name!r}; known: " + ", ".join(sorted(COMMANDS))
-            )
+        if not isinstance(name, str) or name not in self._commands:
+            known = ", ".join(sorted(self._commands))
+            self._error(token, name, 400, f"unknown command {name!r}; known: {known}")
             return
         if not isinstance(payload, dict):
             self._error(token, name, 400, "payload must be a JSON object")
             return
         if self._accepted is not None and not self._accepted.is_set() and name != "trigger":
-            # OCPP 1.6 section 4.2: nothing is asked of a charger that is not accepted, but
-            # a TriggerMessage may ask it to boot.
+            # OCPP 1.6 section 4.2 (2.0.1 B02.FR.01): nothing is asked of a charger that is
+            # not accepted, but a TriggerMessage may ask it to boot.
             self._error(token, name, 409, "charger not accepted yet: no BootNotification")
             return
         if self._running >= self._max_running:
             self._error(token, name, 503, f"{self._running} commands already waiting")
             return
         self._running += 1
-        self._tasks.spawn(self._run(token, name, COMMANDS[name], payload), f"command {name}")
+        self._tasks.spawn(self._run(token, name, self._commands[name], payload), f"command {name}")
 
     async def _run(self, token: Any, name: str, action: str, payload: dict[str, Any]) -> None:
         log.info("%s: command %s (%s)", self.charger_id, name, token)
@@ -138,7 +168,8 @@ class CommandRunner:
             raise
         finally:
             self._running -= 1
-        self._mirror(action, payload, answer)
+        if self._mirror is not None:
+            self._mirror(action, payload, answer)
         self._reporter.command_result(
             self.charger_id,
             {
@@ -148,21 +179,6 @@ class CommandRunner:
                 "response": answer,
             },
         )
-
-    def _mirror(self, action: str, payload: dict[str, Any], answer: dict[str, Any]) -> None:
-        """What a command changed on the charger goes into reported state too; a refusal
-        stays in the command's answer (see :meth:`Reconciler.command_config`)."""
-        status = str(answer.get("status"))
-        if action == "ChangeConfiguration":
-            self._reconciler.command_config(str(payload["key"]), str(payload["value"]), status)
-        elif action == "ChangeAvailability":
-            self._reconciler.command_availability(
-                str(payload["connectorId"]), str(payload["type"]), status
-            )
-        elif action == "GetConfiguration":
-            self._reconciler.record_configuration(answer)
-        elif action in ("UpdateFirmware", "SignedUpdateFirmware") and self._reconciler.firmware:
-            self._reconciler.firmware.one_off()
 
     def _error(self, token: Any, name: Any, code: int, message: str, **extra: Any) -> None:
         if code >= 500:

@@ -19,7 +19,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from bridge.commands import CommandRunner
+from bridge.commands import CommandRunner, mirror_16
 from bridge.credentials import ChargerCredentials
 from bridge.errors import OutgoingCallError
 from bridge.handlers import ChargePointHandler, Services
@@ -86,7 +86,7 @@ class ChargerConnection:
             charger_id,
             self.handler.request,
             services.reporter,
-            self.reconciler,
+            mirror_16(self.reconciler),
             self.tasks,
             timeout=options.command_timeout,
             accepted=self.accepted,

@@ -741,6 +741,7 @@ function renderDetail() {
   renderConfig(doc, reported, desired, delta, refused);
   renderFirmware(doc, reported, desired, delta);
   renderOther(doc, reported);
+  renderCommandChoices(conn.ocppVersion === "2.0.1");
   const busy = $("cmd-result").classList.contains("busy") && !$("cmd-result").hidden;
   for (const b of document.querySelectorAll("#commands button")) {
     b.disabled = busy || !charger.online;
@@ -809,6 +810,21 @@ function createConnectorRow(id) {
   });
   return h("tr", {}, h("th", { scope: "row" }, document.createTextNode(""), h("span", { class: "conn-id-cp", text: "CP" })), h("td", {}), h("td", {}),
     h("td", { class: "desired-cell" }, h("div", { class: "desired-controls" }, select, apply), h("div", { class: "note small" })));
+}
+
+// What the command buttons offer differs by OCPP version: 2.0.1 resets Immediate or OnIdle,
+// and its log upload reports LogStatusNotification (there is no DiagnosticsStatusNotification).
+function renderCommandChoices(v201) {
+  for (const button of document.querySelectorAll('#commands button[data-command="reset"]')) {
+    const text = v201 ? (button.dataset.type === "Hard" ? "Immediate reset" : "Reset when idle") : `${button.dataset.type} reset`;
+    setText(button, text);
+  }
+  for (const option of $("cmd-trigger-message").options) {
+    const original = option.dataset.v16 || option.value;
+    option.dataset.v16 = original;
+    const shown = v201 ? TRIGGER_201[original] || original : original;
+    if (option.textContent !== shown) option.textContent = shown;
+  }
 }
 
 function fillConnectorSelect(ids) {
@@ -984,24 +1000,37 @@ function showCommands() {
   $("commands").hidden = false;
 }
 
+// Each command's body in the charger's OCPP version: the API takes the same names for
+// both, with the request of the charger's version (docs/ocpp201.md, Commands).
+const RESET_201 = { Soft: "OnIdle", Hard: "Immediate" };
+const TRIGGER_201 = { DiagnosticsStatusNotification: "LogStatusNotification" };
+
+function isOcpp201() {
+  return state.detail?.doc?.state?.reported?.connection?.ocppVersion === "2.0.1";
+}
+
 const COMMANDS = {
-  reset: (button) => ({
-    payload: { type: button.dataset.type },
+  reset: (button, v201) => ({
+    payload: v201 ? { type: RESET_201[button.dataset.type] } : { type: button.dataset.type },
     confirm: button.dataset.type === "Hard"
       ? "Hard reset: the charger reboots at once and any charging session on it stops."
-      : "Soft reset: the charger stops its sessions gracefully, then reboots.",
-    label: `${button.dataset.type} reset`,
+      : v201
+        ? "Reset when idle: the station reboots once its charging sessions have ended."
+        : "Soft reset: the charger stops its sessions gracefully, then reboots.",
+    label: v201 ? (button.dataset.type === "Hard" ? "Immediate reset" : "Reset when idle") : `${button.dataset.type} reset`,
   }),
-  unlock: () => {
+  unlock: (button, v201) => {
     const connectorId = Number($("cmd-unlock-connector").value || 1);
     return {
-      payload: { connectorId },
+      // A 2.0.1 port is an EVSE: its (first) connector is unlocked.
+      payload: v201 ? { evseId: connectorId, connectorId: 1 } : { connectorId },
       confirm: `Unlock connector ${connectorId}: a cable plugged in there is released and its session stops.`,
       label: `Unlock connector ${connectorId}`,
     };
   },
-  trigger: () => {
-    const requestedMessage = $("cmd-trigger-message").value;
+  trigger: (button, v201) => {
+    const chosen = $("cmd-trigger-message").value;
+    const requestedMessage = v201 ? TRIGGER_201[chosen] || chosen : chosen;
     return { payload: { requestedMessage }, confirm: `Ask the charger to send ${requestedMessage} now.`, label: `Trigger ${requestedMessage}` };
   },
   "get-diagnostics": () => {
@@ -1012,18 +1041,18 @@ const COMMANDS = {
       label: "Get diagnostics",
     };
   },
-  "get-composite-schedule": () => {
+  "get-composite-schedule": (button, v201) => {
     const connectorId = Number($("cmd-schedule-connector").value || 1);
     return {
-      payload: { connectorId, duration: 86400, chargingRateUnit: "A" },
+      payload: v201 ? { evseId: connectorId, duration: 86400, chargingRateUnit: "A" } : { connectorId, duration: 86400, chargingRateUnit: "A" },
       confirm: `Read the charging schedule connector ${connectorId} follows for the next 24 hours.`,
       label: `Schedule of connector ${connectorId}`,
     };
   },
-  "clear-charging-profile": () => {
+  "clear-charging-profile": (button, v201) => {
     const connectorId = Number($("cmd-schedule-connector").value || 1);
     return {
-      payload: { connectorId },
+      payload: v201 ? { chargingProfileCriteria: { evseId: connectorId } } : { connectorId },
       confirm: `Remove every charging profile of connector ${connectorId}: it charges at its full rate until a new limit is set.`,
       label: `Clear profiles of connector ${connectorId}`,
     };
@@ -1052,7 +1081,7 @@ async function runCommand(button) {
   const name = button.dataset.command;
   const id = state.selected;
   if (!id || !COMMANDS[name]) return;
-  const { payload, confirm, label } = COMMANDS[name](button);
+  const { payload, confirm, label } = COMMANDS[name](button, isOcpp201());
   if (!(await confirmDialog(`${label} on ${id}?`, confirm, label))) return;
   const el = $("cmd-result");
   for (const b of document.querySelectorAll("#commands button")) b.disabled = true;

@@ -1,39 +1,48 @@
-"""Operator commands: one route per command, each an OCPP 1.6 call through the bridge.
+"""Operator commands: one route per command name, an OCPP call in the charger's version.
 
-Every call the bridge can send to a charger has its route here: the everyday ones with a
-hand-written body (``COMMANDS``), the others (reservations, local authorization lists,
-smart charging, the security extension's certificates, logs and signed firmware) with the
-OCPP request itself as the body, checked against the call's OCPP schema
-(``SCHEMA_COMMANDS``, :mod:`api.ocpp_schemas`).
+Every call the bridge can send to a charger has its route here. A name means one thing in
+both OCPP versions (``reset``, ``unlock``, ``remote-start``...); the body is the request of
+the charger's version, which the API reads from the shadow
+(``reported.connection.ocppVersion``; none yet means 1.6). For 1.6: the everyday commands
+with a hand-written body (``COMMANDS``), the others (reservations, local authorization
+lists, smart charging, the security extension's certificates, logs and signed firmware)
+with the OCPP request itself as the body, checked against the call's OCPP schema
+(``SCHEMA_COMMANDS``, :mod:`api.ocpp_schemas`). For 2.0.1 (``COMMANDS_201``): the 2.0.1
+request itself, checked against its 2.0.1 schema; ``get-diagnostics`` keeps its
+hand-written body and becomes a GetLog (DiagnosticsLog) to this API's upload endpoint.
+``GET /chargers/{id}/commands`` lists what exists for the charger's version.
 
 ``POST /chargers/{id}/commands/{name}`` publishes ``{"name", "payload", "clientToken"}`` on
 the charger's command topic and waits for the bridge's result (``bridge/README.md``), so
 the API needs to know nothing about where the charger is connected. Bodies are the OCPP
 fields in camelCase, checked here first (422), then by the bridge against the OCPP schema.
 
-Answers: 200 with the charger's response; 404 unknown charger; 409 offline (the shadow's
-``reported.connection.online``); 502 CALLERROR; 504 no result in time. Every command that
-got past validation is written to the audit log as ``command.<name>``.
+Answers: 200 with the charger's response; 404 unknown charger, or a command its version
+does not have; 422 a body that is not a request of the charger's version; 409 offline (the
+shadow's ``reported.connection.online``); 502 CALLERROR; 504 no result in time. Every
+command that got past validation is written to the audit log as ``command.<name>``.
 """
 
 from __future__ import annotations
 
-import inspect
+import copy
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from api.auth import Operator, Principal
+from api.auth import Operator, Principal, Viewer
 from api.backends import Backend, get_backend
 from api.diagnostics import UPLOAD_PATH
 from api.ftp_uploads import ftp_location
-from api.ocpp_schemas import openapi_body, request_errors
+from api.ocpp_schemas import OCPP16, OCPP201, request_errors, request_schema
 from api.params import Moment
 from api.problems import Problem, ProblemError, problem_responses
 from api.routes.chargers import find_charger
@@ -228,12 +237,13 @@ COMMANDS = (
 
 @dataclass(frozen=True, slots=True)
 class SchemaCommand:
-    """A command whose body is the OCPP request of ``action`` itself."""
+    """A command whose body is the OCPP request of ``action`` (in ``version``) itself."""
 
     name: str
     action: str
     summary: str
     example: dict[str, Any]
+    version: str = OCPP16
 
 
 SCHEMA_COMMANDS = (
@@ -310,10 +320,198 @@ SCHEMA_COMMANDS = (
 )  # fmt: skip
 
 
+_ID_TOKEN = {"idToken": "04E91C2A", "type": "ISO14443"}
+
+# OCPP 2.0.1: the same names where the meaning is the same, the request in its 2.0.1 shape
+# (bridge/v201/commands.py has the same names). ``get-diagnostics`` is the hand-written
+# body above, sent as GetLog; the rest take the 2.0.1 request as it is.
+COMMANDS_201: tuple[Command | SchemaCommand, ...] = (
+    SchemaCommand(
+        "reset", "Reset", "Reset the station or one EVSE (Immediate, or OnIdle: after its "
+        "transactions end)", {"type": "OnIdle"}, OCPP201,
+    ),
+    SchemaCommand(
+        "unlock", "UnlockConnector", "Unlock a connector of an EVSE",
+        {"evseId": 1, "connectorId": 1}, OCPP201,
+    ),
+    SchemaCommand(
+        "trigger", "TriggerMessage", "Ask the station to send a message",
+        {"requestedMessage": "StatusNotification", "evse": {"id": 1, "connectorId": 1}},
+        OCPP201,
+    ),
+    Command(
+        "get-diagnostics", "GetLog", GetDiagnosticsBody,
+        "Have the station upload its diagnostics log (GetLog DiagnosticsLog)",
+    ),
+    SchemaCommand(
+        "remote-start", "RequestStartTransaction", "Start a session",
+        {"idToken": _ID_TOKEN, "remoteStartId": 1, "evseId": 1}, OCPP201,
+    ),
+    SchemaCommand(
+        "remote-stop", "RequestStopTransaction", "Stop a session",
+        {"transactionId": "a1f6c3d0-tx-42"}, OCPP201,
+    ),
+    SchemaCommand("clear-cache", "ClearCache", "Clear the authorization cache", {}, OCPP201),
+    SchemaCommand(
+        "data-transfer", "DataTransfer", "Vendor-specific data",
+        {"vendorId": "com.example", "messageId": "ping", "data": {"hello": 1}}, OCPP201,
+    ),
+    SchemaCommand(
+        "get-variables", "GetVariables", "Read device-model variables",
+        {"getVariableData": [{"component": {"name": "OCPPCommCtrlr"},
+                              "variable": {"name": "HeartbeatInterval"}}]}, OCPP201,
+    ),
+    SchemaCommand(
+        "get-log", "GetLog", "Have the station upload a diagnostics or security log",
+        {"logType": "SecurityLog", "requestId": 1,
+         "log": {"remoteLocation": "https://logs.example.com/upload"}}, OCPP201,
+    ),
+    SchemaCommand(
+        "reserve-now", "ReserveNow", "Reserve an EVSE for an idToken",
+        {"id": 7, "expiryDateTime": "2026-12-24T18:00:00Z", "idToken": _ID_TOKEN,
+         "evseId": 1}, OCPP201,
+    ),
+    SchemaCommand(
+        "cancel-reservation", "CancelReservation", "Cancel a reservation",
+        {"reservationId": 7}, OCPP201,
+    ),
+    SchemaCommand(
+        "get-composite-schedule", "GetCompositeSchedule",
+        "Read the charging schedule an EVSE will follow",
+        {"evseId": 1, "duration": 3600, "chargingRateUnit": "A"}, OCPP201,
+    ),
+    SchemaCommand(
+        "set-charging-profile", "SetChargingProfile", "Install a charging profile",
+        {"evseId": 1, "chargingProfile": {
+            "id": 12, "stackLevel": 1, "chargingProfilePurpose": "TxDefaultProfile",
+            "chargingProfileKind": "Absolute", "chargingSchedule": [{
+                "id": 1, "chargingRateUnit": "A",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16.0}]}]}}, OCPP201,
+    ),
+    SchemaCommand(
+        "clear-charging-profile", "ClearChargingProfile", "Remove charging profiles",
+        {"chargingProfileId": 12}, OCPP201,
+    ),
+    SchemaCommand(
+        "get-local-list-version", "GetLocalListVersion",
+        "Read the version of the station's local authorization list", {}, OCPP201,
+    ),
+    SchemaCommand(
+        "send-local-list", "SendLocalList", "Replace or update the local authorization list",
+        {"versionNumber": 3, "updateType": "Differential", "localAuthorizationList": [
+            {"idToken": _ID_TOKEN, "idTokenInfo": {"status": "Accepted"}}]}, OCPP201,
+    ),
+)  # fmt: skip
+
+# Version -> command name -> command: what ``POST .../commands/{name}`` means for a charger.
+CATALOG: dict[str, dict[str, Command | SchemaCommand]] = {
+    OCPP16: {c.name: c for c in (*COMMANDS, *SCHEMA_COMMANDS)},
+    OCPP201: {c.name: c for c in COMMANDS_201},
+}
+
+
+class CommandInfo(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    name: str
+    action: str = Field(description="The OCPP action the charger receives.")
+    summary: str
+    request_schema: dict[str, Any] = Field(description="JSON schema of the body.")
+    example: dict[str, Any]
+
+
+class CommandsOut(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        json_schema_extra={
+            "example": {
+                "chargerId": "CS-0001",
+                "ocppVersion": "2.0.1",
+                "commands": [
+                    {
+                        "name": "reset",
+                        "action": "Reset",
+                        "summary": "Reset the station or one EVSE",
+                        "requestSchema": {"type": "object"},
+                        "example": {"type": "OnIdle"},
+                    }
+                ],
+            }
+        },
+    )
+
+    charger_id: str
+    ocpp_version: str
+    commands: list[CommandInfo]
+
+
+def body_schema(command: Command | SchemaCommand) -> dict[str, Any]:
+    """The JSON schema of ``command``'s body."""
+    if isinstance(command, SchemaCommand):
+        return request_schema(command.action, command.version)
+    schema = command.body.model_json_schema(by_alias=True)
+    schema.pop("example", None)
+    return schema
+
+
+def body_example(command: Command | SchemaCommand) -> dict[str, Any]:
+    if isinstance(command, SchemaCommand):
+        return command.example
+    extra = command.body.model_config.get("json_schema_extra")
+    example = extra.get("example") if isinstance(extra, dict) else None
+    return dict(example) if isinstance(example, dict) else {}
+
+
 def ocpp_payload(body: BaseModel) -> dict[str, Any]:
     """The body as OCPP fields: camelCase, absent optionals left out, times in ISO 8601."""
     payload: dict[str, Any] = body.model_dump(by_alias=True, exclude_none=True, mode="json")
     return payload
+
+
+async def charger_version(backend: Backend, charger_id: str) -> str:
+    """The OCPP version the charger last connected with (1.6 when it never connected)."""
+    document = await backend.shadows.get_document(charger_id) or {}
+    reported = (document.get("state") or {}).get("reported") or {}
+    connection = reported.get("connection") if isinstance(reported, dict) else None
+    version = connection.get("ocppVersion") if isinstance(connection, dict) else None
+    return OCPP201 if version == OCPP201 else OCPP16
+
+
+def checked_payload(command: Command | SchemaCommand, body: Any) -> dict[str, Any]:
+    """``body`` as the OCPP payload of ``command``, or the 422 that says what is wrong."""
+    if isinstance(command, Command):
+        try:
+            return ocpp_payload(command.body.model_validate(body))
+        except ValidationError as exc:
+            # Answered as FastAPI answers a body that breaks its model (api.problems).
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+            ) from exc
+    if errors := request_errors(command.action, body, command.version):
+        raise Problem(
+            422,
+            f"the body is not a valid OCPP {command.version} {command.action} request",
+            kind="invalid-command",
+            errors=errors,
+        )
+    payload: dict[str, Any] = body
+    return payload
+
+
+def get_log_request(diagnostics: dict[str, Any], request_id: int) -> dict[str, Any]:
+    """A get-diagnostics body (with its location) as OCPP 2.0.1 GetLog for the diagnostics
+    log: location -> log.remoteLocation, startTime / stopTime -> log.oldestTimestamp /
+    latestTimestamp, retries and retryInterval as they are."""
+    log_parameters = {"remoteLocation": diagnostics["location"]}
+    for ours, theirs in (("startTime", "oldestTimestamp"), ("stopTime", "latestTimestamp")):
+        if ours in diagnostics:
+            log_parameters[theirs] = diagnostics[ours]
+    request = {"logType": "DiagnosticsLog", "requestId": request_id, "log": log_parameters}
+    for key in ("retries", "retryInterval"):
+        if key in diagnostics:
+            request[key] = diagnostics[key]
+    return request
 
 
 async def _ensure_online(backend: Backend, charger_id: str) -> None:
@@ -400,9 +598,19 @@ async def run_command(
             fallback = "http" if protocol == "ftp" else fallback
     payload.pop("protocol", None)  # ours, not OCPP's: with a location given it means nothing
     audited.pop("protocol", None)
+    # A 2.0.1 station gets the diagnostics upload as GetLog; its LogStatusNotifications
+    # carry this requestId, which the audit entry keeps (docs/ocpp201.md, Commands).
+    as_get_log = command.action == "GetLog" and isinstance(command, Command)
+    if as_get_log:
+        audited["requestId"] = secrets.randbelow(2**31 - 1) + 1
+
+    def wire() -> dict[str, Any]:
+        """The payload as sent: built again after a change of upload location."""
+        return get_log_request(payload, audited["requestId"]) if as_get_log else payload
+
     try:
         try:
-            result = await operations.commands.send(charger_id, command.name, payload)
+            result = await operations.commands.send(charger_id, command.name, wire())
         except CommandError as exc:
             if fallback is None or exc.code != 502:
                 raise
@@ -412,7 +620,7 @@ async def run_command(
             payload["location"] = await _diagnostics_location(backend, charger_id, fallback)
             audited["location"] = f"(upload grant for {fallback}, folder {charger_id})"
             log.info("%s: get-diagnostics refused; asking again over %s", charger_id, fallback)
-            result = await operations.commands.send(charger_id, command.name, payload)
+            result = await operations.commands.send(charger_id, command.name, wire())
     except CommandTimeoutError as exc:
         await record(Outcome.TIMEOUT, 504, exc.message)
         raise Problem(
@@ -449,74 +657,96 @@ def _problem_of(exc: CommandError) -> Problem:
     return Problem(502, f"the bridge answered {exc.code}: {exc.message}", kind="bridge-error")
 
 
-def _endpoint(command: Command) -> Callable[..., Awaitable[CommandOut]]:
-    async def endpoint(
-        charger_id: str, backend: BackendDep, principal: Operator, body: Any
-    ) -> CommandOut:
-        body = body if body is not None else command.body()
-        return await run_command(backend, principal, charger_id, command, ocpp_payload(body))
-
-    # FastAPI reads the body model from the signature; each route gets its own.
-    signature = inspect.signature(endpoint)
-    optional = all(not f.is_required() for f in command.body.model_fields.values())
-    parameters = [
-        p.replace(
-            annotation=command.body | None if optional else command.body,
-            default=None if optional else inspect.Parameter.empty,
-        )
-        if p.name == "body"
-        else p
-        for p in signature.parameters.values()
-    ]
-    endpoint.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-    endpoint.__name__ = "command_" + command.name.replace("-", "_")
-    return endpoint
-
-
-def _schema_endpoint(command: SchemaCommand) -> Callable[..., Awaitable[CommandOut]]:
+def _endpoint(name: str) -> Callable[..., Awaitable[CommandOut]]:
     async def endpoint(
         charger_id: str, request: Request, backend: BackendDep, principal: Operator
     ) -> CommandOut:
+        await find_charger(backend, charger_id)
         try:
-            payload = parse_json(await request.body() or b"{}")
+            body = parse_json(await request.body() or b"{}")
         except JsonTextError as exc:
             raise Problem(400, f"the body is not JSON: {exc}", kind="invalid-json") from exc
-        if errors := request_errors(command.action, payload):
+        version = await charger_version(backend, charger_id)
+        command = CATALOG[version].get(name)
+        if command is None:
             raise Problem(
-                422,
-                f"the body is not a valid OCPP 1.6 {command.action} request",
-                kind="invalid-command",
-                errors=errors,
+                404,
+                f"{name} is not a command for OCPP {version} chargers; "
+                f"GET /api/v1/chargers/{charger_id}/commands lists them",
+                kind="command-not-available",
             )
+        payload = checked_payload(command, body)
         return await run_command(backend, principal, charger_id, command, payload)
 
-    endpoint.__name__ = "command_" + command.name.replace("-", "_")
+    endpoint.__name__ = "command_" + name.replace("-", "_")
     return endpoint
 
 
-for _schema_command in SCHEMA_COMMANDS:
-    router.add_api_route(
-        f"/{_schema_command.name}",
-        _schema_endpoint(_schema_command),
-        methods=["POST"],
-        response_model=CommandOut,
-        summary=_schema_command.summary,
-        description=f"Operator. OCPP 1.6 {_schema_command.action}: the body is the OCPP "
-        "request (its JSON schema below, as the specification's). 409 when the charger is "
-        "offline, 422 when the body breaks the schema, 502 when the charger answers with a "
-        "CALLERROR, 504 when no answer comes in time.",
-        openapi_extra=openapi_body(_schema_command.action, _schema_command.example),
-        responses=problem_responses(400, 401, 403, 404, 409, 422, 502, 503, 504),
+def _openapi(name: str) -> dict[str, Any]:
+    """The route's body: one schema per OCPP version that has the command."""
+    versions = [(v, CATALOG[v][name]) for v in (OCPP16, OCPP201) if name in CATALOG[v]]
+    schemas = []
+    for version, command in versions:
+        schema = copy.deepcopy(body_schema(command))
+        schema["title"] = f"{schema.get('title', command.action)} (OCPP {version})"
+        schema["description"] = f"For an OCPP {version} charger: {command.action}."
+        schemas.append(schema)
+    content: dict[str, Any] = {
+        "schema": schemas[0] if len(schemas) == 1 else {"oneOf": schemas},
+        "examples": {
+            f"OCPP {version}": {"value": body_example(command)} for version, command in versions
+        },
+    }
+    return {"requestBody": {"required": False, "content": {"application/json": content}}}
+
+
+def _description(name: str) -> str:
+    actions = "; ".join(
+        f"OCPP {v} {CATALOG[v][name].action}" for v in (OCPP16, OCPP201) if name in CATALOG[v]
+    )
+    return (
+        f"Operator. {actions}. The body is the request of the charger's OCPP version "
+        "(reported.connection.ocppVersion; 1.6 until it connected). 404 when the charger "
+        "is unknown or its version has no such command, 422 when the body is not a valid "
+        "request of its version, 409 when it is offline, 502 when it answers with a "
+        "CALLERROR, 504 when no answer comes in time."
     )
 
-for _command in COMMANDS:
+
+@router.get(
+    "",
+    response_model=CommandsOut,
+    summary="The commands of a charger's OCPP version",
+    description="Viewer. Every command `POST /chargers/{id}/commands/{name}` takes for this "
+    "charger's OCPP version (reported.connection.ocppVersion; 1.6 until it connected): its "
+    "name, the OCPP action the charger receives, the JSON schema of the body and an example.",
+    responses=problem_responses(401, 403, 404),
+)
+async def list_commands(charger_id: str, backend: BackendDep, _: Viewer) -> CommandsOut:
+    await find_charger(backend, charger_id)
+    version = await charger_version(backend, charger_id)
+    commands = [
+        CommandInfo(
+            name=c.name,
+            action=c.action,
+            summary=c.summary,
+            request_schema=body_schema(c),
+            example=body_example(c),
+        )
+        for c in CATALOG[version].values()
+    ]
+    return CommandsOut(charger_id=charger_id, ocpp_version=version, commands=commands)
+
+
+for _name in dict.fromkeys([*CATALOG[OCPP16], *CATALOG[OCPP201]]):
+    _first = CATALOG[OCPP16].get(_name) or CATALOG[OCPP201][_name]
     router.add_api_route(
-        f"/{_command.name}",
-        _endpoint(_command),
+        f"/{_name}",
+        _endpoint(_name),
         methods=["POST"],
         response_model=CommandOut,
-        summary=_command.summary,
-        description=f"Operator. OCPP 1.6 {_command.action}. 409 when the charger is offline, "
-        "502 when it answers with a CALLERROR, 504 when no answer comes in time.",
+        summary=_first.summary,
+        description=_description(_name),
+        openapi_extra=_openapi(_name),
         responses=problem_responses(400, 401, 403, 404, 409, 422, 502, 503, 504),
     )

@@ -11,5 +11,6 @@ shadow, topics and session records are the 1.6 ones wherever the meaning is the 
 - ``reconcilers``   — desired config -> SetVariables, availability -> ChangeAvailability.
 - ``firmwares``     — desired firmware -> UpdateFirmware, progress by requestId.
 - ``credentials``   — password rotation -> SetVariables SecurityCtrlr/BasicAuthPassword.
+- ``commands``      — operator command names and their 2.0.1 actions.
 - ``connections``   — one station's connection: receive loop, boot sequence, owned tasks.
 """

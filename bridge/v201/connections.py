@@ -21,6 +21,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
+from bridge.commands import CommandRunner
 from bridge.connections import ConnectionOptions
 from bridge.errors import OutgoingCallError
 from bridge.handlers import Services
@@ -28,6 +29,7 @@ from bridge.limits import FloodGuard
 from bridge.stores import booted_before
 from bridge.tasks import TaskSet
 from bridge.times import now
+from bridge.v201.commands import COMMANDS
 from bridge.v201.credentials import StationCredentials
 from bridge.v201.devicemodel import ReportTooLargeError
 from bridge.v201.endpoints import VERSION
@@ -96,6 +98,16 @@ class StationConnection:
         )
         self.credentials = StationCredentials(
             charger_id, self.handler.request, services.credentials, self.tasks
+        )
+        self.commands = CommandRunner(
+            charger_id,
+            self.handler.request,
+            services.reporter,
+            None,  # nothing a 2.0.1 command answers is mirrored into the shadow yet
+            self.tasks,
+            commands=COMMANDS,
+            timeout=options.command_timeout,
+            accepted=self.accepted,
         )
         self.device_model_reads = 0
 
@@ -232,22 +244,6 @@ class StationConnection:
             self.reconciler.on_delta(message)
 
     def on_command(self, payload: bytes) -> None:
-        """Operator commands are not built for 2.0.1 yet: answered 501 at once, so the API
-        does not wait for its timeout. A password rotation is carried (credentials)."""
         if self.credentials.claims(payload):
-            return
-        try:
-            request = json.loads(payload)
-        except ValueError:
-            request = {}
-        request = request if isinstance(request, dict) else {}
-        self.services.reporter.command_result(
-            self.charger_id,
-            {
-                "clientToken": request.get("clientToken"),
-                "name": request.get("name"),
-                "status": "error",
-                "code": 501,
-                "message": "commands are not available for OCPP 2.0.1 stations yet",
-            },
-        )
+            return  # a password rotation (SetVariables SecurityCtrlr/BasicAuthPassword)
+        self.commands.submit(payload)

@@ -247,3 +247,29 @@ async def test_the_api_documentation_renders_with_no_internet(
 
     assert re.search(rendered, dom), dom[:2000]
     assert "ChargeTwin API" in dom
+
+
+async def test_the_remote_operations_of_a_2_0_1_station_speak_its_version(
+    base_url: str,
+    register: Callable[..., Awaitable[dict[str, Any]]],
+    report: Report,
+    tokens: dict[str, str],
+) -> None:
+    await register("CS-201")
+    await report(
+        "CS-201",
+        {
+            "connection": {"online": True, "since": 1.7e9, "ocppVersion": "2.0.1"},
+            "connectors": {"0": {"status": "Available"}, "1": {"status": "Available"}},
+        },
+    )
+    dom = await dump_dom(f"{base_url}?charger=CS-201#token={tokens['operator']}")
+    commands = re.search(r'<section[^>]*id="commands".*?</section>', dom, re.S)
+    assert commands and not is_hidden(dom, "commands")
+    # 2.0.1 resets are OnIdle or Immediate; its log upload reports LogStatusNotification.
+    for label in ("Reset when idle", "Immediate reset"):
+        button = re.search(rf"<button[^>]*>{label}</button>", commands.group(0))
+        assert button and "disabled" not in button.group(0), label
+    assert "Soft reset" not in commands.group(0)
+    trigger = words(element(dom, "cmd-trigger-message"))
+    assert "LogStatusNotification" in trigger and "DiagnosticsStatusNotification" not in trigger

@@ -197,3 +197,48 @@ async def test_a_charger_that_refuses_one_protocol_is_asked_with_the_other(
     tries = [(e["outcome"], e["patch"]["location"]) for e in reversed(audit)]
     assert [o for o, _ in tries] == ["rejected", "accepted"]
     assert "ftp" in tries[0][1] and "http" in tries[1][1]
+
+
+async def test_a_2_0_1_station_gets_get_log_with_the_same_second_try(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    ftp: FtpUploads,
+    online_ftp_charger: str,
+    backend: Backend,
+    mosquitto_url: str,
+    topics: Topics,
+) -> None:
+    """The FTP default and the other protocol's second try hold for GetLog too, with one
+    requestId for both tries (docs/ocpp201.md, Commands)."""
+    station = online_ftp_charger
+    await backend.shadow_client.update(
+        station, {"reported": {"connection": {"online": True, "ocppVersion": "2.0.1"}}}
+    )
+    probe = MqttProbe(mosquitto_url)
+    await probe.subscribe(topics.command(station))
+    url = f"/api/v1/chargers/{station}/commands/get-diagnostics"
+    result_topic = f"{topics.command(station)}/result"
+    try:
+        call = asyncio.create_task(client.post(url, json={}, headers=auth("operator")))
+        first = await probe.expect(topics.command(station))
+        assert first["payload"]["logType"] == "DiagnosticsLog"
+        assert urlsplit(first["payload"]["log"]["remoteLocation"]).scheme == "ftp"
+        await probe.publish(
+            result_topic,
+            {"clientToken": first["clientToken"], "name": first["name"], "status": "error",
+             "code": 502, "message": "NotSupported: Unsupported protocol",
+             "ocppError": "NotSupported"},
+        )  # fmt: skip
+        second = await probe.expect(topics.command(station))
+        assert urlsplit(second["payload"]["log"]["remoteLocation"]).scheme == "http"
+        assert second["payload"]["requestId"] == first["payload"]["requestId"]
+        await probe.publish(
+            result_topic,
+            {"clientToken": second["clientToken"], "name": second["name"], "status": "ok",
+             "response": {"status": "Accepted", "filename": "d.log"}},
+        )  # fmt: skip
+        answer = await call
+    finally:
+        probe.close()
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["response"] == {"status": "Accepted", "filename": "d.log"}
