@@ -269,10 +269,11 @@ class StationLink(ChargePoint):  # type: ignore[misc]  # ocpp ships no type hint
         if immediate:
             for connector in station.connectors:
                 connector.request_stop(Reason.hard_reset)
-        for _ in range(50 if immediate else 1 << 30):
-            if not any(c.in_session for c in station.connectors):
-                break
+        # Immediate: the Ended events get 5 s to leave; OnIdle: as long as sessions last.
+        waited = 0.0
+        while any(c.in_session for c in station.connectors) and not (immediate and waited >= 5):
             await asyncio.sleep(0.1)
+            waited += 0.1
         station.boot_reason = "RemoteReset"
         station.reboot(Reason.hard_reset)
 

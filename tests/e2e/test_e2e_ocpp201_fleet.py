@@ -139,3 +139,42 @@ async def test_a_mixed_fleet_has_16_and_201_chargers_online(
             assert version(document) == expected
         assert sorted(len(ids) for ids in seen.values()) == [2, 2]
         assert ops.fleet.counts.booted == 4
+
+
+async def test_desired_state_reaches_a_201_station_with_every_outcome(
+    tmp_path: Path, mosquitto_url: str
+) -> None:
+    async with platform(tmp_path, mosquitto_url, chargers=1, ocpp_mix=(("2.0.1", 1.0),)) as ops:
+        assert ops.fleet is not None
+        station = ops.fleet.chargers[0]
+        assert isinstance(station, SimulatedStation)
+        await ops.until(station.id, lambda d: "EVSE@1/AvailabilityState" in config(d))
+        answer = await ops.api.patch(
+            f"/chargers/{station.id}/shadow/desired",
+            json={
+                "availability": {"1": "Inoperative"},
+                "config": {
+                    "OCPPCommCtrlr/WebSocketPingInterval": "30",  # the station: RebootRequired
+                    "ChargingStation/Model": "Other",  # ReadOnly: refused before sending
+                },
+            },
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert answer.status_code == 200, answer.text
+        done = await ops.until(
+            station.id,
+            lambda d: (
+                (reported(d).get("availability") or {}).get("1") == "Inoperative"
+                and config(d).get("OCPPCommCtrlr/WebSocketPingInterval") == "30"
+                and "ChargingStation/Model"
+                in ((reported(d).get("refused") or {}).get("config") or {})
+            ),
+        )
+        assert reported(done)["rebootRequired"] is True
+        assert reported(done)["connectors"]["1"]["status"] == "Unavailable"
+        assert not station.connectors[1].operative
+        assert station.device_model.value("ChargingStation", "Model") == station.model.model
+        sets = [p for action, p in station.received if action == "SetVariables"]
+        assert [p["setVariableData"][0]["variable"]["name"] for p in sets] == [
+            "WebSocketPingInterval"
+        ]

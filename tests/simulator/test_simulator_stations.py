@@ -16,7 +16,7 @@ from ocpp.v201 import call
 from simulator_helpers import HttpServer, fast_options, running
 
 from simulator import Fleet, SimulatedCharger, SimulatedStation, parse_ocpp_mix, transactions
-from simulator.options import SimulatorOptions
+from simulator.options import ChargerModel, SimulatorOptions
 
 
 @pytest.fixture
@@ -191,6 +191,53 @@ async def test_a_session_is_transaction_events_with_rising_seq_no(csms: Csms201)
             )
         )
         assert csms.messages(station.id, "Authorize")[0]["idToken"]["idToken"] == "TAG1"
+
+
+async def test_reset_ends_the_session_and_boots_with_remote_reset(csms: Csms201) -> None:
+    async with running(station_options(csms.url)) as fleet:
+        station = fleet.chargers[0]
+        assert isinstance(station, SimulatedStation)
+        await fleet.wait_for(1, timeout=5)
+        station.spawn(
+            transactions.run_transaction(station, station.connectors[1], "TAG2", authorize=True)
+        )
+        await csms.wait(lambda: len(csms.messages(station.id, "TransactionEvent")) >= 3)
+        answer = await csms.call(station.id, call.Reset(type="Immediate"))
+        assert answer.status == "Accepted"
+        await csms.wait(lambda: len(csms.messages(station.id, "BootNotification")) == 2)
+        last = csms.messages(station.id, "TransactionEvent")[-1]
+        assert (last["eventType"], last["triggerReason"]) == ("Ended", "ResetCommand")
+        assert last["transactionInfo"]["stoppedReason"] == "ImmediateReset"
+        assert csms.messages(station.id, "BootNotification")[-1]["reason"] == "RemoteReset"
+        evse = await csms.call(station.id, call.Reset(type="Immediate", evse_id=1))
+        assert evse.status == "Rejected"
+
+
+async def test_change_availability_of_an_evse_and_the_station(csms: Csms201) -> None:
+    two_evses = ChargerModel("ChargeTwin", "CT-AC22", "1.4.2", 2, 22_000.0, 3)
+    async with running(station_options(csms.url, models=(two_evses,))) as fleet:
+        station = fleet.chargers[0]
+        await fleet.wait_for(1, timeout=5)
+        answer = await csms.call(
+            station.id,
+            call.ChangeAvailability(operational_status="Inoperative", evse={"id": 2}),
+        )
+        assert answer.status == "Accepted"
+        await csms.wait(lambda: last_status(csms, station.id) == "Unavailable")
+        assert csms.messages(station.id, "StatusNotification")[-1]["evseId"] == 2
+        unknown = await csms.call(
+            station.id,
+            call.ChangeAvailability(operational_status="Inoperative", evse={"id": 7}),
+        )
+        assert unknown.status == "Rejected"
+        await csms.call(station.id, call.ChangeAvailability(operational_status="Operative"))
+        sent = csms.messages
+        await csms.wait(
+            lambda: (
+                [m["connectorStatus"] for m in sent(station.id, "StatusNotification")][-2:]
+                == ["Available", "Available"]
+            )
+        )
 
 
 async def test_firmware_update_downloads_checks_installs_and_reboots(
