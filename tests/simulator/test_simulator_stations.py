@@ -6,7 +6,9 @@ reboot, log upload, faults, and the version mix of a fleet."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -359,3 +361,24 @@ def ended(csms: Csms201, station_id: str) -> bool:
 def last_status(csms: Csms201, station_id: str) -> str | None:
     sent = csms.messages(station_id, "StatusNotification")
     return str(sent[-1]["connectorStatus"]) if sent else None
+
+
+async def test_chargetwin_simulate_ocpp_201_runs_stations(csms: Csms201) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "launch.cli", "simulate", "--ocpp", "2.0.1", "--chargers", "2",
+        "--url", csms.url, "--id-prefix", "CLI-", "--seed", "3",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await csms.wait(
+            lambda: (
+                {c for c, a, _ in csms.received if a == "StatusNotification"}
+                == {"CLI-00001", "CLI-00002"}
+            ),
+            timeout=20,
+        )
+    finally:
+        process.terminate()
+        _, errors = await process.communicate()
+    assert process.returncode == 0, errors.decode()
+    assert all(b["reason"] == "PowerUp" for _, a, b in csms.received if a == "BootNotification")
