@@ -93,6 +93,8 @@ BOOT_FRAME = call_frame(
 class RawCharger(asyncio.Protocol):
     """One charger's socket: hand-made upgrade, frame parsing, answers counted."""
 
+    subprotocol = "ocpp1.6"  # what the upgrade asks for; a 2.0.1 bench overrides it
+
     def __init__(self, charger_id: str, on_answer: Callable[[RawCharger, bytes], None]) -> None:
         self.charger_id = charger_id
         self.on_answer = on_answer
@@ -114,7 +116,8 @@ class RawCharger(asyncio.Protocol):
                 f"GET {path_prefix}{self.charger_id} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                 "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                f"Sec-WebSocket-Protocol: ocpp1.6\r\nAuthorization: Basic {auth}\r\n\r\n"
+                f"Sec-WebSocket-Protocol: {self.subprotocol}\r\n"
+                f"Authorization: Basic {auth}\r\n\r\n"
             ).encode()
         )
 
@@ -191,10 +194,11 @@ async def open_charger(
     port: int,
     on_answer: Callable[[RawCharger, bytes], None],
     source: str = "127.0.0.1",
+    kind: type[RawCharger] = RawCharger,
 ) -> RawCharger:
     loop = asyncio.get_running_loop()
     _, charger = await loop.create_connection(
-        lambda: RawCharger(charger_id, on_answer), "127.0.0.1", port, local_addr=(source, 0)
+        lambda: kind(charger_id, on_answer), "127.0.0.1", port, local_addr=(source, 0)
     )
     charger.upgrade("127.0.0.1", port)
     await charger.opened
@@ -206,13 +210,15 @@ async def open_fleet(
     port: int,
     on_answer: Callable[[RawCharger, bytes], None],
     concurrency: int = 200,
+    kind: type[RawCharger] = RawCharger,
 ) -> list[RawCharger]:
     """Connect every id (``concurrency`` upgrades at a time, over 127.0.0.1-127.0.0.8)."""
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(index: int, charger_id: str) -> RawCharger:
         async with semaphore:
-            return await open_charger(charger_id, port, on_answer, f"127.0.0.{1 + index % 8}")
+            source = f"127.0.0.{1 + index % 8}"
+            return await open_charger(charger_id, port, on_answer, source, kind)
 
     return list(await asyncio.gather(*(one(i, c) for i, c in enumerate(ids))))
 
@@ -295,9 +301,9 @@ class Server:
         return cls("bridge", cmd, port, data_dir / "bridge.log")
 
     @classmethod
-    def baseline(cls, data_dir: Path) -> Server:
+    def baseline(cls, data_dir: Path, module: str = "bench.ocpp_baseline") -> Server:
         port = free_port()
-        cmd = [sys.executable, "-m", "bench.ocpp_baseline", str(port)]
+        cmd = [sys.executable, "-m", module, str(port)]
         return cls("ocpp library", cmd, port, data_dir / "baseline.log")
 
     async def start(self) -> None:

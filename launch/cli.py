@@ -18,6 +18,8 @@ from chargetwin import __version__
 from chargetwin.settings import Settings
 
 COMPONENTS = ("up", "twin", "api", "bridge", "rules", "fleet", "demo")
+# The versions `chargetwin simulate --ocpp` offers (simulator.options.OCPP_VERSIONS).
+OCPP_VERSIONS = ("1.6", "2.0.1")
 
 
 def _option(name: str) -> str:
@@ -104,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
             )
     sim = sub.add_parser(
         "simulate",
-        help="run a simulated fleet of OCPP 1.6J chargers against a central system",
-        description="Run simulated OCPP 1.6J chargers (boots, sessions, meter values, faults, "
-        "firmware updates) against ws://HOST:PORT/ocpp.",
+        help="run a simulated fleet of OCPP 1.6J and/or 2.0.1 chargers against a central system",
+        description="Run simulated OCPP 1.6J chargers or 2.0.1 stations (boots, device model, "
+        "sessions, meter values, faults, firmware updates, log uploads) against "
+        "ws://HOST:PORT/ocpp.",
     )
     sim.add_argument(
         "--url",
@@ -132,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="spread the first connections over this many seconds",
     )
     sim.add_argument("--seed", type=int, default=None, help="make the run reproducible")
+    versions = sim.add_mutually_exclusive_group()
+    versions.add_argument(
+        "--ocpp",
+        choices=OCPP_VERSIONS,
+        default=None,
+        help="the OCPP version every charger speaks (default 1.6)",
+    )
+    versions.add_argument(
+        "--ocpp-mix",
+        type=_ocpp_mix,
+        default=None,
+        metavar="VERSION=WEIGHT,...",
+        help="a fleet of several versions, e.g. 1.6=60,2.0.1=40 (60%% 1.6 chargers)",
+    )
     sim.add_argument("--log-level", default="INFO")
     token = sub.add_parser("token", help="manage API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
@@ -140,6 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default=None, help="who or what the token is for")
     _add_settings_options(create, TOKEN_SETTINGS)
     return parser
+
+
+def _ocpp_mix(text: str) -> tuple[tuple[str, float], ...]:
+    from simulator.options import parse_ocpp_mix
+
+    try:
+        return parse_ocpp_mix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def load_settings(args: argparse.Namespace) -> Settings:

@@ -66,6 +66,8 @@ def configure_logging(level: str) -> None:
 
 DEMO_PASSWORD = "demo-charger-password"
 DEMO_ID_PREFIX = "DEMO-"
+# The demo fleet mixes versions as networks do while they renew their chargers.
+DEMO_OCPP_MIX = (("1.6", 70.0), ("2.0.1", 30.0))
 
 
 def _simulated_fleet(chargers: int) -> Runner:
@@ -82,6 +84,7 @@ def _simulated_fleet(chargers: int) -> Runner:
             password=DEMO_PASSWORD,
             fault_rate_per_hour=2.0,
             ramp_s=min(10.0, chargers / 20),
+            ocpp_mix=DEMO_OCPP_MIX,
         )
         await run_simulator(options, stop)
 
@@ -331,6 +334,7 @@ def simulate(args: Any) -> int:
         fault_rate_per_hour=args.fault_rate,
         ramp_s=args.ramp,
         seed=args.seed,
+        ocpp_mix=args.ocpp_mix or ((args.ocpp or "1.6", 1.0),),
     )
 
     async def main() -> None:

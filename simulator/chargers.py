@@ -15,10 +15,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from ocpp.charge_point import ChargePoint
 from ocpp.v16 import call
-from ocpp.v16.enums import ChargePointStatus, RegistrationStatus
+from ocpp.v16.enums import ChargePointStatus, ReadingContext, RegistrationStatus
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from simulator import faults, sessions
 from simulator.connections import Backoff, ConnectError, Offline, Unauthorized, open_connection
@@ -41,6 +43,8 @@ Observer = Callable[["SimulatedCharger", str], None]
 
 class SimulatedCharger(Charger):
     """One charge point that connects, boots and operates until its fleet stops."""
+
+    subprotocol = Subprotocol("ocpp1.6")
 
     def __init__(
         self, index: int, options: SimulatorOptions, observer: Observer | None = None
@@ -77,7 +81,8 @@ class SimulatedCharger(Charger):
                     self.id,
                     self.password,
                     open_timeout=opts.open_timeout_s,
-                    ping_interval=self.config.integer("WebSocketPingInterval") or None,
+                    ping_interval=self.ping_interval(),
+                    subprotocol=self.subprotocol,
                 )
             except Unauthorized as exc:
                 self.errors += 1
@@ -109,8 +114,16 @@ class SimulatedCharger(Charger):
                 self.log.info("%s: connection lost; reconnecting in %.1f s", self.id, delay)
                 await _sleep(stop, delay)
 
+    def ping_interval(self) -> float | None:
+        """Seconds between websocket pings (WebSocketPingInterval; 0 or unset: none)."""
+        return self.config.integer("WebSocketPingInterval") or None
+
+    def new_link(self, ws: ClientConnection) -> ChargePoint:
+        """The OCPP endpoint of one connection: 1.6 here, 2.0.1 for a station."""
+        return ChargePointLink(self, ws, self.options.response_timeout_s, ocpp_logger)
+
     async def _serve(self, ws: ClientConnection, stop: asyncio.Event) -> Close:
-        link = ChargePointLink(self, ws, self.options.response_timeout_s, ocpp_logger)
+        link = self.new_link(ws)
         self._close_reason = Close.DROPPED
         self._ws = ws
         self.state = ChargerState.PENDING
@@ -132,7 +145,7 @@ class SimulatedCharger(Charger):
             self._notify("disconnected" if not was_booted else "disconnected-booted")
         return self._close_reason
 
-    async def _read(self, link: ChargePointLink) -> None:
+    async def _read(self, link: ChargePoint) -> None:
         with contextlib.suppress(ConnectionClosed):
             await link.start()
         raise _LinkClosed
@@ -216,6 +229,9 @@ class SimulatedCharger(Charger):
         except TimeoutError:
             return False
         return True
+
+    async def send_meter_sample(self, connector: Connector, context: ReadingContext) -> None:
+        await sessions.send_meter_values(self, connector, context)
 
     # -- faults (see simulator.faults) ---------------------------------------------------
 

@@ -52,8 +52,9 @@ async def open_connection(
     *,
     open_timeout: float,
     ping_interval: float | None,
+    subprotocol: Subprotocol = SUBPROTOCOL,
 ) -> ClientConnection:
-    """Open ``{url}/{charger_id}`` with subprotocol ocpp1.6 and Basic auth.
+    """Open ``{url}/{charger_id}`` with ``subprotocol`` (ocpp1.6 unless told) and Basic auth.
 
     Compression is off: permessage-deflate keeps a zlib context per socket, which costs
     far more memory than the rest of a simulated charger, and chargers rarely ask for it.
@@ -62,7 +63,7 @@ async def open_connection(
     try:
         ws = await connect(
             f"{url.rstrip('/')}/{charger_id}",
-            subprotocols=[SUBPROTOCOL],
+            subprotocols=[subprotocol],
             additional_headers=headers,
             open_timeout=open_timeout,
             ping_interval=ping_interval,
@@ -81,10 +82,12 @@ async def open_connection(
         raise ConnectError(f"no answer within {open_timeout:g} s") from exc
     except OSError as exc:
         raise ConnectError(f"{type(exc).__name__}: {exc.strerror or exc}") from exc
-    if ws.subprotocol != SUBPROTOCOL:
+    if ws.subprotocol != subprotocol:
         # OCPP-J 1.6 section 3.1.2: without the agreed subprotocol there is no OCPP session.
         await ws.close()
-        raise ConnectError(f"central system agreed subprotocol {ws.subprotocol!r}, not ocpp1.6")
+        raise ConnectError(
+            f"central system agreed subprotocol {ws.subprotocol!r}, not {subprotocol}"
+        )
     return ws
 
 

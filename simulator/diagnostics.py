@@ -26,7 +26,16 @@ from websockets.exceptions import ConnectionClosed
 from simulator.connections import Offline
 from simulator.states import Charger
 
-__all__ = ["diagnostics_file_name", "upload_diagnostics"]
+__all__ = [
+    "UPLOAD_ERRORS",
+    "build_log",
+    "diagnostics_file_name",
+    "upload_diagnostics",
+    "upload_file",
+]
+
+# What a failed upload raises (network, HTTP status, FTP, a location it cannot use).
+UPLOAD_ERRORS = (httpx.HTTPError, ftplib.Error, OSError, ValueError)
 
 
 def diagnostics_file_name(charger: Charger) -> str:
@@ -69,8 +78,8 @@ async def upload_diagnostics(
     attempts = 1 + max(0, retries or 0)
     for attempt in range(1, attempts + 1):
         try:
-            await _upload(location, file_name, body)
-        except (httpx.HTTPError, ftplib.Error, OSError, ValueError) as exc:
+            await upload_file(location, file_name, body)
+        except UPLOAD_ERRORS as exc:
             charger.log.warning(
                 "%s: diagnostics upload %d/%d failed: %s", charger.id, attempt, attempts, exc
             )
@@ -85,7 +94,8 @@ async def upload_diagnostics(
     charger.diagnostics_status = DiagnosticsStatus.idle
 
 
-async def _upload(location: str, file_name: str, body: bytes) -> None:
+async def upload_file(location: str, file_name: str, body: bytes) -> None:
+    """Upload ``body`` as ``file_name`` to an http(s) or ftp ``location`` (module doc)."""
     scheme = urlsplit(location).scheme
     if scheme == "ftp":
         await asyncio.to_thread(_ftp_upload, location, file_name, body)

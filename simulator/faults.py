@@ -93,7 +93,7 @@ async def _announce_fault(charger: Charger, connector: Connector) -> None:
     if connector.meter.overheating:
         connector.meter.temperature_c = connector.meter.temperature_c + 60.0
         connector.meter.advance(1.0, charger.rng, charging=connector.transaction_id is not None)
-        await sessions.send_meter_values(charger, connector, ReadingContext.trigger)
+        await charger.send_meter_sample(connector, ReadingContext.trigger)
     await charger.send_status(connector)
     connector.request_stop(Reason.emergency_stop)
 

@@ -33,7 +33,7 @@ from websockets.exceptions import ConnectionClosed
 from simulator.connections import Offline
 from simulator.states import Charger, FirmwareFailure
 
-__all__ = ["expected_sha256", "image_version", "update_firmware"]
+__all__ = ["DownloadError", "download_image", "expected_sha256", "image_version", "update_firmware"]
 
 EXTENSIONS = (".tar.gz", ".bin", ".img", ".zip", ".fw", ".hex", ".tgz")
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
@@ -84,7 +84,7 @@ async def update_firmware(
     for attempt in range(1, attempts + 1):
         await _report(charger, FirmwareStatus.downloading)
         try:
-            image = await _download(charger, location)
+            image = await download_image(charger, location)
             break
         except DownloadError as exc:
             charger.log.warning(
@@ -122,7 +122,9 @@ async def update_firmware(
     charger.reboot(Reason.reboot)
 
 
-async def _download(charger: Charger, location: str) -> bytes:
+async def download_image(charger: Charger, location: str) -> bytes:
+    """The image at ``location`` (http or https), or DownloadError; a charger whose
+    ``fail_firmware`` is DOWNLOAD loses the transfer."""
     if charger.fail_firmware is FirmwareFailure.DOWNLOAD:
         await asyncio.sleep(0.2)
         raise DownloadError("connection reset by peer (simulated)")

@@ -4,6 +4,8 @@ All chargers share one event loop and one ``asyncio.TaskGroup``; start-up is spr
 ``ramp_s`` so a central system sees a realistic stream of connections rather than N
 handshakes in one millisecond (pass ``ramp_s=0`` to ask for exactly that). While the fleet
 starts, a line is logged every ``progress_step`` of it ("connected 500/5000 chargers").
+A fleet may mix OCPP 1.6 chargers and 2.0.1 stations (``SimulatorOptions.ocpp_mix``); both
+are ``SimulatedCharger`` objects here, a 2.0.1 one a ``SimulatedStation``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 from simulator.chargers import SimulatedCharger
 from simulator.options import SimulatorOptions
+from simulator.stations import SimulatedStation
 
 __all__ = ["Fleet", "FleetCounts", "run_simulator"]
 
@@ -41,9 +44,10 @@ class Fleet:
 
     def __init__(self, options: SimulatorOptions) -> None:
         self.options = options
+        kinds = {"1.6": SimulatedCharger, "2.0.1": SimulatedStation}
         self.chargers = [
-            SimulatedCharger(options.first_index + i, options, self._observe)
-            for i in range(options.chargers)
+            kinds[version](options.first_index + i, options, self._observe)
+            for i, version in enumerate(options.versions())
         ]
         self._by_id = {charger.id: charger for charger in self.chargers}
         self.connected = 0

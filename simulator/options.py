@@ -10,7 +10,18 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["ChargerModel", "FaultScheduleEntry", "SessionTiming", "SimulatorOptions"]
+__all__ = [
+    "OCPP_VERSIONS",
+    "ChargerModel",
+    "FaultScheduleEntry",
+    "SessionTiming",
+    "SimulatorOptions",
+    "parse_ocpp_mix",
+]
+
+# The protocol versions a simulated charger can speak (its websocket subprotocol is
+# "ocpp" + the version).
+OCPP_VERSIONS = ("1.6", "2.0.1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +112,40 @@ class SimulatorOptions:
     keep_received: int = 32
     # Log "connected n/N" every this fraction of the fleet while it starts.
     progress_step: float = 0.1
+    # Which OCPP versions the fleet speaks, with their weights: (("1.6", 60), ("2.0.1", 40))
+    # makes 60 % of the chargers 1.6 ones; see ``versions()`` for who gets which.
+    ocpp_mix: tuple[tuple[str, float], ...] = (("1.6", 1.0),)
+
+    def __post_init__(self) -> None:
+        if not self.ocpp_mix:
+            raise ValueError("ocpp_mix names no OCPP version")
+        for version, weight in self.ocpp_mix:
+            if version not in OCPP_VERSIONS:
+                raise ValueError(
+                    f"OCPP version {version!r} is not simulated; use one of "
+                    + ", ".join(OCPP_VERSIONS)
+                )
+            if not weight >= 0:
+                raise ValueError(f"the weight of OCPP {version} must be a number >= 0")
+        if sum(weight for _, weight in self.ocpp_mix) <= 0:
+            raise ValueError("the weights of ocpp_mix add up to 0")
+
+    def versions(self) -> list[str]:
+        """The OCPP version of each charger of the fleet, in index order.
+
+        Spread evenly through the fleet and exact for any size: charger n takes the
+        version furthest behind its share among chargers 1..n, so a 60/40 fleet of 5 has
+        3 and 2, and the first 10 of 1,000 chargers are already mixed 6/4.
+        """
+        total = sum(weight for _, weight in self.ocpp_mix)
+        shares = [(version, weight / total) for version, weight in self.ocpp_mix]
+        counts = dict.fromkeys((version for version, _ in shares), 0)
+        chosen: list[str] = []
+        for n in range(1, self.chargers + 1):
+            version = max(shares, key=lambda item: n * item[1] - counts[item[0]])[0]
+            counts[version] += 1
+            chosen.append(version)
+        return chosen
 
     def charger_id(self, index: int) -> str:
         return f"{self.id_prefix}{index:05d}"
@@ -115,3 +160,29 @@ class SimulatorOptions:
         if self.seed is None:
             return random.Random()
         return random.Random(f"{self.seed}:{charger_id}")
+
+
+def parse_ocpp_mix(text: str) -> tuple[tuple[str, float], ...]:
+    """``"1.6=60,2.0.1=40"`` as ``SimulatorOptions.ocpp_mix``; ValueError says what is wrong."""
+    mix: list[tuple[str, float]] = []
+    for part in text.split(","):
+        version, sep, weight = part.strip().partition("=")
+        version = version.strip()
+        if not sep or not version:
+            raise ValueError(f"{part.strip()!r} is not VERSION=WEIGHT (e.g. 1.6=60,2.0.1=40)")
+        if version not in OCPP_VERSIONS:
+            raise ValueError(f"OCPP version {version!r} is not one of {', '.join(OCPP_VERSIONS)}")
+        if any(version == seen for seen, _ in mix):
+            raise ValueError(f"OCPP version {version} is named twice")
+        try:
+            value = float(weight)
+        except ValueError:
+            raise ValueError(
+                f"the weight of {version}, {weight.strip()!r}, is not a number"
+            ) from None
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"the weight of {version} must be a number >= 0")
+        mix.append((version, value))
+    if sum(weight for _, weight in mix) <= 0:
+        raise ValueError("the weights add up to 0")
+    return tuple(mix)

@@ -18,9 +18,10 @@ from collections.abc import Coroutine
 from enum import StrEnum
 from typing import Any
 
+from ocpp.charge_point import ChargePoint
 from ocpp.exceptions import OCPPError
-from ocpp.v16 import ChargePoint, call
-from ocpp.v16.enums import DiagnosticsStatus, FirmwareStatus, Reason
+from ocpp.v16 import call
+from ocpp.v16.enums import DiagnosticsStatus, FirmwareStatus, ReadingContext, Reason
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -169,6 +170,11 @@ class Charger:
                 timestamp=utc_now(),
             )
         )
+
+    async def send_meter_sample(self, connector: Connector, context: ReadingContext) -> None:
+        """A meter reading of ``connector`` now (a fault's hot reading), in the message of
+        the charger's OCPP version: the connection loop above knows which."""
+        raise NotImplementedError
 
     def connector(self, connector_id: int) -> Connector:
         return self.connectors[connector_id]

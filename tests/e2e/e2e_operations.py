@@ -83,6 +83,8 @@ async def platform(
     *,
     chargers: int = 0,
     command_timeout: float = 5.0,
+    ocpp_mix: tuple[tuple[str, float], ...] = (("1.6", 1.0),),
+    sessions: SessionTiming | None = None,
 ) -> AsyncIterator[Platform]:
     prefix = noted(f"e2e-{uuid.uuid4().hex[:10]}")
     topics = Topics(prefix)
@@ -167,8 +169,9 @@ async def platform(
                 chargers=chargers,
                 id_prefix=f"E2E{uuid.uuid4().hex[:4]}-",
                 password=PASSWORD,
-                sessions=SessionTiming(auto_sessions=False),
+                sessions=sessions or SessionTiming(auto_sessions=False),
                 models=(MODEL,),
+                ocpp_mix=ocpp_mix,
                 seed=7,
                 reboot_delay_s=0.2,
                 firmware_install_s=0.2,
