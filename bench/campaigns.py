@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import getpass
 import logging
+import os
 import shutil
 import statistics
 import tempfile
@@ -100,14 +101,15 @@ class Process:
     """One platform process; ``broker``: its CPU counts as the broker's, not ChargeTwin's."""
 
     def __init__(self, name: str, cmd: list[str], log: Path, *, port: int | None = None,
-                 broker: bool = False) -> None:  # fmt: skip
+                 broker: bool = False, env: dict[str, str] | None = None) -> None:  # fmt: skip
         self.name, self.cmd, self.log, self.port, self.broker = name, cmd, log, port, broker
+        self.env = env
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.cmd, cwd=ROOT, stdout=log, stderr=log, preexec_fn=raise_nofile
+                *self.cmd, cwd=ROOT, stdout=log, stderr=log, preexec_fn=raise_nofile, env=self.env
             )
         if self.port is not None:
             try:
@@ -139,15 +141,22 @@ class Platform:
         self.data_dir = data_dir
         self.deployment = deployment
         self.api_port, self.ocpp_port, self.mqtt_port = free_port(), free_port(), free_port()
-        common = [f"--data-dir={data_dir}", "--campaign-interval=1", "--log-level=WARNING",
-                  f"--admin-token={TOKEN}"]  # fmt: skip
+        # Settings every process shares go through the environment: each command accepts
+        # only the options it uses (`chargetwin rules` has no --campaign-interval).
+        self.env = {
+            **os.environ,
+            "CHARGETWIN_DATA_DIR": str(data_dir),
+            "CHARGETWIN_CAMPAIGN_INTERVAL": "1",
+            "CHARGETWIN_LOG_LEVEL": "WARNING",
+            "CHARGETWIN_ADMIN_TOKEN": TOKEN,
+        }
         chargetwin = str(BIN / "chargetwin")
         log = data_dir / "platform.log"
         if deployment == "embedded":
             self.processes = [
                 Process("chargetwin up", [chargetwin, "up", f"--api-port={self.api_port}",
-                        f"--ocpp-port={self.ocpp_port}", f"--mqtt-port={self.mqtt_port}",
-                        *common], log, port=self.ocpp_port),
+                        f"--ocpp-port={self.ocpp_port}", f"--mqtt-port={self.mqtt_port}"], log,
+                        port=self.ocpp_port),
             ]  # fmt: skip
         elif deployment == "split":
             config = data_dir / "mosquitto.conf"
@@ -160,19 +169,21 @@ class Platform:
             self.processes = [
                 Process("mosquitto", [mosquitto, "-c", str(config)], log, port=self.mqtt_port,
                         broker=True),
-                Process("twin", [chargetwin, "twin", *url, *common], log),
-                Process("rules", [chargetwin, "rules", *url, *common], log),
-                Process("fleet leader", [chargetwin, "fleet", *url, *common], log),
-                Process("fleet standby", [chargetwin, "fleet", *url, *common], log),
-                Process("api 1", [chargetwin, "api", f"--api-port={self.api_port}", *url,
-                        *common], log, port=self.api_port),
-                Process("api 2", [chargetwin, "api", f"--api-port={second_api}", *url, *common],
+                Process("twin", [chargetwin, "twin", *url], log),
+                Process("rules", [chargetwin, "rules", *url], log),
+                Process("fleet leader", [chargetwin, "fleet", *url], log),
+                Process("fleet standby", [chargetwin, "fleet", *url], log),
+                Process("api 1", [chargetwin, "api", f"--api-port={self.api_port}", *url], log,
+                        port=self.api_port),
+                Process("api 2", [chargetwin, "api", f"--api-port={second_api}", *url],
                         log, port=second_api),
                 Process("bridge", [chargetwin, "bridge", f"--ocpp-port={self.ocpp_port}",
-                        f"--api-port={self.api_port}", *url, *common], log, port=self.ocpp_port),
+                        f"--api-port={self.api_port}", *url], log, port=self.ocpp_port),
             ]  # fmt: skip
         else:
             raise ValueError(f"unknown deployment {deployment!r}")
+        for process in self.processes:
+            process.env = self.env
         self.api = httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{self.api_port}/api/v1",
             headers={"Authorization": f"Bearer {TOKEN}"},

@@ -208,16 +208,21 @@ class Platform:
         self.data_dir = data_dir
         self.commands = commands
         self.ocpp_port, self.api_port = free_port(), free_port()
-        self.args = [
-            f"--ocpp-port={self.ocpp_port}", f"--api-port={self.api_port}",
-            f"--data-dir={data_dir}", "--auto-register", "--log-level=WARNING",
-        ]  # fmt: skip
+        # Through the environment: every command takes the settings it uses from there,
+        # while its options are only the ones it uses (`chargetwin rules` has no --ocpp-port).
+        self.settings = {
+            "CHARGETWIN_OCPP_PORT": str(self.ocpp_port),
+            "CHARGETWIN_API_PORT": str(self.api_port),
+            "CHARGETWIN_DATA_DIR": str(data_dir),
+            "CHARGETWIN_AUTO_REGISTER": "true",
+            "CHARGETWIN_LOG_LEVEL": "WARNING",
+        }
         if mqtt_url:
-            self.args.append(f"--mqtt-url={mqtt_url}")
+            self.settings["CHARGETWIN_MQTT_URL"] = mqtt_url
         else:
-            self.args.append(f"--mqtt-port={free_port()}")
+            self.settings["CHARGETWIN_MQTT_PORT"] = str(free_port())
         if influx_url:
-            self.args.append(f"--influx-url={influx_url}")
+            self.settings["CHARGETWIN_INFLUX_URL"] = influx_url
         self.procs: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -226,7 +231,7 @@ class Platform:
 
     def start(self, timeout: float = 120.0) -> float:
         """Start, again while it exits at once (a port still held); returns the seconds."""
-        env = {**os.environ, "CHARGETWIN_ADMIN_TOKEN": ADMIN}
+        env = {**os.environ, **self.settings, "CHARGETWIN_ADMIN_TOKEN": ADMIN}
         began = time.monotonic()
         log_path = self.data_dir / "platform.log"
         while True:
@@ -235,7 +240,7 @@ class Platform:
                 with log_path.open("ab") as log:
                     self.procs.append(
                         subprocess.Popen(
-                            [sys.executable, "-m", "launch.cli", command, *self.args],
+                            [sys.executable, "-m", "launch.cli", command],
                             cwd=self.data_dir,
                             env=env,
                             stdout=log,
