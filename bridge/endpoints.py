@@ -73,6 +73,7 @@ from bridge.errors import (
 )
 from bridge.frames import cause_of, parse_frame
 from chargetwin.deliveries import DeliveryTimeout, collected, collecting, confirmed
+from chargetwin.json_text import compact
 from chargetwin.metrics import (
     OCPP_CALL_ERRORS,
     OCPP_CALL_SECONDS,
@@ -85,8 +86,6 @@ OCPP16_ACTIONS = frozenset(a.value for a in Action)
 
 # Longest errorDetails cause sent back; a cause can quote the charger's own input.
 MAX_CAUSE = 200
-# json.dumps with options builds a new encoder per call; the fast path answers with this one.
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 Check = Callable[[Any], bool]
 # A fast handler gets the endpoint and the camelCase payload (proven valid) and returns the
@@ -444,7 +443,7 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
             await self._send_error(msg.unique_id, InternalError())
             return False
         frame = [MessageType.CallResult, msg.unique_id, answer]
-        await self._connection.send(_COMPACT_JSON.encode(frame))
+        await self._connection.send(compact(frame))
         return True
 
     async def _send(self, message: str) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import re
@@ -41,6 +40,7 @@ from gmqtt.mqtt.constants import MQTTv311
 
 from chargetwin import deliveries
 from chargetwin.coalesced_writes import coalesce_writes
+from chargetwin.json_text import compact_bytes
 from chargetwin.outbox import Delivery, Outbox
 from chargetwin.readiness import SubscriberGate
 
@@ -107,10 +107,6 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
     return len(f_parts) == len(t_parts)
 
 
-# One encoder for every payload: json.dumps with options builds a new one per call.
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
 def encode(payload: Payload) -> bytes:
     if payload is None:
         return b""
@@ -118,7 +114,7 @@ def encode(payload: Payload) -> bytes:
         return payload
     if isinstance(payload, str):
         return payload.encode()
-    return _JSON.encode(payload).encode()
+    return compact_bytes(payload)
 
 
 class MqttClient:

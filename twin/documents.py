@@ -19,11 +19,12 @@ replay from its writes. Writes that a later write at an ancestor path wipes are 
 
 from __future__ import annotations
 
-import json
 import marshal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from chargetwin.json_text import compact, compact_bytes, sorted_compact
 
 SECTIONS = ("reported", "desired")
 # How many request fingerprints a document remembers (ShadowDocument.remember_request), and
@@ -43,7 +44,7 @@ def _clone(obj: JSON) -> JSON:
 
 
 def _value_key(value: JSON) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return sorted_compact(value)
 
 
 def _order(path: Path, write: Write) -> tuple[float, int, Path, str]:
@@ -263,7 +264,7 @@ def delta_metadata(delta_state: dict[str, JSON], metadata: dict[str, JSON]) -> d
 
 
 def _dumps(value: JSON) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return compact(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,13 +401,7 @@ class ShadowDocument:
 
     def state_bytes(self) -> int:
         """Size of reported + desired as compact JSON, the figure the size limit applies to."""
-        return len(
-            json.dumps(
-                {"reported": self.reported, "desired": self.desired},
-                separators=(",", ":"),
-                ensure_ascii=False,
-            ).encode()
-        )
+        return len(compact_bytes({"reported": self.reported, "desired": self.desired}))
 
     # --- the public document ------------------------------------------------------------
     def to_public(self) -> dict[str, JSON]:

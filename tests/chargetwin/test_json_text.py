@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from chargetwin.json_text import JsonTextError, parse_json
+from chargetwin.json_text import JsonTextError, compact, compact_bytes, parse_json, sorted_compact
 
 
 @pytest.mark.parametrize(
@@ -41,3 +43,27 @@ def test_strict_json_parses(text: bytes | str) -> None:
 def test_what_is_not_strict_json_is_refused_with_the_reason(text: bytes, why: str) -> None:
     with pytest.raises(JsonTextError, match=why):
         parse_json(text)
+
+
+# --- writing: compact(), sorted_compact(), compact_bytes() -----------------------------------
+
+
+def test_compact_writes_what_json_dumps_writes_for_documents() -> None:
+    value = {"b": [1.5, 2e20, 0.1, -0.0, 3.0, None, True], "a": 'é\u2028\x00"\\/', "c": {}}
+    expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    assert compact(value) == expected
+    assert compact_bytes(value) == expected.encode()
+    assert json.loads(compact(1e-7)) == 1e-7  # "1e-7", not "1e-07": the same number
+
+
+def test_values_orjson_refuses_fall_back_to_json() -> None:
+    assert compact({"big": 2**70}) == '{"big":1180591620717411303424}'
+    assert compact({1: "x"}) == '{"1":"x"}'
+    assert sorted_compact({"n": -(2**70)}) == '{"n":-1180591620717411303424}'
+
+
+def test_sorted_compact_is_one_text_per_value() -> None:
+    assert sorted_compact({"b": 1, "a": {"d": 2, "c": 3}}) == '{"a":{"c":3,"d":2},"b":1}'
+    assert sorted_compact({"a": {"c": 3, "d": 2}, "b": 1}) == sorted_compact(
+        {"b": 1, "a": {"d": 2, "c": 3}}
+    )
