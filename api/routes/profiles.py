@@ -55,14 +55,24 @@ class ProfileIn(_Wire):
         json_schema_extra={
             "example": {
                 "description": "Depot chargers: fast heartbeats, meter values every minute",
-                "config": {"HeartbeatInterval": "60", "MeterValueSampleInterval": "60"},
+                "config": {
+                    "HeartbeatInterval": "60",
+                    "MeterValueSampleInterval": "60",
+                    "OCPPCommCtrlr/HeartbeatInterval": "60",
+                    "SampledDataCtrlr/TxUpdatedInterval": "60",
+                },
                 "target": {"site": "Depot-North"},
             }
         },
     )
 
     description: str | None = Field(None, max_length=1000)
-    config: dict[str, str] = Field(min_length=1, max_length=200)
+    config: dict[str, str] = Field(
+        min_length=1,
+        max_length=200,
+        description="Desired configuration. OCPP 1.6 keys and 2.0.1 `COMPONENT/VARIABLE` "
+        "keys may be mixed: each charger takes the keys of its version.",
+    )
     target: Target | None = Field(None, description="Default chargers for apply and drift.")
 
     @field_validator("config")
