@@ -67,6 +67,10 @@ def desired_availability(document: dict[str, Any]) -> Any:
     return ((document["state"].get("desired") or {}).get("availability") or {}).get("0")
 
 
+def changes(station: SimulatedStation) -> list[dict[str, Any]]:
+    return [payload for action, payload in station.received if action == "ChangeAvailability"]
+
+
 def port_statuses(document: dict[str, Any]) -> set[str]:
     connectors = reported(document).get("connectors") or {}
     return {c.get("status") for k, c in connectors.items() if k != "0"}
@@ -101,7 +105,13 @@ async def test_profile_sessions_window_uptime_and_rule_over_a_1_6_and_2_0_1_flee
             for charger_id in (charger.id, station.id):
                 await p.until(charger_id, lambda d: port_statuses(d) == {"Available"})
             await one_window_and_uptime(p, charger.id, station.id)
+            # The station got the 2.0.1 shape: the whole station out, then back.
+            assert changes(station) == [
+                {"operationalStatus": "Inoperative"},
+                {"operationalStatus": "Operative"},
+            ]
             await the_pack_s_command_action(p, mqtt, charger.id, station.id)
+            assert changes(station)[2:] == [{"operationalStatus": "Inoperative", "evse": {"id": 1}}]
         finally:
             for topic_filter in list(recorder.subscriptions):
                 mqtt.unsubscribe(topic_filter)
@@ -212,7 +222,6 @@ async def one_window_and_uptime(p: Platform, charger_id: str, station_id: str) -
             await p.until(charger_id_, back, timeout=15)
         assert time.time() >= ends
 
-    # 1.6: ChangeAvailability {connectorId: 0, type}; 2.0.1: {operationalStatus}, no evse.
     ports: list[dict[str, Any]] = []
     for _ in range(100):
         answer = await p.api.get("/uptime", params={"site": SITE})
