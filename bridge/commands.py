@@ -69,6 +69,8 @@ COMMANDS: dict[str, str] = {
 
 # What a command changed on the charger, told to the connection: (action, payload, answer).
 Mirror = Callable[[str, dict[str, Any], dict[str, Any]], None]
+# The request of the charger's version for (name, payload); ValueError: cannot be (400).
+Adapt = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
 def mirror_16(reconciler: Reconciler) -> Mirror:
@@ -95,7 +97,9 @@ class CommandRunner:
     """Runs one charger's commands and publishes their results.
 
     ``commands`` maps the command names of the charger's OCPP version to their actions;
-    ``mirror`` learns what each answered command changed (none: nothing to mirror).
+    ``mirror`` learns what each answered command changed (none: nothing to mirror);
+    ``adapt`` turns a payload written for another version into this one's, where the
+    meaning is exact (2.0.1: :func:`bridge.v201.commands.adapt`).
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class CommandRunner:
         tasks: TaskSet,
         *,
         commands: Mapping[str, str] = COMMANDS,
+        adapt: Adapt | None = None,
         timeout: float = 30.0,
         max_running: int = 64,
         accepted: asyncio.Event | None = None,
@@ -116,6 +121,7 @@ class CommandRunner:
         self._reporter = reporter
         self._mirror = mirror
         self._commands = commands
+        self._adapt = adapt
         self._tasks = tasks
         self._timeout = timeout
         self._max_running = max_running
@@ -142,6 +148,12 @@ class CommandRunner:
         if not isinstance(payload, dict):
             self._error(token, name, 400, "payload must be a JSON object")
             return
+        if self._adapt is not None:
+            try:
+                payload = self._adapt(name, payload)
+            except ValueError as exc:
+                self._error(token, name, 400, str(exc))
+                return
         if self._accepted is not None and not self._accepted.is_set() and name != "trigger":
             # OCPP 1.6 section 4.2 (2.0.1 B02.FR.01): nothing is asked of a charger that is
             # not accepted, but a TriggerMessage may ask it to boot.

@@ -1,9 +1,14 @@
 """Configuration profiles: named sets of desired OCPP configuration, and drift from them.
 
 A profile is ``{KEY: "value"}`` plus an optional target (filter or ids, :mod:`fleet.targets`).
-Applying it merges the keys into each target's ``desired.config`` through the twin; the
-bridge sends ChangeConfiguration. Drift compares each target's reported configuration with
-the profile and says why a key differs, from the shadow alone:
+Its keys may be of both OCPP versions: a 1.6 configuration key (``HeartbeatInterval``) and
+a 2.0.1 device-model key (``OCPPCommCtrlr/HeartbeatInterval``, which always holds ``/``).
+Each charger takes the keys of its version (:func:`keys_for`, from
+``reported.connection.ocppVersion``; a charger that never connected, whose version is not
+known, takes them all). Applying merges a charger's keys into its ``desired.config``
+through the twin; the bridge sends ChangeConfiguration (1.6) or SetVariables (2.0.1). Drift
+compares each target's reported configuration with the keys of its version and says why a
+key differs, from the shadow alone:
 
 - ``refused``: the charger refused this value (``reported.refused.config.KEY``, with status);
 - ``not-applied``: the desired configuration lacks the profile's value (never applied, or
@@ -36,6 +41,26 @@ CREATE TABLE IF NOT EXISTS config_profiles (
 
 REFUSED, NOT_APPLIED, OFFLINE, PENDING = "refused", "not-applied", "offline", "pending"
 DRIFT_REASONS = (REFUSED, NOT_APPLIED, OFFLINE, PENDING)
+OCPP16, OCPP201 = "1.6", "2.0.1"
+
+
+def ocpp_version(document: dict[str, Any] | None) -> str | None:
+    """The OCPP version the charger last connected with (None: it never connected)."""
+    version = section(document, "reported", "connection").get("ocppVersion")
+    return version if version in (OCPP16, OCPP201) else None
+
+
+def keys_for(config: dict[str, str], version: str | None) -> dict[str, str]:
+    """The keys of ``config`` a charger of this OCPP version takes.
+
+    A 2.0.1 device-model key is ``COMPONENT/VARIABLE`` and a 1.6 key never holds ``/``
+    (docs/ocpp201.md), so the key alone says its version. An unknown version takes every
+    key: the bridge refuses, visibly in ``reported.refused``, those of the other version.
+    """
+    if version is None:
+        return dict(config)
+    wants_201 = version == OCPP201
+    return {key: value for key, value in config.items() if ("/" in key) == wants_201}
 
 
 class ProfileError(Exception):
@@ -93,7 +118,12 @@ class KeyDrift:
 
 
 def drift(document: dict[str, Any] | None, config: dict[str, str]) -> list[KeyDrift]:
-    """The profile keys whose reported value differs from ``config`` in this shadow, and why."""
+    """The profile keys whose reported value differs from ``config`` in this shadow, and why.
+
+    Only the keys of the charger's OCPP version count (:func:`keys_for`): a 2.0.1 station
+    never drifts for a 1.6 key, nor a 1.6 charger for a device-model key.
+    """
+    config = keys_for(config, ocpp_version(document))
     reported = section(document, "reported", "config")
     desired = section(document, "desired", "config")
     refused = section(document, "reported", "refused", "config")

@@ -9,6 +9,7 @@ charger that faults again before the technician came gets no second order for it
 from __future__ import annotations
 
 import logging
+import re
 import string
 import time
 from collections import defaultdict, deque
@@ -45,6 +46,29 @@ def _fill(value: Any, labels: Mapping[str, str]) -> Any:
         return {k: _fill(v, labels) for k, v in value.items()}
     if isinstance(value, list):
         return [_fill(v, labels) for v in value]
+    return value
+
+
+# A string that is one placeholder alone, and a label that is a whole number.
+_ALONE = re.compile(r"\$(?:(\w+)|\{(\w+)\})")
+_WHOLE_NUMBER = re.compile(r"0|[1-9][0-9]{0,8}")
+
+
+def _fill_request(value: Any, labels: Mapping[str, str]) -> Any:
+    """A command's payload, filled as :func:`_fill` does, except that a value that is one
+    placeholder alone (``"$connector"``) of a whole-number label becomes that number: labels
+    are text, and OCPP's connector and EVSE ids are integers its schemas refuse as strings."""
+    if isinstance(value, str):
+        alone = _ALONE.fullmatch(value)
+        if alone is not None:
+            label = labels.get(alone.group(1) or alone.group(2))
+            if label is not None and _WHOLE_NUMBER.fullmatch(label):
+                return int(label)
+        return _fill(value, labels)
+    if isinstance(value, dict):
+        return {k: _fill_request(v, labels) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill_request(v, labels) for v in value]
     return value
 
 
@@ -159,7 +183,7 @@ class Actions:
                     self.topics.command(charger),
                     {
                         "name": options["name"],
-                        "payload": options.get("payload", {}),
+                        "payload": _fill_request(action.options.get("payload", {}), labels),
                         "clientToken": f"rule-{alert.id}-{index}",
                     },
                 )

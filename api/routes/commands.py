@@ -353,6 +353,12 @@ COMMANDS_201: tuple[Command | SchemaCommand, ...] = (
     ),
     SchemaCommand("clear-cache", "ClearCache", "Clear the authorization cache", {}, OCPP201),
     SchemaCommand(
+        "change-availability", "ChangeAvailability",
+        "Take the station (no evse) or one EVSE out of service, or back (one-off; for lasting "
+        "availability set desired state)",
+        {"operationalStatus": "Inoperative", "evse": {"id": 1}}, OCPP201,
+    ),
+    SchemaCommand(
         "data-transfer", "DataTransfer", "Vendor-specific data",
         {"vendorId": "com.example", "messageId": "ping", "data": {"hello": 1}}, OCPP201,
     ),

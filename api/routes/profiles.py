@@ -27,6 +27,8 @@ from fleet.profiles import (
     ProfileNotFoundError,
     ProfileStore,
     drift,
+    keys_for,
+    ocpp_version,
 )
 from fleet.targets import Target, TargetError, documents, resolve
 from twin.schemas import desired_errors
@@ -53,14 +55,24 @@ class ProfileIn(_Wire):
         json_schema_extra={
             "example": {
                 "description": "Depot chargers: fast heartbeats, meter values every minute",
-                "config": {"HeartbeatInterval": "60", "MeterValueSampleInterval": "60"},
+                "config": {
+                    "HeartbeatInterval": "60",
+                    "MeterValueSampleInterval": "60",
+                    "OCPPCommCtrlr/HeartbeatInterval": "60",
+                    "SampledDataCtrlr/TxUpdatedInterval": "60",
+                },
                 "target": {"site": "Depot-North"},
             }
         },
     )
 
     description: str | None = Field(None, max_length=1000)
-    config: dict[str, str] = Field(min_length=1, max_length=200)
+    config: dict[str, str] = Field(
+        min_length=1,
+        max_length=200,
+        description="Desired configuration. OCPP 1.6 keys and 2.0.1 `COMPONENT/VARIABLE` "
+        "keys may be mixed: each charger takes the keys of its version.",
+    )
     target: Target | None = Field(None, description="Default chargers for apply and drift.")
 
     @field_validator("config")
@@ -249,9 +261,10 @@ async def delete_profile(name: NamePath, backend: BackendDep, _: Operator) -> Re
     "/{name}/apply",
     response_model=ApplyOut,
     summary="Apply a profile to chargers",
-    description="Operator. Merges the profile into each target's `desired.config` through "
-    f"the twin, {APPLY_BATCH} chargers per batch. Idempotent: applying again changes "
-    "nothing the chargers already have.",
+    description="Operator. Merges the profile's keys of each target's OCPP version (1.6 "
+    "keys, or 2.0.1 `COMPONENT/VARIABLE` keys; all while the version is not known) into its "
+    f"`desired.config` through the twin, {APPLY_BATCH} chargers per batch. Idempotent: "
+    "applying again changes nothing the chargers already have.",
     responses=problem_responses(401, 403, 404, 422),
 )
 async def apply_profile(
@@ -261,13 +274,16 @@ async def apply_profile(
     charger_ids = await _targets(backend, profile, body.target if body else None)
     failed: list[ApplyFailure] = []
     limit = asyncio.Semaphore(APPLY_CONCURRENCY)
+    docs: dict[str, dict[str, Any]] = {}
 
     async def one(charger_id: str) -> None:
+        # The keys of the charger's OCPP version (all of them while it is not known).
+        config = keys_for(profile.config, ocpp_version(docs.get(charger_id)))
+        if not config:
+            return  # nothing in the profile for this version: nothing to change
         async with limit:
             try:
-                await backend.shadow_client.update(
-                    charger_id, {"desired": {"config": dict(profile.config)}}
-                )
+                await backend.shadow_client.update(charger_id, {"desired": {"config": config}})
             except ShadowRequestError as exc:
                 log.warning("%s: profile %s not applied: %s", charger_id, name, exc)
                 failed.append(ApplyFailure(id=charger_id, reason=str(exc)))
@@ -275,6 +291,7 @@ async def apply_profile(
     batches = 0
     for start in range(0, len(charger_ids), APPLY_BATCH):
         batch = charger_ids[start : start + APPLY_BATCH]
+        docs = await documents(backend.db, batch)
         async with asyncio.TaskGroup() as tg:
             for charger_id in batch:
                 tg.create_task(one(charger_id), name=f"profile-apply-{charger_id}")

@@ -29,7 +29,7 @@ from bridge.limits import FloodGuard
 from bridge.stores import booted_before
 from bridge.tasks import TaskSet
 from bridge.times import now
-from bridge.v201.commands import COMMANDS
+from bridge.v201.commands import COMMANDS, adapt, mirror_201
 from bridge.v201.credentials import StationCredentials
 from bridge.v201.devicemodel import ReportTooLargeError
 from bridge.v201.endpoints import VERSION
@@ -103,9 +103,10 @@ class StationConnection:
             charger_id,
             self.handler.request,
             services.reporter,
-            None,  # nothing a 2.0.1 command answers is mirrored into the shadow yet
+            mirror_201(self.reconciler),
             self.tasks,
             commands=COMMANDS,
+            adapt=adapt,
             timeout=options.command_timeout,
             accepted=self.accepted,
         )

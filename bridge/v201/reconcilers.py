@@ -26,6 +26,7 @@ from typing import Any
 
 from bridge.errors import CallErrorReceived, InvalidCallError, InvalidResponseError
 from bridge.reconcilers import Reconciler, config_text
+from bridge.times import now
 from bridge.v201.devicemodel import (
     KeyError201,
     is_device_model_key,
@@ -74,6 +75,13 @@ class StationReconciler(Reconciler):
         for key, value in config.items():
             self._known[("config", key)] = value
         self.device_model = dict(model)
+
+    def record_variables(self, values: dict[str, str]) -> None:
+        """Values a station told in a GetVariables answer (a ``get-variables`` command): into
+        ``reported.config``, as a 1.6 GetConfiguration answer is, without replacing the rest."""
+        for key, value in values.items():
+            self._known[("config", key)] = value
+        self._reporter.report(self.charger_id, {"config": dict(values)}, now())
 
     async def _apply_config(self, key: str, desired: Any) -> None:
         value = config_text(desired)

@@ -124,3 +124,59 @@ async def test_apply_merges_the_profile_and_drift_says_why_chargers_differ(
     assert_problem(await client.post(f"{URL}/bare/apply", headers=auth("operator")), 422)
     assert_problem(await client.get(f"{URL}/bare/drift", headers=auth("viewer")), 422)
     assert_problem(await client.post(f"{URL}/nope/apply", headers=auth("operator")), 404)
+
+
+async def test_a_profile_of_both_versions_gives_each_charger_the_keys_of_its_version(
+    client: httpx.AsyncClient, auth: Auth, backend: Backend, twin: ShadowService
+) -> None:
+    """1.6 keys and 2.0.1 ``COMPONENT/VARIABLE`` keys in one profile: a charger takes the
+    keys of its ``reported.connection.ocppVersion`` (all while the version is not known),
+    and drift counts only those."""
+    for charger_id in ("MIX-16", "MIX-201", "MIX-NEW"):
+        await seed(backend, charger_id, tags=["mixed"])
+    await report(backend, "MIX-16", {"connection": {"online": True, "ocppVersion": "1.6"}})
+    await report(backend, "MIX-201", {"connection": {"online": True, "ocppVersion": "2.0.1"}})
+    both = {
+        "HeartbeatInterval": "60",
+        "OCPPCommCtrlr/HeartbeatInterval": "60",
+        "SampledDataCtrlr/TxUpdatedInterval": "30",
+    }
+    body = {"name": "mixed", "config": both, "target": {"tags": ["mixed"]}}
+    assert (await client.post(URL, json=body, headers=auth("operator"))).status_code == 201
+
+    applied = await client.post(f"{URL}/mixed/apply", headers=auth("operator"))
+    assert applied.status_code == 200, applied.text
+    assert (applied.json()["total"], applied.json()["applied"]) == (3, 3)
+    desired = {}
+    for charger_id in ("MIX-16", "MIX-201", "MIX-NEW"):
+        document = await backend.shadows.get_document(charger_id) or {}
+        desired[charger_id] = document["state"]["desired"]["config"]
+    assert desired == {
+        "MIX-16": {"HeartbeatInterval": "60"},
+        "MIX-201": {
+            "OCPPCommCtrlr/HeartbeatInterval": "60",
+            "SampledDataCtrlr/TxUpdatedInterval": "30",
+        },
+        "MIX-NEW": both,
+    }
+
+    # Each reports its own keys: both in sync, neither drifted for the other version's key.
+    await report(backend, "MIX-16", {"config": {"HeartbeatInterval": "60"}})
+    await report(
+        backend,
+        "MIX-201",
+        {
+            "config": {
+                "OCPPCommCtrlr/HeartbeatInterval": "60",
+                "SampledDataCtrlr/TxUpdatedInterval": "45",  # not yet
+            }
+        },
+    )
+    drift = await client.get(f"{URL}/mixed/drift", headers=auth("viewer"))
+    assert drift.status_code == 200, drift.text
+    keys = {c["id"]: sorted(k["key"] for k in c["keys"]) for c in drift.json()["chargers"]}
+    assert keys == {
+        "MIX-201": ["SampledDataCtrlr/TxUpdatedInterval"],
+        "MIX-NEW": sorted(both),  # version unknown: every key counts
+    }
+    assert drift.json()["inSync"] == 1

@@ -116,3 +116,130 @@ async def test_a_station_not_accepted_yet_takes_only_trigger(
     assert call[2:] == ["TriggerMessage", trigger]
     await station.reply(call, {"status": "Accepted"})
     assert (await result_of(watcher, topic, "t"))["status"] == "ok"
+
+
+async def test_a_get_variables_answer_is_mirrored_into_reported_config(
+    bridge: Bridge, open_201: Open201, watcher: MqttWatcher
+) -> None:
+    station = await open_201()
+    asked = {
+        "getVariableData": [
+            {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}},
+            {
+                "component": {"name": "EVSE", "evse": {"id": 1}},
+                "variable": {"name": "Power"},
+                "attributeType": "MaxSet",
+            },
+            {"component": {"name": "TxCtrlr"}, "variable": {"name": "Nope"}},
+            {"component": {"name": "SecurityCtrlr"}, "variable": {"name": "BasicAuthPassword"}},
+        ]
+    }
+    topic = send(
+        bridge, watcher, station, {"name": "get-variables", "payload": asked, "clientToken": "g"}
+    )
+    call = await station.next_call()
+    assert call[2:] == ["GetVariables", asked]
+    results = [
+        {
+            "attributeStatus": "Accepted",
+            "attributeValue": "120",
+            "component": {"name": "OCPPCommCtrlr"},
+            "variable": {"name": "HeartbeatInterval"},
+        },
+        {
+            "attributeStatus": "Accepted",
+            "attributeType": "MaxSet",
+            "attributeValue": "11000",
+            "component": {"name": "EVSE", "evse": {"id": 1}},
+            "variable": {"name": "Power"},
+        },
+        {
+            "attributeStatus": "UnknownVariable",
+            "component": {"name": "TxCtrlr"},
+            "variable": {"name": "Nope"},
+        },
+        {  # a station that (wrongly) reveals a WriteOnly secret: never into the shadow
+            "attributeStatus": "Accepted",
+            "attributeValue": "correct-horse-battery-staple",
+            "component": {"name": "SecurityCtrlr"},
+            "variable": {"name": "BasicAuthPassword"},
+        },
+    ]
+    await station.reply(call, {"getVariableResult": results})
+    assert (await result_of(watcher, topic, "g"))["response"] == {"getVariableResult": results}
+    shadow = bridge.topics.shadow(station.charger_id, "update")
+    report = await watcher.wait_for(shadow, lambda m: "config" in m["state"]["reported"])
+    assert report["state"]["reported"]["config"] == {
+        "OCPPCommCtrlr/HeartbeatInterval": "120",
+        "EVSE@1/Power#MaxSet": "11000",
+    }
+
+
+async def test_change_availability_takes_the_1_6_body_as_a_rule_writes_it(
+    bridge: Bridge, open_201: Open201, watcher: MqttWatcher
+) -> None:
+    """A rule's command goes to chargers of both versions: ``{connectorId: N, type}`` is
+    ChangeAvailability of EVSE N (0: the station); the 2.0.1 body is taken as it is."""
+    station = await open_201()
+    body_16 = {"connectorId": 2, "type": "Inoperative"}
+    topic = send(
+        bridge,
+        watcher,
+        station,
+        {"name": "change-availability", "payload": body_16, "clientToken": "a"},
+    )
+    call = await station.next_call()
+    assert call[2:] == [
+        "ChangeAvailability",
+        {"operationalStatus": "Inoperative", "evse": {"id": 2}},
+    ]
+    await station.reply(call, {"status": "Accepted"})
+    assert (await result_of(watcher, topic, "a"))["response"] == {"status": "Accepted"}
+    shadow = bridge.topics.shadow(station.charger_id, "update")
+    report = await watcher.wait_for(shadow, lambda m: "availability" in m["state"]["reported"])
+    assert report["state"]["reported"]["availability"] == {"2": "Inoperative"}
+
+    station_wide = {"connectorId": 0, "type": "Operative"}
+    send(
+        bridge,
+        watcher,
+        station,
+        {"name": "change-availability", "payload": station_wide, "clientToken": "s"},
+    )
+    call = await station.next_call()
+    assert call[2:] == ["ChangeAvailability", {"operationalStatus": "Operative"}]
+    await station.reply(call, {"status": "Scheduled"})
+    assert (await result_of(watcher, topic, "s"))["response"] == {"status": "Scheduled"}
+
+    native = {"operationalStatus": "Inoperative", "evse": {"id": 1}}
+    send(
+        bridge,
+        watcher,
+        station,
+        {"name": "change-availability", "payload": native, "clientToken": "n"},
+    )
+    call = await station.next_call()
+    assert call[2:] == ["ChangeAvailability", native]
+    await station.reply(call, {"status": "Rejected"})
+    assert (await result_of(watcher, topic, "n"))["response"] == {"status": "Rejected"}
+
+    # A connector id that is not a number is refused with the reason, nothing sent.
+    text_id = {"connectorId": "2", "type": "Inoperative"}
+    send(
+        bridge,
+        watcher,
+        station,
+        {"name": "change-availability", "payload": text_id, "clientToken": "x"},
+    )
+    refused = await result_of(watcher, topic, "x")
+    assert (refused["status"], refused["code"]) == ("error", 400)
+    assert "connectorId must be a whole number" in refused["message"]
+    # A body of neither shape: the 2.0.1 schema check refuses it.
+    send(
+        bridge,
+        watcher,
+        station,
+        {"name": "change-availability", "payload": {"type": "Sideways"}, "clientToken": "y"},
+    )
+    assert (await result_of(watcher, topic, "y"))["code"] == 400
+    await no_call(station)

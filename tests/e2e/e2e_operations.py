@@ -85,6 +85,7 @@ async def platform(
     command_timeout: float = 5.0,
     ocpp_mix: tuple[tuple[str, float], ...] = (("1.6", 1.0),),
     sessions: SessionTiming | None = None,
+    site: str | None = None,
 ) -> AsyncIterator[Platform]:
     prefix = noted(f"e2e-{uuid.uuid4().hex[:10]}")
     topics = Topics(prefix)
@@ -181,6 +182,8 @@ async def platform(
             fleet = Fleet(options)
             for charger in fleet.chargers:
                 body = {"id": charger.id, "password": PASSWORD}
+                if site is not None:
+                    body["site"] = site
                 answer = await api.post("/chargers", json=body)
                 assert answer.status_code == 201, answer.text
             stop_fleet = asyncio.Event()

@@ -93,6 +93,11 @@ class Station(ChargePoint):  # type: ignore[misc]  # the library ships no type i
         self.calls.append(("ClearCache", fields))
         return call_result.ClearCache(status="Accepted")
 
+    @on("ChangeAvailability")
+    def on_change_availability(self, **fields: Any) -> Any:
+        self.calls.append(("ChangeAvailability", fields))
+        return call_result.ChangeAvailability(status="Accepted")
+
     @on("RequestStartTransaction")
     def on_start(self, **fields: Any) -> Any:
         self.calls.append(("RequestStartTransaction", fields))
@@ -239,6 +244,8 @@ FAMILIES: list[tuple[str, dict[str, Any], str, tuple[str, Any], dict[str, Any]]]
     ("remote-stop", {"transactionId": "tx-201-1"}, "RequestStopTransaction",
      ("transaction_id", "tx-201-1"), {"status": "Accepted"}),
     ("clear-cache", {}, "ClearCache", None, {"status": "Accepted"}),
+    ("change-availability", {"operationalStatus": "Inoperative", "evse": {"id": 1}},
+     "ChangeAvailability", ("operational_status", "Inoperative"), {"status": "Accepted"}),
     ("get-variables", {"getVariableData": [{"component": {"name": "OCPPCommCtrlr"},
                                             "variable": {"name": "HeartbeatInterval"}}]},
      "GetVariables", None,
@@ -284,6 +291,16 @@ async def test_every_command_family_reaches_a_2_0_1_station(ops: Platform) -> No
         audit = (await ops.api.get(f"/chargers/{station.id}/audit")).json()
         audited = {e["action"] for e in audit if e["outcome"] == "accepted"}
         assert {f"command.{name}" for name, *_ in FAMILIES} <= audited
+        # What the answers told is in the shadow (the station reported no device model at
+        # boot, so reported.config holds only what get-variables read).
+        document = await ops.until(
+            station.id,
+            lambda d: (
+                (reported(d).get("availability") or {}).get("1") == "Inoperative"
+                and "config" in reported(d)
+            ),
+        )
+        assert reported(document)["config"] == {"OCPPCommCtrlr/HeartbeatInterval": "300"}
 
 
 async def test_get_diagnostics_is_a_get_log_upload_to_the_api(ops: Platform) -> None:
