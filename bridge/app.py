@@ -28,7 +28,7 @@ from bridge.handlers import Services
 from bridge.limits import FloodLimit
 from bridge.reports import Reporter
 from bridge.server import OcppServer, ServerOptions
-from bridge.stores import IdTagStore, TransactionStore
+from bridge.stores import BootHistory, IdTagStore, TransactionStore
 from bridge.times import now
 from bridge.tls import TlsFiles, server_context
 from bridge.v201.transactions import TransactionEvents
@@ -168,6 +168,7 @@ class Bridge:
         self._expiry = asyncio.create_task(rotations.run_expiry(), name="password expiry")
         self.services = Services(
             reporter=reporter,
+            boot_history=BootHistory(self.db),
             transactions=transactions,
             id_tags=id_tags,
             heartbeat_interval=options.heartbeat_interval,

@@ -25,7 +25,6 @@ from bridge.errors import OutgoingCallError
 from bridge.handlers import ChargePointHandler, Services
 from bridge.limits import FloodGuard, FloodLimit
 from bridge.reconcilers import Reconciler
-from bridge.stores import booted_before
 from bridge.tasks import TaskSet
 from bridge.times import now
 from chargetwin.database import DatabaseError
@@ -139,13 +138,13 @@ class ChargerConnection:
 
     async def _recall(self) -> None:
         """Was a boot of this charger accepted before? (It need not boot again.)"""
-        firmware = self.services.firmware
         # Unknown history must not lock a working charger out: it may talk unless the
         # store says it never booted (the handler waits for this answer, so it always comes).
         known = True
         try:
-            if self.charger_id not in self.services.accepted and firmware is not None:
-                known = await booted_before(firmware.shadows.db, self.charger_id)
+            history = self.services.boot_history
+            if self.charger_id not in self.services.accepted and history is not None:
+                known = await history.booted_before(self.charger_id)
         except DatabaseError as exc:
             log.warning("%s: boot history unreadable (%s); accepted", self.charger_id, exc)
         finally:

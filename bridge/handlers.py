@@ -12,7 +12,7 @@ boots and "SHALL NOT send any other request" until one is accepted. It does not 
 after a mere reconnect, so a charger is accepted on a connection when it boots on it, or
 when one of its boots was accepted before (this bridge process remembers the chargers it
 accepted; any bridge's accepted boot shows in the shadow store,
-:func:`bridge.stores.booted_before`). Before that, every other CALL is answered CALLERROR
+:class:`bridge.stores.BootHistory`). Before that, every other CALL is answered CALLERROR
 ``SecurityError`` (OCPP-J 1.6 section 4.2.3; OCPP 2.0.1 prescribes the same answer,
 B02.FR.09), the connection asks once for a BootNotification (TriggerMessage, section
 5.17), and the charger is not online (presence is published when it is accepted). Its
@@ -45,7 +45,7 @@ from bridge.credentials import CredentialRotations
 from bridge.endpoints import FastHandler, OcppEndpoint
 from bridge.firmwares import FirmwareSupport
 from bridge.reports import Reporter, charge_point_of, meter_value_messages
-from bridge.stores import IdTagStore, TransactionStore
+from bridge.stores import BootHistory, IdTagStore, TransactionStore
 from bridge.times import ChargerClock, iso_time, now
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,8 @@ class Services:
     # booting again); shared by all connections, at most one entry per charger.
     accepted: set[str] = field(default_factory=set)
     credentials: CredentialRotations | None = None  # None: password rotations wait
+    # None: no store to ask, so a charger that does not boot first is let in (unknown).
+    boot_history: BootHistory | None = None
 
 
 class ChargePointHandler(OcppEndpoint):

@@ -11,10 +11,12 @@ from __future__ import annotations
 import builtins
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bridge.times import iso_time
+from chargetwin.batched_reads import BatchedReads
 from chargetwin.database import Database, DatabaseError, SQLiteDatabase
 
 log = logging.getLogger(__name__)
@@ -248,16 +250,31 @@ class TransactionStore:
         return dict(zip(names, row, strict=True))
 
 
-async def booted_before(db: Database, charger_id: str) -> bool:
-    """Whether a BootNotification of ``charger_id`` was ever accepted, by any bridge.
+class BootHistory:
+    """Whether a BootNotification of a charger was ever accepted, by any bridge.
 
     Read from the twin's shadow table: its ``vendor`` column is
     ``reported.chargePoint.vendor``, which only an accepted BootNotification writes
     (``chargePointVendor`` is required there), and a factory reset or unregistering deletes
-    the shadow with it.
+    the shadow with it. Every connection asks once (a charger that reconnects need not boot
+    again); a reconnect storm's questions share a few queries
+    (:mod:`chargetwin.batched_reads`).
     """
-    row = await db.fetchone("SELECT vendor FROM shadows WHERE charger_id = ?", (charger_id,))
-    return row is not None and row[0] is not None
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._reads: BatchedReads[str, bool] = BatchedReads(self._fetch, "boot-history")
+
+    async def booted_before(self, charger_id: str) -> bool:
+        return bool(await self._reads.read(charger_id))
+
+    async def _fetch(self, ids: Sequence[str]) -> dict[str, bool]:
+        rows = await self._db.fetchall(
+            "SELECT charger_id, vendor FROM shadows"
+            f" WHERE charger_id IN ({', '.join('?' for _ in ids)})",
+            list(ids),
+        )
+        return {str(charger_id): vendor is not None for charger_id, vendor in rows}
 
 
 class IdTagStore:

@@ -8,9 +8,10 @@ queue them behind the database's thread one round trip at a time.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
+from collections.abc import Sequence
 
+from chargetwin.batched_reads import BatchedReads
 from chargetwin.database import Database
 
 log = logging.getLogger(__name__)
@@ -23,9 +24,7 @@ class PasswordHashReader:
     """Reads of stored password hashes that arrive together go to the database together.
 
     Why: every upgrade reads its charger's hash (see :meth:`ChargerRegistry.verify`), and
-    in a reconnect storm thousands arrive at once; one query per charger would queue them
-    all behind the database's thread one round trip at a time. A read that finds nothing
-    waiting starts a query at once; those that arrive meanwhile share the next one.
+    in a reconnect storm thousands arrive at once (:mod:`chargetwin.batched_reads`).
     """
 
     MAX_BATCH = 500
@@ -33,50 +32,30 @@ class PasswordHashReader:
     def __init__(self, db: Database, open_statuses: tuple[str, str]) -> None:
         self._db = db
         self._open = open_statuses
-        self._waiting: dict[str, list[asyncio.Future[Hashes | None]]] = {}
-        self._reading: asyncio.Task[None] | None = None
+        self._reads: BatchedReads[str, Hashes] = BatchedReads(
+            self._fetch, "registry-password-hashes", self.MAX_BATCH
+        )
 
     async def read(self, charger_id: str) -> Hashes | None:
         """The charger's stored hash and its open rotation's (rotation id, new hash);
         None when it is not registered."""
-        answer: asyncio.Future[Hashes | None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(charger_id, []).append(answer)
-        if self._reading is None or self._reading.done():
-            self._reading = asyncio.get_running_loop().create_task(
-                self._read_waiting(), name="registry-password-hashes"
-            )
-        return await answer
+        return await self._reads.read(charger_id)
 
-    async def _read_waiting(self) -> None:
-        while self._waiting:
-            ids = list(itertools.islice(self._waiting, self.MAX_BATCH))
-            batch = {charger_id: self._waiting.pop(charger_id) for charger_id in ids}
-            try:
-                rows = await self._db.fetchall(
-                    "SELECT c.charger_id, c.password_hash, r.rotation_id, r.new_hash"
-                    " FROM chargers c LEFT JOIN charger_credential_rotations r"
-                    " ON r.charger_id = c.charger_id AND r.status IN (?, ?)"
-                    f" WHERE c.charger_id IN ({', '.join('?' for _ in ids)})",
-                    [*self._open, *ids],
-                )
-            except Exception as exc:  # each waiting upgrade answers it (503)
-                for answers in batch.values():
-                    for answer in answers:
-                        if not answer.done():
-                            answer.set_exception(exc)
-                continue
-            found: dict[str, Hashes] = {
-                str(charger_id): (
-                    None if stored is None else str(stored),
-                    None if new_hash is None else (str(rotation_id), str(new_hash)),
-                )
-                for charger_id, stored, rotation_id, new_hash in rows
-            }
-            for charger_id, answers in batch.items():
-                hashes = found.get(charger_id)
-                for answer in answers:
-                    if not answer.done():
-                        answer.set_result(hashes)
+    async def _fetch(self, ids: Sequence[str]) -> dict[str, Hashes]:
+        rows = await self._db.fetchall(
+            "SELECT c.charger_id, c.password_hash, r.rotation_id, r.new_hash"
+            " FROM chargers c LEFT JOIN charger_credential_rotations r"
+            " ON r.charger_id = c.charger_id AND r.status IN (?, ?)"
+            f" WHERE c.charger_id IN ({', '.join('?' for _ in ids)})",
+            [*self._open, *ids],
+        )
+        return {
+            str(charger_id): (
+                None if stored is None else str(stored),
+                None if new_hash is None else (str(rotation_id), str(new_hash)),
+            )
+            for charger_id, stored, rotation_id, new_hash in rows
+        }
 
 
 class HashUpgrader:

@@ -26,7 +26,6 @@ from bridge.connections import ConnectionOptions
 from bridge.errors import OutgoingCallError
 from bridge.handlers import Services
 from bridge.limits import FloodGuard
-from bridge.stores import booted_before
 from bridge.tasks import TaskSet
 from bridge.times import now
 from bridge.v201.commands import COMMANDS, adapt, mirror_201
@@ -149,15 +148,16 @@ class StationConnection:
         self.handler.accepted = True
         self.accepted.set()
         self.services.reporter.presence(self.charger_id, True, now(), VERSION)
-        log.info("%s: online (OCPP %s)", self.charger_id, VERSION)
+        # DEBUG, as for 1.6: a reconnect storm would write one line per station.
+        log.debug("%s: online (OCPP %s)", self.charger_id, VERSION)
 
     async def _recall(self) -> None:
         """Was a boot of this station accepted before? (It need not boot again.)"""
-        firmware = self.services.firmware
         known = True
         try:
-            if self.charger_id not in self.services.accepted and firmware is not None:
-                known = await booted_before(firmware.shadows.db, self.charger_id)
+            history = self.services.boot_history
+            if self.charger_id not in self.services.accepted and history is not None:
+                known = await history.booted_before(self.charger_id)
         except DatabaseError as exc:
             log.warning("%s: boot history unreadable (%s); accepted", self.charger_id, exc)
         finally:
