@@ -15,6 +15,7 @@ this subclass decides *how* for 2.0.1:
 - ``desired.availability`` ``"0"`` (the station) or ``"N"`` (EVSE N, the port) goes out as
   ChangeAvailability with ``operationalStatus`` (OCPP 2.0.1 G03, G04).
 - ``desired.firmware`` is not acted on for 2.0.1 yet (UpdateFirmware is not built).
+- ``desired.chargingLimit`` is refused (NotSupported, "not built for OCPP 2.0.1 yet").
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 
 class StationReconciler(Reconciler):
     """The 1.6 reconciler's schedule with 2.0.1 calls (see the module docstring)."""
+
+    # The 2.0.1 SetChargingProfile mapping is not built: desired charging limits are
+    # refused with that reason in reported.refused.chargingLimit.
+    charging_profiles = False
 
     def __init__(
         self,

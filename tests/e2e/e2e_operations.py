@@ -13,7 +13,7 @@ import contextlib
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,9 @@ async def platform(
     *,
     chargers: int = 0,
     command_timeout: float = 5.0,
+    simulator: dict[str, Any] | None = None,
 ) -> AsyncIterator[Platform]:
+    """``simulator``: simulator options that differ from this helper's."""
     prefix = noted(f"e2e-{uuid.uuid4().hex[:10]}")
     topics = Topics(prefix)
     api_port = free_port()
@@ -175,7 +177,7 @@ async def platform(
                 reconnect_min_s=0.2,
                 reconnect_max_s=1.0,
             )
-            fleet = Fleet(options)
+            fleet = Fleet(replace(options, **(simulator or {})))
             for charger in fleet.chargers:
                 body = {"id": charger.id, "password": PASSWORD}
                 answer = await api.post("/chargers", json=body)
