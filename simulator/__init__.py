@@ -14,7 +14,7 @@ one way (``tests/test_layers.py`` checks it)::
     sessions                            charging sessions and the messages they send
     states                              Charger: what a charger is, call / spawn / close
     connectors                          a connector's state; its status is derived from it
-    configurations  meters  connections  options
+    configurations  meters  profiles  connections  options
 
 A behaviour takes a ``simulator.states.Charger``; the ``SimulatedCharger`` above them is
 one, with the loop that opens the connection those behaviours talk through.
