@@ -164,6 +164,8 @@ async def one_run(chargers: int, spare: int, sessions: int, spread: float) -> di
                 charger = rng.choice(free)
                 charger.spawn(run_session(charger, charger.connectors[1], "BENCH", authorize=False))
                 launched += 1
+                # The session takes its connector at its first step: before the next pick.
+                await asyncio.sleep(0)
 
             async def answered() -> bool:
                 return not allocator.started and not allocator.config_asked

@@ -7,7 +7,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from conftest import MqttWatcher, OpenCharger
+from conftest import MqttWatcher, OpenCharger, RunningTwin
+
+# The 2.0.1 station fixture lives with the 2.0.1 tests.
+from test_bridge_ocpp201 import OpenStation, open_station  # noqa: F401
 
 from bridge import Bridge
 from bridge.times import iso_time
@@ -127,3 +130,22 @@ async def test_invalid_limits_are_refused_without_a_call(
     report = await watcher.wait_for(shadow, lambda m: "refused" in m["state"]["reported"])
     refusal = report["state"]["reported"]["refused"]["chargingLimit"]["1"]
     assert refusal["status"] == "Invalid" and "limit" in refusal["reason"]
+
+
+async def test_a_2_0_1_station_refuses_limits_with_the_reason(
+    bridge: Bridge,
+    open_station: OpenStation,  # noqa: F811  # the imported fixture, by its name
+    twin: RunningTwin,
+    watcher: MqttWatcher,
+) -> None:
+    station = await open_station()
+    await twin.wait_reported(station.id, lambda r: r.get("config"))
+    desired = {"chargingLimit": limit(16.0)}
+    watcher.publish(bridge.topics.shadow(station.id, "update"), {"state": {"desired": desired}})
+    reported = await twin.wait_reported(
+        station.id, lambda r: r.get("refused", {}).get("chargingLimit", {}).get("1")
+    )
+    refusal = reported["refused"]["chargingLimit"]["1"]
+    assert refusal["status"] == "NotSupported"
+    assert refusal["reason"] == "charging limits are not built for OCPP 2.0.1 yet"
+    assert not [action for action, _ in station.calls if "ChargingProfile" in action]
