@@ -213,8 +213,7 @@ class ChargingLimits:
         return self.pending()
 
     def _forget_refusals(self) -> None:
-        stale = [slot for slot in self._refused if slot not in self._desired]
-        stale += [s for s in self._refused if s in self._invalid]
+        stale = [s for s in self._refused if s not in self._desired and s not in self._invalid]
         if stale:
             for slot in stale:
                 self._refused.pop(slot, None)
@@ -255,6 +254,9 @@ class ChargingLimits:
             return False
         sent = self._confirmed.get(slot)
         if sent is not None:
+            if sent.wanted == wanted and sent.purpose == TX_DEFAULT and purpose == TX_PROFILE:
+                # The transaction started under this TxDefaultProfile: it binds it already.
+                return False
             return sent != Sent(wanted, purpose, transaction_id)
         # Not set on this connection: the charger keeps what an earlier connection set
         # unless the delta says reported differs.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from conftest import MqttWatcher, OpenCharger, RunningTwin
 
 # The 2.0.1 station fixture lives with the 2.0.1 tests.
@@ -149,3 +150,25 @@ async def test_a_2_0_1_station_refuses_limits_with_the_reason(
     assert refusal["status"] == "NotSupported"
     assert refusal["reason"] == "charging limits are not built for OCPP 2.0.1 yet"
     assert not [action for action, _ in station.calls if "ChargingProfile" in action]
+
+
+async def test_a_transaction_under_its_tx_default_needs_no_call(
+    bridge: Bridge, open_charger: OpenCharger, watcher: MqttWatcher
+) -> None:
+    charger = await open_charger()
+    delta_topic = bridge.topics.shadow(charger.charger_id, "update", "delta")
+    watcher.publish(
+        delta_topic, delta({"chargingLimit": limit(10.0)}, {"chargingLimit": limit(10.0)})
+    )
+    call = await charger.next_call()
+    assert call[3]["csChargingProfiles"]["chargingProfilePurpose"] == "TxDefaultProfile"
+    await charger.reply(call, {"status": "Accepted"})
+    start = {"connectorId": 1, "idTag": "TAG-1", "meterStart": 0, "timestamp": iso_time(T0)}
+    transaction_id = (await charger.result("StartTransaction", start))["transactionId"]
+    with pytest.raises(TimeoutError):
+        await charger.next_call(timeout=0.5)
+    # Its TxDefault was never replaced by a TxProfile: nothing to set again after it.
+    stop = {"transactionId": transaction_id, "meterStop": 10, "timestamp": iso_time(T0 + 30)}
+    await charger.result("StopTransaction", stop)
+    with pytest.raises(TimeoutError):
+        await charger.next_call(timeout=0.5)
