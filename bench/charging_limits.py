@@ -76,7 +76,9 @@ class Allocator:
         self.transactions += 1
         self.started[(charger_id, int(event["transactionId"]))] = started
         self.counter += 1
-        limit = 6.0 + (self.counter % 100) / 10
+        # A new value each time: the same value as the connector's TxDefaultProfile would
+        # need no call (it binds the new transaction already), and nothing to time.
+        limit = 6.0 + self.counter / 10
         desired = {"chargingLimit": {"unit": "A", "site": "bench", "connectors": {
             str(event["connectorId"]): {"limit": limit, "phases": 3}}}}  # fmt: skip
         self.client.publish(
@@ -168,13 +170,27 @@ async def one_run(chargers: int, spare: int, sessions: int, spread: float) -> di
                 await asyncio.sleep(0)
 
             async def answered() -> bool:
-                return not allocator.started and not allocator.config_asked
+                # Every launched session's start seen, and every write answered.
+                return (
+                    allocator.transactions >= launched
+                    and not allocator.started
+                    and not allocator.config_asked
+                )
 
             with_timeout = True
             try:
                 await until(answered, 30, every=0.2)
             except TimeoutError:  # late answers are counted as missing
                 with_timeout = False
+            for charger_id, transaction_id in list(allocator.started)[:3]:
+                # Why a profile was not confirmed: what the shadow says of it.
+                answer = await platform.api.get(f"/chargers/{charger_id}/shadow")
+                state = answer.json()["state"]
+                print(
+                    f"  unconfirmed: {charger_id} transaction {transaction_id}: "
+                    f"reported {state['reported'].get('chargingLimit')}, "
+                    f"refused {state['reported'].get('refused')}, delta {state.get('delta')}"
+                )
             return {
                 "sessions": float(launched),
                 "transactions": float(allocator.transactions),

@@ -80,6 +80,7 @@ class Sent:
     wanted: Wanted
     purpose: str
     transaction_id: int | None
+    at: float  # when the charger confirmed it
 
 
 def wanted_slots(section: Any) -> tuple[dict[str, Wanted], dict[str, str]]:
@@ -180,6 +181,9 @@ class ChargingLimits:
         self._refused: dict[str, tuple[Wanted | str, int | None]] = {}
         self._to_clear: set[str] = set()
         self._transactions: dict[int, int] = {}  # connector -> running transaction
+        # connector -> when its StartTransaction reached the bridge: a TxDefaultProfile
+        # confirmed before binds that transaction, one confirmed after need not.
+        self._started_at: dict[int, float] = {}
 
     # --- inputs --------------------------------------------------------------------------
     def on_delta(self, message: Mapping[str, Any]) -> bool:
@@ -220,14 +224,17 @@ class ChargingLimits:
             cleared = dict.fromkeys(stale)
             self._reporter.report(self.charger_id, {"refused": {"chargingLimit": cleared}}, now())
 
-    def transaction_started(self, connector_id: int, transaction_id: int) -> None:
+    def transaction_started(self, connector_id: int, transaction_id: int, at: float) -> None:
+        """``at``: when the StartTransaction arrived (before it was answered)."""
         self._transactions[connector_id] = transaction_id
+        self._started_at[connector_id] = at
 
     def transaction_stopped(self, transaction_id: int) -> bool:
         """True when the connector's TxDefaultProfile must be set again."""
         for connector_id, running in list(self._transactions.items()):
             if running == transaction_id:
                 del self._transactions[connector_id]
+                self._started_at.pop(connector_id, None)
                 sent = self._confirmed.get(str(connector_id))
                 return sent is not None and sent.purpose == TX_PROFILE
         return False
@@ -239,6 +246,7 @@ class ChargingLimits:
         self._confirmed.clear()
         self._refused.clear()
         self._transactions.clear()
+        self._started_at.clear()
         self._to_clear.clear()
 
     # --- the run ---------------------------------------------------------------------------
@@ -254,10 +262,13 @@ class ChargingLimits:
             return False
         sent = self._confirmed.get(slot)
         if sent is not None:
-            if sent.wanted == wanted and sent.purpose == TX_DEFAULT and purpose == TX_PROFILE:
-                # The transaction started under this TxDefaultProfile: it binds it already.
-                return False
-            return sent != Sent(wanted, purpose, transaction_id)
+            if sent.wanted != wanted:
+                return True
+            if purpose == TX_PROFILE and sent.purpose == TX_DEFAULT:
+                # A TxDefaultProfile on the charger before the transaction started binds it
+                # (the default for new transactions); one set since may not.
+                return sent.at >= self._started_at.get(int(slot), 0.0)
+            return sent.purpose != purpose or sent.transaction_id != transaction_id
         # Not set on this connection: the charger keeps what an earlier connection set
         # unless the delta says reported differs.
         return slot in self._in_delta or self._unit_in_delta
@@ -314,13 +325,12 @@ class ChargingLimits:
         if status != "Accepted":
             self._refuse(slot, wanted, transaction_id, status, None)
             return
-        self._confirmed[slot] = Sent(wanted, purpose, transaction_id)
-        self._refused.pop(slot, None)
         at = now()
+        self._confirmed[slot] = Sent(wanted, purpose, transaction_id, at)
+        self._refused.pop(slot, None)
         value: dict[str, Any] = {"limit": wanted.asked, "phases": wanted.phases}
-        value.update({"purpose": purpose, "at": at})
-        if transaction_id is not None:
-            value["transactionId"] = transaction_id
+        # transactionId null: a TxDefaultProfile replaced a TxProfile (merge patch).
+        value.update({"purpose": purpose, "transactionId": transaction_id, "at": at})
         reported: dict[str, Any] = {"unit": wanted.unit}
         if self._site is not None:
             reported["site"] = self._site

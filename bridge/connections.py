@@ -185,8 +185,8 @@ class ChargerConnection:
     def availability_seen(self, connector: str, value: str) -> None:
         self.reconciler.observe("availability", connector, value)
 
-    def transaction_started(self, connector_id: int, transaction_id: int) -> None:
-        self.reconciler.transaction_started(connector_id, transaction_id)
+    def transaction_started(self, connector_id: int, transaction_id: int, at: float) -> None:
+        self.reconciler.transaction_started(connector_id, transaction_id, at)
 
     def transaction_stopped(self, transaction_id: int) -> None:
         self.reconciler.transaction_stopped(transaction_id)

@@ -89,8 +89,9 @@ class ConnectionEvents(Protocol):
     def boot_wanted(self) -> None:
         """A charger not accepted yet sent something else than a BootNotification."""
 
-    def transaction_started(self, connector_id: int, transaction_id: int) -> None:
-        """A StartTransaction was answered (the charger knows the transaction's id)."""
+    def transaction_started(self, connector_id: int, transaction_id: int, at: float) -> None:
+        """A StartTransaction, received at ``at``, was answered (the charger knows the
+        transaction's id)."""
 
     def transaction_stopped(self, transaction_id: int) -> None:
         """A StopTransaction arrived."""
@@ -325,6 +326,7 @@ class ChargePointHandler(OcppEndpoint):
         reservation_id: int | None = None,
         **_: Any,
     ) -> call_result.StartTransaction:
+        received = now()
         reading = self.clock.reading(timestamp, "StartTransaction")
         at = reading.at
         info = await self.services.id_tags.lookup(id_tag)
@@ -365,7 +367,12 @@ class ChargePointHandler(OcppEndpoint):
         if info["status"] == "Accepted":
             # After the answer: a TxProfile names a transaction the charger must know.
             self._after_response.append(
-                partial(self.events.transaction_started, connector_id, started.transaction_id)
+                partial(
+                    self.events.transaction_started,
+                    connector_id,
+                    started.transaction_id,
+                    received,
+                )
             )
         return call_result.StartTransaction(transaction_id=started.transaction_id, id_tag_info=info)
 

@@ -129,10 +129,10 @@ class Reconciler:
         self._refused.clear()
         self.limits.booted()
 
-    def transaction_started(self, connector_id: int, transaction_id: int) -> None:
-        """A transaction runs on the connector (its StartTransaction was answered): a limit
-        set from now on binds it with a TxProfile."""
-        self.limits.transaction_started(connector_id, transaction_id)
+    def transaction_started(self, connector_id: int, transaction_id: int, at: float) -> None:
+        """A transaction runs on the connector (its StartTransaction, received at ``at``,
+        was answered): a limit set from now on binds it with a TxProfile."""
+        self.limits.transaction_started(connector_id, transaction_id, at)
         if self.limits.pending():
             self._wake.set()
 

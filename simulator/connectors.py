@@ -43,6 +43,7 @@ class Connector:
         "stop_reason",
         "stuck",
         "transaction_id",
+        "transaction_known",
     )
 
     def __init__(self, connector_id: int, meter: Meter) -> None:
@@ -56,6 +57,8 @@ class Connector:
         self.meter_failed = False
         self.transaction_id: int | None = None
         self.started_at: float | None = None  # epoch seconds, for Relative profiles
+        # Set while transaction_id is known (from the StartTransaction.conf on).
+        self.transaction_known = asyncio.Event()
         # Set when the charging profiles that bound this connector change.
         self.limit_changed = asyncio.Event()
         self.id_tag: str | None = None

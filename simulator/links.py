@@ -11,6 +11,7 @@ the CALLRESULT, and it runs as a task owned by the charger, never by the library
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -366,15 +367,26 @@ class ChargePointLink(ChargePoint):  # type: ignore[misc]  # ocpp ships no type 
 
     # -- smart charging (sections 3.13, 5.5, 5.7, 5.16; simulator.profiles) ---------------
 
-    def on_set_charging_profile(
+    async def on_set_charging_profile(
         self, connector_id: int, cs_charging_profiles: dict[str, Any], **_: Any
     ) -> Any:
         charger = self._charger
         answer = charger.profile_answer
         if answer != ChargingProfileStatus.accepted:
             return call_result.SetChargingProfile(status=ChargingProfileStatus(answer))
-        if self._connector(connector_id) is None:
+        connector = self._connector(connector_id)
+        if connector is None:
             return call_result.SetChargingProfile(status=ChargingProfileStatus.rejected)
+        if (
+            cs_charging_profiles.get("charging_profile_purpose") == "TxProfile"
+            and connector.stop is not None
+            and not connector.transaction_known.is_set()
+        ):
+            # A charger reads its StartTransaction.conf before the next frame; here the
+            # session may not have run since the answer came: give it that moment.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await connector.transaction_known.wait()
         running = {
             c.id: c.transaction_id for c in charger.connectors if c.transaction_id is not None
         }

@@ -85,6 +85,7 @@ async def _charge(charger: Charger, connector: Connector, id_tag: str, stop: asy
     )
     connector.transaction_id = int(started.transaction_id)
     connector.started_at = time.time()
+    connector.transaction_known.set()
     connector.id_tag = id_tag
     charger.sessions_started += 1
     connector.begin_sample = meter.sample(
@@ -167,6 +168,7 @@ async def stop_transaction(charger: Charger, connector: Connector, reason: Reaso
     )
     connector.transaction_id = None
     connector.started_at = None
+    connector.transaction_known.clear()
     charger.profiles.transaction_ended(connector.id)
     connector.id_tag = None
     connector.begin_sample = None
