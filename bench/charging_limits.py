@@ -101,7 +101,7 @@ class Allocator:
         at = time.time()
         connectors = (reported.get("chargingLimit") or {}).get("connectors") or {}
         for value in connectors.values():
-            if isinstance(value, dict) and "transactionId" in value:
+            if isinstance(value, dict) and isinstance(value.get("transactionId"), int):
                 started = self.started.pop((charger_id, int(value["transactionId"])), None)
                 if started is not None:
                     self.profile_s.append(at - started)
