@@ -11,9 +11,10 @@ charger (OCPP 1.6 section 3.13: same chargingProfileId replaces):
 
 All are Absolute with one period from 0 and no end; the limit is rounded to one decimal
 (section 7.7, ChargingSchedulePeriod.limit). A transaction that starts under a
-TxDefaultProfile is already bound by it (section 3.13.2: TxDefault is the default for new
-transactions), so nothing is sent at StartTransaction; a new limit during the transaction
-goes out as a TxProfile (a TxDefault may not touch a running transaction). The charger
+TxDefaultProfile the charger confirmed before the StartTransaction arrived is bound by it
+(section 3.13.2: TxDefault is the default for new transactions), so nothing is sent at
+StartTransaction; a new limit during the transaction (or a TxDefault confirmed after it
+started) goes out as a TxProfile (a TxDefault may not touch a running transaction). The charger
 deletes a TxProfile when its transaction ends (section 3.13.3), so at StopTransaction the
 connector's TxDefaultProfile is set again.
 
