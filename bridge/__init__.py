@@ -20,6 +20,7 @@ Modules, one concept each:
 - ``heap``           — freed heap memory back to the system, once a minute.
 - ``handlers``       — the charger-initiated OCPP 1.6 messages and their effects.
 - ``reconcilers``    — shadow delta -> ChangeConfiguration / ChangeAvailability.
+- ``charging_limits`` — desired charging limits -> SetChargingProfile / ClearChargingProfile.
 - ``commands``       — MQTT commands -> OCPP calls -> results.
 - ``reports``        — topics and payloads the bridge publishes.
 - ``stores``         — transactions and id tags in the shared database.

@@ -184,6 +184,12 @@ class ChargerConnection:
     def availability_seen(self, connector: str, value: str) -> None:
         self.reconciler.observe("availability", connector, value)
 
+    def transaction_started(self, connector_id: int, transaction_id: int, at: float) -> None:
+        self.reconciler.transaction_started(connector_id, transaction_id, at)
+
+    def transaction_stopped(self, transaction_id: int) -> None:
+        self.reconciler.transaction_stopped(transaction_id)
+
     async def _after_boot(self) -> None:
         """Read the whole configuration into reported.config, ask for every connector's
         status (the boot made them unknown), then reconcile."""

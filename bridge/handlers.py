@@ -31,7 +31,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from ocpp.charge_point import camel_to_snake_case
@@ -88,6 +88,13 @@ class ConnectionEvents(Protocol):
 
     def boot_wanted(self) -> None:
         """A charger not accepted yet sent something else than a BootNotification."""
+
+    def transaction_started(self, connector_id: int, transaction_id: int, at: float) -> None:
+        """A StartTransaction, received at ``at``, was answered (the charger knows the
+        transaction's id)."""
+
+    def transaction_stopped(self, transaction_id: int) -> None:
+        """A StopTransaction arrived."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +230,9 @@ class ChargePointHandler(OcppEndpoint):
             "rebootRequired": None,
             "connectors": None,
             "availability": None,
+            # Charging profiles may not survive a reboot: every desired limit is in the
+            # delta again and set again (bridge.charging_limits).
+            "chargingLimit": None,
         }
         if "firmwareVersion" in charge_point:
             reported["firmware"] = {"version": charge_point["firmwareVersion"]}
@@ -318,6 +328,7 @@ class ChargePointHandler(OcppEndpoint):
         reservation_id: int | None = None,
         **_: Any,
     ) -> call_result.StartTransaction:
+        received = now()
         reading = self.clock.reading(timestamp, "StartTransaction")
         at = reading.at
         info = await self.services.id_tags.lookup(id_tag)
@@ -355,6 +366,16 @@ class ChargePointHandler(OcppEndpoint):
                 "retried": started.retried,
             },
         )
+        if info["status"] == "Accepted":
+            # After the answer: a TxProfile names a transaction the charger must know.
+            self._after_response.append(
+                partial(
+                    self.events.transaction_started,
+                    connector_id,
+                    started.transaction_id,
+                    received,
+                )
+            )
         return call_result.StartTransaction(transaction_id=started.transaction_id, id_tag_info=info)
 
     @on(Action.stop_transaction)
@@ -398,6 +419,7 @@ class ChargePointHandler(OcppEndpoint):
             },
         )
         log.info("%s: transaction %d stopped (%s)", self.charger_id, transaction_id, stop_reason)
+        self._after_response.append(partial(self.events.transaction_stopped, transaction_id))
         if id_tag is None:
             return call_result.StopTransaction()
         return call_result.StopTransaction(id_tag_info=await self.services.id_tags.lookup(id_tag))

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from bridge.charging_limits import ChargingLimits
 from bridge.errors import (
     CallErrorReceived,
     CallTimeoutError,
@@ -53,7 +54,12 @@ def config_text(value: Any) -> str | None:
 
 
 class Reconciler:
-    """Applies one charger's config, availability and firmware delta, one run at a time."""
+    """Applies one charger's config, availability, firmware and charging-limit delta, one
+    run at a time."""
+
+    # Whether desired charging limits go out as charging profiles (bridge.charging_limits);
+    # False: each is refused with the reason that the protocol's mapping is not built yet.
+    charging_profiles = True
 
     # How firmware is carried (OCPP 2.0.1 stations have their own UpdateFirmware).
     firmware_reconciler: type[FirmwareReconciler] = FirmwareReconciler
@@ -85,6 +91,7 @@ class Reconciler:
         # Values the charger refused or scheduled: not sent again while desired stays.
         self._refused: dict[tuple[str, str], str] = {}
         self._firmware_noted = False
+        self.limits = ChargingLimits(charger_id, request, reporter, self.charging_profiles)
         self.runs = 0
 
     # --- inputs --------------------------------------------------------------------------
@@ -95,6 +102,7 @@ class Reconciler:
             log.warning("%s: delta without a state object ignored", self.charger_id)
             return
         self._delta = state
+        self.limits.on_delta(message)
         self._forget_undesired()
         metadata = message.get("metadata")
         self._metadata = metadata if isinstance(metadata, dict) else {}
@@ -122,6 +130,18 @@ class Reconciler:
         follows), and what it refused is tried once more, as on a new connection."""
         self._known = {leaf: v for leaf, v in self._known.items() if leaf[0] != "availability"}
         self._refused.clear()
+        self.limits.booted()
+
+    def transaction_started(self, connector_id: int, transaction_id: int, at: float) -> None:
+        """A transaction runs on the connector (its StartTransaction, received at ``at``,
+        was answered): a limit set from now on binds it with a TxProfile."""
+        self.limits.transaction_started(connector_id, transaction_id, at)
+        if self.limits.pending():
+            self._wake.set()
+
+    def transaction_stopped(self, transaction_id: int) -> None:
+        if self.limits.transaction_stopped(transaction_id):
+            self._wake.set()
 
     def observe(self, section: str, key: str, value: str) -> None:
         """The charger told us it has ``value`` (config key or connector availability)."""
@@ -161,6 +181,8 @@ class Reconciler:
             elif not self._firmware_noted:
                 self._firmware_noted = True
                 log.info("%s: firmware delta ignored: no firmware catalog", self.charger_id)
+        if self.limits.pending():
+            await self.limits.reconcile()
 
     def _firmware_asked_at(self) -> float:
         """When the operator last wrote ``desired.firmware.version`` (delta metadata)."""

@@ -134,6 +134,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="spread the first connections over this many seconds",
     )
+    sim.add_argument(
+        "--single-phase-share",
+        type=float,
+        default=0.0,
+        help="share of cars that charge on one phase only (0..1)",
+    )
+    sim.add_argument(
+        "--ev-max-current",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=None,
+        help="cars' on-board charger limit in A per phase, drawn in [MIN, MAX] "
+        "(default: every car takes all the charger gives)",
+    )
+    sim.add_argument(
+        "--profiles-survive-reboot",
+        action="store_true",
+        help="keep charging profiles across a reboot (default: a reboot loses them)",
+    )
     sim.add_argument("--seed", type=int, default=None, help="make the run reproducible")
     versions = sim.add_mutually_exclusive_group()
     versions.add_argument(

@@ -323,8 +323,17 @@ def _announce_demo(settings: Settings, token: str, chargers: int) -> None:
 def simulate(args: Any) -> int:
     """``chargetwin simulate``: a fleet until Ctrl-C."""
     from simulator import SimulatorOptions, run_simulator
+    from simulator.options import EvMix
 
     configure_logging(str(args.log_level).upper())
+    share = float(args.single_phase_share)
+    if not 0.0 <= share <= 1.0:
+        print("--single-phase-share must be between 0 and 1", file=sys.stderr)
+        return 2
+    current = tuple(args.ev_max_current) if args.ev_max_current else None
+    if current is not None and not 0 < current[0] <= current[1]:
+        print("--ev-max-current needs 0 < MIN <= MAX", file=sys.stderr)
+        return 2
     options = SimulatorOptions(
         url=args.url.rstrip("/"),
         chargers=args.chargers,
@@ -335,6 +344,8 @@ def simulate(args: Any) -> int:
         ramp_s=args.ramp,
         seed=args.seed,
         ocpp_mix=args.ocpp_mix or ((args.ocpp or "1.6", 1.0),),
+        evs=EvMix(share, current),
+        profiles_survive_reboot=bool(args.profiles_survive_reboot),
     )
 
     async def main() -> None:

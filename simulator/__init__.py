@@ -20,7 +20,7 @@ one way (``tests/test_layers.py`` checks it)::
     states                              Charger: what a charger is, call / spawn / close
     connectors                          a connector's state; its status is derived from it
     devicemodels                        2.0.1: components, variables, Get/SetVariables
-    configurations  meters  connections  options
+    configurations  meters  profiles  connections  options
 
 A 2.0.1 station reuses the 1.6 parts where the logic is the same (the connection loop,
 connector state, meter model, session timing, fault switches, firmware download and

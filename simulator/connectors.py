@@ -33,14 +33,17 @@ class Connector:
         "id",
         "id_tag",
         "inoperative_scheduled",
+        "limit_changed",
         "meter",
         "meter_failed",
         "operative",
         "phase",
+        "started_at",
         "stop",
         "stop_reason",
         "stuck",
         "transaction_id",
+        "transaction_known",
     )
 
     def __init__(self, connector_id: int, meter: Meter) -> None:
@@ -53,6 +56,11 @@ class Connector:
         self.stuck = False
         self.meter_failed = False
         self.transaction_id: int | None = None
+        self.started_at: float | None = None  # epoch seconds, for Relative profiles
+        # Set while transaction_id is known (from the StartTransaction.conf on).
+        self.transaction_known = asyncio.Event()
+        # Set when the charging profiles that bound this connector change.
+        self.limit_changed = asyncio.Event()
         self.id_tag: str | None = None
         self.begin_sample: dict[str, Any] | None = None
         self.stop: asyncio.Event | None = None

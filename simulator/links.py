@@ -11,10 +11,13 @@ the CALLRESULT, and it runs as a task owned by the charger, never by the library
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
+from ocpp.exceptions import NotSupportedError
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import (
     Action,
@@ -44,9 +47,26 @@ from websockets.asyncio.client import ClientConnection
 from simulator import diagnostics, firmwares, sessions
 from simulator.configurations import AUTHORIZATION_KEY, authorization_key_password
 from simulator.connectors import Connector
+from simulator.profiles import Limit, Profile, ProfileError
 from simulator.states import Charger
 
 __all__ = ["ChargePointLink"]
+
+
+def _snake_to_camel(value: Any) -> Any:
+    """The library hands nested payloads over in snake_case; profiles are read in the
+    OCPP spelling (section 7.8), whichever arrives."""
+    if isinstance(value, dict):
+        return {_camel(str(k)): _snake_to_camel(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_snake_to_camel(v) for v in value]
+    return value
+
+
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
 
 Handler = Callable[..., Any]
 
@@ -112,6 +132,15 @@ class ChargePointLink(ChargePoint):  # type: ignore[misc]  # ocpp ships no type 
     async def _handle_call(self, msg: Any) -> Any:
         """Keep the call for inspection (bounded deque), then let the library route it."""
         self._charger.received.append((str(msg.action), dict(msg.payload)))
+        if (
+            msg.action == Action.set_charging_profile
+            and self._charger.profile_answer == "CallError"
+        ):
+            # Firmware without Smart Charging: a CALLERROR, answered without the library's
+            # error log (it is the model's behaviour, not a fault of the simulator).
+            error = NotSupportedError("Smart Charging is not supported by this firmware")
+            await self._send(msg.create_call_error(error).to_json())
+            return None
         return await super()._handle_call(msg)
 
     def _take_accepted(self) -> bool:
@@ -336,14 +365,75 @@ class ChargePointLink(ChargePoint):  # type: ignore[misc]  # ocpp ships no type 
     def on_cancel_reservation(self, **_: Any) -> Any:
         return call_result.CancelReservation(status=CancelReservationStatus.rejected)
 
-    def on_set_charging_profile(self, **_: Any) -> Any:
-        return call_result.SetChargingProfile(status=ChargingProfileStatus.not_supported)
+    # -- smart charging (sections 3.13, 5.5, 5.7, 5.16; simulator.profiles) ---------------
 
-    def on_clear_charging_profile(self, **_: Any) -> Any:
-        return call_result.ClearChargingProfile(status=ClearChargingProfileStatus.unknown)
+    async def on_set_charging_profile(
+        self, connector_id: int, cs_charging_profiles: dict[str, Any], **_: Any
+    ) -> Any:
+        charger = self._charger
+        answer = charger.profile_answer
+        if answer != ChargingProfileStatus.accepted:
+            return call_result.SetChargingProfile(status=ChargingProfileStatus(answer))
+        connector = self._connector(connector_id)
+        if connector is None:
+            return call_result.SetChargingProfile(status=ChargingProfileStatus.rejected)
+        if (
+            cs_charging_profiles.get("charging_profile_purpose") == "TxProfile"
+            and connector.stop is not None
+            and not connector.transaction_known.is_set()
+        ):
+            # A charger reads its StartTransaction.conf before the next frame; here the
+            # session may not have run since the answer came: give it that moment.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await connector.transaction_known.wait()
+        running = {
+            c.id: c.transaction_id for c in charger.connectors if c.transaction_id is not None
+        }
+        try:
+            payload = _snake_to_camel(cs_charging_profiles)
+            profile = Profile.parse(connector_id, payload, time.time())
+            charger.profiles.install(profile, running)
+        except ProfileError as exc:
+            charger.log.info("%s: charging profile rejected: %s", charger.id, exc)
+            return call_result.SetChargingProfile(status=ChargingProfileStatus.rejected)
+        charger.profiles_changed()
+        return call_result.SetChargingProfile(status=ChargingProfileStatus.accepted)
 
-    def on_get_composite_schedule(self, **_: Any) -> Any:
-        return call_result.GetCompositeSchedule(status=GetCompositeScheduleStatus.rejected)
+    def on_clear_charging_profile(
+        self,
+        id: int | None = None,  # the OCPP field's name
+        connector_id: int | None = None,
+        charging_profile_purpose: str | None = None,
+        stack_level: int | None = None,
+        **_: Any,
+    ) -> Any:
+        cleared = self._charger.profiles.clear(
+            id, connector_id, charging_profile_purpose, stack_level
+        )
+        if not cleared:
+            return call_result.ClearChargingProfile(status=ClearChargingProfileStatus.unknown)
+        self._charger.profiles_changed()
+        return call_result.ClearChargingProfile(status=ClearChargingProfileStatus.accepted)
+
+    def on_get_composite_schedule(
+        self, connector_id: int, duration: int, charging_rate_unit: str | None = None, **_: Any
+    ) -> Any:
+        connector = self._connector(connector_id)
+        if connector is None or duration < 0:
+            return call_result.GetCompositeSchedule(status=GetCompositeScheduleStatus.rejected)
+        at = float(int(time.time()))
+        tx_start = connector.started_at if connector.transaction_id is not None else None
+        rating = Limit(connector.meter.max_amps, connector.meter.phases)
+        schedule = self._charger.profiles.composite(
+            connector_id, at, duration, charging_rate_unit or "A", tx_start, rating
+        )
+        return call_result.GetCompositeSchedule(
+            status=GetCompositeScheduleStatus.accepted,
+            connector_id=connector_id,
+            schedule_start=schedule["startSchedule"],
+            charging_schedule=schedule,
+        )
 
     def on_get_local_list_version(self, **_: Any) -> Any:
         return call_result.GetLocalListVersion(list_version=0)

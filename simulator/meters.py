@@ -1,9 +1,12 @@
 """The electricity meter and the car behind a connector: energy, power, current, SoC.
 
 Values follow a simple physical model so dashboards and rules see plausible curves: the
-energy register only rises (OCPP 1.6 section 7.31, Energy.Active.Import.Register), power
-tapers above 80 % state of charge as a real battery's does, current is power over voltage
-per phase, and the connector warms up with power. Sampled values are built as section 7.45
+car draws the lowest of what the charger offers (its charging profiles), what its on-board
+charger takes and what its battery accepts (tapering above 80 % state of charge); it ramps
+up over a few seconds and drops at once when the offer falls; below 6 A (IEC 61851's
+floor) it pauses. A single-phase car draws on L1 only. The energy register only rises
+(OCPP 1.6 section 7.31, Energy.Active.Import.Register) and is the integral of the power
+reported, and the connector warms up with power. Sampled values are built as section 7.45
 (SampledValue) describes, with the units of section 7.42 (UnitOfMeasure).
 """
 
@@ -21,6 +24,8 @@ NOMINAL_VOLTAGE = 230.0
 AMBIENT_C = 22.0
 OVERHEAT_C = 92.0
 PHASES = ("L1", "L2", "L3")
+MIN_CURRENT_A = 6.0  # IEC 61851-1: a car does not charge on a lower offer
+RAMP_A_PER_S = 10.0  # how fast a car's current rises toward a higher offer (32 A in ~3 s)
 
 
 def utc_now() -> str:
@@ -32,8 +37,11 @@ class Meter:
     """One connector's meter plus the state of the car plugged into it."""
 
     __slots__ = (
+        "amps",
         "battery_wh",
         "energy_wh",
+        "ev_max_a",
+        "ev_phases",
         "max_power_w",
         "overheating",
         "phases",
@@ -53,25 +61,61 @@ class Meter:
         self.soc = 0.0
         self.battery_wh = 60_000.0
         self.overheating = False
+        self.amps = 0.0  # drawn per phase
+        self.ev_phases = phases
+        self.ev_max_a = self.max_amps
 
-    def plug_in(self, rng: random.Random) -> None:
-        """A new car arrives: its battery size and state of charge are drawn at random."""
+    @property
+    def max_amps(self) -> float:
+        """The charger's own rating per phase."""
+        return self.max_power_w / (NOMINAL_VOLTAGE * self.phases)
+
+    @property
+    def active_phases(self) -> int:
+        return min(self.phases, self.ev_phases)
+
+    def plug_in(
+        self, rng: random.Random, ev_phases: int | None = None, ev_max_a: float | None = None
+    ) -> None:
+        """A new car arrives: its battery size and state of charge are drawn at random;
+        without ``ev_phases`` / ``ev_max_a`` it takes all the charger can give."""
         self.battery_wh = rng.choice((40_000.0, 58_000.0, 64_000.0, 77_000.0, 82_000.0))
         self.soc = rng.uniform(8.0, 65.0)
-        # Many cars take less than the charger offers (on-board charger limit).
+        self.ev_phases = ev_phases or self.phases
+        self.ev_max_a = ev_max_a if ev_max_a is not None else self.max_amps
         self.power_w = 0.0
+        self.amps = 0.0
 
-    def advance(self, seconds: float, rng: random.Random, charging: bool) -> None:
-        """Move the model on by ``seconds`` of simulated time."""
-        if charging and self.soc < 100.0:
-            taper = 1.0 if self.soc < 80.0 else max(0.1, (100.0 - self.soc) / 20.0)
-            self.power_w = self.max_power_w * taper * rng.uniform(0.93, 0.99)
-        else:
-            self.power_w = 0.0
+    def advance(
+        self,
+        seconds: float,
+        rng: random.Random,
+        charging: bool,
+        offered: tuple[float, int] | None = None,
+    ) -> None:
+        """Move the model on by ``seconds`` of simulated time: the power drawn since the
+        last step goes into the register, then the car settles on a new draw.
+        ``offered``: the charger's limit (amperes per phase, phases); None: no limit."""
         delivered = self.power_w * seconds / 3600.0
         self.energy_wh += delivered
         self.soc = min(100.0, self.soc + 100.0 * delivered / self.battery_wh)
         self.voltage = NOMINAL_VOLTAGE + rng.uniform(-4.0, 4.0)
+        target = 0.0
+        phases = self.active_phases
+        if charging and self.soc < 100.0:
+            # The charger's rating is in watts: at a high voltage it gives fewer amperes.
+            ceiling = min(self.ev_max_a, self.max_power_w / (self.voltage * phases))
+            if offered is not None:
+                # A car does not switch phases: the offer's numberPhases only informs.
+                ceiling = min(ceiling, offered[0])
+            if ceiling >= MIN_CURRENT_A:
+                taper = 1.0 if self.soc < 80.0 else max(0.1, (100.0 - self.soc) / 20.0)
+                target = ceiling * taper * rng.uniform(0.93, 0.99)
+        if target > self.amps:
+            self.amps = min(target, self.amps + RAMP_A_PER_S * seconds)
+        else:
+            self.amps = target
+        self.power_w = self.amps * self.voltage * phases
         target = AMBIENT_C + 18.0 * self.power_w / max(self.max_power_w, 1.0)
         if self.overheating:
             target = OVERHEAT_C
@@ -97,9 +141,8 @@ class Meter:
             elif measurand == Measurand.power_active_import:
                 values.append(_value(f"{self.power_w:.0f}", ctx, measurand, "W", "Outlet"))
             elif measurand == Measurand.current_import:
-                per_phase = self.power_w / (self.voltage * self.phases)
-                for phase in PHASES[: self.phases]:
-                    values.append(_value(f"{per_phase:.1f}", ctx, measurand, "A", "Outlet", phase))
+                for phase in PHASES[: self.active_phases]:
+                    values.append(_value(f"{self.amps:.1f}", ctx, measurand, "A", "Outlet", phase))
             elif measurand == Measurand.voltage:
                 for phase in PHASES[: self.phases]:
                     volts = f"{self.voltage:.1f}"

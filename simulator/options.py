@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "OCPP_VERSIONS",
     "ChargerModel",
+    "EvMix",
     "FaultScheduleEntry",
     "SessionTiming",
     "SimulatorOptions",
@@ -34,6 +35,10 @@ class ChargerModel:
     connectors: int
     max_power_w: float
     phases: int
+    # The answer to every SetChargingProfile: "Accepted" (the model does smart charging),
+    # "Rejected", "NotSupported", or "CallError" (a CALLERROR NotSupported, as firmware
+    # without the Smart Charging feature profile sends).
+    profile_answer: str = "Accepted"
 
 
 DEFAULT_MODELS: tuple[ChargerModel, ...] = (
@@ -60,6 +65,16 @@ class SessionTiming:
     # Simulated seconds per wall second for energy and state of charge, so a compressed
     # demo session still delivers a plausible number of kWh.
     time_scale: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class EvMix:
+    """The cars that plug in: the share that charges on one phase only, and the range of
+    their on-board chargers' current per phase. ``max_current_a`` None: every car takes
+    all the charger gives (and charges on all its phases)."""
+
+    single_phase_share: float = 0.0
+    max_current_a: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +106,10 @@ class SimulatorOptions:
     meter_interval_s: int = 0
     heartbeat_interval_s: int = 300
     sessions: SessionTiming = field(default_factory=SessionTiming)
+    evs: EvMix = field(default_factory=EvMix)
+    # Charging profiles a reboot keeps (real chargers mostly do; False shows what a
+    # central system must do for one that does not: set them again after the boot).
+    profiles_survive_reboot: bool = False
     # Expected random faults per charger per hour (0 disables them).
     fault_rate_per_hour: float = 0.0
     fault_duration_s: tuple[float, float] = (30.0, 120.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from ocpp.v16 import call
 from ocpp.v16.enums import AuthorizationStatus, ChargePointStatus, ReadingContext, Reason
@@ -67,7 +68,13 @@ async def finish(charger: Charger, connector: Connector) -> None:
 
 async def _charge(charger: Charger, connector: Connector, id_tag: str, stop: asyncio.Event) -> None:
     meter = connector.meter
-    meter.plug_in(charger.rng)
+    evs = charger.options.evs
+    single = evs.single_phase_share > 0 and charger.rng.random() < evs.single_phase_share
+    meter.plug_in(
+        charger.rng,
+        ev_phases=1 if single else None,
+        ev_max_a=charger.rng.uniform(*evs.max_current_a) if evs.max_current_a else None,
+    )
     started = await charger.call(
         call.StartTransaction(
             connector_id=connector.id,
@@ -77,6 +84,8 @@ async def _charge(charger: Charger, connector: Connector, id_tag: str, stop: asy
         )
     )
     connector.transaction_id = int(started.transaction_id)
+    connector.started_at = time.time()
+    connector.transaction_known.set()
     connector.id_tag = id_tag
     charger.sessions_started += 1
     connector.begin_sample = meter.sample(
@@ -92,18 +101,32 @@ async def _charge(charger: Charger, connector: Connector, id_tag: str, stop: asy
     timing = charger.options.sessions
     deadline = loop.time() + charger.rng.uniform(*timing.duration_s)
     last = loop.time()
+    # The car starts drawing under the limits that bind it (none yet: the next step).
+    meter.advance(0.0, charger.rng, charging=True, offered=charger.offer(connector))
     while not stop.is_set():
         remaining = deadline - loop.time()
         if remaining <= 0:
             connector.stop_reason = Reason.ev_disconnected
             break
         interval = charger.config.integer("MeterValueSampleInterval")
-        await _wait(stop, min(interval, remaining) if interval > 0 else remaining)
+        connector.limit_changed.clear()
+        await _wait(
+            stop,
+            min(interval, remaining) if interval > 0 else remaining,
+            connector.limit_changed,
+        )
         now = loop.time()
-        meter.advance((now - last) * timing.time_scale, charger.rng, charging=True)
+        offered = charger.offer(connector)
+        meter.advance((now - last) * timing.time_scale, charger.rng, True, offered)
         last = now
         if not stop.is_set():
-            await send_meter_values(charger, connector, ReadingContext.sample_periodic)
+            # A new limit is shown at once (the central system watches its effect).
+            context = (
+                ReadingContext.other
+                if connector.limit_changed.is_set()
+                else ReadingContext.sample_periodic
+            )
+            await send_meter_values(charger, connector, context)
     await stop_transaction(charger, connector, connector.stop_reason)
 
 
@@ -144,6 +167,9 @@ async def stop_transaction(charger: Charger, connector: Connector, reason: Reaso
         )
     )
     connector.transaction_id = None
+    connector.started_at = None
+    connector.transaction_known.clear()
+    charger.profiles.transaction_ended(connector.id)
     connector.id_tag = None
     connector.begin_sample = None
     charger.sessions_completed += 1
@@ -156,8 +182,16 @@ async def stop_transaction(charger: Charger, connector: Connector, reason: Reaso
     )
 
 
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    """Sleep ``seconds`` or until ``event`` is set, whichever comes first."""
+async def _wait(event: asyncio.Event, seconds: float, also: asyncio.Event | None = None) -> None:
+    """Sleep ``seconds`` or until ``event`` (or ``also``) is set, whichever comes first."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
-            await event.wait()
+            if also is None:
+                await event.wait()
+                return
+            waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(also.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Coroutine
 from enum import StrEnum
@@ -30,6 +31,7 @@ from simulator.connections import Offline
 from simulator.connectors import Connector
 from simulator.meters import Meter, utc_now
 from simulator.options import SimulatorOptions
+from simulator.profiles import ProfileStore
 
 __all__ = ["Charger", "ChargerState", "Close", "FirmwareFailure"]
 
@@ -107,6 +109,9 @@ class Charger:
         # (ChangeConfiguration AuthorizationKey); a test may make the charger refuse that.
         self.password = options.password_for(self.id)
         self.refuse_authorization_key = False
+        self.profiles = ProfileStore(int(self.config.get("MaxChargingProfilesInstalled") or 8))
+        # How SetChargingProfile is answered; a test may change it (see ChargerModel).
+        self.profile_answer = self.model.profile_answer
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -179,6 +184,28 @@ class Charger:
     def connector(self, connector_id: int) -> Connector:
         return self.connectors[connector_id]
 
+    def offer(self, connector: Connector) -> tuple[float, int] | None:
+        """What the charging profiles let ``connector`` draw now (amperes per phase,
+        phases); None: only the charger's rating. The charger's cap (ChargePointMaxProfile)
+        is shared by the connectors that charge."""
+        at = time.time()
+        tx_start = connector.started_at if connector.transaction_id is not None else None
+        own = self.profiles.limit(connector.id, at, tx_start)
+        if own is None:
+            return None
+        cap = self.profiles.limit(0, at)
+        if cap is not None:
+            sharing = sum(1 for c in self.connectors[1:] if c.transaction_id is not None)
+            if sharing > 1:
+                own_amps = min(own.amps, cap.amps / sharing)
+                return own_amps, own.phases
+        return own.amps, own.phases
+
+    def profiles_changed(self) -> None:
+        """Wake every connector's session: its car follows the new limit at once."""
+        for connector in self.connectors:
+            connector.limit_changed.set()
+
     # -- closing the socket --------------------------------------------------------------
 
     async def close(self, reason: Close = Close.DROPPED) -> None:
@@ -191,6 +218,8 @@ class Charger:
         """Reboot (Reset, new firmware): sessions end with ``stop_reason`` reported after
         the next boot, as a charger does that lost its transactions to the restart."""
         self.pending_stop_reason = stop_reason
+        if not self.options.profiles_survive_reboot:
+            self.profiles.clear()
         self.log.info("%s: rebooting (%s)", self.id, stop_reason)
         self.spawn(self.close(Close.REBOOT), outlive_connection=True)
 

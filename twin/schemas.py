@@ -60,6 +60,36 @@ DESIRED_SCHEMA: dict[str, Any] = {
             "required": ["version"],
             "properties": {"version": {"type": "string", "minLength": 1, "maxLength": 50}},
         },
+        "chargingLimit": {
+            "description": (
+                "Charging limits kept by OCPP charging profiles (docs/shadow.md, Charging "
+                "limits): a failsafe for the whole charger and one limit per connector."
+            ),
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "site": {"type": "string", "maxLength": 100},
+                "unit": {"enum": ["A", "W"]},
+                "failsafe": {"$ref": "#/$defs/chargingLimit"},
+                "connectors": {
+                    "type": "object",
+                    "propertyNames": {"pattern": "^[1-9][0-9]{0,2}$"},
+                    "additionalProperties": {"$ref": "#/$defs/chargingLimit"},
+                },
+            },
+        },
+    },
+    "$defs": {
+        "chargingLimit": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["limit"],
+            "properties": {
+                # 0 pauses charging; in the unit of the section (A per phase, or W).
+                "limit": {"type": "number", "minimum": 0, "maximum": 1_000_000},
+                "phases": {"enum": [1, 2, 3]},
+            },
+        },
     },
 }
 

@@ -594,6 +594,11 @@ class ShadowService:
         old_delta = previous.delta if previous is not None else {}
         if new_delta and ("desired" in request.state or new_delta != old_delta or resend_delta):
             messages += self._delta_message(current, request.client_token)
+        elif "desired" in request.state:
+            # Desired changed and nothing differs: a removal (or a value reached). Sent all
+            # the same: the bridge clears what it set for a value nobody desires any more
+            # (a charging limit), and it learns that from the whole desired state.
+            messages += self._delta_message(current, request.client_token, empty=True)
         return _Outcome(job, messages, changed=True)
 
     def _presence_request(
@@ -624,9 +629,12 @@ class ShadowService:
             request.client_token,
         )
 
-    def _delta_message(self, doc: ShadowDocument, token: str | None) -> list[_Message]:
+    def _delta_message(
+        self, doc: ShadowDocument, token: str | None, *, empty: bool = False
+    ) -> list[_Message]:
+        """The delta, with the whole desired state (a reconciler sees removals in it)."""
         d = doc.delta()
-        if not d:
+        if not d and not empty:
             return []
         return [
             (
@@ -635,6 +643,7 @@ class ShadowService:
                     {
                         "state": d,
                         "metadata": delta_metadata(d, doc.sections["desired"].metadata),
+                        "desired": doc.desired,
                         "version": doc.version,
                         "timestamp": doc.timestamp,
                     },

@@ -16,6 +16,7 @@ this subclass decides *how* for 2.0.1:
   ChangeAvailability with ``operationalStatus`` (OCPP 2.0.1 G03, G04).
 - ``desired.firmware`` goes out as the 2.0.1 UpdateFirmware, its progress followed by
   ``requestId`` (:mod:`bridge.v201.firmwares`).
+- ``desired.chargingLimit`` is refused (NotSupported, "not built for OCPP 2.0.1 yet").
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class StationReconciler(Reconciler):
     """The 1.6 reconciler's schedule with 2.0.1 calls (see the module docstring)."""
 
     firmware_reconciler = StationFirmware
+    # The 2.0.1 SetChargingProfile mapping is not built: desired charging limits are
+    # refused with that reason in reported.refused.chargingLimit.
+    charging_profiles = False
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ import contextlib
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,9 @@ async def platform(
     ocpp_mix: tuple[tuple[str, float], ...] = (("1.6", 1.0),),
     sessions: SessionTiming | None = None,
     site: str | None = None,
+    simulator: dict[str, Any] | None = None,
 ) -> AsyncIterator[Platform]:
+    """``simulator``: simulator options that differ from this helper's."""
     prefix = noted(f"e2e-{uuid.uuid4().hex[:10]}")
     topics = Topics(prefix)
     api_port = free_port()
@@ -179,7 +181,7 @@ async def platform(
                 reconnect_min_s=0.2,
                 reconnect_max_s=1.0,
             )
-            fleet = Fleet(options)
+            fleet = Fleet(replace(options, **(simulator or {})))
             for charger in fleet.chargers:
                 body = {"id": charger.id, "password": PASSWORD}
                 if site is not None:

@@ -42,6 +42,7 @@ async def test_remote_start_runs_a_full_session_with_all_measurands(
     meter_values = central.messages(cid, "MeterValues")
     assert len(meter_values) >= 2
     energy = []
+    powers: list[float] = []
     for message in meter_values:
         assert message["transactionId"] == 1000
         (value,) = message["meterValue"]
@@ -51,7 +52,9 @@ async def test_remote_start_runs_a_full_session_with_all_measurands(
         phases = {s.get("phase") for s in sampled if s["measurand"] == "Current.Import"}
         assert sorted(phases) == ["L1", "L2", "L3"][: charger.model.phases]
         power = next(float(s["value"]) for s in sampled if s["measurand"] == "Power.Active.Import")
-        assert 0.5 * charger.model.max_power_w < power <= charger.model.max_power_w
+        # The car ramps up over a few seconds (simulator.meters), then takes all it gets.
+        assert 0 < power <= charger.model.max_power_w
+        powers.append(power)
         energy.append(
             int(
                 next(
@@ -60,6 +63,7 @@ async def test_remote_start_runs_a_full_session_with_all_measurands(
             )
         )
     assert energy == sorted(energy) and energy[-1] > start["meterStart"]
+    assert powers[-1] > 0.5 * charger.model.max_power_w
 
     stop = central.messages(cid, "StopTransaction")[0]
     assert stop["transactionId"] == 1000
