@@ -93,12 +93,12 @@ class Meter:
         charging: bool,
         offered: tuple[float, int] | None = None,
     ) -> None:
-        """Move the model on by ``seconds`` of simulated time: the power drawn since the
-        last step goes into the register, then the car settles on a new draw.
-        ``offered``: the charger's limit (amperes per phase, phases); None: no limit."""
-        delivered = self.power_w * seconds / 3600.0
-        self.energy_wh += delivered
-        self.soc = min(100.0, self.soc + 100.0 * delivered / self.battery_wh)
+        """Move the model on by ``seconds`` of simulated time: the car settles on a new draw
+        and the energy drawn meanwhile goes into the register (a ramp up rose linearly
+        over the step; a drop happens at the step, as the car follows a lower offer at
+        once). ``offered``: the charger's limit (amperes per phase, phases); None: no
+        limit."""
+        before_w = self.power_w
         self.voltage = NOMINAL_VOLTAGE + rng.uniform(-4.0, 4.0)
         target = 0.0
         phases = self.active_phases
@@ -116,6 +116,11 @@ class Meter:
         else:
             self.amps = target
         self.power_w = self.amps * self.voltage * phases
+        # Without the ramp's share a short session (one step) would deliver nothing.
+        drawn_w = (before_w + self.power_w) / 2.0 if self.power_w > before_w else before_w
+        delivered = drawn_w * seconds / 3600.0
+        self.energy_wh += delivered
+        self.soc = min(100.0, self.soc + 100.0 * delivered / self.battery_wh)
         target = AMBIENT_C + 18.0 * self.power_w / max(self.max_power_w, 1.0)
         if self.overheating:
             target = OVERHEAT_C

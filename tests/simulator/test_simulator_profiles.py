@@ -172,11 +172,21 @@ def test_the_car_ramps_up_follows_the_offer_and_tapers() -> None:
     assert meter.amps <= 10.0  # drops at once
     meter.advance(1.0, rng, True, (5.0, 3))
     assert meter.amps == 0.0 and meter.power_w == 0.0  # below 6 A: paused
-    # The register is the integral of the power reported.
+    # The register is the integral of the power reported: over an hour's step, between
+    # the power before and after it (a ramp up counts half of its rise).
     meter.advance(1.0, rng, True, None)
     before, power = meter.energy_wh, meter.power_w
     meter.advance(3600.0, rng, True, None)
-    assert meter.energy_wh - before == pytest.approx(power)
+    low, high = sorted((power, meter.power_w))
+    assert low - 1e-6 <= meter.energy_wh - before <= high + 1e-6
+    assert meter.energy_wh - before == pytest.approx((power + meter.power_w) / 2)  # rose
+    # A short session of one step still delivers energy (the ramp's share).
+    short = Meter(22_000.0, 3, 0.0)
+    short.plug_in(rng)
+    short.soc = 20.0
+    short.advance(0.0, rng, True, None)
+    short.advance(1.5, rng, True, None)
+    assert short.energy_wh > 0
     # Above 80 % the battery takes less.
     meter.soc = 95.0
     meter.advance(1.0, rng, True, None)
