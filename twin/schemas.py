@@ -25,6 +25,17 @@ DEVICE_MODEL_KEY = (
     f"/{_NAME}(:{_NAME})?(#(Target|MinSet|MaxSet))?$"
 )
 
+# One charging limit (a connector's or the failsafe): amperes per phase or watts.
+_LIMIT: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["limit"],
+    "properties": {
+        "limit": {"type": "number", "minimum": 0, "maximum": 1_000_000},
+        "phases": {"enum": [1, 3]},
+    },
+}
+
 DESIRED_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "urn:chargetwin:desired-state",
@@ -59,6 +70,22 @@ DESIRED_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "required": ["version"],
             "properties": {"version": {"type": "string", "minLength": 1, "maxLength": 50}},
+        },
+        "chargingLimit": {
+            "description": "Charging limits (docs/shadow.md, 'Charging limits'): the charger's "
+            "failsafe and a limit per connector; written by the site energy allocator.",
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "site": {"type": "string", "maxLength": 100},
+                "unit": {"enum": ["A", "W"]},
+                "failsafe": {**_LIMIT},
+                "connectors": {
+                    "type": "object",
+                    "propertyNames": {"pattern": "^[1-9][0-9]{0,2}$"},
+                    "additionalProperties": {**_LIMIT},
+                },
+            },
         },
     },
 }
