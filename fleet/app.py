@@ -66,7 +66,6 @@ class FleetEngines:
         )
         energy = EnergyEngine(
             SiteStore(db),
-            ShadowStore(db),
             shadow_client,
             mqtt,
             topics,

@@ -42,8 +42,14 @@ from chargetwin.mqtt import MqttClient
 from chargetwin.shadow_client import ShadowClient, ShadowRequestError
 from chargetwin.topics import Topics
 from fleet.allocation import Connector, Policy, State, allocate, under_since
-from fleet.sites import DEFAULT_RATED_A, DEFAULT_VOLTAGE, SiteStore, finite, limit_at
-from twin.stores import ShadowStore
+from fleet.sites import (
+    DEFAULT_RATED_A,
+    DEFAULT_VOLTAGE,
+    SiteNotFound,
+    SiteStore,
+    finite,
+    limit_at,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,6 @@ class Reading:
 @dataclass
 class EnergyEngine:
     sites: SiteStore
-    shadows: ShadowStore
     shadow_client: ShadowClient
     mqtt: MqttClient
     topics: Topics
@@ -73,6 +78,7 @@ class EnergyEngine:
     debounce: float = 0.2
     _readings: dict[tuple[str, str], Reading] = field(default_factory=dict, init=False)
     _site_of: dict[str, str] = field(default_factory=dict, init=False)
+    _chargers: dict[str, list[tuple[str, list[str]]]] = field(default_factory=dict, init=False)
     _dirty: set[str] = field(default_factory=set, init=False)
     _all: bool = field(default=True, init=False)
     _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
@@ -205,23 +211,30 @@ class EnergyEngine:
 
     # --- one pass -----------------------------------------------------------------------
     async def tick(self, only: set[str] | None = None, now: float | None = None) -> float | None:
-        """Recompute ``only`` those sites (all when None); the next schedule edge."""
+        """Recompute ``only`` those sites (every site when None); the next schedule edge.
+
+        A full pass reloads which chargers each site has; a pass over a few sites (after
+        their messages) uses what the last full pass loaded, so a burst of meter values
+        costs a few queries per site, not a read of the whole registry."""
         now = self.clock() if now is None else now
-        energies = await self.sites.all_energy()
-        names = await self.sites.names()
+        if only is None or not self._chargers:
+            self._chargers = await self.sites.chargers_by_site()
+            self._site_of = {c: site for site, cs in self._chargers.items() for c, _ in cs}
+        if only is None:
+            energies = await self.sites.all_energy()
+        else:
+            energies = {}
+            for site in only:
+                with contextlib.suppress(SiteNotFound):
+                    energies[site] = await self.sites.energy(site)
         edges: list[float] = []
-        for site in names:
-            chargers = await self.sites.chargers(site)
-            for charger_id, _ in chargers:
-                self._site_of[charger_id] = site
-            energy = energies.get(site)
-            if energy is None or (only is not None and site not in only):
-                continue
+        for site, energy in sorted(energies.items()):
             limit = limit_at(energy.desired, now)
             if limit.next_edge is not None:
                 edges.append(limit.next_edge)
             if limit.amps is None:
                 continue  # no limit desired: nothing to keep
+            chargers = self._chargers.get(site, [])
             await self._site_pass(site, energy.desired, chargers, limit.amps, limit.window, now)
         return min(edges) if edges else None
 
@@ -237,12 +250,20 @@ class EnergyEngine:
         previous = await self.sites.report(site) or {}
         memory: dict[str, Any] = previous.get("connectors") or {}
         sessions = await self._sessions([c for c, _ in chargers])
-        documents = {c: await self.shadows.get_document(c) or {} for c, _ in chargers}
+        documents = await self.sites.documents([c for c, _ in chargers])
         connectors: list[Connector] = []
+        readings: dict[str, Reading | None] = {}  # one snapshot for the pass and its report
         for charger_id, tags in chargers:
             connectors.extend(
                 self._connectors(
-                    site, desired, charger_id, tags, documents[charger_id], sessions, memory, now
+                    desired,
+                    charger_id,
+                    tags,
+                    documents[charger_id],
+                    sessions,
+                    memory,
+                    readings,
+                    now,
                 )
             )
         policy = Policy(
@@ -256,7 +277,7 @@ class EnergyEngine:
         load_amps, load_watts, unknown = 0.0, 0.0, 0
         report_connectors: dict[str, Any] = {}
         for c in connectors:
-            reading = self._reading(c.charger_id, c.connector, now)
+            reading = readings.get(c.key)
             if c.state is State.CHARGING and reading is None:
                 unknown += 1
             if reading is not None:
@@ -326,13 +347,13 @@ class EnergyEngine:
 
     def _connectors(
         self,
-        site: str,
         desired: dict[str, Any],
         charger_id: str,
         tags: list[str],
         document: dict[str, Any],
         sessions: dict[tuple[str, str], tuple[float, str]],
         memory: dict[str, Any],
+        readings: dict[str, Reading | None],
         now: float,
     ) -> list[Connector]:
         spec = (desired.get("chargers") or {}).get(charger_id) or {}
@@ -363,7 +384,7 @@ class EnergyEngine:
             else:
                 state = State.IDLE
             kept = memory.get(f"{charger_id}/{port}") or {}
-            reading = self._reading(charger_id, port, now)
+            reading = readings[f"{charger_id}/{port}"] = self._reading(charger_id, port, now)
             measured = None
             if reading is not None:
                 measured = reading.amps

@@ -249,6 +249,30 @@ class SiteStore:
         )
         return [(str(r[0]), list(json.loads(r[1] or "[]"))) for r in rows]
 
+    async def chargers_by_site(self) -> dict[str, list[tuple[str, list[str]]]]:
+        """Every site's chargers with their registry tags, in one query."""
+        rows = await self.db.fetchall(
+            "SELECT site, charger_id, tags FROM chargers WHERE site IS NOT NULL"
+            " ORDER BY site, charger_id"
+        )
+        out: dict[str, list[tuple[str, list[str]]]] = {}
+        for site, charger_id, tags in rows:
+            out.setdefault(str(site), []).append((str(charger_id), list(json.loads(tags or "[]"))))
+        return out
+
+    async def documents(self, charger_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The shadow documents of these chargers (``{}`` for one without a shadow), read
+        from the shadow store in one query (the engine never writes them there)."""
+        out: dict[str, dict[str, Any]] = {key: {} for key in charger_ids}
+        if charger_ids:
+            marks = ", ".join("?" for _ in charger_ids)
+            rows = await self.db.fetchall(
+                f"SELECT charger_id, document FROM shadows WHERE charger_id IN ({marks})",
+                tuple(charger_ids),
+            )
+            out.update({str(r[0]): dict(json.loads(r[1])) for r in rows})
+        return out
+
     async def exists(self, site: str) -> bool:
         row = await self.db.fetchone(
             "SELECT 1 FROM chargers WHERE site = ? UNION SELECT 1 FROM site_energy WHERE site = ?",

@@ -54,7 +54,7 @@ class Depot:
     def engine(self, mqtt: MqttClient | None = None) -> EnergyEngine:
         mqtt = mqtt or self.mqtt
         return EnergyEngine(
-            self.sites, self.shadows, ShadowClient(mqtt, self.topics), mqtt, self.topics,
+            self.sites, ShadowClient(mqtt, self.topics), mqtt, self.topics,
             interval=30.0, debounce=0.05,
         )  # fmt: skip
 
