@@ -404,7 +404,7 @@ class EnergyEngine:
                     measured=measured,
                     offered=offered,
                     under_since=under_since(measured, offered, finite(kept.get("underSince")), now),
-                    started_at=session[0] if session else finite(kept.get("sessionStart")),
+                    started_at=_session_start(state, session, kept, now),
                     priority=_priority(desired, spec, tags, session[1] if session else None),
                     running_since=finite(kept.get("runningSince")),
                     paused_since=finite(kept.get("pausedSince")),
@@ -469,6 +469,19 @@ class EnergyEngine:
                         else:
                             accepted[c.key] = c.offered
         return accepted
+
+
+def _session_start(
+    state: State, session: tuple[float, str] | None, kept: dict[str, Any], now: float
+) -> float | None:
+    """The transaction's start; else (a session seen by its status only, e.g. the bridge's
+    transactions are elsewhere) when this engine first saw it charging."""
+    if session is not None:
+        return session[0]
+    if state is State.IDLE:
+        return None
+    known = finite(kept.get("sessionStart"))
+    return known if known is not None or state is not State.CHARGING else now
 
 
 def _port_order(port: str) -> tuple[int, str]:
