@@ -232,9 +232,10 @@ class EnergyEngine:
             limit = limit_at(energy.desired, now)
             if limit.next_edge is not None:
                 edges.append(limit.next_edge)
-            if limit.amps is None:
-                continue  # no limit desired: nothing to keep
             chargers = self._chargers.get(site, [])
+            if limit.amps is None:
+                await self._release(site, chargers)  # no limit desired: nothing to keep
+                continue
             await self._site_pass(site, energy.desired, chargers, limit.amps, limit.window, now)
         return min(edges) if edges else None
 
@@ -321,6 +322,25 @@ class EnergyEngine:
             "updatedAt": now,
         }
         await self.sites.put_report(site, report, now)
+
+    async def _release(self, site: str, chargers: Sequence[tuple[str, list[str]]]) -> None:
+        """The site has no limit (any more): clear the limits this engine wrote for it."""
+        documents = await self.sites.documents([c for c, _ in chargers])
+        patches = {
+            charger_id: {"desired": {"chargingLimit": None}}
+            for charger_id, document in documents.items()
+            if (
+                ((document.get("state") or {}).get("desired") or {}).get("chargingLimit") or {}
+            ).get("site")
+            == site
+        }
+        if patches:
+            log.info("site %s: no limit; clearing the charging limits of %d chargers",
+                     site, len(patches))  # fmt: skip
+            for charger_id, answer in (await self.shadow_client.update_many(patches)).items():
+                if isinstance(answer, ShadowRequestError):
+                    log.warning("site %s: limit of %s not cleared (next pass): %s",
+                                site, charger_id, answer)  # fmt: skip
 
     async def _sessions(
         self, charger_ids: Sequence[str]

@@ -177,6 +177,15 @@ async def test_energy_engine_keeps_the_site_within_its_limit(depot: Depot) -> No
         await depot.confirm("CP-0")
         await limits_are(depot, {"CP-0": 12.0, "CP-1": 12.0, "CP-2": 12.0})
 
+        # no limit any more: the limits the engine wrote are cleared
+        await depot.energy({"limitA": None})
+        engine.wake()
+
+        async def cleared() -> bool:
+            return all([await depot.limits(c) == {} for c in CHARGERS])
+
+        await eventually(cleared)
+
 
 async def test_energy_engine_measures_load_and_records_a_breach(depot: Depot) -> None:
     engine = depot.engine()
