@@ -11,12 +11,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from api.auth import Operator, Viewer
 from api.backends import Backend, get_backend
+from api.params import Moment
 from api.problems import Problem, ProblemError, problem_responses
+from api.routes.maintenance import epoch
+from api.routes.monitoring import series_of
 from api.routes.shadows import (
     MERGE_PATCH_MEDIA_TYPES,
     _if_match_schema,
@@ -26,13 +29,16 @@ from api.routes.shadows import (
     read_merge_patch,
 )
 from chargetwin.audit import Outcome
+from fleet.site_load import load_curve, parse_step
 from fleet.sites import ENERGY_SCHEMA, SiteNotFound, SiteStore, VersionConflict, limit_at
+from rules.points import Selection
 
 router = APIRouter(prefix="/sites", tags=["sites"])
 
 BackendDep = Annotated[Backend, Depends(get_backend)]
 SiteId = Annotated[str, Path(min_length=1, max_length=100, description="The site's name.")]
 ACTION = "site.energy"
+DEFAULT_LOAD_S = 86400.0
 
 
 class SiteSummary(BaseModel):
@@ -76,6 +82,10 @@ def sites_of(backend: Backend) -> SiteStore:
     if backend.sites is None:
         raise Problem(503, "sites are not available in this deployment", kind="unavailable")
     return backend.sites
+
+
+def _at(moment: float) -> datetime:
+    return datetime.fromtimestamp(moment, UTC)
 
 
 def _iso(moment: float | None) -> datetime | None:
@@ -242,3 +252,81 @@ async def patch_energy(
     backend.wake_fleet("energy")
     response.headers["ETag"] = etag(energy.version)
     return EnergyUpdateOut(version=energy.version, desired=energy.desired)
+
+
+class LoadStep(BaseModel):
+    at: datetime
+    kW: float
+
+
+class SiteLoadOut(BaseModel):
+    site: str
+    start: datetime = Field(alias="from")
+    end: datetime = Field(alias="to")
+    step: str
+    steps: list[LoadStep] = Field(
+        description="Per step from `from`: the mean power of each connector over the step, "
+        "summed over the site's connectors."
+    )
+    peak: LoadStep | None = Field(description="The step with the highest load (None: no load).")
+    limitA: float | None = Field(description="The site's limit now (A per phase).")
+
+
+@router.get(
+    "/{site}/load",
+    response_model=SiteLoadOut,
+    response_model_by_alias=True,
+    summary="A site's load over time",
+    description="Viewer. kW per `step` (default 15m; m, h or d; at most 5000 steps) over "
+    "`[from, to)` (default: the last 24 hours), from the recorded `Power.Active.Import` "
+    "meter values of the site's chargers, with the peak and when it was.",
+    responses=problem_responses(401, 403, 404, 422, 503),
+)
+async def get_site_load(
+    site: SiteId,
+    backend: BackendDep,
+    _: Viewer,
+    start: Annotated[Moment | None, Query(alias="from")] = None,
+    end: Annotated[Moment | None, Query(alias="to")] = None,
+    step: Annotated[str, Query(max_length=10, description="15m, 1h, 1d ...")] = "15m",
+) -> SiteLoadOut:
+    sites = sites_of(backend)
+    try:
+        energy = await sites.energy(site)
+    except SiteNotFound as exc:
+        raise Problem(404, str(exc), kind="site-not-found") from exc
+    try:
+        step_s = parse_step(step)
+    except ValueError as exc:
+        error = ProblemError(parameter="step", message=str(exc))
+        raise Problem(422, str(exc), errors=[error]) from exc
+    hi = epoch(end) if end is not None else datetime.now(UTC).timestamp()
+    lo = epoch(start) if start is not None else hi - DEFAULT_LOAD_S
+    if hi <= lo:
+        error = ProblemError(parameter="to", message="must be after from")
+        raise Problem(422, "`to` must be after `from`", errors=[error])
+    selection = Selection(
+        "meter_values",
+        "value",
+        filters={"site": (site,), "measurand": ("Power.Active.Import",), "phase": ("",)},
+        group_by=("charger", "connector", "unit"),
+    )
+    async with series_of(backend) as store:
+        series = await store.points(selection, int(lo * 1e9) - 1, int(hi * 1e9) - 1)
+    try:
+        curve = load_curve(series, lo, hi, step_s)
+    except ValueError as exc:
+        error = ProblemError(parameter="step", message=str(exc))
+        raise Problem(422, str(exc), errors=[error]) from exc
+    peak = curve["peak"]
+    return SiteLoadOut.model_validate(
+        {
+            "site": site,
+            "from": _at(lo),
+            "to": _at(hi),
+            "step": step,
+            "steps": [LoadStep(at=_at(s["at"]), kW=s["kW"]) for s in curve["steps"]],
+            "peak": None if peak is None else LoadStep(at=_at(peak["at"]), kW=peak["kW"]),
+            "limitA": limit_at(energy.desired, hi).amps,
+        }
+    )

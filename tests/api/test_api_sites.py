@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +16,8 @@ from api_helpers import assert_problem
 from api.backends import Backend
 from chargetwin.mqtt import MqttClient
 from chargetwin.topics import Topics
+from rules.points import Point
+from rules.sqlite_series import SQLiteSeriesStore
 
 URL = "/api/v1/sites"
 PATCH = {"Content-Type": "application/merge-patch+json"}
@@ -170,3 +174,51 @@ async def test_api_site_schedule_gives_the_limit_now(
     )
     now = (await client.get(f"{URL}/depot", headers=auth("viewer"))).json()["limitNow"]
     assert round(now["limitA"], 2) == round(20_000 / (230 * 3), 2) and now["window"] is None
+
+
+def _power(charger: str, connector: str, moment: str, value: float, unit: str = "W") -> Point:
+    tags = {"charger": charger, "site": "depot", "connector": connector,
+            "measurand": "Power.Active.Import", "unit": unit}  # fmt: skip
+    at = datetime.fromisoformat(moment).replace(tzinfo=UTC).timestamp()
+    return Point("meter_values", tags, {"value": value}, int(at * 1e9))
+
+
+async def test_api_site_load_per_step_with_its_peak(
+    client: httpx.AsyncClient,
+    auth: Callable[[str], dict[str, str]],
+    register: Callable[..., Awaitable[Any]],
+    backend: Backend,
+    tmp_path: Path,
+) -> None:
+    backend.series = lambda: SQLiteSeriesStore(tmp_path / "series.db")
+    await register("CP-1", site="depot")
+    await register("CP-2", site="depot")
+    store = SQLiteSeriesStore(tmp_path / "series.db")
+    await store.open()
+    await store.write([
+        _power("CP-1", "1", "2026-10-05 18:00", 7000),
+        _power("CP-1", "1", "2026-10-05 18:10", 11000),  # mean of the step: 9 kW
+        _power("CP-1", "0", "2026-10-05 18:10", 99000),  # the whole charger: not counted twice
+        _power("CP-2", "1", "2026-10-05 18:05", 4.5, unit="kW"),
+        _power("CP-2", "1", "2026-10-05 18:20", 3000),
+        _power("CP-1", "1", "2026-10-05 19:00", 50000),  # after the period
+    ])  # fmt: skip
+    await store.close()
+    url = f"{URL}/depot/load"
+    period = {"from": "2026-10-05T18:00:00Z", "to": "2026-10-05T19:00:00Z"}
+    answer = await client.get(url, params=period, headers=auth("viewer"))
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [s["kW"] for s in body["steps"]] == [13.5, 3.0, 0.0, 0.0]
+    assert body["peak"] == {"at": "2026-10-05T18:00:00Z", "kW": 13.5}
+    assert body["from"] == "2026-10-05T18:00:00Z" and body["step"] == "15m"
+    hourly = await client.get(url, params={**period, "step": "1h"}, headers=auth("viewer"))
+    assert [s["kW"] for s in hourly.json()["steps"]] == [9.0 + 3.75]
+
+    bad = await client.get(url, params={**period, "step": "15s"}, headers=auth("viewer"))
+    assert assert_problem(bad, 422)["errors"][0]["parameter"] == "step"
+    many = {"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z", "step": "1m"}
+    assert_problem(await client.get(url, params=many, headers=auth("viewer")), 422)
+    backwards = {"from": period["to"], "to": period["from"]}
+    assert_problem(await client.get(url, params=backwards, headers=auth("viewer")), 422)
+    assert_problem(await client.get(f"{URL}/nowhere/load", headers=auth("viewer")), 404)
