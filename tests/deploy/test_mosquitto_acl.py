@@ -154,6 +154,9 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
             "chargetwin/chargers/+/shadow/get/accepted",
             "chargetwin/chargers/+/shadow/get/rejected",
             "chargetwin/fleet/wake",
+            "chargetwin/chargers/+/telemetry/meterValues",
+            "chargetwin/chargers/+/events/transaction",
+            "chargetwin/chargers/+/shadow/update/documents",
         ),
     },
 }
@@ -173,6 +176,8 @@ PROBE_TOPICS = (
     "chargetwin/chargers/{id}/telemetry/meter-values",
     "chargetwin/chargers/{id}/telemetry/meter-values/connector-1",
     "chargetwin/chargers/{id}/events/status-notification",
+    "chargetwin/chargers/{id}/telemetry/meterValues",
+    "chargetwin/chargers/{id}/events/transaction",
     "chargetwin/chargers/{id}/commands",
     "chargetwin/chargers/{id}/commands/result",
     "chargetwin/bridges/{id}/status",
