@@ -256,3 +256,22 @@ async def _report(depot: Depot) -> dict[str, Any]:
 async def _report_says(depot: Depot, check: Callable[[dict[str, Any]], bool]) -> bool:
     report = await _report(depot)
     return bool(report) and check(report)
+
+
+async def test_hostile_messages_cost_the_engine_nothing(depot: Depot) -> None:
+    engine = depot.engine()
+    async with engine.running():
+        await limits_are(depot, {"CP-0": 16.0, "CP-1": 16.0, "CP-2": 16.0})
+        hostile = [
+            b"", b"not json", b"[]", b"null", b'{"connectorId": "x"}', b'{"values": 3}',
+            b'{"connectorId": 1, "values": [3, {"measurand": "Current.Import", "value": "1e999"}]}',
+            b'{"connectorId": 1, "values": [{"measurand": "Current.Import", "value": NaN}]}',
+            b'{"previous": [], "current": 1}', b'{"event": "stopped", "connectorId": []}',
+        ]  # fmt: skip
+        for payload in hostile:
+            for kind in ("telemetry/meterValues", "events/transaction", "shadow/update/documents"):
+                depot.bridge.publish(f"{depot.topics.charger('CP-0')}/{kind}", payload, qos=1)
+        await depot.energy({"limitA": 30})
+        engine.wake()
+        await limits_are(depot, {"CP-0": 10.0, "CP-1": 10.0, "CP-2": 10.0})
+        await eventually(lambda: _report_says(depot, lambda r: r["unknownLoad"] == 3))
