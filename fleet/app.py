@@ -18,6 +18,7 @@ import json
 import logging
 from dataclasses import dataclass
 
+from chargetwin.audit import AuditLog
 from chargetwin.database import Database, connect
 from chargetwin.leadership import Leadership, lock_for
 from chargetwin.metrics import CAMPAIGN_CHARGERS
@@ -29,6 +30,7 @@ from fleet.campaigns import CampaignStore
 from fleet.energy import EnergyEngine
 from fleet.maintenance import Maintenance
 from fleet.rollouts import CampaignEngine
+from fleet.site_requests import SiteRequests
 from fleet.sites import SiteStore
 from twin.registry import ChargerRegistry
 from twin.stores import ShadowStore
@@ -46,6 +48,7 @@ class FleetEngines:
     campaigns: CampaignEngine
     maintenance: Maintenance
     energy: EnergyEngine
+    site_requests: SiteRequests
 
     @classmethod
     def build(
@@ -71,12 +74,14 @@ class FleetEngines:
             topics,
             interval=settings.energy_interval,
         )
-        return cls(campaigns, maintenance, energy)
+        site_requests = SiteRequests(energy.sites, AuditLog(db), mqtt, topics, energy.wake)
+        return cls(campaigns, maintenance, energy, site_requests)
 
     async def create_schema(self) -> None:
         await self.campaigns.store.create_schema()
         await self.maintenance.create_schema()
         await self.energy.sites.create_schema()
+        await self.site_requests.audit.create_schema()
 
     def wake(self, engine: str) -> None:
         if engine == "campaigns":
@@ -92,6 +97,7 @@ class FleetEngines:
             self.campaigns.running(),
             self.maintenance.scheduler.running(),
             self.energy.running(),
+            self.site_requests.running(),
         ):
             while not stop.is_set():
                 await self._count_campaign_chargers()

@@ -147,6 +147,10 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "write": (
             "chargetwin/chargers/+/shadow/update",
             "chargetwin/chargers/+/shadow/get",
+            "chargetwin/sites/+/energy/get/accepted",
+            "chargetwin/sites/+/energy/get/rejected",
+            "chargetwin/sites/+/energy/update/accepted",
+            "chargetwin/sites/+/energy/update/rejected",
         ),
         "read": (
             "chargetwin/chargers/+/shadow/update/accepted",
@@ -157,6 +161,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
             "chargetwin/chargers/+/telemetry/meterValues",
             "chargetwin/chargers/+/events/transaction",
             "chargetwin/chargers/+/shadow/update/documents",
+            "chargetwin/sites/+/energy/get",
+            "chargetwin/sites/+/energy/update",
         ),
     },
 }
@@ -178,6 +184,13 @@ PROBE_TOPICS = (
     "chargetwin/chargers/{id}/events/status-notification",
     "chargetwin/chargers/{id}/telemetry/meterValues",
     "chargetwin/chargers/{id}/events/transaction",
+    "chargetwin/sites/{id}/energy/get",
+    "chargetwin/sites/{id}/energy/update",
+    "chargetwin/sites/{id}/energy/get/accepted",
+    "chargetwin/sites/{id}/energy/get/rejected",
+    "chargetwin/sites/{id}/energy/update/accepted",
+    "chargetwin/sites/{id}/energy/update/rejected",
+    "chargetwin/sites/{id}/energy/update/extra",
     "chargetwin/chargers/{id}/commands",
     "chargetwin/chargers/{id}/commands/result",
     "chargetwin/bridges/{id}/status",
