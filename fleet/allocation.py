@@ -14,6 +14,8 @@ something the platform does not know):
   rated current, as the charger showed it does not obey.
 * Every other connector is steered, but until the charger confirmed a limit for it, it is
   bounded only by its rated current (or the charger's confirmed failsafe): its *bound*.
+  Once confirmed, the bound is the confirmed limit, or a higher one written since and not
+  yet superseded (``pending``: it may still land).
   A new limit below the bound is safe at once; one above it is written only while the site
   stays within its limit counting each connector at the higher of its bound and its new
   limit (decreases first, increases when the decreases are confirmed: :func:`stage`).
@@ -73,6 +75,9 @@ class Connector:
     rated: float  # A per phase the connector can deliver at most
     phases: int = 3
     confirmed: float | None = None  # the limit its charger confirmed; None: none yet
+    # The highest limit written since the charger last confirmed the latest one: a write
+    # still on its way may land before the next one (the bridge applies them in order).
+    pending: float | None = None
     failsafe: float | None = None  # its charger's confirmed failsafe limit, if any
     measured: float | None = None  # A per phase drawn now (highest phase); None: unknown
     offered: float | None = None  # the limit last written for it
@@ -94,7 +99,7 @@ class Connector:
             return self.rated
         if self.confirmed is None or self.state is State.OFFLINE:
             return ceiling
-        return min(ceiling, self.confirmed)
+        return min(ceiling, max(self.confirmed, self.pending or 0.0))
 
 
 @dataclass(frozen=True, slots=True)

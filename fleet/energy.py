@@ -302,6 +302,7 @@ class EnergyEngine:
                 "priority": c.priority, "sessionStart": c.started_at,
                 "runningSince": running, "pausedSince": paused,
                 "underSince": under_since(c.measured, offered, c.under_since, now),
+                "pendingA": _pending(c.confirmed, offered, c.pending),
             }  # fmt: skip
         breach = previous.get("lastBreach")
         if load_amps > amps + 1e-6:
@@ -412,6 +413,7 @@ class EnergyEngine:
                     measured = reading.watts / (voltage * phases)
             offered = finite(((wanted.get("connectors") or {}).get(port) or {}).get("limit"))
             confirmed = finite(((limits.get("connectors") or {}).get(port) or {}).get("limit"))
+            pending = _pending(confirmed, offered, finite(kept.get("pendingA")))
             out.append(
                 Connector(
                     charger_id,
@@ -420,6 +422,7 @@ class EnergyEngine:
                     rated,
                     phases=phases,
                     confirmed=confirmed,
+                    pending=pending,
                     failsafe=failsafe_value,
                     measured=measured,
                     offered=offered,
@@ -502,6 +505,15 @@ def _session_start(
         return None
     known = finite(kept.get("sessionStart"))
     return known if known is not None or state is not State.CHARGING else now
+
+
+def _pending(confirmed: float | None, written: float | None, before: float | None) -> float | None:
+    """The highest limit written and maybe still on its way to the charger: None once the
+    charger confirmed the latest one (the bridge applies them in order, so any earlier one
+    is superseded), else the higher of the latest and those pending before."""
+    if written is None or confirmed == written:
+        return None
+    return written if before is None else max(before, written)
 
 
 def _port_order(port: str) -> tuple[int, str]:

@@ -174,6 +174,7 @@ def sites(draw: st.DrawFn) -> tuple[list[Connector], Policy]:
                 rated,
                 phases=draw(st.sampled_from([1, 3])),
                 confirmed=confirmed,
+                pending=draw(st.none() | st.floats(0, rated)),
                 failsafe=draw(st.none() | st.floats(0, 32)),
                 measured=measured,
                 offered=draw(st.none() | st.floats(0, rated)),
