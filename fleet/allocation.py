@@ -137,15 +137,19 @@ class Allocation:
 
 
 def cap(connector: Connector, policy: Policy, now: float) -> float:
-    """The most this connector should be offered: its rated current, or (an EV that has
+    """The most this connector should be offered: its rated current (at most its charger's
+    failsafe, a ChargePointMaxProfile that caps the charger online too), or (an EV that has
     not used its offer for ``settle_s``) what it draws plus ``SPARE_A``."""
+    ceiling = connector.rated
+    if connector.failsafe is not None:
+        ceiling = min(ceiling, max(connector.failsafe, policy.minimum))
     if (
         connector.measured is not None
         and connector.under_since is not None
         and now - connector.under_since >= policy.settle_s
     ):
-        return min(connector.rated, max(policy.minimum, connector.measured + SPARE_A))
-    return connector.rated
+        return min(ceiling, max(policy.minimum, connector.measured + SPARE_A))
+    return ceiling
 
 
 def under_since(

@@ -71,7 +71,8 @@ ENERGY_SCHEMA: dict[str, Any] = {
         "failsafeA": {
             **_AMPS,
             "description": "Per charger: what it may draw when it cannot reach the platform "
-            "(a ChargePointMaxProfile at stack level 0).",
+            "(a ChargePointMaxProfile at stack level 0, which caps it online too: at least "
+            "`minimumA`).",
         },
         "strategy": {"enum": list(STRATEGIES)},
         "ratedA": {**_AMPS, "description": "Rated current of a connector (default 32 A)."},
@@ -137,9 +138,10 @@ def energy_errors(desired: dict[str, Any]) -> list[tuple[str, str]]:
         return out
     minimum = float(desired.get("minimumA", DEFAULT_MINIMUM_A))
     failsafe = desired.get("failsafeA")
-    if failsafe is not None and 0 < failsafe < minimum:
-        out.append(("/failsafeA", f"{failsafe} A is below the minimum current {minimum:g} A "
-                    "(0 pauses the charger when it cannot reach the platform)"))  # fmt: skip
+    if failsafe is not None and failsafe < minimum:
+        # A ChargePointMaxProfile caps the charger online too: below the minimum it could
+        # never charge.
+        out.append(("/failsafeA", f"{failsafe} A is below the minimum current {minimum:g} A"))
     for charger_id, spec in (desired.get("chargers") or {}).items():
         rated = spec.get("ratedA")
         if rated is not None and 0 < rated < minimum:

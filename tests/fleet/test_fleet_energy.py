@@ -130,7 +130,7 @@ async def depot(db: Database, mosquitto_url: str) -> AsyncIterator[Depot]:
                 charger_id,
                 {"connection": {"online": True}, "connectors": {"1": {"status": "Charging"}}},
             )
-        await depot.energy({"limitA": 48, "failsafeA": 10, "ratedA": 32})
+        await depot.energy({"limitA": 48, "failsafeA": 16, "ratedA": 32})
         yield depot
 
 
@@ -141,7 +141,7 @@ async def test_energy_engine_keeps_the_site_within_its_limit(depot: Depot) -> No
         await limits_are(depot, {"CP-0": 16.0, "CP-1": 16.0, "CP-2": 16.0})
         wanted = await depot.limits("CP-0")
         assert wanted == {
-            "site": SITE, "unit": "A", "failsafe": {"limit": 10.0, "phases": 3},
+            "site": SITE, "unit": "A", "failsafe": {"limit": 16.0, "phases": 3},
             "connectors": {"1": {"limit": 16.0, "phases": 3}},
         }  # fmt: skip
         await depot.confirm(*CHARGERS)
@@ -153,22 +153,22 @@ async def test_energy_engine_keeps_the_site_within_its_limit(depot: Depot) -> No
         await limits_are(depot, {"CP-0": 12.0, "CP-1": 12.0, "CP-2": 12.0})
         await depot.confirm(*CHARGERS)
 
-        # CP-2 goes offline: counted at its confirmed failsafe (10 A), the others share 26
+        # CP-2 goes offline: counted at its confirmed failsafe (16 A), the others share 20
         await depot.report("CP-2", {"connection": {"online": False}})
-        await limits_are(depot, {"CP-0": 13.0, "CP-1": 13.0, "CP-2": 12.0})
+        await limits_are(depot, {"CP-0": 10.0, "CP-1": 10.0, "CP-2": 12.0})
         await depot.confirm("CP-0", "CP-1")
         await eventually(lambda: _report_says(depot, lambda r: r["countedA"] == 36.0))
         report = await _report(depot)
         assert report["connectors"]["CP-2/1"]["state"] == "offline"
-        assert report["fixedA"] == 10.0 and report["headroomA"] == 0.0
+        assert report["fixedA"] == 16.0 and report["headroomA"] == 0.0
 
-        # CP-1 refuses its limit: counted at its full 32 A; 10 + 32 > 36 leaves CP-0 nothing
-        refusal = {"value": 13.0, "status": "Rejected", "at": 1.0}
+        # CP-1 refuses its limit: counted at its full 32 A; 16 + 32 > 36 leaves CP-0 nothing
+        refusal = {"value": 10.0, "status": "Rejected", "at": 1.0}
         await depot.report("CP-1", {"refused": {"chargingLimit": {"1": refusal}}})
-        await limits_are(depot, {"CP-0": 0.0, "CP-1": 13.0})
+        await limits_are(depot, {"CP-0": 0.0, "CP-1": 10.0})
         await eventually(lambda: _report_says(depot, lambda r: r["paused"] == ["CP-0/1"]))
         report = await _report(depot)
-        assert report["fixedA"] == 42.0
+        assert report["fixedA"] == 48.0
         assert report["connectors"]["CP-1/1"]["state"] == "refused"
 
         # back online, refusal gone: everyone shares the 36 A again

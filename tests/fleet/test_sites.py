@@ -23,7 +23,8 @@ def test_energy_errors_name_each_problem() -> None:
     assert energy_errors({"bogus": 1})[0][0] == ""
     problems = dict(energy_errors({"failsafeA": 4, "chargers": {"CP-1": {"ratedA": 5}}}))
     assert set(problems) == {"/failsafeA", "/chargers/CP-1/ratedA"}
-    assert energy_errors({"failsafeA": 0}) == []  # 0: the charger pauses without us
+    assert energy_errors({"failsafeA": 0})[0][0] == "/failsafeA"  # it could never charge
+    assert energy_errors({"failsafeA": 6}) == []
     window = {"cron": "0 17 * * mon-fri", "durationMinutes": 60, "timezone": "Mars/Olympus"}
     assert [p for p, _ in energy_errors({"schedule": [window]})] == [
         "/schedule/0",
