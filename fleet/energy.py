@@ -282,7 +282,7 @@ class EnergyEngine:
             if c.state is State.CHARGING and reading is None:
                 unknown += 1
             if reading is not None:
-                load_amps += reading.amps or 0.0
+                load_amps += c.measured or 0.0  # Current.Import, else from the power
                 load_watts += reading.watts or 0.0
             offered = written.get(c.key, c.offered)
             target = allocation.targets.get(c.key)
@@ -305,9 +305,13 @@ class EnergyEngine:
                 "pendingA": _pending(c.confirmed, offered, c.pending),
             }  # fmt: skip
         breach = previous.get("lastBreach")
-        if load_amps > amps + 1e-6:
+        over = load_amps > amps + 1e-6
+        if over:
             breach = {"at": now, "amountA": round(load_amps - amps, 3), "limitA": amps}
-            log.warning("site %s: %.1f A over its limit of %.1f A", site, load_amps - amps, amps)
+            if not previous.get("over"):  # once per breach, not once per pass
+                log.warning(
+                    "site %s: %.1f A over its limit of %.1f A", site, load_amps - amps, amps
+                )
         report = {
             "limitA": amps,
             "window": window,
@@ -319,6 +323,7 @@ class EnergyEngine:
             "headroomA": round(allocation.headroom, 3),
             "paused": list(allocation.paused),
             "lastBreach": breach,
+            "over": over,
             "connectors": report_connectors,
             "updatedAt": now,
         }
