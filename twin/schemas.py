@@ -32,7 +32,7 @@ _LIMIT: dict[str, Any] = {
     "required": ["limit"],
     "properties": {
         "limit": {"type": "number", "minimum": 0, "maximum": 1_000_000},
-        "phases": {"enum": [1, 3]},
+        "phases": {"enum": [1, 2, 3]},
     },
 }
 
