@@ -51,7 +51,7 @@ async def test_e2e_site_limit_is_shared_among_charging_connectors(
         )
         changed = await p.api.patch(
             f"/sites/{SITE}/energy",
-            content='{"limitA": 40, "ratedA": 32, "failsafeA": 8}',
+            content='{"limitA": 40, "ratedA": 32, "failsafeA": 32}',
             headers={"Content-Type": "application/merge-patch+json"},
         )
         assert changed.status_code == 200, changed.text
@@ -79,7 +79,7 @@ async def test_e2e_site_limit_is_shared_among_charging_connectors(
                     await p.until(charger_id, lambda d: port_limits(d) == {"1": 20.0, "2": 0.0})
                 document = await p.shadow(ids[0])
                 wanted = document["state"]["desired"]["chargingLimit"]
-                assert wanted["site"] == SITE and wanted["failsafe"] == {"limit": 8.0, "phases": 3}
+                assert wanted["site"] == SITE and wanted["failsafe"] == {"limit": 32.0, "phases": 3}
                 report = await site_report(
                     p, lambda r: r["connectors"][f"{ids[0]}/1"]["state"] == "charging"
                 )
