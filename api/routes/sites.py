@@ -103,6 +103,7 @@ async def list_sites(backend: BackendDep, _: Viewer) -> list[SiteSummary]:
     sites = sites_of(backend)
     energies = await sites.all_energy()
     reports = await sites.reports()
+    chargers = await sites.chargers_by_site()
     out = []
     for name in await sites.names():
         report = reports.get(name) or {}
@@ -110,7 +111,7 @@ async def list_sites(backend: BackendDep, _: Viewer) -> list[SiteSummary]:
         out.append(
             SiteSummary(
                 id=name,
-                chargers=len(await sites.chargers(name)),
+                chargers=len(chargers.get(name, [])),
                 version=energy.version if energy else 0,
                 limitA=report.get("limitA"),
                 loadA=report.get("loadA"),
