@@ -136,6 +136,11 @@ async def test_api_site_energy_patch_validates_audits_and_wakes_the_allocator(
         site = (await client.get(f"{URL}/depot", headers=auth("viewer"))).json()
         assert site["version"] == 2 and site["desired"]["limitA"] == 80
 
+        audited = await client.get(
+            "/api/v1/audit", params={"chargerId": "site:depot"}, headers=auth("viewer")
+        )
+        assert audited.status_code == 200, audited.text
+        assert len(audited.json()) == 6
         entries = await backend.audit.list(charger_id="site:depot")
         outcomes = sorted(e.outcome.value for e in entries)
         assert outcomes == sorted(
