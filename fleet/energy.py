@@ -57,6 +57,10 @@ ACTOR = "energy-allocator"
 # OCPP 1.6 section 7.7 statuses while a transaction runs (2.0.1 ports report Occupied).
 TRANSACTION_STATUSES = frozenset({"Charging", "SuspendedEV", "SuspendedEVSE", "Occupied"})
 STALE_S = 300.0  # a meter value older than this says nothing about the load now
+# A charger that draws more than it confirmed (beyond the tolerance) for this long ignores
+# its limit: it is counted at its rated current, as a refusal is, until it obeys again.
+IGNORED_AFTER_S = 60.0
+IGNORE_TOLERANCE_A = 1.0
 _WATCHED = ("connection", "connectors", "chargingLimit", "refused")
 
 
@@ -254,6 +258,7 @@ class EnergyEngine:
         documents = await self.sites.documents([c for c, _ in chargers])
         connectors: list[Connector] = []
         readings: dict[str, Reading | None] = {}  # one snapshot for the pass and its report
+        overs: dict[str, float | None] = {}  # since when each draws more than it confirmed
         for charger_id, tags in chargers:
             connectors.extend(
                 self._connectors(
@@ -264,6 +269,7 @@ class EnergyEngine:
                     sessions,
                     memory,
                     readings,
+                    overs,
                     now,
                 )
             )
@@ -303,7 +309,15 @@ class EnergyEngine:
                 "runningSince": running, "pausedSince": paused,
                 "underSince": under_since(c.measured, offered, c.under_since, now),
                 "pendingA": _pending(c.confirmed, offered, c.pending),
+                "overSince": overs.get(c.key),
             }  # fmt: skip
+        ignoring = sorted(
+            key for key, since in overs.items()
+            if since is not None and now - since >= IGNORED_AFTER_S
+        )  # fmt: skip
+        for key in set(ignoring) - set(previous.get("ignoring") or []):
+            log.warning("site %s: %s draws more than its confirmed limit since %.0f s; counted"
+                        " at its rated current", site, key, now - (overs[key] or now))  # fmt: skip
         breach = previous.get("lastBreach")
         over = load_amps > amps + 1e-6
         if over:
@@ -324,6 +338,7 @@ class EnergyEngine:
             "paused": list(allocation.paused),
             "lastBreach": breach,
             "over": over,
+            "ignoring": ignoring,
             "connectors": report_connectors,
             "updatedAt": now,
         }
@@ -380,6 +395,7 @@ class EnergyEngine:
         sessions: dict[tuple[str, str], tuple[float, str]],
         memory: dict[str, Any],
         readings: dict[str, Reading | None],
+        overs: dict[str, float | None],
         now: float,
     ) -> list[Connector]:
         spec = (desired.get("chargers") or {}).get(charger_id) or {}
@@ -419,6 +435,10 @@ class EnergyEngine:
             offered = finite(((wanted.get("connectors") or {}).get(port) or {}).get("limit"))
             confirmed = finite(((limits.get("connectors") or {}).get(port) or {}).get("limit"))
             pending = _pending(confirmed, offered, finite(kept.get("pendingA")))
+            over = _over_since(measured, confirmed, finite(kept.get("overSince")), now)
+            overs[f"{charger_id}/{port}"] = over
+            if state is State.CHARGING and over is not None and now - over >= IGNORED_AFTER_S:
+                state = State.REFUSED  # it ignores its limit: counted at its rated current
             out.append(
                 Connector(
                     charger_id,
@@ -519,6 +539,16 @@ def _pending(confirmed: float | None, written: float | None, before: float | Non
     if written is None or confirmed == written:
         return None
     return written if before is None else max(before, written)
+
+
+def _over_since(
+    measured: float | None, confirmed: float | None, before: float | None, now: float
+) -> float | None:
+    """Since when the connector draws more than the limit its charger confirmed (None: it
+    does not, or either is unknown)."""
+    if measured is None or confirmed is None or measured <= confirmed + IGNORE_TOLERANCE_A:
+        return None
+    return now if before is None else before
 
 
 def _port_order(port: str) -> tuple[int, str]:

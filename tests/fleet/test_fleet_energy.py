@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -275,3 +276,37 @@ async def test_hostile_messages_cost_the_engine_nothing(depot: Depot) -> None:
         engine.wake()
         await limits_are(depot, {"CP-0": 10.0, "CP-1": 10.0, "CP-2": 10.0})
         await eventually(lambda: _report_says(depot, lambda r: r["unknownLoad"] == 3))
+
+
+async def test_a_charger_that_ignores_its_limit_is_counted_at_rated(depot: Depot) -> None:
+    offset = [0.0]
+    engine = depot.engine()
+    engine.clock = lambda: time.time() + offset[0]
+
+    def draw(charger_id: str, amps: float) -> None:
+        values = [{"measurand": "Current.Import", "phase": "L1", "unit": "A", "value": amps}]
+        message = {"connectorId": 1, "transactionId": 1, "timestamp": "x", "values": values}
+        depot.bridge.publish(
+            depot.topics.telemetry(charger_id, "meterValues"), json.dumps(message), qos=1
+        )
+
+    async with engine.running():
+        await limits_are(depot, {"CP-0": 16.0, "CP-1": 16.0, "CP-2": 16.0})
+        await depot.confirm(*CHARGERS)
+        draw("CP-0", 24.0)  # 8 A over its confirmed 16 A
+        await eventually(
+            lambda: _report_says(
+                depot, lambda r: r["connectors"]["CP-0/1"]["overSince"] is not None
+            )
+        )
+        assert (await _report(depot))["ignoring"] == []  # not for a minute yet
+        offset[0] = 61.0
+        draw("CP-0", 24.0)
+        # counted at its rated 32 A: the others share the 16 A left
+        await limits_are(depot, {"CP-0": 16.0, "CP-1": 8.0, "CP-2": 8.0})
+        await eventually(lambda: _report_says(depot, lambda r: r["ignoring"] == ["CP-0/1"]))
+        assert (await _report(depot))["connectors"]["CP-0/1"]["state"] == "refused"
+        # it obeys again: steered as before
+        await depot.confirm("CP-1", "CP-2")
+        draw("CP-0", 15.0)
+        await limits_are(depot, {"CP-0": 16.0, "CP-1": 16.0, "CP-2": 16.0})
