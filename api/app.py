@@ -45,6 +45,7 @@ from api.routes import inspections as inspection_routes
 from api.routes import maintenance as maintenance_routes
 from api.routes import monitoring as monitoring_routes
 from api.routes import profiles as profile_routes
+from api.routes import sites as site_routes
 from api.routes import usage as usage_routes
 from api.routes.health import VERSION
 from chargetwin.database import Database
@@ -86,6 +87,11 @@ TAGS = [
         "description": "Named desired configuration for many chargers, and drift.",
     },
     {"name": "maintenance", "description": "Work orders, maintenance windows, inspections."},
+    {
+        "name": "sites",
+        "description": "Sites: their energy limit, strategy and schedule (desired), their "
+        "load, allocation and headroom (reported by the allocator).",
+    },
     {
         "name": "monitoring",
         "description": "Sessions, KPIs, uptime (23 CFR 680.116) and NEVI reports.",
@@ -147,6 +153,7 @@ def create_app(backend: Backend) -> FastAPI:
         inspection_routes.router,
         monitoring_routes.router,
         usage_routes.router,
+        site_routes.router,
     ]
     for router in api_routers:
         api.include_router(router)

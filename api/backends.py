@@ -28,6 +28,7 @@ from fleet.app import wake_request
 from fleet.campaigns import CampaignStore
 from fleet.maintenance import Maintenance
 from fleet.profiles import ProfileStore
+from fleet.sites import SiteStore
 from rules.series import SeriesStore
 from rules.sqlite_series import SQLiteSeriesStore
 from twin.passwords import password_key
@@ -53,6 +54,7 @@ class Backend:
     campaigns: CampaignStore | None = None  # firmware campaigns (engine: fleet.rollouts)
     profiles: ProfileStore | None = None  # configuration profiles
     topics: Topics | None = None  # for requests published to bridges (e.g. rotations)
+    sites: SiteStore | None = None  # sites' desired energy and reports (engine: fleet.energy)
 
     @classmethod
     def build(
@@ -101,6 +103,7 @@ class Backend:
             campaigns=CampaignStore(db),
             profiles=ProfileStore(db),
             topics=topics,
+            sites=SiteStore(db),
         )
 
     def wake_fleet(self, engine: str) -> None:
@@ -125,6 +128,8 @@ class Backend:
             await self.campaigns.create_schema()
         if self.profiles is not None:
             await self.profiles.create_schema()
+        if self.sites is not None:
+            await self.sites.create_schema()
 
 
 @contextlib.asynccontextmanager

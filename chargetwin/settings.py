@@ -50,6 +50,15 @@ class Settings(BaseSettings):
         "inspections); it also wakes at every window edge and on every change.",
     )
 
+    energy_interval: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Most seconds between two passes of the site energy allocator over every "
+        "site; it also recomputes a site on its meter values, sessions, presence and "
+        "confirmations, at its schedule's edges, and at once after a limit changes.",
+    )
+
     campaign_interval: float = Field(
         5.0,
         gt=0,

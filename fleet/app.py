@@ -18,6 +18,7 @@ import json
 import logging
 from dataclasses import dataclass
 
+from chargetwin.audit import AuditLog
 from chargetwin.database import Database, connect
 from chargetwin.leadership import Leadership, lock_for
 from chargetwin.metrics import CAMPAIGN_CHARGERS
@@ -26,15 +27,18 @@ from chargetwin.settings import Settings
 from chargetwin.shadow_client import ShadowClient
 from chargetwin.topics import Topics
 from fleet.campaigns import CampaignStore
+from fleet.energy import EnergyEngine
 from fleet.maintenance import Maintenance
 from fleet.rollouts import CampaignEngine
+from fleet.site_requests import SiteRequests
+from fleet.sites import SiteStore
 from twin.registry import ChargerRegistry
 from twin.stores import ShadowStore
 
 log = logging.getLogger(__name__)
 
 LEADERSHIP = "fleet-engines"
-ENGINES = ("campaigns", "maintenance")
+ENGINES = ("campaigns", "maintenance", "energy")
 
 
 @dataclass
@@ -43,6 +47,8 @@ class FleetEngines:
 
     campaigns: CampaignEngine
     maintenance: Maintenance
+    energy: EnergyEngine
+    site_requests: SiteRequests
 
     @classmethod
     def build(
@@ -61,21 +67,38 @@ class FleetEngines:
         maintenance = Maintenance.build(
             db, registry, shadow_client, interval=settings.maintenance_interval
         )
-        return cls(campaigns, maintenance)
+        energy = EnergyEngine(
+            SiteStore(db),
+            shadow_client,
+            mqtt,
+            topics,
+            interval=settings.energy_interval,
+        )
+        site_requests = SiteRequests(energy.sites, AuditLog(db), mqtt, topics, energy.wake)
+        return cls(campaigns, maintenance, energy, site_requests)
 
     async def create_schema(self) -> None:
         await self.campaigns.store.create_schema()
         await self.maintenance.create_schema()
+        await self.energy.sites.create_schema()
+        await self.site_requests.audit.create_schema()
 
     def wake(self, engine: str) -> None:
         if engine == "campaigns":
             self.campaigns.wake()
         elif engine == "maintenance":
             self.maintenance.scheduler.wake()
+        elif engine == "energy":
+            self.energy.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run every engine until ``stop`` is set (the leader's job)."""
-        async with self.campaigns.running(), self.maintenance.scheduler.running():
+        async with (
+            self.campaigns.running(),
+            self.maintenance.scheduler.running(),
+            self.energy.running(),
+            self.site_requests.running(),
+        ):
             while not stop.is_set():
                 await self._count_campaign_chargers()
                 with contextlib.suppress(TimeoutError):

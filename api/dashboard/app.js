@@ -1360,7 +1360,52 @@ async function refreshCharts(signal, force = false) {
     part(["uptime-note"], () => refreshUptime(scope, signal, gen)),
     part(["fwshare-note"], () => refreshFirmwareShare(scope, signal, gen)),
     part(["alerts-chart-note"], () => refreshAlertChart(scope, signal, gen)),
+    part(["site-load-note"], () => refreshSiteLoad(scope, signal, gen)),
   ]);
+}
+
+/** A site's load (kW per step, from its meter values) against its limit, with the
+ * allocator's last report: shown when the charts show one site. */
+async function refreshSiteLoad(scope, signal, gen) {
+  const [kind, id] = splitScope(scope);
+  const card = $("site-load-card");
+  card.hidden = kind !== "site";
+  if (kind !== "site") return;
+  const { days } = state.charts;
+  const step = days <= 30 ? "15m" : days <= 90 ? "1h" : "6h";
+  const site = encodeURIComponent(id);
+  const [{ data: twin }, { data: load }] = await Promise.all([
+    api(`sites/${site}`, { signal }),
+    api(`sites/${site}/load${query({ from: periodStart(days).toISOString(), step })}`, { signal }),
+  ]);
+  if (gen !== state.charts.generation) return; // a newer refresh has begun
+  const reported = twin.reported || {};
+  const desired = twin.desired || {};
+  const phases = desired.phases || 3;
+  const voltage = desired.voltage || 230;
+  const limitA = twin.limitNow?.limitA ?? null;
+  const limitKw = limitA === null ? null : (limitA * voltage * phases) / 1000;
+  const peak = load.peak ? `peak ${number.format(load.peak.kW)} kW at ${new Date(load.peak.at).toLocaleString()}` : "no load recorded";
+  const now = reported.loadA === undefined ? "not allocated yet" : `now ${number.format(reported.loadA)} A of ${number.format(reported.limitA)} A, headroom ${number.format(reported.headroomA)} A`;
+  const breach = reported.lastBreach ? ` · last over its limit ${new Date(reported.lastBreach.at * 1000).toLocaleString()} by ${number.format(reported.lastBreach.amountA)} A` : "";
+  chartNote("site-load-note", `${step} steps · ${peak} · ${now}${breach}`, Boolean(reported.lastBreach));
+  const el = $("chart-site-load");
+  el.dataset.points = String(load.steps.length);
+  if (!load.steps.length) {
+    emptyChart(el, "No load recorded");
+    return;
+  }
+  const xs = load.steps.map((s) => Date.parse(s.at) / 1000);
+  const ys = load.steps.map((s) => s.kW);
+  const fmt = (u, v) => (v === null || v === undefined ? "–" : `${number.format(v)} kW`);
+  plot(el, {
+    scales: { x: { time: true }, y: { range: (u, lo, hi) => [0, Math.max(1, hi, limitKw || 0) * 1.1] } },
+    series: [
+      { value: (u, v) => (v ? new Date(v * 1000).toLocaleString() : "–") },
+      { label: "Load", stroke: cssVar("--accent", "#1f6feb"), width: 2, value: fmt, points: { show: false } },
+      { label: "Limit now", stroke: cssVar("--bad", "#cf222e"), width: 1.5, dash: [6, 4], value: fmt, points: { show: false } },
+    ],
+  }, [xs, ys, xs.map(() => limitKw)], 220);
 }
 
 async function refreshUsage(scope, signal, gen) {

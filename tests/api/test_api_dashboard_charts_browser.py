@@ -223,8 +223,19 @@ async def fleet(
     for when, value in ((fault, "Faulted"), (fault + 30 * 86400, "Available")):
         points.append(Point("connector_status", {"charger": "CP-S1", "connector": "1"},
                             {"status": value}, int(when * NS)))  # fmt: skip
+    # South's load: CP-S1 drew 11 kW for the last two hours (the site view's load chart).
+    for minutes in range(0, 120, 5):
+        at = time.time() - 7200 + minutes * 60
+        tags = {"charger": "CP-S1", "site": "south", "connector": "1",
+                "measurand": "Power.Active.Import", "unit": "W"}  # fmt: skip
+        points.append(Point("meter_values", tags, {"value": 11_000.0}, int(at * NS)))
     await store.write(points)
     await store.close()
+    limit = await client.patch(
+        "/api/v1/sites/south/energy", content='{"limitA": 32}',
+        headers={"Content-Type": "application/merge-patch+json", **auth("operator")},
+    )  # fmt: skip
+    assert limit.status_code == 200, limit.text
 
     alerts = AlertStore(backend.db)
     await alerts.create_schema()
@@ -279,6 +290,7 @@ async def test_the_fleet_charts_render_with_the_sessions_and_no_console_error(
     assert "Voltaro · VX-22D 2 of 3" in firmware
     alerts = element(dom, "chart-alerts")
     assert attribute(alerts, "data-total") == "3" and "<canvas" in alerts
+    assert 'hidden=""' in element(dom, "site-load-card").split(">", 1)[0]  # not one site
     assert "3 raised · 1 critical" in text(element(dom, "alerts-chart-note"))
 
 
@@ -298,6 +310,11 @@ async def test_a_site_view_and_a_charger_panel_with_its_energy(
     assert "site south: 2 sessions · 12 kWh" in text(element(site, "charts-summary"))
     assert attribute(element(site, "chart-uptime"), "data-series") == "south"
     assert text(element(site, "util-bars")).startswith("CP-S1")
+    load = element(site, "site-load-card")
+    assert 'hidden=""' not in load.split(">", 1)[0]
+    # from the start of the day 6 days ago up to now, in 15-minute steps
+    assert 6 * 96 < int(attribute(element(site, "chart-site-load"), "data-points")) <= 7 * 96
+    assert "<canvas" in load and "peak 11 kW" in text(element(site, "site-load-note"))
 
     panel = await render(f"{base_url}?charger=CP-N2#token={tokens['viewer']}",
                          tmp_path / "charger-CP-N2.png", failed_requests)  # fmt: skip
