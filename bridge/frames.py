@@ -44,8 +44,11 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 Message: TypeAlias = Call | CallResult | CallError
 
-# A run of 19 digits is the shortest integer that can leave the signed 64-bit range.
-_LONG_DIGITS = re.compile(r"\d{19}")
+# A run of 19 digits is the shortest integer that can leave the signed 64-bit range. Found
+# by mapping every ASCII digit to "0" and every other byte to " " (bytes.translate): a
+# regular expression scanning for it cost a third of the reading of a 2.0.1 NotifyReport.
+LONG_DIGITS = 19
+_DIGITS_AS_ZERO = bytes(48 if 48 <= c <= 57 else 32 for c in range(256))
 # A JSON escape of a surrogate or of U+0000: the only ways such characters get into a
 # string (a raw control character is invalid JSON, raw surrogates invalid UTF-8).
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
@@ -110,7 +113,7 @@ def parse_frame(raw: str | bytes) -> Message:
             raise FrameError(_formation("message is not valid UTF-8")) from None
     else:
         text = raw
-    decoder = _BOUNDED_DECODER if _LONG_DIGITS.search(text) else _DECODER
+    decoder = _BOUNDED_DECODER if _has_long_digits(text) else _DECODER
     try:
         frame = decoder.decode(text)
     except _Unrepresentable as exc:
@@ -129,6 +132,15 @@ def parse_frame(raw: str | bytes) -> Message:
     if deep or suspect:
         _check_tree(frame, text)
     return _message_of(frame)
+
+
+def _has_long_digits(text: str) -> bool:
+    """Whether ``text`` holds a run of LONG_DIGITS ASCII digits (only those make a JSON
+    number; another script's digits can only be in a string)."""
+    if len(text) < LONG_DIGITS:
+        return False
+    digits = text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_ZERO)
+    return b"0" * LONG_DIGITS in digits
 
 
 def _message_of(frame: Any) -> Message:
