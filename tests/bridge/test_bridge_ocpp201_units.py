@@ -227,7 +227,12 @@ def _height(value: object) -> int:
 
 
 @pytest.mark.parametrize("height", [1, 5, 31, 32, 33, 40])
-@pytest.mark.parametrize("noise", ["", '[{"x": "[[[{{{\\"]]"}]', '"\\\\"'])
+@pytest.mark.parametrize(
+    "noise",
+    # Escapes (the slow way); brackets in strings without escapes, which the fast way must
+    # notice (a string with a bracket after one without, adjacent, and before one).
+    ["", '[{"x": "[[[{{{\\"]]"}]', '"\\\\"', '["]", "[", "{}"]', '["", "[[[["]', '["]]]", ""]'],
+)
 def test_the_fast_depth_check_agrees_with_the_tree(height: int, noise: str) -> None:
     """A NotifyReport part has more than 32 brackets without nesting deeply: the depth is
     read at C speed (bridge.frames._nests_deeper), and must agree with walking the tree."""
