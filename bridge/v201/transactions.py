@@ -12,9 +12,9 @@ integer ``sessionId``, the table's ``transaction_id``), Ended stops it. The map 
 station's id to the session is ``transactions_201``; every event handled is
 ``transaction_events_201`` ``(charger, transactionId, seqNo)``, so an event sent again
 (same seqNo) changes nothing and publishes nothing. The effects come before that row is
-written and are idempotent themselves (a start with the same key returns the same session,
-a stop writes the same values), so a failure between them loses nothing: the station sends
-the event again and it is applied again.
+written (or in the same transaction) and are idempotent themselves (a start with the same
+key returns the same session, a stop writes the same values), so a failure between them
+loses nothing: the station sends the event again and it is applied again.
 
 Plug-in and plug-out times: the time of the earliest event whose ``triggerReason`` is
 CablePluggedIn or EVDetected (plug-in), EVCommunicationLost or EVDeparted (plug-out), in
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.stores import TransactionStore
+from bridge.v201.group_commit import GroupCommit
 from chargetwin.database import Database, Params
 
 SCHEMA = (
@@ -145,6 +146,8 @@ class TransactionEvents:
     def __init__(self, db: Database, sessions: TransactionStore) -> None:
         self._db = db
         self._sessions = sessions
+        # The last writes of each event, committed with other stations' (group_commit).
+        self.commits = GroupCommit(db)
 
     async def create_schema(self) -> None:
         for statement in SCHEMA:
@@ -198,10 +201,12 @@ class TransactionEvents:
     ) -> Recorded:
         """Apply one TransactionEvent (camelCase payload) received at source time ``at``.
 
-        Two round trips to the database for an event of a known transaction (its session
-        and seqNo read in one query; its writes and its ``transaction_events_201`` row in
-        one batch, a single transaction, effects first); more for the first event of a
-        transaction, a plug-in or plug-out and the last event.
+        Two round trips to the database for an event of a known transaction, and fewer
+        when stations send at once: its session and seqNo are read in one query, its
+        writes and its ``transaction_events_201`` row committed in one transaction
+        (effects first) together with other events' (:mod:`bridge.v201.group_commit`).
+        The first event of a transaction, a plug-in or plug-out and the last event take
+        a few more.
         """
         info = event["transactionInfo"]
         transaction_id = str(info["transactionId"])
@@ -317,8 +322,5 @@ class TransactionEvents:
                 (charger_id, transaction_id, seq_no, str(event["eventType"]), time.time()),
             )
         )
-        if len(writes) == 1:
-            await self._db.execute(*writes[0])
-        else:
-            await self._db.execute_batch(writes)
+        await self.commits.write(writes)
         return Recorded(False, session, started)
