@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from itertools import accumulate
 from typing import Any, TypeAlias
 
 from ocpp.exceptions import (
@@ -55,10 +54,10 @@ _SUSPECT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
 # A JSON string (the text is valid JSON when these run) and a container holding none.
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _INNERMOST = re.compile(r"[\[{][^\[\]{}]*[\]}]")
-# The bytes of a JSON text that can open or close a container or a string, the others; and
-# each byte's step in nesting depth.
+# The bytes of a JSON text other than those that open or close a container or a string;
+# objects read as arrays (only the depth matters).
 _NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'[]{}"')))
-_DEPTH_STEP = tuple(1 if c in b"[{" else -1 if c in b"]}" else 0 for c in range(256))
+_AS_SQUARE = bytes.maketrans(b"{}", b"[]")
 # The message type and unique id at the start of a frame, for answering a frame whose
 # body cannot be used.
 _HEADER = re.compile(rf'\s*\[\s*(\d+)\s*(?:,\s*"([^"\\]{{1,{MAX_UNIQUE_ID}}})")?')
@@ -199,8 +198,8 @@ def _message_of(frame: Any) -> Message:
 def _nests_deeper(text: str) -> bool:
     """Whether valid JSON ``text`` nests containers more than MAX_DEPTH deep, at C speed.
 
-    Usually its brackets alone (``bytes.translate``) give the depth, summed with
-    ``itertools.accumulate``: when the text holds no escape and no string holds a bracket.
+    Usually its brackets alone (``bytes.translate``) give the depth: when the text holds
+    no escape and no string holds a bracket.
     A string holding a bracket leaves a quote behind once the adjacent pairs of quotes
     (the strings without brackets) are removed: the first such string's opening quote ends
     a run of quotes of odd length. Such a text, or one with escapes, takes
@@ -209,12 +208,18 @@ def _nests_deeper(text: str) -> bool:
     data = text.encode("utf-8", "surrogatepass")
     if b"\\" in data:
         return _nests_deeper_slowly(text)
-    skeleton = data.translate(None, _NOT_STRUCTURE)
+    skeleton = data.translate(_AS_SQUARE, _NOT_STRUCTURE)
     if b'"' in skeleton:
         skeleton = skeleton.replace(b'""', b"")
         if b'"' in skeleton:
             return _nests_deeper_slowly(text)
-    return max(accumulate(map(_DEPTH_STEP.__getitem__, skeleton)), default=0) > MAX_DEPTH
+    # Each pass removes the innermost containers (a "[]" is one, and a replace does not
+    # look again at what it joined), so one level: as many passes as the text is deep.
+    for _ in range(MAX_DEPTH):
+        if not skeleton:
+            return False
+        skeleton = skeleton.replace(b"[]", b"")
+    return bool(skeleton)
 
 
 def _nests_deeper_slowly(text: str) -> bool:
