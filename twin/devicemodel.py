@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 ACTUAL = "Actual"
@@ -38,8 +39,11 @@ class KeyError201(ValueError):
 _ESCAPE_TABLE = str.maketrans(_ESCAPES)
 
 
+@lru_cache(maxsize=4096)
 def _escape(text: str) -> str:
-    return text.translate(_ESCAPE_TABLE)  # C speed: a report has thousands of names
+    # Cached: every station of a model reports the same names (bounded: a station chooses
+    # its names).
+    return text.translate(_ESCAPE_TABLE)
 
 
 def _unescape(text: str) -> str:
@@ -125,6 +129,28 @@ class VariableKey:
             variable_instance=_optional(variable.get("instance")),
             attribute=str(attribute or ACTUAL),
         )
+
+
+def key_text(
+    component: Mapping[str, Any], variable: Mapping[str, Any], attribute: str | None
+) -> str:
+    """``VariableKey.of(component, variable, attribute).text()`` without building the key:
+    a device model report names thousands of attributes."""
+    text = _escape(str(component["name"]))
+    instance = component.get("instance")
+    if instance is not None:
+        text += ":" + _escape(str(instance))
+    evse = component.get("evse")
+    if isinstance(evse, Mapping):
+        text += f"@{int(evse['id'])}"
+        if evse.get("connectorId") is not None:
+            text += f".{int(evse['connectorId'])}"
+    text += "/" + _escape(str(variable["name"]))
+    instance = variable.get("instance")
+    if instance is not None:
+        text += ":" + _escape(str(instance))
+    kind = str(attribute or ACTUAL)
+    return text if kind == ACTUAL else f"{text}#{kind}"
 
 
 def _optional(value: Any) -> str | None:

@@ -41,6 +41,7 @@ from twin.devicemodel import ACTUAL as ACTUAL
 from twin.devicemodel import KeyError201 as KeyError201
 from twin.devicemodel import VariableKey as VariableKey
 from twin.devicemodel import is_device_model_key as is_device_model_key
+from twin.devicemodel import key_text as key_text
 from twin.devicemodel import parse_key as parse_key
 from twin.devicemodel import value_problem as value_problem
 
@@ -61,8 +62,7 @@ def report_entries(
     for entry in report_data:
         characteristics = entry.get("variableCharacteristics") or {}
         for attribute in entry.get("variableAttribute") or ():
-            key = VariableKey.of(entry["component"], entry["variable"], attribute.get("type"))
-            text = key.text()
+            text = key_text(entry["component"], entry["variable"], attribute.get("type"))
             meta: dict[str, Any] = {"mutability": attribute.get("mutability", "ReadWrite")}
             for name in _CHARACTERISTICS:
                 if characteristics.get(name) is not None:

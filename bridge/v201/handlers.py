@@ -423,7 +423,10 @@ class StationHandler(Endpoint201):
             )
         elif not recorded.started:
             self._reporter.event(self.charger_id, "transaction", {"event": "updated", **common})
-        log.info(
+        # Started and Ended at info; the periodic Updated events (one per station every
+        # sampling interval) at debug, as 1.6 MeterValues are not logged.
+        log.log(
+            logging.DEBUG if kind == "Updated" else logging.INFO,
             "%s: TransactionEvent %s %s (%s, seqNo %s)",
             self.charger_id,
             kind,

@@ -12,9 +12,9 @@ integer ``sessionId``, the table's ``transaction_id``), Ended stops it. The map 
 station's id to the session is ``transactions_201``; every event handled is
 ``transaction_events_201`` ``(charger, transactionId, seqNo)``, so an event sent again
 (same seqNo) changes nothing and publishes nothing. The effects come before that row is
-written and are idempotent themselves (a start with the same key returns the same session,
-a stop writes the same values), so a failure between them loses nothing: the station sends
-the event again and it is applied again.
+written (or in the same transaction) and are idempotent themselves (a start with the same
+key returns the same session, a stop writes the same values), so a failure between them
+loses nothing: the station sends the event again and it is applied again.
 
 Plug-in and plug-out times: the time of the earliest event whose ``triggerReason`` is
 CablePluggedIn or EVDetected (plug-in), EVCommunicationLost or EVDeparted (plug-out), in
@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.stores import TransactionStore
-from chargetwin.database import Database
+from bridge.v201.group_commit import GroupCommit
+from chargetwin.database import Database, Params
 
 SCHEMA = (
     """
@@ -145,6 +146,8 @@ class TransactionEvents:
     def __init__(self, db: Database, sessions: TransactionStore) -> None:
         self._db = db
         self._sessions = sessions
+        # The last writes of each event, committed with other stations' (group_commit).
+        self.commits = GroupCommit(db)
 
     async def create_schema(self) -> None:
         for statement in SCHEMA:
@@ -159,16 +162,26 @@ class TransactionEvents:
         return row is not None
 
     async def session(self, charger_id: str, transaction_id: str) -> Session | None:
+        found = await self._session_and_seen(charger_id, transaction_id, -1)
+        return None if found is None else found[0]
+
+    async def _session_and_seen(
+        self, charger_id: str, transaction_id: str, seq_no: int
+    ) -> tuple[Session, bool] | None:
+        """The transaction's session and whether event ``seq_no`` of it was recorded, in
+        one query (one round trip to the database per event, not two)."""
         row = await self._db.fetchone(
             "SELECT m.session_id, m.evse_id, m.connector_id, m.meter_start, t.started_at,"
-            " t.id_tag FROM transactions_201 m JOIN transactions t"
+            " t.id_tag, EXISTS (SELECT 1 FROM transaction_events_201 e"
+            " WHERE e.charger_id = m.charger_id AND e.transaction_id = m.transaction_id"
+            " AND e.seq_no = ?) FROM transactions_201 m JOIN transactions t"
             " ON t.transaction_id = m.session_id"
             " WHERE m.charger_id = ? AND m.transaction_id = ?",
-            (charger_id, transaction_id),
+            (seq_no, charger_id, transaction_id),
         )
         if row is None:
             return None
-        return Session(
+        session = Session(
             session_id=int(row[0]),
             evse_id=None if row[1] is None else int(row[1]),
             connector_id=None if row[2] is None else int(row[2]),
@@ -176,6 +189,7 @@ class TransactionEvents:
             started_at=float(row[4]),
             id_tag=str(row[5]),
         )
+        return session, bool(row[6])
 
     async def record(
         self,
@@ -185,19 +199,31 @@ class TransactionEvents:
         *,
         exact_time: bool = True,
     ) -> Recorded:
-        """Apply one TransactionEvent (camelCase payload) received at source time ``at``."""
+        """Apply one TransactionEvent (camelCase payload) received at source time ``at``.
+
+        Two round trips to the database for an event of a known transaction, and fewer
+        when stations send at once: its session and seqNo are read in one query, its
+        writes and its ``transaction_events_201`` row committed in one transaction
+        (effects first) together with other events' (:mod:`bridge.v201.group_commit`).
+        The first event of a transaction, a plug-in or plug-out and the last event take
+        a few more.
+        """
         info = event["transactionInfo"]
         transaction_id = str(info["transactionId"])
         seq_no = int(event["seqNo"])
-        if await self.seen(charger_id, transaction_id, seq_no):
-            return Recorded(True, await self.session(charger_id, transaction_id))
+        found = await self._session_and_seen(charger_id, transaction_id, seq_no)
+        if found is not None and found[1]:
+            return Recorded(True, found[0])
+        if found is None and await self.seen(charger_id, transaction_id, seq_no):
+            return Recorded(True, None)  # recorded, but its session is gone
         evse = event.get("evse") or {}
         evse_id = evse.get("id")
         connector_id = evse.get("connectorId")
         reading = energy_wh(event.get("meterValue") or ())
         id_token = (event.get("idToken") or {}).get("idToken")
-        session = await self.session(charger_id, transaction_id)
+        session = None if found is None else found[0]
         started = session is None
+        writes: list[tuple[str, Params]] = []
         if session is None:
             # The first event of the transaction the bridge hears of starts the session
             # (normally Started; a station that began it before it knew this CSMS may
@@ -232,51 +258,69 @@ class TransactionEvents:
             if id_token and not session.id_tag:
                 # A transaction that started at plug-in (TxStartPoint EVConnected, E02
                 # "cable plugin first") is authorized by a later event: the token's session.
-                await self._db.execute(
-                    "UPDATE transactions SET id_tag = ? WHERE transaction_id = ? AND id_tag = ''",
-                    (str(id_token), session.session_id),
+                writes.append(
+                    (
+                        "UPDATE transactions SET id_tag = ? WHERE transaction_id = ?"
+                        " AND id_tag = ''",
+                        (str(id_token), session.session_id),
+                    )
                 )
             if session.meter_start is None and reading is not None:
                 # The first reading of a transaction that started without one: the session
                 # counts energy from here, not from the register's 0.
-                await self._db.execute(
-                    "UPDATE transactions SET meter_start = ? WHERE transaction_id = ?",
-                    (round(reading), session.session_id),
+                writes.append(
+                    (
+                        "UPDATE transactions SET meter_start = ? WHERE transaction_id = ?",
+                        (round(reading), session.session_id),
+                    )
                 )
-            await self._db.execute(
-                "UPDATE transactions_201 SET evse_id = COALESCE(evse_id, ?),"
-                " connector_id = COALESCE(connector_id, ?),"
-                " meter_start = COALESCE(meter_start, ?),"
-                " meter_last = COALESCE(?, meter_last)"
-                " WHERE charger_id = ? AND transaction_id = ?",
-                (evse_id, connector_id, reading, reading, charger_id, transaction_id),
+            writes.append(
+                (
+                    "UPDATE transactions_201 SET evse_id = COALESCE(evse_id, ?),"
+                    " connector_id = COALESCE(connector_id, ?),"
+                    " meter_start = COALESCE(meter_start, ?),"
+                    " meter_last = COALESCE(?, meter_last)"
+                    " WHERE charger_id = ? AND transaction_id = ?",
+                    (evse_id, connector_id, reading, reading, charger_id, transaction_id),
+                )
             )
         trigger = event.get("triggerReason")
-        if trigger in PLUG_IN_TRIGGERS or trigger in PLUG_OUT_TRIGGERS:
-            await self._sessions.plugged(
-                charger_id,
-                session.session_id,
-                at if trigger in PLUG_IN_TRIGGERS else None,
-                at if trigger in PLUG_OUT_TRIGGERS else None,
+        plugged = trigger in PLUG_IN_TRIGGERS or trigger in PLUG_OUT_TRIGGERS
+        ended = event["eventType"] == "Ended"
+        if plugged or ended:
+            # Effects through the session store come after the writes above (the stop
+            # reads meter_last) and before the event's row.
+            if writes:
+                await self._db.execute_batch(writes)
+                writes = []
+            if plugged:
+                await self._sessions.plugged(
+                    charger_id,
+                    session.session_id,
+                    at if trigger in PLUG_IN_TRIGGERS else None,
+                    at if trigger in PLUG_OUT_TRIGGERS else None,
+                )
+            if ended:
+                row = await self._db.fetchone(
+                    "SELECT meter_last FROM transactions_201 WHERE charger_id = ?"
+                    " AND transaction_id = ?",
+                    (charger_id, transaction_id),
+                )
+                last = row[0] if row is not None and row[0] is not None else reading
+                await self._sessions.stop(
+                    charger_id,
+                    session.session_id,
+                    round(last if last is not None else session.meter_start or 0),
+                    at,
+                    str(info.get("stoppedReason") or DEFAULT_STOPPED_REASON),
+                    None if id_token is None else str(id_token),
+                )
+        writes.append(
+            (
+                "INSERT INTO transaction_events_201 (charger_id, transaction_id, seq_no,"
+                " event_type, received_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (charger_id, transaction_id, seq_no, str(event["eventType"]), time.time()),
             )
-        if event["eventType"] == "Ended":
-            row = await self._db.fetchone(
-                "SELECT meter_last FROM transactions_201 WHERE charger_id = ?"
-                " AND transaction_id = ?",
-                (charger_id, transaction_id),
-            )
-            last = row[0] if row is not None and row[0] is not None else reading
-            await self._sessions.stop(
-                charger_id,
-                session.session_id,
-                round(last if last is not None else session.meter_start or 0),
-                at,
-                str(info.get("stoppedReason") or DEFAULT_STOPPED_REASON),
-                None if id_token is None else str(id_token),
-            )
-        await self._db.execute(
-            "INSERT INTO transaction_events_201 (charger_id, transaction_id, seq_no, event_type,"
-            " received_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (charger_id, transaction_id, seq_no, str(event["eventType"]), time.time()),
         )
+        await self.commits.write(writes)
         return Recorded(False, session, started)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from ocpp.exceptions import (
@@ -25,6 +26,7 @@ from bridge.v201.devicemodel import (
     ReportAssembly,
     ReportTooLargeError,
     VariableKey,
+    key_text,
     parse_key,
     report_entries,
     value_problem,
@@ -227,7 +229,12 @@ def _height(value: object) -> int:
 
 
 @pytest.mark.parametrize("height", [1, 5, 31, 32, 33, 40])
-@pytest.mark.parametrize("noise", ["", '[{"x": "[[[{{{\\"]]"}]', '"\\\\"'])
+@pytest.mark.parametrize(
+    "noise",
+    # Escapes (the slow way); brackets in strings without escapes, which the fast way must
+    # notice (a string with a bracket after one without, adjacent, and before one).
+    ["", '[{"x": "[[[{{{\\"]]"}]', '"\\\\"', '["]", "[", "{}"]', '["", "[[[["]', '["]]]", ""]'],
+)
 def test_the_fast_depth_check_agrees_with_the_tree(height: int, noise: str) -> None:
     """A NotifyReport part has more than 32 brackets without nesting deeply: the depth is
     read at C speed (bridge.frames._nests_deeper), and must agree with walking the tree."""
@@ -238,3 +245,22 @@ def test_the_fast_depth_check_agrees_with_the_tree(height: int, noise: str) -> N
     assert _nests_deeper(text) == (_height(json.loads(text)) > 32)
     wide = json.dumps([[{"a": [1]}] for _ in range(100)])  # 300 brackets, height 5
     assert not _nests_deeper(wide)
+
+
+@pytest.mark.parametrize(
+    ("component", "variable", "attribute"),
+    [
+        ({"name": "OCPPCommCtrlr"}, {"name": "HeartbeatInterval"}, None),
+        ({"name": "EVSE", "evse": {"id": 1}}, {"name": "AvailabilityState"}, "Actual"),
+        ({"name": "Connector", "evse": {"id": 1, "connectorId": 2}}, {"name": "Type"}, "Target"),
+        ({"name": "Fan", "instance": "in:let"}, {"name": "Speed", "instance": "r.p/m"}, "MaxSet"),
+        ({"name": "A/B%", "evse": {"id": 3, "connectorId": None}}, {"name": "c#d@e"}, "MinSet"),
+    ],
+)  # fmt: skip
+def test_the_key_text_of_a_report_entry_is_the_key_s(
+    component: dict[str, Any], variable: dict[str, Any], attribute: str | None
+) -> None:
+    """report_entries names attributes without building a VariableKey: the same text."""
+    expected = VariableKey.of(component, variable, attribute).text()
+    assert key_text(component, variable, attribute) == expected
+    assert parse_key(expected) == VariableKey.of(component, variable, attribute)
