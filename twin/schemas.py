@@ -25,6 +25,19 @@ DEVICE_MODEL_KEY = (
     f"/{_NAME}(:{_NAME})?(#(Target|MinSet|MaxSet))?$"
 )
 
+# One charging limit (the failsafe's or a connector's), written out where it is used: the
+# API's OpenAPI document embeds this schema, where a "#/$defs/..." reference would not resolve.
+_LIMIT: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["limit"],
+    "properties": {
+        # 0 pauses charging; in the unit of the section (A per phase, or W).
+        "limit": {"type": "number", "minimum": 0, "maximum": 1_000_000},
+        "phases": {"enum": [1, 2, 3]},
+    },
+}
+
 DESIRED_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "urn:chargetwin:desired-state",
@@ -70,24 +83,12 @@ DESIRED_SCHEMA: dict[str, Any] = {
             "properties": {
                 "site": {"type": "string", "maxLength": 100},
                 "unit": {"enum": ["A", "W"]},
-                "failsafe": {"$ref": "#/$defs/chargingLimit"},
+                "failsafe": _LIMIT,
                 "connectors": {
                     "type": "object",
                     "propertyNames": {"pattern": "^[1-9][0-9]{0,2}$"},
-                    "additionalProperties": {"$ref": "#/$defs/chargingLimit"},
+                    "additionalProperties": _LIMIT,
                 },
-            },
-        },
-    },
-    "$defs": {
-        "chargingLimit": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["limit"],
-            "properties": {
-                # 0 pauses charging; in the unit of the section (A per phase, or W).
-                "limit": {"type": "number", "minimum": 0, "maximum": 1_000_000},
-                "phases": {"enum": [1, 2, 3]},
             },
         },
     },
