@@ -216,3 +216,34 @@ async def test_refusals_are_recorded_and_a_new_value_is_tried(ops: Platform) -> 
     document = await ops.until(cid, lambda d: evse(d, "1").get("limit") == 11.0)
     assert "1" not in refusals(document)
     assert await composite(ops, cid, 1) == [{"startPeriod": 0, "limit": 11.0, "numberPhases": 3}]
+
+
+async def test_a_reboot_sets_the_limits_again(ops: Platform) -> None:
+    station = station_of(ops)
+    cid = station.id
+    await online(ops, cid)
+    await desire(
+        ops,
+        cid,
+        {"unit": "W", "failsafe": {"limit": 11000.0}, "connectors": {"2": {"limit": 4140.0}}},
+    )
+    first = await ops.until(cid, lambda d: evse(d, "2").get("limit") == 4140.0)
+    assert station.profiles.limit(2, first["timestamp"] + 1) is not None
+    boots = station.boots
+    reset = await ops.api.post(f"/chargers/{cid}/commands/reset", json={"type": "Immediate"})
+    assert reset.status_code == 200, reset.text
+    for _ in range(100):
+        if station.boots > boots:
+            break
+        await asyncio.sleep(0.1)
+    assert station.boots > boots
+    # The simulated station lost its profiles in the reboot; the bridge sets them again.
+    document = await ops.until(
+        cid,
+        lambda d: (
+            evse(d, "2").get("at", 0) > evse(first, "2")["at"]
+            and (limits(d).get("failsafe") or {}).get("limit") == 11000.0
+        ),
+    )
+    assert "delta" not in document["state"]
+    assert await composite(ops, cid, 2) == [{"startPeriod": 0, "limit": 6.0, "numberPhases": 3}]
