@@ -385,6 +385,10 @@ class StationHandler(Endpoint201):
                 payload["transactionInfo"]["transactionId"],
                 payload["seqNo"],
             )
+            # Sent again on a new connection: it still tells which transaction runs where.
+            evse_seen = (payload.get("evse") or {}).get("id")
+            transaction = str(payload["transactionInfo"]["transactionId"])
+            self._follow_transaction(payload["eventType"], evse_seen, transaction, received)
             return answer
         session = recorded.session
         assert session is not None

@@ -170,10 +170,16 @@ class ProfileStation(Station):
                 await self.changed.wait()
 
 
-async def open_profile_station(bridge: Bridge, stack: contextlib.AsyncExitStack) -> ProfileStation:
-    charger_id = f"cs-{uuid.uuid4().hex[:10]}"
+async def open_profile_station(
+    bridge: Bridge, stack: contextlib.AsyncExitStack, charger_id: str | None = None
+) -> ProfileStation:
+    """A registered station, booted; ``charger_id``: the same station again, reconnected
+    without a boot (the bridge knows it booted before)."""
+    reconnect = charger_id is not None
+    charger_id = charger_id or f"cs-{uuid.uuid4().hex[:10]}"
     assert bridge.server is not None
-    await bridge.server.registry.register(charger_id, PASSWORD)
+    if not reconnect:
+        await bridge.server.registry.register(charger_id, PASSWORD)
     ws = await stack.enter_async_context(
         connect(
             url_of(bridge, charger_id),
@@ -185,17 +191,22 @@ async def open_profile_station(bridge: Bridge, stack: contextlib.AsyncExitStack)
     station = ProfileStation(charger_id, ws)
     task = asyncio.get_running_loop().create_task(station.start())
     stack.callback(task.cancel)
+    if reconnect:
+        return station
     assert (await station.boot()).status == "Pending"
     async with asyncio.timeout(10):
         await station.accepted.wait()
     return station
 
 
+TRIGGERS = {"Started": "CablePluggedIn", "Updated": "MeterValuePeriodic"}
+
+
 def transaction_event(kind: str, seq_no: int, transaction_id: str) -> Any:
     return call.TransactionEvent(
         event_type=kind,
         timestamp=iso_time(time.time()),
-        trigger_reason="CablePluggedIn" if kind == "Started" else "EVCommunicationLost",
+        trigger_reason=TRIGGERS.get(kind, "EVCommunicationLost"),
         seq_no=seq_no,
         transaction_info={"transaction_id": transaction_id},
         evse={"id": 1, "connector_id": 1},
@@ -291,6 +302,29 @@ async def test_a_2_0_1_station_gets_its_limits_as_2_0_1_profiles(
         await station.until(lambda: station.cleared)
         assert station.cleared == [{"charging_profile_id": 1001}]
         assert confirmed_201(reported, "failsafe")["limit"] == 32.0
+
+
+async def test_a_2_0_1_transaction_seen_after_a_reconnect_gets_a_tx_profile(
+    bridge: Bridge, twin: RunningTwin, watcher: MqttWatcher
+) -> None:
+    async with contextlib.AsyncExitStack() as first:
+        station = await open_profile_station(bridge, first)
+        cid = station.id
+        transaction_id = f"tx-{uuid.uuid4().hex[:8]}"
+        await station.call(transaction_event("Started", 0, transaction_id))
+    await twin.wait_reported(cid, lambda r: not r.get("connection", {}).get("online"))
+    async with contextlib.AsyncExitStack() as second:
+        station = await open_profile_station(bridge, second, cid)
+        await twin.wait_reported(cid, lambda r: r.get("connection", {}).get("online"))
+        # The first event of the running transaction on the new connection says where it
+        # runs (1.6 cannot tell this until the next StartTransaction).
+        await station.call(transaction_event("Updated", 1, transaction_id))
+        update = bridge.topics.shadow(cid, "update")
+        watcher.publish(update, {"state": {"desired": {"chargingLimit": limit(12.0)}}})
+        reported = await twin.wait_reported(cid, lambda r: confirmed_201(r, "1"))
+        assert confirmed_201(reported, "1")["purpose"] == "TxProfile"
+        assert confirmed_201(reported, "1")["transactionId"] == transaction_id
+        assert station.profiles[-1]["transaction_id"] == transaction_id
 
 
 async def test_a_transaction_under_its_tx_default_needs_no_call(
