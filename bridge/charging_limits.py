@@ -1,4 +1,4 @@
-"""Desired charging limits -> OCPP 1.6 charging profiles -> reported charging limits.
+"""Desired charging limits -> OCPP charging profiles -> reported charging limits.
 
 ``desired.chargingLimit`` (docs/shadow.md, Charging limits) holds a failsafe limit for the
 whole charger and a limit per connector, in A per phase or in W. Each becomes one
@@ -22,6 +22,10 @@ Accepted: ``reported.chargingLimit`` gets the value with its purpose and time. R
 NotSupported, a CALLERROR or no answer: ``reported.refused.chargingLimit[slot]``, not sent
 again while desired stays (a new value, a boot or a new connection tries again). A slot
 removed from desired is cleared with ClearChargingProfile by its id and leaves reported.
+
+The decisions (when to set, which purpose, what a refusal means) are the same for every
+OCPP version; the request shapes are not. :class:`ProfileMessages` holds a version's shapes:
+:data:`OCPP16` here, the 2.0.1 ones in :mod:`bridge.v201.charging_profiles`.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from bridge.times import now
 log = logging.getLogger(__name__)
 
 Request = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+# A transaction's id: an integer the bridge gave (1.6), a string the station chose (2.0.1).
+TransactionId = int | str
 
 FAILSAFE = "failsafe"
 PROFILE_ID_BASE = 1000
@@ -51,7 +57,6 @@ FAILSAFE_STACK_LEVEL = 0
 CHARGE_POINT_MAX = "ChargePointMaxProfile"
 TX_DEFAULT = "TxDefaultProfile"
 TX_PROFILE = "TxProfile"
-NOT_BUILT_201 = "charging limits are not built for OCPP 2.0.1 yet"
 
 
 def profile_id(slot: str) -> int:
@@ -80,7 +85,7 @@ class Sent:
 
     wanted: Wanted
     purpose: str
-    transaction_id: int | None
+    transaction_id: TransactionId | None
     at: float  # when the charger confirmed it
 
 
@@ -135,7 +140,9 @@ def _problem(slot: str, unit: Any, entry: Any) -> str | None:
     return None
 
 
-def profile_payload(slot: str, wanted: Wanted, transaction_id: int | None) -> dict[str, Any]:
+def profile_payload(
+    slot: str, wanted: Wanted, transaction_id: TransactionId | None
+) -> dict[str, Any]:
     """SetChargingProfile.req (OCPP 1.6 section 6.43) for a slot."""
     if slot == FAILSAFE:
         connector_id, purpose, level = 0, CHARGE_POINT_MAX, FAILSAFE_STACK_LEVEL
@@ -160,17 +167,47 @@ def profile_payload(slot: str, wanted: Wanted, transaction_id: int | None) -> di
     return {"connectorId": connector_id, "csChargingProfiles": profile}
 
 
+def clear_payload(profile_id: int) -> dict[str, Any]:
+    """ClearChargingProfile.req (OCPP 1.6 section 6.11) of one profile by its id."""
+    return {"id": profile_id}
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileMessages:
+    """How one OCPP version carries a slot: the failsafe profile's purpose name (reported
+    as the slot's ``purpose``), SetChargingProfile for a slot (a TxProfile when a
+    transaction id is given) and ClearChargingProfile by profile id."""
+
+    station_max: str
+    set_payload: Callable[[str, Wanted, TransactionId | None], dict[str, Any]]
+    clear_payload: Callable[[int], dict[str, Any]]
+
+
+OCPP16 = ProfileMessages(CHARGE_POINT_MAX, profile_payload, clear_payload)
+
+
+def refusal_reason(answer: Mapping[str, Any]) -> str | None:
+    """Why a station refused, when it says (2.0.1 ``statusInfo.reasonCode``; 1.6 has none)."""
+    info = answer.get("statusInfo")
+    if isinstance(info, Mapping) and info.get("reasonCode") is not None:
+        return str(info["reasonCode"])
+    return None
+
+
 class ChargingLimits:
     """One connection's charging-limit reconciliation (driven by the Reconciler's runs)."""
 
     def __init__(
-        self, charger_id: str, request: Request, reporter: Reporter, supported: bool = True
+        self,
+        charger_id: str,
+        request: Request,
+        reporter: Reporter,
+        messages: ProfileMessages = OCPP16,
     ) -> None:
         self.charger_id = charger_id
         self._request = request
         self._reporter = reporter
-        # False: the station's protocol has no profile mapping yet; every slot is refused.
-        self._supported = supported
+        self._messages = messages
         self._desired: dict[str, Wanted] = {}
         self._invalid: dict[str, str] = {}
         self._site: Any = None
@@ -179,9 +216,10 @@ class ChargingLimits:
         self._seen_desired = False
         self._section = False  # desired holds a chargingLimit
         self._confirmed: dict[str, Sent] = {}
-        self._refused: dict[str, tuple[Wanted | str, int | None]] = {}
+        self._refused: dict[str, tuple[Wanted | str, TransactionId | None]] = {}
         self._to_clear: set[str] = set()
-        self._transactions: dict[int, int] = {}  # connector -> running transaction
+        # connector (1.6) or EVSE (2.0.1) -> the transaction running there
+        self._transactions: dict[int, TransactionId] = {}
         # connector -> when its StartTransaction reached the bridge: a TxDefaultProfile
         # confirmed before binds that transaction, one confirmed after need not.
         self._started_at: dict[int, float] = {}
@@ -225,12 +263,14 @@ class ChargingLimits:
             cleared = dict.fromkeys(stale)
             self._reporter.report(self.charger_id, {"refused": {"chargingLimit": cleared}}, now())
 
-    def transaction_started(self, connector_id: int, transaction_id: int, at: float) -> None:
+    def transaction_started(
+        self, connector_id: int, transaction_id: TransactionId, at: float
+    ) -> None:
         """``at``: when the StartTransaction arrived (before it was answered)."""
         self._transactions[connector_id] = transaction_id
         self._started_at[connector_id] = at
 
-    def transaction_stopped(self, transaction_id: int) -> bool:
+    def transaction_stopped(self, transaction_id: TransactionId) -> bool:
         """True when the connector's TxDefaultProfile must be set again."""
         for connector_id, running in list(self._transactions.items()):
             if running == transaction_id:
@@ -251,9 +291,9 @@ class ChargingLimits:
         self._to_clear.clear()
 
     # --- the run ---------------------------------------------------------------------------
-    def _purpose(self, slot: str) -> tuple[str, int | None]:
+    def _purpose(self, slot: str) -> tuple[str, TransactionId | None]:
         if slot == FAILSAFE:
-            return CHARGE_POINT_MAX, None
+            return self._messages.station_max, None
         running = self._transactions.get(int(slot))
         return (TX_PROFILE, running) if running is not None else (TX_DEFAULT, None)
 
@@ -298,10 +338,7 @@ class ChargingLimits:
 
     async def _set(self, slot: str, wanted: Wanted) -> None:
         purpose, transaction_id = self._purpose(slot)
-        if not self._supported:
-            self._refuse(slot, wanted, transaction_id, "NotSupported", NOT_BUILT_201)
-            return
-        payload = profile_payload(slot, wanted, transaction_id)
+        payload = self._messages.set_payload(slot, wanted, transaction_id)
         log.info(
             "%s: SetChargingProfile %s %s %s %s (id %d)",
             self.charger_id,
@@ -324,7 +361,7 @@ class ChargingLimits:
             return
         status = str(answer.get("status"))
         if status != "Accepted":
-            self._refuse(slot, wanted, transaction_id, status, None)
+            self._refuse(slot, wanted, transaction_id, status, refusal_reason(answer))
             return
         at = now()
         self._confirmed[slot] = Sent(wanted, purpose, transaction_id, at)
@@ -348,18 +385,19 @@ class ChargingLimits:
     async def _clear(self, slot: str) -> None:
         self._to_clear.discard(slot)
         self._confirmed.pop(slot, None)
-        if self._supported:
-            log.info("%s: ClearChargingProfile id %d", self.charger_id, profile_id(slot))
-            try:
-                answer = await self._request("ClearChargingProfile", {"id": profile_id(slot)})
-            except (CallErrorReceived, InvalidCallError, InvalidResponseError) as exc:
-                # The slot is not desired: nothing to retry; the charger keeps a stale
-                # profile until it reboots or the slot is desired again.
-                log.warning("%s: ClearChargingProfile %s failed: %s", self.charger_id, slot, exc)
-            else:
-                # Unknown: the charger had no such profile (deleted with its transaction,
-                # or lost at a reboot); the slot is clear either way.
-                log.debug("%s: ClearChargingProfile %s", self.charger_id, answer.get("status"))
+        log.info("%s: ClearChargingProfile id %d", self.charger_id, profile_id(slot))
+        try:
+            answer = await self._request(
+                "ClearChargingProfile", self._messages.clear_payload(profile_id(slot))
+            )
+        except (CallErrorReceived, InvalidCallError, InvalidResponseError) as exc:
+            # The slot is not desired: nothing to retry; the charger keeps a stale
+            # profile until it reboots or the slot is desired again.
+            log.warning("%s: ClearChargingProfile %s failed: %s", self.charger_id, slot, exc)
+        else:
+            # Unknown: the charger had no such profile (deleted with its transaction,
+            # or lost at a reboot); the slot is clear either way.
+            log.debug("%s: ClearChargingProfile %s", self.charger_id, answer.get("status"))
         path: dict[str, Any] = (
             {FAILSAFE: None} if slot == FAILSAFE else {"connectors": {slot: None}}
         )
@@ -369,7 +407,7 @@ class ChargingLimits:
         self,
         slot: str,
         wanted: Wanted,
-        transaction_id: int | None,
+        transaction_id: TransactionId | None,
         status: str,
         reason: str | None,
     ) -> None:

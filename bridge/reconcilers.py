@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from bridge.charging_limits import ChargingLimits
+from bridge.charging_limits import OCPP16, ChargingLimits, ProfileMessages, TransactionId
 from bridge.errors import (
     CallErrorReceived,
     CallTimeoutError,
@@ -57,9 +57,8 @@ class Reconciler:
     """Applies one charger's config, availability, firmware and charging-limit delta, one
     run at a time."""
 
-    # Whether desired charging limits go out as charging profiles (bridge.charging_limits);
-    # False: each is refused with the reason that the protocol's mapping is not built yet.
-    charging_profiles = True
+    # The request shapes that carry desired charging limits (bridge.charging_limits).
+    profile_messages: ProfileMessages = OCPP16
 
     # How firmware is carried (OCPP 2.0.1 stations have their own UpdateFirmware).
     firmware_reconciler: type[FirmwareReconciler] = FirmwareReconciler
@@ -91,7 +90,7 @@ class Reconciler:
         # Values the charger refused or scheduled: not sent again while desired stays.
         self._refused: dict[tuple[str, str], str] = {}
         self._firmware_noted = False
-        self.limits = ChargingLimits(charger_id, request, reporter, self.charging_profiles)
+        self.limits = ChargingLimits(charger_id, request, reporter, self.profile_messages)
         self.runs = 0
 
     # --- inputs --------------------------------------------------------------------------
@@ -132,14 +131,16 @@ class Reconciler:
         self._refused.clear()
         self.limits.booted()
 
-    def transaction_started(self, connector_id: int, transaction_id: int, at: float) -> None:
+    def transaction_started(
+        self, connector_id: int, transaction_id: TransactionId, at: float
+    ) -> None:
         """A transaction runs on the connector (its StartTransaction, received at ``at``,
         was answered): a limit set from now on binds it with a TxProfile."""
         self.limits.transaction_started(connector_id, transaction_id, at)
         if self.limits.pending():
             self._wake.set()
 
-    def transaction_stopped(self, transaction_id: int) -> None:
+    def transaction_stopped(self, transaction_id: TransactionId) -> None:
         if self.limits.transaction_stopped(transaction_id):
             self._wake.set()
 

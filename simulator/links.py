@@ -47,25 +47,10 @@ from websockets.asyncio.client import ClientConnection
 from simulator import diagnostics, firmwares, sessions
 from simulator.configurations import AUTHORIZATION_KEY, authorization_key_password
 from simulator.connectors import Connector
-from simulator.profiles import Limit, Profile, ProfileError
+from simulator.profiles import Limit, Profile, ProfileError, camel_case
 from simulator.states import Charger
 
 __all__ = ["ChargePointLink"]
-
-
-def _snake_to_camel(value: Any) -> Any:
-    """The library hands nested payloads over in snake_case; profiles are read in the
-    OCPP spelling (section 7.8), whichever arrives."""
-    if isinstance(value, dict):
-        return {_camel(str(k)): _snake_to_camel(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_snake_to_camel(v) for v in value]
-    return value
-
-
-def _camel(key: str) -> str:
-    head, *rest = key.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
 Handler = Callable[..., Any]
@@ -391,7 +376,7 @@ class ChargePointLink(ChargePoint):  # type: ignore[misc]  # ocpp ships no type 
             c.id: c.transaction_id for c in charger.connectors if c.transaction_id is not None
         }
         try:
-            payload = _snake_to_camel(cs_charging_profiles)
+            payload = camel_case(cs_charging_profiles)
             profile = Profile.parse(connector_id, payload, time.time())
             charger.profiles.install(profile, running)
         except ProfileError as exc:

@@ -8,18 +8,25 @@ the ChargePointMaxProfile caps the result (section 3.13.1). The composite schedu
 
 Limits are kept in amperes per phase with a number of phases; a profile in W is converted
 at the nominal voltage (230 V), as a charger without a per-phase voltage reading does.
+
+OCPP 2.0.1 (part 2, section K) keeps this model: an EVSE is a 1.6 connector, the
+ChargingStationMaxProfile is the ChargePointMaxProfile, a profile names its ``id`` and
+holds a list of schedules (:meth:`Profile.parse_201` reads one into the same
+:class:`Profile`), and a transaction id is a string.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
     "CHARGE_POINT_MAX",
+    "STATION_MAX",
     "TX_DEFAULT",
     "TX_PROFILE",
     "Limit",
@@ -27,10 +34,12 @@ __all__ = [
     "Profile",
     "ProfileError",
     "ProfileStore",
+    "camel_case",
     "parse_time",
 ]
 
 CHARGE_POINT_MAX = "ChargePointMaxProfile"
+STATION_MAX = "ChargingStationMaxProfile"  # its OCPP 2.0.1 name
 TX_DEFAULT = "TxDefaultProfile"
 TX_PROFILE = "TxProfile"
 PURPOSES = (CHARGE_POINT_MAX, TX_DEFAULT, TX_PROFILE)
@@ -39,8 +48,27 @@ DEFAULT_PHASES = 3  # section 7.13: numberPhases absent means 3
 RECURRENCE_S = {"Daily": 86_400, "Weekly": 7 * 86_400}
 
 
+# A transaction's id: an integer in 1.6, a string the station chose in 2.0.1.
+TransactionId = int | str
+
+
 class ProfileError(ValueError):
     """A profile the charger cannot install (the answer is Rejected)."""
+
+
+def camel_case(value: Any) -> Any:
+    """The ``ocpp`` library hands nested payloads over in snake_case; profiles are read in
+    the OCPP spelling (1.6 section 7.8, 2.0.1 part 2 section 2), whichever arrives."""
+    if isinstance(value, dict):
+        return {_camel(str(k)): camel_case(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [camel_case(v) for v in value]
+    return value
+
+
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
 def parse_time(text: Any) -> float:
@@ -94,7 +122,7 @@ class Profile:
     recurrency: str | None = None
     valid_from: float | None = None
     valid_to: float | None = None
-    transaction_id: int | None = None
+    transaction_id: TransactionId | None = None
     installed_at: float = 0.0
 
     @classmethod
@@ -137,6 +165,8 @@ class Profile:
             raise ProfileError("a Recurring profile needs startSchedule")
         duration = schedule.get("duration")
         transaction_id = payload.get("transactionId")
+        if transaction_id is not None and not isinstance(transaction_id, str):
+            transaction_id = int(transaction_id)
         return cls(
             id=profile_id,
             connector_id=connector_id,
@@ -150,9 +180,26 @@ class Profile:
             recurrency=recurrency if kind == "Recurring" else None,
             valid_from=_optional_time(payload.get("validFrom")),
             valid_to=_optional_time(payload.get("validTo")),
-            transaction_id=int(transaction_id) if transaction_id is not None else None,
+            transaction_id=transaction_id,
             installed_at=at,
         )
+
+    @classmethod
+    def parse_201(cls, evse_id: int, payload: dict[str, Any], at: float) -> Profile:
+        """Read an OCPP 2.0.1 ChargingProfileType (part 2, 2.10) set on EVSE ``evse_id``.
+        Only one schedule per profile is supported (more come with ISO 15118 sales
+        tariffs, which this charger does not do)."""
+        schedules = payload.get("chargingSchedule")
+        if not isinstance(schedules, list) or len(schedules) != 1:
+            raise ProfileError("one charging schedule per profile is supported")
+        purpose = payload.get("chargingProfilePurpose")
+        if purpose == CHARGE_POINT_MAX:
+            raise ProfileError(f"unknown purpose {purpose}")  # a 1.6 name
+        shape = dict(payload)
+        shape["chargingSchedule"] = schedules[0]
+        shape["chargingProfilePurpose"] = CHARGE_POINT_MAX if purpose == STATION_MAX else purpose
+        shape["chargingProfileId"] = payload.get("id")
+        return cls.parse(evse_id, shape, at)
 
     def origin(self, at: float, tx_start: float | None) -> float:
         """When the schedule's period 0 starts for time ``at``."""
@@ -212,7 +259,7 @@ class ProfileStore:
         self.capacity = capacity
         self.profiles: dict[int, Profile] = {}
 
-    def install(self, profile: Profile, running: dict[int, int]) -> None:
+    def install(self, profile: Profile, running: Mapping[int, TransactionId]) -> None:
         """Install or replace (same id, or same purpose and stack level on the connector);
         ``running`` maps connector id to the transaction running there."""
         if profile.purpose == CHARGE_POINT_MAX and profile.connector_id != 0:

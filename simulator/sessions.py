@@ -19,7 +19,7 @@ from simulator.connectors import Connector
 from simulator.meters import utc_now
 from simulator.states import Charger
 
-__all__ = ["finish", "run_session", "send_meter_values", "stop_transaction"]
+__all__ = ["finish", "run_session", "send_meter_values", "stop_transaction", "wait"]
 
 
 async def run_session(
@@ -33,7 +33,7 @@ async def run_session(
     await charger.send_status(connector)
     charged = False
     try:
-        await _wait(stop, timing.plug_delay_s)
+        await wait(stop, timing.plug_delay_s)
         if authorize and not stop.is_set():
             answer = await charger.call(call.Authorize(id_tag=id_tag))
             if answer.id_tag_info["status"] != AuthorizationStatus.accepted:
@@ -110,7 +110,7 @@ async def _charge(charger: Charger, connector: Connector, id_tag: str, stop: asy
             break
         interval = charger.config.integer("MeterValueSampleInterval")
         connector.limit_changed.clear()
-        await _wait(
+        await wait(
             stop,
             min(interval, remaining) if interval > 0 else remaining,
             connector.limit_changed,
@@ -182,7 +182,7 @@ async def stop_transaction(charger: Charger, connector: Connector, reason: Reaso
     )
 
 
-async def _wait(event: asyncio.Event, seconds: float, also: asyncio.Event | None = None) -> None:
+async def wait(event: asyncio.Event, seconds: float, also: asyncio.Event | None = None) -> None:
     """Sleep ``seconds`` or until ``event`` (or ``also``) is set, whichever comes first."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):

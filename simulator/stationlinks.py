@@ -12,16 +12,21 @@ Requests answered (part 2): GetBaseReport (B07), GetVariables (B06), SetVariable
 ChangeAvailability (G03, G04), Reset (B11, B12; station only), TriggerMessage (F06),
 RequestStartTransaction / RequestStopTransaction (F01, F03), UnlockConnector (F05),
 UpdateFirmware (L01), GetLog (N01), GetTransactionStatus (E14), ClearCache (C11),
-DataTransfer (P01). Anything else gets the library's NotImplemented / NotSupported.
+DataTransfer (P01), SetChargingProfile (K01), ClearChargingProfile (K10) and
+GetCompositeSchedule (K08) on the 1.6 charger's profile stack (:mod:`simulator.profiles`;
+EVSE N is connector N there). Anything else gets the library's NotImplemented /
+NotSupported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
+from ocpp.exceptions import NotSupportedError
 from ocpp.v16.enums import ChargePointStatus, ReadingContext, Reason
 from ocpp.v201 import ChargePoint, call, call_result
 from ocpp.v201.enums import Action
@@ -31,6 +36,14 @@ from simulator import stationupdates, transactions
 from simulator.connectors import Connector
 from simulator.devicemodels import PASSWORD_LENGTH, Address, report_parts
 from simulator.meters import utc_now
+from simulator.profiles import (
+    CHARGE_POINT_MAX,
+    STATION_MAX,
+    Limit,
+    Profile,
+    ProfileError,
+    camel_case,
+)
 from simulator.stationstates import CONNECTOR_ID, Station
 
 __all__ = ["StationLink"]
@@ -88,6 +101,9 @@ class StationLink(ChargePoint):  # type: ignore[misc]  # ocpp ships no type hint
             Action.get_transaction_status: self.on_get_transaction_status,
             Action.clear_cache: self.on_clear_cache,
             Action.data_transfer: self.on_data_transfer,
+            Action.set_charging_profile: self.on_set_charging_profile,
+            Action.clear_charging_profile: self.on_clear_charging_profile,
+            Action.get_composite_schedule: self.on_get_composite_schedule,
         }
         after: dict[str, Handler] = {
             Action.get_base_report: self.after_get_base_report,
@@ -109,6 +125,14 @@ class StationLink(ChargePoint):  # type: ignore[misc]  # ocpp ships no type hint
     async def _handle_call(self, msg: Any) -> Any:
         """Keep the call for inspection (bounded deque), then let the library route it."""
         self._station.received.append((str(msg.action), dict(msg.payload)))
+        if (
+            msg.action == Action.set_charging_profile
+            and self._station.profile_answer == "CallError"
+        ):
+            # Firmware without smart charging: a CALLERROR, as the 1.6 link sends it.
+            error = NotSupportedError("Smart charging is not supported by this firmware")
+            await self._send(msg.create_call_error(error).to_json())
+            return None
         return await super()._handle_call(msg)
 
     def _take_accepted(self) -> bool:
@@ -391,6 +415,85 @@ class StationLink(ChargePoint):  # type: ignore[misc]  # ocpp ships no type hint
             return call_result.GetTransactionStatus(messages_in_queue=False)
         return call_result.GetTransactionStatus(messages_in_queue=False, ongoing_indicator=ongoing)
 
+    # -- smart charging (K01, K08, K10; simulator.profiles) ---------------------------------
+
+    def on_set_charging_profile(
+        self, evse_id: int, charging_profile: dict[str, Any], **_: Any
+    ) -> Any:
+        station = self._station
+        answer = station.profile_answer
+        if answer != "Accepted":
+            # 2.0.1 knows Accepted and Rejected only: a model without smart charging
+            # rejects with that reason.
+            return call_result.SetChargingProfile(
+                status="Rejected", status_info={"reason_code": answer[:20]}
+            )
+        if evse_id != 0 and self._evse(evse_id) is None:
+            return _rejected("UnknownEVSE", f"no EVSE {evse_id}")
+        running = {
+            c.id: tx
+            for c in station.connectors[1:]
+            if (tx := station.transaction_id(c)) is not None
+        }
+        try:
+            profile = Profile.parse_201(evse_id, camel_case(charging_profile), time.time())
+            station.profiles.install(profile, running)
+        except ProfileError as exc:
+            station.log.info("%s: charging profile rejected: %s", station.id, exc)
+            return _rejected("InvalidProfile", str(exc))
+        station.profiles_changed()
+        return call_result.SetChargingProfile(status="Accepted")
+
+    def on_clear_charging_profile(
+        self,
+        charging_profile_id: int | None = None,
+        charging_profile_criteria: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> Any:
+        criteria = charging_profile_criteria or {}
+        purpose = criteria.get("charging_profile_purpose")
+        cleared = self._station.profiles.clear(
+            charging_profile_id,
+            criteria.get("evse_id"),
+            CHARGE_POINT_MAX if purpose == STATION_MAX else purpose,
+            criteria.get("stack_level"),
+        )
+        if not cleared:
+            return call_result.ClearChargingProfile(status="Unknown")
+        self._station.profiles_changed()
+        return call_result.ClearChargingProfile(status="Accepted")
+
+    def on_get_composite_schedule(
+        self, duration: int, evse_id: int, charging_rate_unit: str | None = None, **_: Any
+    ) -> Any:
+        station = self._station
+        connector = self._evse(evse_id) if evse_id != 0 else station.connectors[0]
+        if connector is None or duration < 0:
+            return _rejected("UnknownEVSE", f"no EVSE {evse_id}", composite=True)
+        at = float(int(time.time()))
+        tx_start = connector.started_at if connector.transaction_id is not None else None
+        rating = Limit(connector.meter.max_amps, connector.meter.phases)
+        schedule = station.profiles.composite(
+            evse_id, at, duration, charging_rate_unit or "A", tx_start, rating
+        )
+        return call_result.GetCompositeSchedule(
+            status="Accepted",
+            schedule={
+                "evse_id": evse_id,
+                "duration": schedule["duration"],
+                "schedule_start": schedule["startSchedule"],
+                "charging_rate_unit": schedule["chargingRateUnit"],
+                "charging_schedule_period": [
+                    {
+                        "start_period": p["startPeriod"],
+                        "limit": p["limit"],
+                        "number_phases": p["numberPhases"],
+                    }
+                    for p in schedule["chargingSchedulePeriod"]
+                ],
+            },
+        )
+
     # -- firmware and log (L01, N01) -----------------------------------------------------
 
     def on_update_firmware(self, request_id: int, firmware: dict[str, Any], **_: Any) -> Any:
@@ -445,3 +548,11 @@ class StationLink(ChargePoint):  # type: ignore[misc]  # ocpp ships no type hint
     def on_data_transfer(self, vendor_id: str, **_: Any) -> Any:
         # P01: a station without vendor extensions answers UnknownVendorId.
         return call_result.DataTransfer(status="UnknownVendorId")
+
+
+def _rejected(reason: str, why: str, *, composite: bool = False) -> Any:
+    """Rejected with a StatusInfoType (part 2, 2.50): a reason code and the detail."""
+    info = {"reason_code": reason, "additional_info": why[:512]}
+    if composite:
+        return call_result.GetCompositeSchedule(status="Rejected", status_info=info)
+    return call_result.SetChargingProfile(status="Rejected", status_info=info)

@@ -10,6 +10,11 @@ Ended when the cable is pulled (EVCommunicationLost, ``stoppedReason`` EVDisconn
 at once for a stop the station decides (RemoteStop, AbnormalCondition for a fault...).
 Every event of a transaction carries the next ``seqNo``, 0 first.
 
+The car draws what the charging profiles offer its EVSE (:meth:`Charger.offer`, the 1.6
+composite logic): a profile that changes the offer wakes the session, which sends an
+Updated event (ChargingRateChanged) with meter values showing the new draw at once; a
+TxProfile ends with its transaction (K01.FR.05 as 1.6 section 3.13.3).
+
 Timing is the 1.6 simulator's (``SessionTiming``) and the connector state is shared
 (:mod:`simulator.connectors`); the end of a stopped session, Finishing until the cable is
 gone, is the 1.6 one (:func:`simulator.sessions.finish`).
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 from ocpp.v16.enums import ChargePointStatus, Reason
@@ -68,6 +74,7 @@ async def run_transaction(
     connector.phase = ChargePointStatus.preparing
     connector.meter.plug_in(station.rng)
     connector.transaction_id = station.rng.randrange(1, 1 << 31)
+    connector.started_at = time.time()  # the origin of a Relative profile
     connector.id_tag = tag if remote_start_id is not None else None
     station.sessions_started += 1
     unplugged = False
@@ -127,24 +134,33 @@ async def _charge(station: Station, connector: Connector, stop: asyncio.Event) -
     loop = asyncio.get_running_loop()
     deadline = loop.time() + station.rng.uniform(*timing.duration_s)
     last = loop.time()
+    # The car starts drawing under the limits that bind it (none yet: the next step).
+    meter.advance(0.0, station.rng, charging=True, offered=station.offer(connector))
     while not stop.is_set():
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
         interval = station.device_model.integer("SampledDataCtrlr", "TxUpdatedInterval")
-        await _wait(stop, min(interval, remaining) if interval > 0 else remaining)
+        connector.limit_changed.clear()
+        await sessions.wait(
+            stop, min(interval, remaining) if interval > 0 else remaining, connector.limit_changed
+        )
         now = loop.time()
-        meter.advance((now - last) * timing.time_scale, station.rng, charging=True)
+        offered = station.offer(connector)
+        meter.advance((now - last) * timing.time_scale, station.rng, True, offered)
         last = now
         if not stop.is_set() and not connector.meter_failed:
+            # A new limit is shown at once (the CSMS watches its effect); the trigger
+            # ChargingRateChanged says why this event came before its interval.
+            rate_changed = connector.limit_changed.is_set()
             await _event(
                 station,
                 connector,
                 "Updated",
-                "MeterValuePeriodic",
+                "ChargingRateChanged" if rate_changed else "MeterValuePeriodic",
                 "Charging",
                 measurands="TxUpdatedMeasurands",
-                context="Sample.Periodic",
+                context="Other" if rate_changed else "Sample.Periodic",
             )
     meter.power_w = 0.0
     if stop.is_set():
@@ -187,6 +203,8 @@ async def end_transaction(
     )
     station.forget_transaction(connector)
     connector.transaction_id = None
+    connector.started_at = None
+    station.profiles.transaction_ended(connector.id)
     connector.id_tag = None
     station.sessions_completed += 1
 

@@ -9,6 +9,7 @@ shadow, topics and session records are the 1.6 ones wherever the meaning is the 
 - ``devicemodel``   — NotifyReport assembly (the key scheme: ``twin.devicemodel``).
 - ``transactions``  — TransactionEvent into the shared session records, idempotent by seqNo.
 - ``reconcilers``   — desired config -> SetVariables, availability -> ChangeAvailability.
+- ``charging_profiles`` — the 2.0.1 shapes of desired charging limits (SetChargingProfile).
 - ``firmwares``     — desired firmware -> UpdateFirmware, progress by requestId.
 - ``credentials``   — password rotation -> SetVariables SecurityCtrlr/BasicAuthPassword.
 - ``commands``      — operator command names and their 2.0.1 actions.

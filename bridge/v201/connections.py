@@ -181,6 +181,12 @@ class StationConnection:
         if isinstance(firmware, StationFirmware):
             self.tasks.spawn(firmware.progress(status, request_id), "firmware status")
 
+    def transaction_started(self, evse_id: int, transaction_id: str, at: float) -> None:
+        self.reconciler.transaction_started(evse_id, transaction_id, at)
+
+    def transaction_stopped(self, transaction_id: str) -> None:
+        self.reconciler.transaction_stopped(transaction_id)
+
     def boot_pending(self) -> None:
         self.tasks.spawn(self._read_device_model(), "device model")
 

@@ -27,6 +27,7 @@ kept beside it (``evseConnectorId``, and ``connectors.N.connectors`` per connect
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -77,6 +78,13 @@ class StationEvents(Protocol):
 
     def firmware_status(self, status: str, request_id: int | None) -> None:
         """A FirmwareStatusNotification arrived (firmware reconciliation follows it)."""
+
+    def transaction_started(self, evse_id: int, transaction_id: str, at: float) -> None:
+        """A transaction runs on the EVSE (a TransactionEvent, received at ``at``, said so
+        and was answered): a charging limit set from now on binds it with a TxProfile."""
+
+    def transaction_stopped(self, transaction_id: str) -> None:
+        """The transaction ended (TransactionEvent Ended, answered)."""
 
 
 def charge_point_of(station: Mapping[str, Any]) -> dict[str, Any]:
@@ -163,6 +171,9 @@ class StationHandler(Endpoint201):
         # model being read) or "read" (the next BootNotification is Accepted).
         self.model_state: str | None = None
         self.reports = ReportAssembly()
+        # EVSE -> the transaction running there, as TransactionEvents on this connection
+        # told (charging limits bind it with a TxProfile).
+        self._running: dict[int, str] = {}
 
     # --- routing -------------------------------------------------------------------------
     async def _route_call(self, msg: Call) -> None:
@@ -208,10 +219,14 @@ class StationHandler(Endpoint201):
             "rebootRequired": None,
             "connectors": None,
             "availability": None,
+            # Charging profiles may not survive a reboot: every desired limit is in the
+            # delta again and set again (bridge.charging_limits).
+            "chargingLimit": None,
         }
         if "firmwareVersion" in charge_point:
             reported["firmware"] = {"version": charge_point["firmwareVersion"]}
         self._statuses.clear()
+        self._running.clear()
         self.accepted = True
         self.services.accepted.add(self.charger_id)
         self._reporter.report(self.charger_id, reported, self.clock.reset_state(at))
@@ -354,6 +369,7 @@ class StationHandler(Endpoint201):
         return id_token_info(await self.services.id_tags.lookup(str(token["idToken"])))
 
     async def _transaction_event(self, payload: dict[str, Any]) -> dict[str, Any]:
+        received = now()
         reading = self.clock.reading(payload["timestamp"], "TransactionEvent")
         recorded = await self.transactions.record(
             self.charger_id, payload, reading.at, exact_time=reading.kept
@@ -369,6 +385,10 @@ class StationHandler(Endpoint201):
                 payload["transactionInfo"]["transactionId"],
                 payload["seqNo"],
             )
+            # Sent again on a new connection: it still tells which transaction runs where.
+            evse_seen = (payload.get("evse") or {}).get("id")
+            transaction = str(payload["transactionInfo"]["transactionId"])
+            self._follow_transaction(payload["eventType"], evse_seen, transaction, received)
             return answer
         session = recorded.session
         assert session is not None
@@ -423,6 +443,7 @@ class StationHandler(Endpoint201):
             )
         elif not recorded.started:
             self._reporter.event(self.charger_id, "transaction", {"event": "updated", **common})
+        self._follow_transaction(kind, evse_id, transaction_id, received)
         # Started and Ended at info; the periodic Updated events (one per station every
         # sampling interval) at debug, as 1.6 MeterValues are not logged.
         log.log(
@@ -435,6 +456,28 @@ class StationHandler(Endpoint201):
             payload["seqNo"],
         )
         return answer
+
+    def _follow_transaction(
+        self, kind: str, evse_id: Any, transaction_id: str, received: float
+    ) -> None:
+        """Tell the connection, after the answer, which transaction runs on which EVSE:
+        a TxProfile names a transaction the station must already know."""
+        if kind == "Ended":
+            for evse, running in list(self._running.items()):
+                if running == transaction_id:
+                    del self._running[evse]
+            self._after_response.append(
+                functools.partial(self.events.transaction_stopped, transaction_id)
+            )
+            return
+        if not isinstance(evse_id, int) or self._running.get(evse_id) == transaction_id:
+            return
+        # Started, or the first event of a transaction seen on this connection (a
+        # reconnect in mid-transaction): it runs there now.
+        self._running[evse_id] = transaction_id
+        self._after_response.append(
+            functools.partial(self.events.transaction_started, evse_id, transaction_id, received)
+        )
 
     # --- firmware, logs, security ------------------------------------------------------------
     async def _firmware_status_notification(self, payload: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,9 @@ this subclass decides *how* for 2.0.1:
   ChangeAvailability with ``operationalStatus`` (OCPP 2.0.1 G03, G04).
 - ``desired.firmware`` goes out as the 2.0.1 UpdateFirmware, its progress followed by
   ``requestId`` (:mod:`bridge.v201.firmwares`).
-- ``desired.chargingLimit`` is refused (NotSupported, "not built for OCPP 2.0.1 yet").
+- ``desired.chargingLimit`` goes out as 2.0.1 SetChargingProfile / ClearChargingProfile
+  (:mod:`bridge.v201.charging_profiles`), decided as for 1.6 (:mod:`bridge.charging_limits`);
+  the running transactions come from TransactionEvent Started / Ended.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 from bridge.errors import CallErrorReceived, InvalidCallError, InvalidResponseError
 from bridge.reconcilers import Reconciler, config_text
 from bridge.times import now
+from bridge.v201.charging_profiles import OCPP201
 from bridge.v201.devicemodel import (
     KeyError201,
     is_device_model_key,
@@ -44,9 +47,7 @@ class StationReconciler(Reconciler):
     """The 1.6 reconciler's schedule with 2.0.1 calls (see the module docstring)."""
 
     firmware_reconciler = StationFirmware
-    # The 2.0.1 SetChargingProfile mapping is not built: desired charging limits are
-    # refused with that reason in reported.refused.chargingLimit.
-    charging_profiles = False
+    profile_messages = OCPP201
 
     def __init__(
         self,

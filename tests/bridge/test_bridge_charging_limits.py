@@ -1,17 +1,24 @@
 """Desired charging limits become SetChargingProfile calls (bridge.charging_limits), over a
 real socket: TxProfile for a running transaction, TxDefault again after it, a charger that
-does not answer, removal by profile id."""
+does not answer, removal by profile id; the same in the OCPP 2.0.1 shapes for a station
+that is the ``ocpp`` library's ``v201.ChargePoint`` (it checks every request against the
+official schemas)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import MqttWatcher, OpenCharger, RunningTwin
-
-# The 2.0.1 station fixture lives with the 2.0.1 tests.
-from test_bridge_ocpp201 import OpenStation, open_station  # noqa: F401
+from conftest import PASSWORD, MqttWatcher, OpenCharger, RunningTwin, basic, url_of
+from ocpp.routing import on
+from ocpp.v201 import call, call_result
+from test_bridge_ocpp201 import OCPP201, Station
+from websockets.asyncio.client import connect
 
 from bridge import Bridge
 from bridge.times import iso_time
@@ -133,23 +140,191 @@ async def test_invalid_limits_are_refused_without_a_call(
     assert refusal["status"] == "Invalid" and "limit" in refusal["reason"]
 
 
-async def test_a_2_0_1_station_refuses_limits_with_the_reason(
-    bridge: Bridge,
-    open_station: OpenStation,  # noqa: F811  # the imported fixture, by its name
-    twin: RunningTwin,
-    watcher: MqttWatcher,
-) -> None:
-    station = await open_station()
-    await twin.wait_reported(station.id, lambda r: r.get("config"))
-    desired = {"chargingLimit": limit(16.0)}
-    watcher.publish(bridge.topics.shadow(station.id, "update"), {"state": {"desired": desired}})
-    reported = await twin.wait_reported(
-        station.id, lambda r: r.get("refused", {}).get("chargingLimit", {}).get("1")
+class ProfileStation(Station):
+    """The library's 2.0.1 station (it checks every request against the official schemas)
+    that answers SetChargingProfile as ``profile_answer`` says and keeps what it got."""
+
+    def __init__(self, charger_id: str, ws: Any) -> None:
+        super().__init__(charger_id, ws)
+        self.profile_answer: dict[str, Any] = {"status": "Accepted"}
+        self.profiles: list[dict[str, Any]] = []
+        self.cleared: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+
+    @on("SetChargingProfile")
+    def on_set_charging_profile(self, evse_id: int, charging_profile: dict[str, Any]) -> Any:
+        self.profiles.append({"evse_id": evse_id, **charging_profile})
+        self.changed.set()
+        return call_result.SetChargingProfile(**self.profile_answer)
+
+    @on("ClearChargingProfile")
+    def on_clear_charging_profile(self, **fields: Any) -> Any:
+        self.cleared.append(fields)
+        self.changed.set()
+        return call_result.ClearChargingProfile(status="Accepted")
+
+    async def until(self, check: Callable[[], Any], timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not check():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def open_profile_station(
+    bridge: Bridge, stack: contextlib.AsyncExitStack, charger_id: str | None = None
+) -> ProfileStation:
+    """A registered station, booted; ``charger_id``: the same station again, reconnected
+    without a boot (the bridge knows it booted before)."""
+    reconnect = charger_id is not None
+    charger_id = charger_id or f"cs-{uuid.uuid4().hex[:10]}"
+    assert bridge.server is not None
+    if not reconnect:
+        await bridge.server.registry.register(charger_id, PASSWORD)
+    ws = await stack.enter_async_context(
+        connect(
+            url_of(bridge, charger_id),
+            subprotocols=[OCPP201],  # type: ignore[list-item]
+            additional_headers=basic(charger_id, PASSWORD),
+            ping_interval=None,
+        )
     )
-    refusal = reported["refused"]["chargingLimit"]["1"]
-    assert refusal["status"] == "NotSupported"
-    assert refusal["reason"] == "charging limits are not built for OCPP 2.0.1 yet"
-    assert not [action for action, _ in station.calls if "ChargingProfile" in action]
+    station = ProfileStation(charger_id, ws)
+    task = asyncio.get_running_loop().create_task(station.start())
+    stack.callback(task.cancel)
+    if reconnect:
+        return station
+    assert (await station.boot()).status == "Pending"
+    async with asyncio.timeout(10):
+        await station.accepted.wait()
+    return station
+
+
+TRIGGERS = {"Started": "CablePluggedIn", "Updated": "MeterValuePeriodic"}
+
+
+def transaction_event(kind: str, seq_no: int, transaction_id: str) -> Any:
+    return call.TransactionEvent(
+        event_type=kind,
+        timestamp=iso_time(time.time()),
+        trigger_reason=TRIGGERS.get(kind, "EVCommunicationLost"),
+        seq_no=seq_no,
+        transaction_info={"transaction_id": transaction_id},
+        evse={"id": 1, "connector_id": 1},
+    )
+
+
+def refused_201(reported: dict[str, Any]) -> dict[str, Any]:
+    return dict((reported.get("refused") or {}).get("chargingLimit") or {})
+
+
+def confirmed_201(reported: dict[str, Any], slot: str) -> dict[str, Any]:
+    section = reported.get("chargingLimit") or {}
+    if slot == "failsafe":
+        return dict(section.get("failsafe") or {})
+    return dict((section.get("connectors") or {}).get(slot) or {})
+
+
+async def test_a_2_0_1_station_gets_its_limits_as_2_0_1_profiles(
+    bridge: Bridge, twin: RunningTwin, watcher: MqttWatcher
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        station = await open_profile_station(bridge, stack)
+        cid = station.id
+        update = bridge.topics.shadow(cid, "update")
+        desired = {"unit": "A", "failsafe": {"limit": 32.0, "phases": 3}, **limit(16.04)}
+        watcher.publish(update, {"state": {"desired": {"chargingLimit": desired}}})
+        reported = await twin.wait_reported(
+            cid, lambda r: confirmed_201(r, "1") and confirmed_201(r, "failsafe")
+        )
+        # Keys as the library hands them (snake_case), after its schema check.
+        failsafe, default = sorted(station.profiles, key=lambda p: p["evse_id"])
+        assert failsafe == {
+            "evse_id": 0,
+            "id": 1000,
+            "stack_level": 0,
+            "charging_profile_purpose": "ChargingStationMaxProfile",
+            "charging_profile_kind": "Absolute",
+            "charging_schedule": [
+                {
+                    "id": 1000,
+                    "charging_rate_unit": "A",
+                    "charging_schedule_period": [
+                        {"start_period": 0, "limit": 32.0, "number_phases": 3}
+                    ],
+                }
+            ],
+        }
+        assert default["evse_id"] == 1 and default["id"] == 1001
+        assert default["charging_profile_purpose"] == "TxDefaultProfile"
+        assert default["stack_level"] == 1 and "transaction_id" not in default
+        assert default["charging_schedule"][0]["charging_schedule_period"][0]["limit"] == 16.0
+        assert confirmed_201(reported, "failsafe")["purpose"] == "ChargingStationMaxProfile"
+        assert confirmed_201(reported, "1")["limit"] == 16.04
+        assert confirmed_201(reported, "1")["purpose"] == "TxDefaultProfile"
+
+        # A transaction runs on EVSE 1: a new value is a TxProfile naming it (a string).
+        transaction_id = f"tx-{uuid.uuid4().hex[:8]}"
+        await station.call(transaction_event("Started", 0, transaction_id))
+        watcher.publish(update, {"state": {"desired": {"chargingLimit": limit(10.0)}}})
+        reported = await twin.wait_reported(
+            cid, lambda r: confirmed_201(r, "1").get("purpose") == "TxProfile"
+        )
+        assert confirmed_201(reported, "1")["transactionId"] == transaction_id
+        tx_profile = station.profiles[-1]
+        assert tx_profile["charging_profile_purpose"] == "TxProfile"
+        assert tx_profile["transaction_id"] == transaction_id and tx_profile["id"] == 1001
+
+        # The station drops a TxProfile with its transaction: the TxDefault goes back.
+        sent = len(station.profiles)
+        await station.call(transaction_event("Ended", 1, transaction_id))
+        await station.until(lambda: len(station.profiles) > sent)
+        assert station.profiles[-1]["charging_profile_purpose"] == "TxDefaultProfile"
+        await twin.wait_reported(
+            cid, lambda r: confirmed_201(r, "1").get("purpose") == "TxDefaultProfile"
+        )
+
+        # Rejected with a reason code: recorded as for 1.6, with the station's reason.
+        station.profile_answer = {
+            "status": "Rejected",
+            "status_info": {"reason_code": "InvalidSchedule"},
+        }
+        watcher.publish(update, {"state": {"desired": {"chargingLimit": limit(6.0)}}})
+        reported = await twin.wait_reported(cid, lambda r: "1" in refused_201(r))
+        assert refused_201(reported)["1"]["status"] == "Rejected"
+        assert refused_201(reported)["1"]["reason"] == "InvalidSchedule"
+        assert refused_201(reported)["1"]["value"] == {"unit": "A", "limit": 6.0, "phases": 3}
+
+        # Removed: cleared by profile id (2.0.1 chargingProfileId) and gone from reported.
+        watcher.publish(update, {"state": {"desired": {"chargingLimit": {"connectors": None}}}})
+        reported = await twin.wait_reported(
+            cid, lambda r: not confirmed_201(r, "1") and "1" not in refused_201(r)
+        )
+        await station.until(lambda: station.cleared)
+        assert station.cleared == [{"charging_profile_id": 1001}]
+        assert confirmed_201(reported, "failsafe")["limit"] == 32.0
+
+
+async def test_a_2_0_1_transaction_seen_after_a_reconnect_gets_a_tx_profile(
+    bridge: Bridge, twin: RunningTwin, watcher: MqttWatcher
+) -> None:
+    async with contextlib.AsyncExitStack() as first:
+        station = await open_profile_station(bridge, first)
+        cid = station.id
+        transaction_id = f"tx-{uuid.uuid4().hex[:8]}"
+        await station.call(transaction_event("Started", 0, transaction_id))
+    await twin.wait_reported(cid, lambda r: not r.get("connection", {}).get("online"))
+    async with contextlib.AsyncExitStack() as second:
+        station = await open_profile_station(bridge, second, cid)
+        await twin.wait_reported(cid, lambda r: r.get("connection", {}).get("online"))
+        # The first event of the running transaction on the new connection says where it
+        # runs (1.6 cannot tell this until the next StartTransaction).
+        await station.call(transaction_event("Updated", 1, transaction_id))
+        update = bridge.topics.shadow(cid, "update")
+        watcher.publish(update, {"state": {"desired": {"chargingLimit": limit(12.0)}}})
+        reported = await twin.wait_reported(cid, lambda r: confirmed_201(r, "1"))
+        assert confirmed_201(reported, "1")["purpose"] == "TxProfile"
+        assert confirmed_201(reported, "1")["transactionId"] == transaction_id
+        assert station.profiles[-1]["transaction_id"] == transaction_id
 
 
 async def test_a_transaction_under_its_tx_default_needs_no_call(

@@ -156,6 +156,45 @@ def test_bad_profiles_are_refused_with_a_reason() -> None:
         store.install(profile(2, 1, "TxDefaultProfile", 0, [(0, 10.0)]), {})
 
 
+def profile_201(pid: int, purpose: str, level: int, limit: float, **extra: Any) -> dict[str, Any]:
+    """An OCPP 2.0.1 ChargingProfileType (part 2, 2.10): ``id``, a list of schedules."""
+    schedule = {
+        "id": pid,
+        "chargingRateUnit": "A",
+        "chargingSchedulePeriod": [{"startPeriod": 0, "limit": limit, "numberPhases": 1}],
+    }
+    return {
+        "id": pid,
+        "stackLevel": level,
+        "chargingProfilePurpose": purpose,
+        "chargingProfileKind": "Absolute",
+        "chargingSchedule": [schedule],
+        **extra,
+    }
+
+
+def test_2_0_1_profiles_share_the_stack_with_string_transaction_ids() -> None:
+    store = ProfileStore()
+    cap = Profile.parse_201(0, profile_201(1000, "ChargingStationMaxProfile", 0, 20.0), T0)
+    assert cap.purpose == "ChargePointMaxProfile" and cap.id == 1000
+    store.install(cap, {})
+    tx = profile_201(1001, "TxProfile", 1, 8.0, transactionId="cs-1-0000002A")
+    # A TxProfile for a transaction that does not run on the EVSE is refused.
+    with pytest.raises(ProfileError, match="does not run"):
+        store.install(Profile.parse_201(1, tx, T0), {1: "cs-1-00000001"})
+    store.install(Profile.parse_201(1, tx, T0), {1: "cs-1-0000002A"})
+    assert store.limit(1, T0 + 1, tx_start=T0) == Limit(8.0, 1)
+    assert store.limit(0, T0 + 1) == Limit(20.0, 1)
+    store.transaction_ended(1)
+    assert store.limit(1, T0 + 1) == Limit(20.0, 1)
+    two = profile_201(1002, "TxDefaultProfile", 1, 6.0)
+    two["chargingSchedule"] *= 2
+    with pytest.raises(ProfileError, match="one charging schedule"):
+        Profile.parse_201(2, two, T0)
+    with pytest.raises(ProfileError, match="unknown purpose"):
+        Profile.parse_201(0, profile_201(1000, "ChargePointMaxProfile", 0, 20.0), T0)
+
+
 def test_the_car_ramps_up_follows_the_offer_and_tapers() -> None:
     rng = random.Random(1)
     meter = Meter(22_000.0, 3, 0.0)

@@ -18,7 +18,7 @@ from ocpp.v201 import call
 from simulator_helpers import HttpServer, fast_options, running
 
 from simulator import Fleet, SimulatedCharger, SimulatedStation, parse_ocpp_mix, transactions
-from simulator.options import ChargerModel, SimulatorOptions
+from simulator.options import ChargerModel, SessionTiming, SimulatorOptions
 
 
 @pytest.fixture
@@ -382,3 +382,87 @@ async def test_chargetwin_simulate_ocpp_201_runs_stations(csms: Csms201) -> None
         _, errors = await process.communicate()
     assert process.returncode == 0, errors.decode()
     assert all(b["reason"] == "PowerUp" for _, a, b in csms.received if a == "BootNotification")
+
+
+def tx_default(limit: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": 1001,
+        "stack_level": 1,
+        "charging_profile_purpose": "TxDefaultProfile",
+        "charging_profile_kind": "Absolute",
+        "charging_schedule": [
+            {
+                "id": 1001,
+                "charging_rate_unit": "A",
+                "charging_schedule_period": [
+                    {"start_period": 0, "limit": limit, "number_phases": 3}
+                ],
+            }
+        ],
+        **extra,
+    }
+
+
+async def test_charging_profiles_bind_the_car_and_the_composite_schedule(csms: Csms201) -> None:
+    long = SessionTiming(
+        auto_sessions=False, plug_delay_s=0.05, unplug_delay_s=0.05, duration_s=(60.0, 60.0)
+    )
+    async with running(station_options(csms.url, sessions=long)) as fleet:
+        station = fleet.chargers[0]
+        assert isinstance(station, SimulatedStation)
+        await fleet.wait_for(1, timeout=5)
+        # The library checks each answer against the official schemas.
+        answer = await csms.call(
+            station.id, call.SetChargingProfile(evse_id=1, charging_profile=tx_default(10.0))
+        )
+        assert answer.status == "Accepted"
+        composite = await csms.call(
+            station.id, call.GetCompositeSchedule(duration=300, evse_id=1, charging_rate_unit="A")
+        )
+        assert composite.status == "Accepted"
+        assert composite.schedule["evse_id"] == 1
+        assert composite.schedule["charging_schedule_period"] == [
+            {"start_period": 0, "limit": 10.0, "number_phases": 3}
+        ]
+        connector = station.connectors[1]
+        station.spawn(transactions.run_transaction(station, connector, "TAG3", authorize=False))
+        await csms.wait(lambda: station.transaction_id(connector) is not None)
+        transaction_id = station.transaction_id(connector)
+
+        def currents() -> list[float]:
+            events = csms.messages(station.id, "TransactionEvent")
+            return [
+                v["value"]
+                for e in events[-1:]
+                for m in e.get("meterValue", [])
+                for v in m["sampledValue"]
+                if v["measurand"] == "Current.Import"
+            ]
+
+        await csms.wait(lambda: currents() and min(currents()) > 8.0, timeout=10)
+        assert max(currents()) <= 10.0
+        # A TxProfile for another transaction is refused with the reason.
+        other = tx_default(6.0, charging_profile_purpose="TxProfile", transaction_id="nope")
+        refused = await csms.call(
+            station.id, call.SetChargingProfile(evse_id=1, charging_profile=other)
+        )
+        assert refused.status == "Rejected"
+        assert refused.status_info["reason_code"] == "InvalidProfile"
+        # One for the running transaction binds at once: ChargingRateChanged shows it.
+        mine = tx_default(6.0, charging_profile_purpose="TxProfile", transaction_id=transaction_id)
+        answer = await csms.call(
+            station.id, call.SetChargingProfile(evse_id=1, charging_profile=mine)
+        )
+        assert answer.status == "Accepted"
+        await csms.wait(
+            lambda: (
+                csms.messages(station.id, "TransactionEvent")[-1]["triggerReason"]
+                == "ChargingRateChanged"
+            )
+        )
+        await csms.wait(lambda: currents() and max(currents()) <= 6.0, timeout=10)
+        cleared = await csms.call(station.id, call.ClearChargingProfile(charging_profile_id=1001))
+        assert cleared.status == "Accepted"
+        again = await csms.call(station.id, call.ClearChargingProfile(charging_profile_id=1001))
+        assert again.status == "Unknown"
+        await csms.wait(lambda: currents() and min(currents()) > 11.0, timeout=10)
