@@ -78,8 +78,11 @@ ENERGY_SCHEMA: dict[str, Any] = {
         "ratedA": {**_AMPS, "description": "Rated current of a connector (default 32 A)."},
         "chargers": {
             "type": "object",
-            "description": "Per charger id: its rated current per connector, phases, priority.",
-            "maxProperties": 10_000,
+            "description": "Per charger id: its rated current per connector, phases, priority "
+            "(at most 2,000 chargers with settings of their own, so a whole state fits the "
+            "API's 256 KiB body limit).",
+            # What fits the API's body limit: a state the API could not take is no state.
+            "maxProperties": 2000,
             "additionalProperties": {
                 "type": "object",
                 "additionalProperties": False,

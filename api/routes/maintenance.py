@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from api.auth import Operator, Viewer
 from api.backends import Backend, get_backend
@@ -106,11 +107,13 @@ class WorkOrderPatch(BaseModel):
         json_schema_extra={"example": {"status": "in_progress", "note": "technician on site"}},
     )
 
-    status: Status | None = None
+    # Optional, never null (null answers 422): SkipJsonSchema keeps null out of the
+    # documented schema, so the OpenAPI says what the route takes.
+    status: Status | SkipJsonSchema[None] = None
     note: LongText | None = Field(None, description="Added to the history.")
-    title: Text | None = None
+    title: Text | SkipJsonSchema[None] = None
     description: LongText | None = None
-    priority: Priority | None = None
+    priority: Priority | SkipJsonSchema[None] = None
     assignee: Annotated[str, Field(max_length=100)] | None = None
     windowId: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 

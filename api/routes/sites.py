@@ -8,10 +8,12 @@ under the chargerId ``site:<site>`` (no charger id holds a colon), action ``site
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from jsonschema import Draft202012Validator
 from pydantic import BaseModel, Field
 
 from api.auth import Operator, Viewer
@@ -30,7 +32,15 @@ from api.routes.shadows import (
 )
 from chargetwin.audit import Outcome
 from fleet.site_load import load_curve, parse_step
-from fleet.sites import ENERGY_SCHEMA, SiteNotFound, SiteStore, VersionConflict, limit_at
+from fleet.sites import (
+    ENERGY_SCHEMA,
+    SiteNotFound,
+    SiteStore,
+    VersionConflict,
+    energy_errors,
+    limit_at,
+    merge_patch,
+)
 from rules.points import Selection
 
 router = APIRouter(prefix="/sites", tags=["sites"])
@@ -157,12 +167,20 @@ async def get_site(site: SiteId, response: Response, backend: BackendDep, _: Vie
     return out
 
 
+_PATCH_SCHEMA = {**merge_patch_schema(ENERGY_SCHEMA), "title": "Energy state merge patch"}
+_PATCH_VALIDATOR = Draft202012Validator(_PATCH_SCHEMA)
+
+
+def _pointer(path: Iterable[Any]) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+
+
 _PATCH_BODY = {
     "required": True,
     "description": "A JSON merge patch (RFC 7396) of the desired energy state.",
     "content": {
         media_type: {
-            "schema": {**merge_patch_schema(ENERGY_SCHEMA), "title": "Energy state merge patch"},
+            "schema": _PATCH_SCHEMA,
             "example": {
                 "limitA": 100,
                 "strategy": "equal",
@@ -226,6 +244,26 @@ async def patch_energy(
         current = await sites.energy(site)
     except SiteNotFound as exc:
         raise Problem(404, str(exc), kind="site-not-found") from exc
+    # The patch itself must be what the OpenAPI document says: an unknown key with an
+    # empty object would merge into nothing and pass the merged state's check unseen.
+    shape_errors = [
+        (_pointer(error.absolute_path), error.message)
+        for error in sorted(
+            _PATCH_VALIDATOR.iter_errors(patch), key=lambda e: [str(p) for p in e.absolute_path]
+        )
+    ]
+    if shape_errors:
+        # With what the merged state's own check says, so each problem is named once.
+        merged = energy_errors(merge_patch(current.desired, patch))
+        shape_errors += [e for e in merged if e not in shape_errors]
+        await record(Outcome.INVALID, 422, "; ".join(f"{p}: {m}" for p, m in shape_errors))
+        raise Problem(
+            422,
+            "the body is not a merge patch of the energy state",
+            kind="invalid-energy-state",
+            title="Invalid energy state",
+            errors=[ProblemError(pointer=p, message=m) for p, m in shape_errors],
+        )
     if expected == "*":  # any version, as long as the state exists
         expected = current.version if current.version > 0 else -1
     try:

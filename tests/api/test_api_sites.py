@@ -116,6 +116,17 @@ async def test_api_site_energy_patch_validates_audits_and_wakes_the_allocator(
             422,
         )
         assert {e["pointer"] for e in invalid["errors"]} == {"/schedule/0", "/schedule/0/cron"}
+        # a key the state does not have is refused, even as an empty object (a merge
+        # patch would turn it into nothing and store the rest)
+        unknown = {"limitA": 70, "boost": {}}
+        invalid = assert_problem(
+            await client.patch(
+                url, content=json.dumps(unknown), headers={**PATCH, **auth("operator")}
+            ),
+            422,
+        )
+        assert [e["pointer"] for e in invalid["errors"]] == [""]
+        assert "boost" in invalid["errors"][0]["message"]
         below = {"failsafeA": 3}
         invalid = assert_problem(
             await client.patch(
@@ -140,12 +151,10 @@ async def test_api_site_energy_patch_validates_audits_and_wakes_the_allocator(
             "/api/v1/audit", params={"chargerId": "site:depot"}, headers=auth("viewer")
         )
         assert audited.status_code == 200, audited.text
-        assert len(audited.json()) == 6
+        assert len(audited.json()) == 7
         entries = await backend.audit.list(charger_id="site:depot")
         outcomes = sorted(e.outcome.value for e in entries)
-        assert outcomes == sorted(
-            ["accepted", "accepted", "precondition-failed", "invalid", "invalid", "invalid"]
-        )
+        assert outcomes == sorted(["accepted", "accepted", "precondition-failed"] + ["invalid"] * 4)
     finally:
         await listener.disconnect()
 
