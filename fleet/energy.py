@@ -17,6 +17,10 @@ What it reads:
   ``debounce`` seconds so a burst costs one pass; every site is also recomputed every
   ``interval`` seconds and at the schedule's edges, so a lost message costs one interval.
 
+After every pass it stores the site's report and publishes it on
+``{prefix}/sites/{site}/energy/reported`` (docs/mqtt.md), which the recorder keeps as time
+series (load against limit, allowed against drawn current) for the pack's alerts.
+
 Why it writes through the twin like an operator (``shadow/update``, only the leaves that
 changed): the bridge reconciles desired state on every delta and re-applies it when a
 charger reconnects, so a charger that reboots gets its limit back without the engine.
@@ -40,7 +44,7 @@ from typing import Any
 from chargetwin.database import DatabaseError
 from chargetwin.mqtt import MqttClient
 from chargetwin.shadow_client import ShadowClient, ShadowRequestError
-from chargetwin.topics import Topics
+from chargetwin.topics import InvalidTopicError, Topics
 from fleet.allocation import Connector, Policy, State, allocate, under_since
 from fleet.sites import (
     DEFAULT_RATED_A,
@@ -343,6 +347,20 @@ class EnergyEngine:
             "updatedAt": now,
         }
         await self.sites.put_report(site, report, now)
+        self._publish(site, report)
+
+    def _publish(self, site: str, report: dict[str, Any]) -> None:
+        """Announce the report, so the recorder keeps the site's load, limit and each
+        connector's allowed and drawn current in the time series for rules to watch.
+
+        QoS 1 through the outbox: held while the broker is away, like any telemetry."""
+        try:
+            topic = self.topics.site_energy_reported(site)
+        except InvalidTopicError:  # the site is steered; only its report is not announced
+            log.debug("energy: site %r is no MQTT topic level; report not published", site)
+            return
+        body = {"site": site, "reported": report}
+        self.mqtt.publish(topic, json.dumps(body, allow_nan=False), qos=1)
 
     async def _release(self, site: str, chargers: Sequence[tuple[str, list[str]]]) -> None:
         """The site has no limit (any more): clear the limits this engine wrote for it."""
