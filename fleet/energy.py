@@ -252,6 +252,7 @@ class EnergyEngine:
                 edges.append(limit.next_edge)
             chargers = self._chargers.get(site, [])
             if limit.amps is None:
+                self._announced.pop(site, None)  # no report either
                 await self._release(site, chargers)  # no limit desired: nothing to keep
                 continue
             await self._site_pass(site, energy.desired, chargers, limit.amps, limit.window, now)
