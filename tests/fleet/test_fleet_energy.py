@@ -354,3 +354,29 @@ async def test_the_site_report_is_published_at_most_every_report_interval(depot:
     ]  # fmt: skip
     assert (published[1]["reported"]["loadA"], published[1]["reported"]["limitA"]) == (51.0, 48.0)
     assert engine.reports == 3
+
+
+async def test_a_site_that_is_no_topic_level_is_steered_but_not_announced(depot: Depot) -> None:
+    """Site names are free text in the registry; one with "/" (or "+", "#") cannot be a
+    topic level: its chargers keep their limit, its report is stored, not published."""
+    topics: list[str] = []
+
+    async def collect(topic: str, payload: bytes) -> None:
+        topics.append(topic)
+
+    await depot.bridge.subscribe_acked(f"{depot.topics.prefix}/sites/#", collect)
+    await ChargerRegistry(depot.db).register("CP-9", None, site="north/2")
+    await depot.report(
+        "CP-9", {"connection": {"online": True}, "connectors": {"1": {"status": "Charging"}}}
+    )
+    _, errors = await depot.sites.patch_energy("north/2", {"limitA": 10}, actor="test")
+    assert errors == []
+    engine = depot.engine()
+    async with engine.running():
+        await limits_are(depot, {"CP-9": 10.0, "CP-0": 16.0})
+
+        async def both_reported() -> bool:
+            return bool(await depot.sites.report("north/2")) and len(topics) >= 1
+
+        await eventually(both_reported)
+    assert set(topics) == {depot.topics.site_energy_reported(SITE)}
