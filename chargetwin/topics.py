@@ -39,6 +39,12 @@ def validate_charger_id(charger_id: str) -> str:
     return charger_id
 
 
+def is_topic_level(text: str) -> bool:
+    """Whether ``text`` can be one level of a topic name: not empty, no ``/``, ``+``, ``#``
+    (MQTT 3.1.1 section 4.7), not a NUL."""
+    return bool(text) and not any(c in text for c in "/+#\x00")
+
+
 @dataclass(frozen=True, slots=True)
 class Topics:
     """Builds and parses the topics of one deployment (one prefix)."""
@@ -98,6 +104,25 @@ class Topics:
         """Asks the leading fleet process to run an engine now (after an operator action)
         rather than at its next interval: ``{"engine": "campaigns" | "maintenance"}``."""
         return f"{self.prefix}/fleet/wake"
+
+    # --- per site ------------------------------------------------------------------------
+    def site_energy_reported(self, site: str) -> str:
+        """A site's energy report after every allocator pass (docs/sites.md), recorded as
+        the ``site_energy`` and ``charging_limits`` measurements (docs/telemetry.md)."""
+        if not is_topic_level(site):
+            raise InvalidTopicError(f"site {site!r} is not a valid MQTT topic level")
+        return f"{self.prefix}/sites/{site}/energy/reported"
+
+    def all_site_energy_reports(self) -> str:
+        return f"{self.prefix}/sites/+/energy/reported"
+
+    def site_of_energy_report(self, topic: str) -> str | None:
+        """The site of a ``{prefix}/sites/{site}/energy/reported`` topic; None for others."""
+        head, tail = f"{self.prefix}/sites/", "/energy/reported"
+        if not topic.startswith(head) or not topic.endswith(tail):
+            return None
+        site = topic[len(head) : -len(tail)]
+        return site if is_topic_level(site) else None
 
     # --- subscriptions -----------------------------------------------------------------
     def all_shadow_requests(self, operation: str) -> str:

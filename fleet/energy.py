@@ -17,6 +17,12 @@ What it reads:
   ``debounce`` seconds so a burst costs one pass; every site is also recomputed every
   ``interval`` seconds and at the schedule's edges, so a lost message costs one interval.
 
+After every pass it stores the site's report, and publishes it on
+``{prefix}/sites/{site}/energy/reported`` (docs/mqtt.md) at most every ``report_every``
+seconds and at once when the site goes over or back or a port starts or stops ignoring its
+limit; the recorder keeps it as time series (load against limit, allowed against drawn
+current) for the pack's alerts.
+
 Why it writes through the twin like an operator (``shadow/update``, only the leaves that
 changed): the bridge reconciles desired state on every delta and re-applies it when a
 charger reconnects, so a charger that reboots gets its limit back without the engine.
@@ -40,7 +46,7 @@ from typing import Any
 from chargetwin.database import DatabaseError
 from chargetwin.mqtt import MqttClient
 from chargetwin.shadow_client import ShadowClient, ShadowRequestError
-from chargetwin.topics import Topics
+from chargetwin.topics import InvalidTopicError, Topics
 from fleet.allocation import Connector, Policy, State, allocate, under_since
 from fleet.sites import (
     DEFAULT_RATED_A,
@@ -80,6 +86,10 @@ class EnergyEngine:
     clock: Callable[[], float] = time.time
     interval: float = 60.0
     debounce: float = 0.2
+    # A site's report goes out at most this often (a pass runs on every burst of meter
+    # values), and at once when the site goes over or back or a port starts or stops
+    # ignoring its limit: the alerts' minutes are kept, the series is not flooded.
+    report_every: float = 15.0
     _readings: dict[tuple[str, str], Reading] = field(default_factory=dict, init=False)
     _site_of: dict[str, str] = field(default_factory=dict, init=False)
     _chargers: dict[str, list[tuple[str, list[str]]]] = field(default_factory=dict, init=False)
@@ -88,6 +98,10 @@ class EnergyEngine:
     _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     passes: int = field(default=0, init=False)  # site passes run (for tests and logs)
+    reports: int = field(default=0, init=False)  # reports published
+    _announced: dict[str, tuple[float, bool, tuple[str, ...]]] = field(
+        default_factory=dict, init=False
+    )  # per site: when its last report went out, and whether it was over, who ignored
 
     # --- lifecycle ----------------------------------------------------------------------
     def _filters(self) -> dict[str, Any]:
@@ -238,6 +252,7 @@ class EnergyEngine:
                 edges.append(limit.next_edge)
             chargers = self._chargers.get(site, [])
             if limit.amps is None:
+                self._announced.pop(site, None)  # no report either
                 await self._release(site, chargers)  # no limit desired: nothing to keep
                 continue
             await self._site_pass(site, energy.desired, chargers, limit.amps, limit.window, now)
@@ -342,7 +357,31 @@ class EnergyEngine:
             "connectors": report_connectors,
             "updatedAt": now,
         }
-        await self.sites.put_report(site, report, now)
+        text = json.dumps(report, allow_nan=False)  # once, for the store and MQTT
+        await self.sites.put_report(site, report, now, text)
+        self._publish(site, report, text)
+
+    def _publish(self, site: str, report: dict[str, Any], text: str) -> None:
+        """Announce the report, so the recorder keeps the site's load, limit and each
+        connector's allowed and drawn current in the time series for rules to watch.
+
+        QoS 1 through the outbox: held while the broker is away, like any telemetry."""
+        now, over, ignoring = report["updatedAt"], report["over"], tuple(report["ignoring"])
+        last = self._announced.get(site)
+        if (
+            last is not None
+            and last[1:] == (over, ignoring)
+            and 0 <= now - last[0] < self.report_every
+        ):
+            return
+        self._announced[site] = (now, over, ignoring)
+        try:
+            topic = self.topics.site_energy_reported(site)
+        except InvalidTopicError:  # the site is steered; only its report is not announced
+            log.debug("energy: site %r is no MQTT topic level; report not published", site)
+            return
+        self.mqtt.publish(topic, f'{{"site": {json.dumps(site)}, "reported": {text}}}', qos=1)
+        self.reports += 1
 
     async def _release(self, site: str, chargers: Sequence[tuple[str, list[str]]]) -> None:
         """The site has no limit (any more): clear the limits this engine wrote for it."""

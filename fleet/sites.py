@@ -353,12 +353,18 @@ class SiteStore:
         rows = await self.db.fetchall("SELECT site, reported FROM site_reports")
         return {str(r[0]): dict(json.loads(r[1])) for r in rows}
 
-    async def put_report(self, site: str, reported: dict[str, Any], now: float) -> None:
+    async def put_report(
+        self, site: str, reported: dict[str, Any], now: float, text: str | None = None
+    ) -> None:
+        """Store the site's report; ``text`` is ``reported`` as JSON when the caller has it
+        already (the engine serializes it once, for the store and MQTT)."""
+        if text is None:
+            text = json.dumps(reported, allow_nan=False)
         await self.db.execute(
             "INSERT INTO site_reports (site, reported, updated_at) VALUES (?, ?, ?)"
             " ON CONFLICT (site) DO UPDATE SET reported = excluded.reported,"
             " updated_at = excluded.updated_at",
-            (site, json.dumps(reported, allow_nan=False), now),
+            (site, text, now),
         )
 
 

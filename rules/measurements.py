@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+from chargetwin.topics import Topics
 from rules.points import (
     MAX_TIME,
     MIN_TIME,
@@ -262,6 +263,81 @@ def clock_skew(charger: Mapping[str, str], body: dict[str, Any], now: float) -> 
     return [point] if point else []
 
 
+def site_energy(site: Mapping[str, str], body: dict[str, Any], now: float) -> list[Point]:
+    """The energy allocator's report of a site after a pass (docs/sites.md, Reported): one
+    ``site_energy`` point (load against limit) and a ``charging_limits`` point per
+    connector that is not idle or draws current (what it was allowed against what it
+    draws), so rules can alert on a site over its limit and a charger ignoring its own.
+
+    ``excess_a`` is the measured current above the limit (negative: below it), so a rule
+    compares one field with a margin; ``over`` says whether it is above at all."""
+    reported = body.get("reported")
+    if not isinstance(reported, dict):
+        raise InvalidPoint("site energy report without a 'reported' object")
+    time = to_ns(reported.get("updatedAt"), now)
+    load, limit = _number(reported.get("loadA")), _number(reported.get("limitA"))
+    excess = None if load is None or limit is None else round(load - limit, 3)
+    ignoring = reported.get("ignoring")
+    ignoring = set(map(str, ignoring)) if isinstance(ignoring, list) else set()
+    paused = reported.get("paused")
+    out = [
+        make_point(
+            "site_energy",
+            site,
+            {
+                "load_a": load,
+                "limit_a": limit,
+                "headroom_a": _number(reported.get("headroomA")),
+                "counted_a": _number(reported.get("countedA")),
+                "fixed_a": _number(reported.get("fixedA")),
+                "load_kw": _number(reported.get("loadKW")),
+                "excess_a": excess,
+                "over": None if excess is None else excess > 0,
+                "unknown_load": _number(reported.get("unknownLoad")),
+                "paused": float(len(paused)) if isinstance(paused, list) else None,
+                "ignoring": float(len(ignoring)),
+                "window": _text(reported.get("window")),
+            },
+            time,
+        )
+    ]
+    connectors = reported.get("connectors")
+    for key, port in (connectors if isinstance(connectors, dict) else {}).items():
+        if not isinstance(port, dict):
+            continue
+        drawn = _number(port.get("measuredA"))
+        if port.get("state") == "idle" and drawn is None:
+            continue  # nothing to watch; a point per idle port and pass would be noise
+        charger, _, connector = str(key).partition("/")
+        allowed = _number(port.get("confirmedA"))
+        excess = None if drawn is None or allowed is None else round(drawn - allowed, 3)
+        out.append(
+            make_point(
+                "charging_limits",
+                {**site, "charger": charger, "connector": connector},
+                {
+                    "state": _text(port.get("state")),
+                    "allowed_a": allowed,
+                    "offered_a": _number(port.get("limitA")),
+                    "drawn_a": drawn,
+                    "counted_a": _number(port.get("countedA")),
+                    "excess_a": excess,
+                    "over": None if excess is None else excess > 0,
+                    "ignoring": str(key) in ignoring,
+                },
+                time,
+            )
+        )
+    return [point for point in out if point is not None]
+
+
+def _number(value: Any) -> float | None:
+    """A reported number (the allocator's JSON), None when absent or not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -300,19 +376,23 @@ def convert(
     a point no store can hold is a rejection of that point alone.
     """
     head = f"{prefix}/chargers/"
-    if not topic.startswith(head):
-        return NOTHING
-    charger, _, tail = topic[len(head) :].partition("/")
-    converter = CONVERTERS.get(tail)
-    if converter is None or not charger:
-        return NOTHING
+    if topic.startswith(head):
+        charger, _, tail = topic[len(head) :].partition("/")
+        converter = CONVERTERS.get(tail)
+        if converter is None or not charger:
+            return NOTHING
+        tags = {"charger": charger, "site": site} if site else {"charger": charger}
+    else:
+        site_of_report = Topics(prefix).site_of_energy_report(topic)
+        if site_of_report is None:
+            return NOTHING
+        tail, converter, tags = "site energy report", site_energy, {"site": site_of_report}
     try:
         body = json.loads(payload)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         return _refused(f"payload is not JSON: {type(exc).__name__}: {exc}")
     if not isinstance(body, dict):
         return _refused(f"payload is a JSON {type(body).__name__}, not an object")
-    tags = {"charger": charger, "site": site} if site else {"charger": charger}
     try:
         points = converter(tags, body, now)
     except InvalidPoint as exc:

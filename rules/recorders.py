@@ -1,4 +1,5 @@
-"""The telemetry recorder: MQTT telemetry, events and presence → the time-series store.
+"""The telemetry recorder: MQTT telemetry, events, presence and site energy reports → the
+time-series store.
 
 "Nothing accepted is lost": the MQTT handler returns (and the broker gets its PUBACK)
 only once the message's points are durable — written to the store, or fsynced to the
@@ -168,6 +169,9 @@ class Recorder:
                 # Presence as the twin wrote it, its own inferences included (a dead
                 # bridge publishes no "offline" for its chargers).
                 self.topics.all_presence_changes(),
+                # The energy allocator's report of each site after a pass (site_energy,
+                # charging_limits).
+                self.topics.all_site_energy_reports(),
             ):
                 self.subscriptions.append(shared(topic_filter, group))
                 await mqtt.subscribe_acked(self.subscriptions[-1], self.handle)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from chargetwin.topics import InvalidTopicError, validate_charger_id
+from chargetwin.topics import InvalidTopicError, Topics, validate_charger_id
 
 
 @pytest.mark.parametrize("charger_id", ["CP-0001", "cp_1", "a", "ABB.Terra.54", "a..b", "9" * 48])
@@ -40,3 +40,15 @@ def test_invalid_ids_say_the_alphabet(charger_id: str) -> None:
         InvalidTopicError, match=re.escape("A-Z a-z 0-9 . _ -, starting with a letter")
     ):
         validate_charger_id(charger_id)
+
+
+def test_site_energy_topics_refuse_sites_that_are_no_topic_level() -> None:
+    topics = Topics("ct")
+    assert topics.site_energy_reported("depot-1") == "ct/sites/depot-1/energy/reported"
+    for bad in ("", "a/b", "a+", "#"):
+        with pytest.raises(InvalidTopicError, match="not a valid MQTT topic level"):
+            topics.site_energy_reported(bad)
+    assert topics.site_of_energy_report("ct/sites/depot-1/energy/reported") == "depot-1"
+    for other in ("ct/sites/energy/reported", "ct/sites/a/b/energy/reported",
+                  "ct/sites/a/energy/get", "other/sites/a/energy/reported"):  # fmt: skip
+        assert topics.site_of_energy_report(other) is None

@@ -113,6 +113,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
             "chargetwin/services/rules/+/status",
         ),
         "read": (
+            "chargetwin/sites/+/energy/reported",
             "chargetwin/chargers/+/telemetry/#",
             "chargetwin/chargers/+/events/#",
             "chargetwin/chargers/+/presence",
@@ -151,6 +152,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
             "chargetwin/sites/+/energy/get/rejected",
             "chargetwin/sites/+/energy/update/accepted",
             "chargetwin/sites/+/energy/update/rejected",
+            "chargetwin/sites/+/energy/reported",
         ),
         "read": (
             "chargetwin/chargers/+/shadow/update/accepted",
@@ -191,6 +193,8 @@ PROBE_TOPICS = (
     "chargetwin/sites/{id}/energy/update/accepted",
     "chargetwin/sites/{id}/energy/update/rejected",
     "chargetwin/sites/{id}/energy/update/extra",
+    "chargetwin/sites/{id}/energy/reported",
+    "chargetwin/sites/{id}/energy/reported/extra",
     "chargetwin/chargers/{id}/commands",
     "chargetwin/chargers/{id}/commands/result",
     "chargetwin/bridges/{id}/status",

@@ -310,3 +310,83 @@ async def test_a_charger_that_ignores_its_limit_is_counted_at_rated(depot: Depot
         await depot.confirm("CP-1", "CP-2")
         draw("CP-0", 15.0)
         await limits_are(depot, {"CP-0": 16.0, "CP-1": 16.0, "CP-2": 16.0})
+
+
+async def test_the_site_report_is_published_at_most_every_report_interval(depot: Depot) -> None:
+    """Every pass stores the report; it goes out on MQTT at most every ``report_every``
+    seconds, and at once when the site goes over its limit or back."""
+    published: list[dict[str, Any]] = []
+
+    async def collect(topic: str, payload: bytes) -> None:
+        published.append(json.loads(payload))
+
+    await depot.bridge.subscribe_acked(depot.topics.all_site_energy_reports(), collect)
+    engine = depot.engine()
+    engine.report_every = 3600.0
+
+    def draw(amps: float) -> None:
+        values = [{"measurand": "Current.Import", "phase": "L1", "unit": "A", "value": amps}]
+        message = {"connectorId": 1, "values": values}
+        for charger_id in CHARGERS:
+            depot.bridge.publish(
+                depot.topics.telemetry(charger_id, "meterValues"), json.dumps(message), qos=1
+            )
+
+    async with engine.running():
+        await limits_are(depot, {"CP-0": 16.0, "CP-1": 16.0, "CP-2": 16.0})
+        await depot.confirm(*CHARGERS)
+        await eventually(lambda: _report_says(depot, lambda r: r["countedA"] == 48.0))
+        for amps in (10.0, 11.0, 12.0):  # passes within the site's limit: stored only
+            draw(amps)
+            await eventually(lambda: _report_says(depot, lambda r: r["loadA"] == 3 * amps))  # noqa: B023
+        assert engine.reports == 1 and engine.passes >= 4
+        draw(17.0)  # 51 A on a 48 A limit: out at once
+        await eventually(lambda: _report_says(depot, lambda r: r["over"]))
+        draw(15.0)  # and back
+        await eventually(lambda: _report_says(depot, lambda r: r["loadA"] == 45.0))
+
+        async def three() -> bool:
+            return len(published) == 3
+
+        await eventually(three)
+    assert [(m["site"], m["reported"]["over"]) for m in published] == [
+        (SITE, False), (SITE, True), (SITE, False),
+    ]  # fmt: skip
+    assert (published[1]["reported"]["loadA"], published[1]["reported"]["limitA"]) == (51.0, 48.0)
+    assert engine.reports == 3
+
+
+async def test_a_site_that_is_no_topic_level_is_steered_but_not_announced(depot: Depot) -> None:
+    """Site names are free text in the registry; one with "/" (or "+", "#") cannot be a
+    topic level: its chargers keep their limit, its report is stored, not published."""
+    topics: list[str] = []
+
+    async def collect(topic: str, payload: bytes) -> None:
+        topics.append(topic)
+
+    await depot.bridge.subscribe_acked(f"{depot.topics.prefix}/sites/#", collect)
+    await ChargerRegistry(depot.db).register("CP-9", None, site="north/2")
+    await depot.report(
+        "CP-9", {"connection": {"online": True}, "connectors": {"1": {"status": "Charging"}}}
+    )
+    _, errors = await depot.sites.patch_energy("north/2", {"limitA": 10}, actor="test")
+    assert errors == []
+    engine = depot.engine()
+    engine.report_every = 0.0  # every pass publishes
+    async with engine.running():
+        await limits_are(depot, {"CP-9": 10.0, "CP-0": 16.0})
+        await eventually(lambda: _report_of(depot, "north/2"))
+        # "depot" goes first in a pass: a later pass's depot report arrives after anything
+        # the pass that stored north/2's report published (one client's QoS 1 is in order)
+        seen = len(topics)
+        engine.wake()
+
+        async def next_pass_arrived() -> bool:
+            return len(topics) > seen
+
+        await eventually(next_pass_arrived)
+    assert set(topics) == {depot.topics.site_energy_reported(SITE)}
+
+
+async def _report_of(depot: Depot, site: str) -> bool:
+    return bool(await depot.sites.report(site))
