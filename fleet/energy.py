@@ -14,7 +14,8 @@ What it reads:
   Power.Active.Import: the measured load), ``events/transaction`` (sessions start and stop)
   and ``shadow/update/documents`` (a charger going on- or offline, a status, a
   confirmation or refusal). Each marks the charger's site for a new pass, run after
-  ``debounce`` seconds so a burst costs one pass; every site is also recomputed every
+  ``debounce`` seconds so a burst costs one pass (a session start cuts the wait short: it
+  is what the reaction time is measured from); every site is also recomputed every
   ``interval`` seconds and at the schedule's edges, so a lost message costs one interval.
 
 Why it writes through the twin like an operator (``shadow/update``, only the leaves that
@@ -62,6 +63,10 @@ STALE_S = 300.0  # a meter value older than this says nothing about the load now
 IGNORED_AFTER_S = 60.0
 IGNORE_TOLERANCE_A = 1.0
 _WATCHED = ("connection", "connectors", "chargingLimit", "refused")
+# The minimum current kept free for this many sessions to come, so that a new session is
+# offered current in one pass instead of after the others' decreases are confirmed
+# (fleet.allocation.reserve; docs/sites.md, "Reaction time").
+RESERVE_SESSIONS = 2
 
 
 @dataclass(slots=True)
@@ -86,6 +91,7 @@ class EnergyEngine:
     _dirty: set[str] = field(default_factory=set, init=False)
     _all: bool = field(default=True, init=False)
     _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _started: asyncio.Event = field(default_factory=asyncio.Event, init=False)  # a session
     _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     passes: int = field(default=0, init=False)  # site passes run (for tests and logs)
 
@@ -137,9 +143,11 @@ class EnergyEngine:
                 delay = min(delay, max(0.05, next_edge - self.clock()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
-            if self._wake.is_set() and not self._all:
-                await asyncio.sleep(self.debounce)  # gather the rest of a burst
+            if self._wake.is_set() and not self._all and not self._started.is_set():
+                with contextlib.suppress(TimeoutError):  # gather the rest of a burst
+                    await asyncio.wait_for(self._started.wait(), self.debounce)
             self._wake.clear()
+            self._started.clear()
             timed_out = not self._dirty and not self._all
             dirty, self._dirty = self._dirty, set()
             everything, self._all = self._all or timed_out, False
@@ -196,6 +204,8 @@ class EnergyEngine:
             message = json.loads(payload)
             if message.get("event") == "stopped":
                 self._readings.pop((charger_id, str(int(message["connectorId"]))), None)
+            elif message.get("event") == "started" and charger_id in self._site_of:
+                self._started.set()
         except (ValueError, TypeError, KeyError, AttributeError):
             return
         self._mark(charger_id)
@@ -277,6 +287,7 @@ class EnergyEngine:
             amps,
             minimum=float(desired.get("minimumA", 6.0)),
             strategy=str(desired.get("strategy", "equal")),
+            reserve_sessions=RESERVE_SESSIONS,
         )
         allocation = allocate(connectors, policy, now)
         written = await self._write(site, desired, connectors, allocation.limits, documents)
