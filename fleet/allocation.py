@@ -29,7 +29,10 @@ be written (seconds on a busy site, chained across overlapping starts), so:
   charging connector's minimum) is left out of the shares;
 * a *starting* connector (bound below the minimum, share at least the minimum) is staged
   before the others' increases and given at least the minimum as soon as it fits (the
-  reserve), the rest of its share once the decreases it needs are confirmed.
+  reserve), the rest of its share once the decreases it needs are confirmed;
+* a running connector's increase below ``RISE_A`` is held (not written): a start or a
+  stop moves everyone's equal share a little, and a profile to every charger for each
+  would keep the chargers and the bridge busy (and every new session waiting behind).
 
 * ``equal``: the same current for all, more for none than it can take (water filling).
 * ``first-come``: everyone admitted gets the minimum, what is left goes to the earliest
@@ -58,6 +61,11 @@ STRATEGIES = ("equal", "first-come", "priority")
 DEFAULT_MINIMUM_A = 6.0  # IEC 61851-1: the lowest current a PWM signal may offer
 UNDER_A = 1.0  # an EV drawing this much less than offered is not using its share
 SPARE_A = 2.0  # a capped EV is offered this much above what it draws
+# A running connector's increase smaller than this is held: every session that starts or
+# stops moves everyone's equal share a little, and a profile per charger for each would
+# keep the chargers busy with changes of a few hundredths of an ampere (the next start
+# takes them back anyway).
+RISE_A = 0.5
 DEFAULT_SETTLE_S = 60.0
 DEFAULT_TURN_S = 900.0
 _EPS = 1e-9
@@ -290,10 +298,11 @@ def stage(
     the new limit. Decreases are always written. Increases are written only while the
     fixed load plus every steered connector at max(bound, written) fits: first the
     *starting* connectors (bound below ``minimum``, a share of at least ``minimum``) get
-    ``minimum`` each, then every increase (smallest first) gets its whole share if it fits.
-    A starting connector that got only the minimum has the rest on a later pass; another
-    held increase keeps the limit last written, capped at the bound, and is tried again on
-    the next pass (when the decreases are confirmed). Returns the limits and the count.
+    ``minimum`` each, then every increase (smallest first) gets its whole share if it fits;
+    a running connector's increase below ``RISE_A`` is held. A starting connector that got
+    only the minimum has the rest on a later pass; another held increase keeps the limit
+    last written, capped at the bound, and is tried again on the next pass (when the
+    decreases are confirmed). Returns the limits and the count.
     """
     fixed = sum(_fixed_load(connectors).values())
     steered = [c for c in connectors if c.state not in FIXED and c.key in wanted]
@@ -315,7 +324,8 @@ def stage(
     for c in rising:
         base = granted.get(c.key, c.bound)
         extra = wanted[c.key] - base
-        if counted + extra <= limit + _EPS:
+        running = c.key not in granted and min(c.bound, c.offered or 0.0) >= minimum
+        if counted + extra <= limit + _EPS and not (running and extra < RISE_A - _EPS):
             written[c.key] = wanted[c.key]
             counted += extra
         elif c.key in granted:

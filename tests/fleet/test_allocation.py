@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.allocation import (
+    RISE_A,
     SPARE_A,
     Connector,
     Policy,
@@ -172,6 +173,19 @@ def test_a_starting_session_goes_before_the_increases_of_others() -> None:
     # 6 A of room: x's minimum, not a's and b's 1 A each (smallest first as before)
     assert written == {"a/1": 8.0, "b/1": 8.0, "c/1": 0.0, "x/1": 6.0}
     assert counted == 38.0
+
+
+def test_a_running_connector_s_small_increase_is_held() -> None:
+    a = charging("a", confirmed=8.0, offered=8.0)
+    b = charging("b", confirmed=8.0, offered=8.0)
+    # a session stopped elsewhere: 0.4 A more each is not worth a profile
+    assert stage([a, b], {"a/1": 8.4, "b/1": 8.4}, 40.0) == ({"a/1": 8.0, "b/1": 8.0}, 16.0)
+    # from RISE_A up it is written
+    up = 8.0 + RISE_A
+    assert stage([a, b], {"a/1": up, "b/1": up}, 40.0) == ({"a/1": up, "b/1": up}, 2 * up)
+    # a paused one resuming is not a small increase, whatever its bound
+    paused = charging("p", confirmed=6.0, offered=0.0)
+    assert stage([paused], {"p/1": 6.2}, 40.0)[0] == {"p/1": 6.2}
 
 
 def test_unconfirmed_connectors_count_at_rated_until_confirmed() -> None:
