@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,8 +66,10 @@ IGNORE_TOLERANCE_A = 1.0
 _WATCHED = ("connection", "connectors", "chargingLimit", "refused")
 # The minimum current kept free for this many sessions to come, so that a new session is
 # offered current in one pass instead of after the others' decreases are confirmed
-# (fleet.allocation.reserve; docs/sites.md, "Reaction time").
+# (fleet.allocation.reserve; docs/sites.md, "Reaction time"): 2, or one per 20 connectors
+# on a larger site, where more sessions start within one pass.
 RESERVE_SESSIONS = 2
+CONNECTORS_PER_RESERVE = 20
 
 
 @dataclass(slots=True)
@@ -287,7 +290,9 @@ class EnergyEngine:
             amps,
             minimum=float(desired.get("minimumA", 6.0)),
             strategy=str(desired.get("strategy", "equal")),
-            reserve_sessions=RESERVE_SESSIONS,
+            reserve_sessions=max(
+                RESERVE_SESSIONS, math.ceil(len(connectors) / CONNECTORS_PER_RESERVE)
+            ),
         )
         allocation = allocate(connectors, policy, now)
         written = await self._write(site, desired, connectors, allocation.limits, documents)
