@@ -20,19 +20,21 @@ something the platform does not know):
   stays within its limit counting each connector at the higher of its bound and its new
   limit (decreases first, increases when the decreases are confirmed: :func:`stage`).
 
-Strategies, for the connectors that charge (``idle`` ones get 0 A). A new session would
-wait for the decreases of the others to be written and confirmed before its share could
-be written (seconds on a busy site, chained across overlapping starts), so:
+Reaction time: a new session would wait for the decreases of the others to be written and
+confirmed before its share could be written (seconds on a busy site, chained across
+overlapping starts), so:
 
 * the site keeps a *reserve*: the minimum current for the next ``reserve_sessions``
-  sessions (at most as many as there are idle connectors, and never at the cost of a
-  charging connector's minimum) is left out of the shares;
+  sessions (:meth:`Policy.reserve_for`; at most as many as there are idle connectors,
+  never at the cost of a charging connector's minimum) is left out of the shares;
 * a *starting* connector (bound below the minimum, share at least the minimum) is staged
   before the others' increases and given at least the minimum as soon as it fits (the
   reserve), the rest of its share once the decreases it needs are confirmed;
 * a running connector's increase below ``RISE_A`` is held (not written): a start or a
   stop moves everyone's equal share a little, and a profile to every charger for each
   would keep the chargers and the bridge busy (and every new session waiting behind).
+
+Strategies, for the connectors that charge (``idle`` ones get 0 A):
 
 * ``equal``: the same current for all, more for none than it can take (water filling).
 * ``first-come``: everyone admitted gets the minimum, what is left goes to the earliest
@@ -67,6 +69,12 @@ SPARE_A = 2.0  # a capped EV is offered this much above what it draws
 # takes them back anyway).
 RISE_A = 0.5
 DEFAULT_SETTLE_S = 60.0
+# The reserve (module docstring): for 2 sessions, or one per 20 connectors on a larger site
+# where more sessions start within one pass, but never more than a tenth of the limit, so
+# a small site keeps its current for the sessions it has.
+RESERVE_SESSIONS = 2
+CONNECTORS_PER_RESERVE = 20
+RESERVE_SHARE = 0.1
 DEFAULT_TURN_S = 900.0
 _EPS = 1e-9
 
@@ -137,6 +145,14 @@ class Policy:
             raise ValueError("the limit must be >= 0 A and the minimum > 0 A")
         if self.reserve_sessions < 0:
             raise ValueError("the reserve must be for 0 or more sessions")
+
+    @staticmethod
+    def reserve_for(connectors: int, limit: float, minimum: float) -> int:
+        """How many sessions a site of ``connectors`` keeps the minimum free for (see the
+        constants above): ``RESERVE_SESSIONS`` or one per ``CONNECTORS_PER_RESERVE``
+        connectors, at most as many minimums as ``RESERVE_SHARE`` of the limit holds."""
+        wanted = max(RESERVE_SESSIONS, math.ceil(connectors / CONNECTORS_PER_RESERVE))
+        return max(0, min(wanted, int(limit * RESERVE_SHARE / minimum + 1e-9)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,12 +63,6 @@ STALE_S = 300.0  # a meter value older than this says nothing about the load now
 IGNORED_AFTER_S = 60.0
 IGNORE_TOLERANCE_A = 1.0
 _WATCHED = ("connection", "connectors", "chargingLimit", "refused")
-# The minimum current kept free for this many sessions to come, so that a new session is
-# offered current in one pass instead of after the others' decreases are confirmed
-# (fleet.allocation.reserve; docs/sites.md, "Reaction time"): 2, or one per 20 connectors
-# on a larger site, where more sessions start within one pass.
-RESERVE_SESSIONS = 2
-CONNECTORS_PER_RESERVE = 20
 
 
 @dataclass(slots=True)
@@ -286,13 +279,14 @@ class EnergyEngine:
                     now,
                 )
             )
+        minimum = float(desired.get("minimumA", 6.0))
         policy = Policy(
             amps,
-            minimum=float(desired.get("minimumA", 6.0)),
+            minimum=minimum,
             strategy=str(desired.get("strategy", "equal")),
-            reserve_sessions=max(
-                RESERVE_SESSIONS, math.ceil(len(connectors) / CONNECTORS_PER_RESERVE)
-            ),
+            # the minimum kept free for the next sessions, so that a new one is offered
+            # current in one pass (docs/sites.md, "Reaction time: the reserve")
+            reserve_sessions=Policy.reserve_for(len(connectors), amps, minimum),
         )
         allocation = allocate(connectors, policy, now)
         written = await self._write(site, desired, connectors, allocation.limits, documents)

@@ -143,6 +143,14 @@ def test_the_reserve_keeps_the_minimum_free_for_the_next_sessions() -> None:
         Policy(10.0, reserve_sessions=-1)
 
 
+def test_the_reserve_grows_with_the_site_and_stays_within_a_tenth_of_its_limit() -> None:
+    assert Policy.reserve_for(6, 800.0, 6.0) == 2  # 2 at least
+    assert Policy.reserve_for(100, 800.0, 6.0) == 5  # one per 20 connectors
+    assert Policy.reserve_for(100, 120.0, 6.0) == 2  # 12 A: a tenth of the limit
+    assert Policy.reserve_for(100, 100.0, 6.0) == 1
+    assert Policy.reserve_for(6, 40.0, 6.0) == 0  # a small site keeps its current
+
+
 def test_a_starting_session_gets_the_minimum_from_the_reserve_at_once() -> None:
     # 40 A, a and b at 14 A confirmed, 12 A kept free; x starts and y stays idle
     policy = Policy(40.0, reserve_sessions=2)
