@@ -20,8 +20,21 @@ something the platform does not know):
   stays within its limit counting each connector at the higher of its bound and its new
   limit (decreases first, increases when the decreases are confirmed: :func:`stage`).
 
-Strategies, for the connectors that charge (``idle`` ones get 0 A: a new session waits for
-its share, one reaction time):
+Reaction time: a new session would wait for the decreases of the others to be written and
+confirmed before its share could be written (seconds on a busy site, chained across
+overlapping starts), so:
+
+* the site keeps a *reserve*: the minimum current for the next ``reserve_sessions``
+  sessions (:meth:`Policy.reserve_for`; at most as many as there are idle connectors,
+  never at the cost of a charging connector's minimum) is left out of the shares;
+* a *starting* connector (bound below the minimum, share at least the minimum) is staged
+  before the others' increases and given at least the minimum as soon as it fits (the
+  reserve), the rest of its share once the decreases it needs are confirmed;
+* a running connector's increase below ``RISE_A`` is held (not written): a start or a
+  stop moves everyone's equal share a little, and a profile to every charger for each
+  would keep the chargers and the bridge busy (and every new session waiting behind).
+
+Strategies, for the connectors that charge (``idle`` ones get 0 A):
 
 * ``equal``: the same current for all, more for none than it can take (water filling).
 * ``first-come``: everyone admitted gets the minimum, what is left goes to the earliest
@@ -50,7 +63,18 @@ STRATEGIES = ("equal", "first-come", "priority")
 DEFAULT_MINIMUM_A = 6.0  # IEC 61851-1: the lowest current a PWM signal may offer
 UNDER_A = 1.0  # an EV drawing this much less than offered is not using its share
 SPARE_A = 2.0  # a capped EV is offered this much above what it draws
+# A running connector's increase smaller than this is held: every session that starts or
+# stops moves everyone's equal share a little, and a profile per charger for each would
+# keep the chargers busy with changes of a few hundredths of an ampere (the next start
+# takes them back anyway).
+RISE_A = 0.5
 DEFAULT_SETTLE_S = 60.0
+# The reserve (module docstring): for 2 sessions, or one per 20 connectors on a larger site
+# where more sessions start within one pass, but never more than a tenth of the limit, so
+# a small site keeps its current for the sessions it has.
+RESERVE_SESSIONS = 2
+CONNECTORS_PER_RESERVE = 20
+RESERVE_SHARE = 0.1
 DEFAULT_TURN_S = 900.0
 _EPS = 1e-9
 
@@ -111,12 +135,24 @@ class Policy:
     strategy: str = "equal"
     settle_s: float = DEFAULT_SETTLE_S
     turn_s: float = DEFAULT_TURN_S
+    # The minimum current kept free for this many sessions to come (module docstring).
+    reserve_sessions: int = 0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; one of {', '.join(STRATEGIES)}")
         if not self.limit >= 0 or not self.minimum > 0:
             raise ValueError("the limit must be >= 0 A and the minimum > 0 A")
+        if self.reserve_sessions < 0:
+            raise ValueError("the reserve must be for 0 or more sessions")
+
+    @staticmethod
+    def reserve_for(connectors: int, limit: float, minimum: float) -> int:
+        """How many sessions a site of ``connectors`` keeps the minimum free for (see the
+        constants above): ``RESERVE_SESSIONS`` or one per ``CONNECTORS_PER_RESERVE``
+        connectors, at most as many minimums as ``RESERVE_SHARE`` of the limit holds."""
+        wanted = max(RESERVE_SESSIONS, math.ceil(connectors / CONNECTORS_PER_RESERVE))
+        return max(0, min(wanted, int(limit * RESERVE_SHARE / minimum + 1e-9)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +255,7 @@ def targets(connectors: Iterable[Connector], policy: Policy, now: float) -> dict
     caps = {c.key: cap(c, policy, now) for c in admitted}
     amounts = {c.key: policy.minimum for c in admitted}
     budget -= policy.minimum * len(admitted)
+    budget -= reserve(connectors, policy, budget, paused=len(admitted) < len(charging))
     if policy.strategy == "equal":
         _fill(amounts, caps, budget)
     elif policy.strategy == "first-come":
@@ -234,6 +271,17 @@ def targets(connectors: Iterable[Connector], policy: Policy, now: float) -> dict
     # Down to the milliamp (never up: the sum stays within the budget).
     out.update({k: math.floor(v * 1000 + 1e-6) / 1000 for k, v in amounts.items()})
     return out
+
+
+def reserve(connectors: Sequence[Connector], policy: Policy, left: float, paused: bool) -> float:
+    """The current kept out of the shares so that the next sessions get the minimum at once:
+    ``policy.minimum`` for each of the next ``reserve_sessions`` sessions, no more than the
+    idle connectors that could start one, out of ``left`` (the budget once every admitted
+    connector has its minimum). None while a session is paused: a new one would wait too."""
+    if paused or policy.reserve_sessions == 0:
+        return 0.0
+    idle = sum(1 for c in connectors if c.state is State.IDLE and c.rated >= policy.minimum)
+    return max(0.0, min(left, policy.minimum * min(policy.reserve_sessions, idle)))
 
 
 def _fixed_load(connectors: Sequence[Connector]) -> dict[str, float]:
@@ -255,15 +303,22 @@ def _fixed_load(connectors: Sequence[Connector]) -> dict[str, float]:
 
 
 def stage(
-    connectors: Sequence[Connector], wanted: Mapping[str, float], limit: float
+    connectors: Sequence[Connector],
+    wanted: Mapping[str, float],
+    limit: float,
+    minimum: float = DEFAULT_MINIMUM_A,
 ) -> tuple[dict[str, float], float]:
     """What to write now so the site stays within ``limit`` while limits change.
 
     Until a charger confirms a new limit it may draw up to the higher of its old bound and
-    the new limit. Decreases are always written; increases are written (smallest first)
-    only while the fixed load plus every steered connector at max(bound, written) fits;
-    a held increase keeps the limit last written, capped at the bound, and is tried again
-    on the next pass (when the decreases are confirmed). Returns the limits and the count.
+    the new limit. Decreases are always written. Increases are written only while the
+    fixed load plus every steered connector at max(bound, written) fits: first the
+    *starting* connectors (bound below ``minimum``, a share of at least ``minimum``) get
+    ``minimum`` each, then every increase (smallest first) gets its whole share if it fits;
+    a running connector's increase below ``RISE_A`` is held. A starting connector that got
+    only the minimum has the rest on a later pass; another held increase keeps the limit
+    last written, capped at the bound, and is tried again on the next pass (when the
+    decreases are confirmed). Returns the limits and the count.
     """
     fixed = sum(_fixed_load(connectors).values())
     steered = [c for c in connectors if c.state not in FIXED and c.key in wanted]
@@ -271,17 +326,26 @@ def stage(
     counted = fixed
     rising: list[Connector] = []
     for c in steered:
+        counted += c.bound
         if wanted[c.key] <= c.bound + _EPS:
             written[c.key] = wanted[c.key]
-            counted += c.bound
         else:
             rising.append(c)
-            counted += c.bound
-    for c in sorted(rising, key=lambda c: (wanted[c.key] - c.bound, c.key)):
-        extra = wanted[c.key] - c.bound
-        if counted + extra <= limit + _EPS:
+    rising.sort(key=lambda c: (wanted[c.key] - c.bound, c.key))
+    granted: dict[str, float] = {}  # the starting connectors' minimum, once it fits
+    for c in rising:
+        if c.bound < minimum <= wanted[c.key] and counted + minimum - c.bound <= limit + _EPS:
+            granted[c.key] = minimum
+            counted += minimum - c.bound
+    for c in rising:
+        base = granted.get(c.key, c.bound)
+        extra = wanted[c.key] - base
+        running = c.key not in granted and min(c.bound, c.offered or 0.0) >= minimum
+        if counted + extra <= limit + _EPS and not (running and extra < RISE_A - _EPS):
             written[c.key] = wanted[c.key]
             counted += extra
+        elif c.key in granted:
+            written[c.key] = granted[c.key]
         else:
             held = c.offered if c.offered is not None else 0.0
             written[c.key] = min(held, c.bound)
@@ -291,7 +355,7 @@ def stage(
 def allocate(connectors: Sequence[Connector], policy: Policy, now: float) -> Allocation:
     """One pass for one site: targets by the strategy, then the safe limits to write."""
     wanted = targets(connectors, policy, now)
-    limits, counted = stage(connectors, wanted, policy.limit)
+    limits, counted = stage(connectors, wanted, policy.limit, policy.minimum)
     paused = tuple(
         c.key for c in connectors if c.state is State.CHARGING and wanted.get(c.key, 0.0) == 0.0
     )

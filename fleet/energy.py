@@ -14,7 +14,8 @@ What it reads:
   Power.Active.Import: the measured load), ``events/transaction`` (sessions start and stop)
   and ``shadow/update/documents`` (a charger going on- or offline, a status, a
   confirmation or refusal). Each marks the charger's site for a new pass, run after
-  ``debounce`` seconds so a burst costs one pass; every site is also recomputed every
+  ``debounce`` seconds so a burst costs one pass (a session start cuts the wait short: it
+  is what the reaction time is measured from); every site is also recomputed every
   ``interval`` seconds and at the schedule's edges, so a lost message costs one interval.
 
 After every pass it stores the site's report, and publishes it on
@@ -96,6 +97,7 @@ class EnergyEngine:
     _dirty: set[str] = field(default_factory=set, init=False)
     _all: bool = field(default=True, init=False)
     _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _started: asyncio.Event = field(default_factory=asyncio.Event, init=False)  # a session
     _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     passes: int = field(default=0, init=False)  # site passes run (for tests and logs)
     reports: int = field(default=0, init=False)  # reports published
@@ -151,9 +153,11 @@ class EnergyEngine:
                 delay = min(delay, max(0.05, next_edge - self.clock()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
-            if self._wake.is_set() and not self._all:
-                await asyncio.sleep(self.debounce)  # gather the rest of a burst
+            if self._wake.is_set() and not self._all and not self._started.is_set():
+                with contextlib.suppress(TimeoutError):  # gather the rest of a burst
+                    await asyncio.wait_for(self._started.wait(), self.debounce)
             self._wake.clear()
+            self._started.clear()
             timed_out = not self._dirty and not self._all
             dirty, self._dirty = self._dirty, set()
             everything, self._all = self._all or timed_out, False
@@ -210,6 +214,8 @@ class EnergyEngine:
             message = json.loads(payload)
             if message.get("event") == "stopped":
                 self._readings.pop((charger_id, str(int(message["connectorId"]))), None)
+            elif message.get("event") == "started" and charger_id in self._site_of:
+                self._started.set()
         except (ValueError, TypeError, KeyError, AttributeError):
             return
         self._mark(charger_id)
@@ -288,10 +294,14 @@ class EnergyEngine:
                     now,
                 )
             )
+        minimum = float(desired.get("minimumA", 6.0))
         policy = Policy(
             amps,
-            minimum=float(desired.get("minimumA", 6.0)),
+            minimum=minimum,
             strategy=str(desired.get("strategy", "equal")),
+            # the minimum kept free for the next sessions, so that a new one is offered
+            # current in one pass (docs/sites.md, "Reaction time: the reserve")
+            reserve_sessions=Policy.reserve_for(len(connectors), amps, minimum),
         )
         allocation = allocate(connectors, policy, now)
         written = await self._write(site, desired, connectors, allocation.limits, documents)

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.allocation import (
+    RISE_A,
     SPARE_A,
     Connector,
     Policy,
@@ -118,6 +119,83 @@ def test_an_increase_waits_for_the_decrease_it_needs() -> None:
     assert written == {"a/1": 8.0, "b/1": 14.0} and counted == 22.0
 
 
+def test_the_reserve_keeps_the_minimum_free_for_the_next_sessions() -> None:
+    def idle(name: str) -> Connector:
+        return Connector(name, "1", State.IDLE, 32.0, confirmed=0.0)
+
+    busy = [charging("a", 32.0), charging("b", 32.0)]
+    # two idle connectors: 2 x 6 A kept free, the 28 A left shared
+    policy = Policy(40.0, reserve_sessions=2)
+    assert targets([*busy, idle("x"), idle("y")], policy, NOW)["a/1"] == 14.0
+    # one idle connector: one session to come at most
+    assert targets([*busy, idle("x")], policy, NOW)["a/1"] == 17.0
+    # every connector charges: nothing to keep free
+    assert targets(busy, policy, NOW)["a/1"] == 20.0
+    # never at the cost of a charging connector's minimum: 3 x 6 A leave 2 A to keep
+    three = [*busy, charging("c", 32.0), idle("x")]
+    assert targets(three, Policy(20.0, reserve_sessions=2), NOW) == {
+        "a/1": 6.0, "b/1": 6.0, "c/1": 6.0, "x/1": 0.0
+    }  # fmt: skip
+    # someone is paused: a new session would wait as well, nothing is kept back
+    four = [*busy, charging("c", 32.0), charging("d", 32.0), idle("x")]
+    assert sum(targets(four, Policy(21.0, reserve_sessions=2), NOW).values()) == 21.0
+    with pytest.raises(ValueError, match="reserve"):
+        Policy(10.0, reserve_sessions=-1)
+
+
+def test_the_reserve_grows_with_the_site_and_stays_within_a_tenth_of_its_limit() -> None:
+    assert Policy.reserve_for(6, 800.0, 6.0) == 2  # 2 at least
+    assert Policy.reserve_for(100, 800.0, 6.0) == 5  # one per 20 connectors
+    assert Policy.reserve_for(100, 120.0, 6.0) == 2  # 12 A: a tenth of the limit
+    assert Policy.reserve_for(100, 100.0, 6.0) == 1
+    assert Policy.reserve_for(6, 40.0, 6.0) == 0  # a small site keeps its current
+
+
+def test_a_starting_session_gets_the_minimum_from_the_reserve_at_once() -> None:
+    # 40 A, a and b at 14 A confirmed, 12 A kept free; x starts and y stays idle
+    policy = Policy(40.0, reserve_sessions=2)
+    a, b = (charging(n, 32.0, confirmed=14.0, offered=14.0) for n in "ab")
+    x = Connector("x", "1", State.CHARGING, 32.0, confirmed=0.0, offered=0.0)
+    y = Connector("y", "1", State.IDLE, 32.0, confirmed=0.0, offered=0.0)
+    allocation = allocate([a, b, x, y], policy, NOW)
+    assert allocation.targets == {"a/1": 11.333, "b/1": 11.333, "x/1": 11.333, "y/1": 0.0}
+    # a and b decrease at once; x gets the 6 A minimum now (14 + 14 + 6 = 34 <= 40)
+    # and its whole share (14 + 14 + 11.333 = 39.333 <= 40) as well: it fits the reserve
+    assert allocation.limits["x/1"] == 11.333
+    # a reserve for one session (a and b at 17 A): x gets the minimum now, the rest of its
+    # share once a and b confirmed their decrease
+    a, b = (charging(n, 32.0, confirmed=17.0, offered=17.0) for n in "ab")
+    one = allocate([a, b, x, y], Policy(40.0, reserve_sessions=1), NOW)
+    assert one.limits == {"a/1": 11.333, "b/1": 11.333, "x/1": 6.0, "y/1": 0.0}
+    assert one.counted == 40.0
+
+
+def test_a_starting_session_goes_before_the_increases_of_others() -> None:
+    # c's session stopped (16 A not confirmed down yet), x starts: a and b want more too
+    a = charging("a", confirmed=8.0, offered=8.0)
+    b = charging("b", confirmed=8.0, offered=8.0)
+    c = Connector("c", "1", State.IDLE, 16.0, confirmed=16.0, offered=0.0)
+    x = Connector("x", "1", State.CHARGING, 16.0, confirmed=0.0, offered=0.0)
+    wanted = {"a/1": 9.0, "b/1": 9.0, "c/1": 0.0, "x/1": 8.0}
+    written, counted = stage([a, b, c, x], wanted, 38.0, minimum=6.0)
+    # 6 A of room: x's minimum, not a's and b's 1 A each (smallest first as before)
+    assert written == {"a/1": 8.0, "b/1": 8.0, "c/1": 0.0, "x/1": 6.0}
+    assert counted == 38.0
+
+
+def test_a_running_connector_s_small_increase_is_held() -> None:
+    a = charging("a", confirmed=8.0, offered=8.0)
+    b = charging("b", confirmed=8.0, offered=8.0)
+    # a session stopped elsewhere: 0.4 A more each is not worth a profile
+    assert stage([a, b], {"a/1": 8.4, "b/1": 8.4}, 40.0) == ({"a/1": 8.0, "b/1": 8.0}, 16.0)
+    # from RISE_A up it is written
+    up = 8.0 + RISE_A
+    assert stage([a, b], {"a/1": up, "b/1": up}, 40.0) == ({"a/1": up, "b/1": up}, 2 * up)
+    # a paused one resuming is not a small increase, whatever its bound
+    paused = charging("p", confirmed=6.0, offered=0.0)
+    assert stage([paused], {"p/1": 6.2}, 40.0)[0] == {"p/1": 6.2}
+
+
 def test_unconfirmed_connectors_count_at_rated_until_confirmed() -> None:
     site = [charging("a", 32.0, confirmed=None), charging("b", 32.0, confirmed=None)]
     allocation = allocate(site, Policy(32.0), NOW)
@@ -189,6 +267,7 @@ def sites(draw: st.DrawFn) -> tuple[list[Connector], Policy]:
         draw(st.floats(0, 400)),
         minimum=draw(st.sampled_from([6.0, 8.0])),
         strategy=draw(st.sampled_from(["equal", "first-come", "priority"])),
+        reserve_sessions=draw(st.integers(0, 3)),
     )
     return connectors, policy
 

@@ -38,14 +38,15 @@ class Port:
         return min(self.demand, enforced)
 
 
+@pytest.mark.parametrize("reserve", [0, 2])
 @pytest.mark.parametrize("strategy", ["equal", "first-come", "priority"])
-def test_a_busy_site_never_draws_more_than_its_limit(strategy: str) -> None:
-    rng = random.Random(f"site-{strategy}")
+def test_a_busy_site_never_draws_more_than_its_limit(strategy: str, reserve: int) -> None:
+    rng = random.Random(f"site-{strategy}-{reserve}")
     ports = [
         Port(Connector(f"CP{i // 2}", str(i % 2 + 1), State.IDLE, RATED_A, priority=i % 3))
         for i in range(40)
     ]
-    policy = Policy(LIMIT_A, strategy=strategy, turn_s=600.0)
+    policy = Policy(LIMIT_A, strategy=strategy, turn_s=600.0, reserve_sessions=reserve)
     now, events, worst, starts = 0.0, 0, 0.0, 0
     offline = {"CP3"}
     waited: list[float] = []

@@ -188,6 +188,25 @@ async def test_energy_engine_keeps_the_site_within_its_limit(depot: Depot) -> No
         await eventually(cleared)
 
 
+async def test_a_starting_session_is_offered_the_minimum_at_once(depot: Depot) -> None:
+    # CP-2 is idle: the minimum for the next session is kept free (docs/sites.md, "Reaction
+    # time: the reserve"; a tenth of 60 A holds one). No failsafe: shares up to 32 A.
+    await depot.energy({"failsafeA": None, "limitA": 60})
+    await depot.report("CP-2", {"connectors": {"1": {"status": "Available"}}})
+    engine = depot.engine()
+    async with engine.running():
+        await limits_are(depot, {"CP-0": 27.0, "CP-1": 27.0, "CP-2": 0.0})
+        await depot.confirm(*CHARGERS)
+        await eventually(lambda: _report_says(depot, lambda r: r["countedA"] == 54.0))
+        # CP-2's session starts: the others go down to 20 A and CP-2 gets the minimum at
+        # once (27 + 27 + 6 = 60 A), without waiting for their confirmation
+        await depot.report("CP-2", {"connectors": {"1": {"status": "Charging"}}})
+        await limits_are(depot, {"CP-0": 20.0, "CP-1": 20.0, "CP-2": 6.0})
+        # the rest of its share once the others confirmed their decrease
+        await depot.confirm("CP-0", "CP-1")
+        await limits_are(depot, {"CP-0": 20.0, "CP-1": 20.0, "CP-2": 20.0})
+
+
 async def test_energy_engine_measures_load_and_records_a_breach(depot: Depot) -> None:
     engine = depot.engine()
     async with engine.running():
