@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -409,3 +410,30 @@ async def test_a_site_that_is_no_topic_level_is_steered_but_not_announced(depot:
 
 async def _report_of(depot: Depot, site: str) -> bool:
     return bool(await depot.sites.report(site))
+
+
+async def test_a_schedule_window_lowers_the_limit_at_its_edge(depot: Depot) -> None:
+    # The engine's clock runs 1.5 s before a minute's start, when a window with its own
+    # lower limit opens (cron has minute steps; the engine sleeps until the next edge).
+    edge = (math.floor(time.time() / 60) + 2) * 60.0
+    offset = edge - 1.5 - time.time()
+    opens = time.gmtime(edge)
+    window = {
+        "name": "peak", "cron": f"{opens.tm_min} {opens.tm_hour} * * *",
+        "durationMinutes": 5, "timezone": "UTC", "limitA": 24,
+    }  # fmt: skip
+    await depot.energy({"schedule": [window]})
+    engine = EnergyEngine(
+        depot.sites, ShadowClient(depot.mqtt, depot.topics), depot.mqtt, depot.topics,
+        interval=30.0, debounce=0.05, clock=lambda: time.time() + offset,
+    )  # fmt: skip
+    async with engine.running():
+        await limits_are(depot, {"CP-0": 16.0, "CP-1": 16.0, "CP-2": 16.0})  # base: 48 A
+        await depot.confirm(*CHARGERS)
+        assert time.time() + offset < edge, "the pass came after the edge: machine too slow"
+        # no message, no wake-up: the edge itself lowers every share (24 A / 3)
+        await limits_are(depot, {"CP-0": 8.0, "CP-1": 8.0, "CP-2": 8.0})
+        assert time.time() + offset >= edge
+        await eventually(
+            lambda: _report_says(depot, lambda r: r["limitA"] == 24.0 and r["window"] == "peak")
+        )
