@@ -41,7 +41,12 @@ from simulator.options import SessionTiming
 SITE = "Depot-Mixed"
 WINDOW_S = 4.0
 QUICK = SessionTiming(
-    auto_sessions=False, duration_s=(1.0, 1.0), plug_delay_s=0.1, unplug_delay_s=0.2
+    # 3 s: the car ramps up at 10 A/s and the register counts whole Wh; a 1 s session
+    # under load could end with meterStop = meterStart.
+    auto_sessions=False,
+    duration_s=(3.0, 3.0),
+    plug_delay_s=0.1,
+    unplug_delay_s=0.2,
 )
 PROFILE = {
     "HeartbeatInterval": "77",  # 1.6

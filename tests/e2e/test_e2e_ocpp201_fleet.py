@@ -16,7 +16,11 @@ from simulator import SimulatedStation, transactions
 from simulator.options import SessionTiming
 
 QUICK = SessionTiming(
-    auto_sessions=False, duration_s=(1.5, 1.5), plug_delay_s=0.1, unplug_delay_s=0.2
+    # 3 s: the car ramps up at 10 A/s and the register counts whole Wh.
+    auto_sessions=False,
+    duration_s=(3.0, 3.0),
+    plug_delay_s=0.1,
+    unplug_delay_s=0.2,
 )
 
 
