@@ -14,14 +14,14 @@ comparison shows.
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from ocpp.routing import on
 from ocpp.v201 import ChargePoint, call_result
-from websockets.asyncio.server import ServerConnection, serve
+
+from bench.ocpp_baseline import serve_until_terminated
 
 
 def _now() -> str:
@@ -50,30 +50,5 @@ class Csms(ChargePoint):  # type: ignore[misc]
         return call_result.TransactionEvent()
 
 
-async def on_connect(websocket: ServerConnection) -> None:
-    assert websocket.request is not None
-    station = Csms(websocket.request.path.rsplit("/", 1)[-1], websocket)
-    try:
-        await station.start()
-    except Exception:  # the socket closed: what start() ends with
-        return
-
-
-async def main(port: int) -> None:
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    async with serve(
-        on_connect,
-        "127.0.0.1",
-        port,
-        subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
-        max_size=64 * 1024,
-        ping_interval=20,
-        ping_timeout=20,
-        backlog=4096,  # as the bridge: a storm measures the server, not SYN retries
-    ):
-        await stop.wait()
-
-
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    asyncio.run(serve_until_terminated(int(sys.argv[1]), Csms, "ocpp2.0.1"))

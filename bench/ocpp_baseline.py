@@ -47,23 +47,27 @@ class CentralSystem(ChargePoint):  # type: ignore[misc]
         return call_result.MeterValues()
 
 
-async def on_connect(websocket: ServerConnection) -> None:
-    assert websocket.request is not None
-    charge_point = CentralSystem(websocket.request.path.rsplit("/", 1)[-1], websocket)
-    try:
-        await charge_point.start()
-    except Exception:  # the socket closed: what start() ends with
-        return
+async def serve_until_terminated(
+    port: int, central_system: type[Any] = CentralSystem, subprotocol: str = "ocpp1.6"
+) -> None:
+    """Serve ``central_system`` (an ``ocpp`` ChargePoint subclass) per connection until
+    SIGTERM; the 2.0.1 baseline (bench.ocpp201_baseline) runs its own class through it."""
 
+    async def on_connect(websocket: ServerConnection) -> None:
+        assert websocket.request is not None
+        charge_point = central_system(websocket.request.path.rsplit("/", 1)[-1], websocket)
+        try:
+            await charge_point.start()
+        except Exception:  # the socket closed: what start() ends with
+            return
 
-async def main(port: int) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with serve(
         on_connect,
         "127.0.0.1",
         port,
-        subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+        subprotocols=[subprotocol],  # type: ignore[list-item]
         max_size=64 * 1024,
         ping_interval=20,
         ping_timeout=20,
@@ -73,4 +77,4 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    asyncio.run(serve_until_terminated(int(sys.argv[1])))
