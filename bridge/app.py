@@ -63,6 +63,8 @@ class BridgeOptions:
     flood: FloodLimit = field(default_factory=FloodLimit)
     call_timeout: float = 30.0  # OCPP calls the bridge makes on its own (reconciliation)
     command_timeout: float = 30.0  # operator commands; 504 after it
+    # After a boot, how long a charger has to report its connectors before it is asked.
+    status_grace: float = 5.0
     heartbeat_interval: int = 300  # BootNotification.conf interval
     data_transfer_vendors: frozenset[str] = frozenset()  # DataTransfer Accepted for these
     outbox_limit: int = 10_000
@@ -198,6 +200,7 @@ class Bridge:
                 call_timeout=options.call_timeout,
                 command_timeout=options.command_timeout,
                 flood=options.flood,
+                status_grace=options.status_grace,
             ),
             transaction_events,
         )

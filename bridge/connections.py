@@ -9,6 +9,7 @@ connection, or an earlier accepted boot; see :mod:`bridge.handlers`), not at the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import weakref
@@ -24,7 +25,7 @@ from bridge.credentials import ChargerCredentials
 from bridge.errors import OutgoingCallError
 from bridge.handlers import ChargePointHandler, Services
 from bridge.limits import FloodGuard, FloodLimit
-from bridge.reconcilers import Reconciler
+from bridge.reconcilers import Reconciler, connector_count
 from bridge.tasks import TaskSet
 from bridge.times import now
 from chargetwin.database import DatabaseError
@@ -39,6 +40,9 @@ class ConnectionOptions:
     call_timeout: float = 30.0
     command_timeout: float = 30.0
     flood: FloodLimit = field(default_factory=FloodLimit)
+    # How long after its boot's configuration read a charger has to report each connector's
+    # status on its own before it is asked (TriggerMessage StatusNotification).
+    status_grace: float = 5.0
 
 
 class ChargerConnection:
@@ -60,6 +64,12 @@ class ChargerConnection:
         self.tasks = TaskSet(charger_id)
         self.guard = FloodGuard(options.flood)
         self.services = services
+        self.status_grace = options.status_grace
+        # Connectors whose StatusNotification arrived since the last boot, and the event
+        # set once every connector the charger has (NumberOfConnectors) is among them.
+        self.statuses_seen: set[int] = set()
+        self.statuses_expected: set[int] | None = None
+        self.all_statuses_seen = asyncio.Event()
         # Set once the charger is accepted: presence says online, reconciliation may act.
         self.accepted = asyncio.Event()
         # The handler reports back through a weak proxy: a strong back-reference would put
@@ -156,6 +166,9 @@ class ChargerConnection:
     # --- events from the handler (ConnectionEvents) -------------------------------------------
     def booted(self) -> None:
         self._accept()
+        self.statuses_seen.clear()
+        self.statuses_expected = None
+        self.all_statuses_seen.clear()
         self.reconciler.booted()
         if self.reconciler.firmware is not None and self.handler.charge_point is not None:
             self.reconciler.firmware.booted(self.handler.charge_point)
@@ -184,6 +197,11 @@ class ChargerConnection:
     def availability_seen(self, connector: str, value: str) -> None:
         self.reconciler.observe("availability", connector, value)
 
+    def status_seen(self, connector_id: int) -> None:
+        self.statuses_seen.add(connector_id)
+        if self.statuses_expected is not None and self.statuses_expected <= self.statuses_seen:
+            self.all_statuses_seen.set()
+
     def transaction_started(self, connector_id: int, transaction_id: int, at: float) -> None:
         self.reconciler.transaction_started(connector_id, transaction_id, at)
 
@@ -191,8 +209,9 @@ class ChargerConnection:
         self.reconciler.transaction_stopped(transaction_id)
 
     async def _after_boot(self) -> None:
-        """Read the whole configuration into reported.config, ask for every connector's
-        status (the boot made them unknown), then reconcile."""
+        """Read the whole configuration into reported.config, reconcile, and make sure
+        every connector's status is known again (the boot made them unknown)."""
+        connectors: int | None = None
         try:
             answer = await self.handler.request("GetConfiguration", {})
         except OutgoingCallError as exc:
@@ -200,21 +219,49 @@ class ChargerConnection:
         else:
             values = self.reconciler.record_configuration(answer, complete=True)
             log.debug("%s: %d configuration keys reported", self.charger_id, len(values))
-        try:
+            connectors = connector_count(values)
+        self.reconciler.poke()
+        await self._statuses_after_boot(connectors)
+
+    async def _statuses_after_boot(self, connectors: int | None) -> None:
+        """Ask for the statuses the charger has not reported on its own.
+
+        A charger reports each connector's status after it boots (OCPP 1.6 section 4.9);
+        one that does not (a factory reset, a minimal firmware) is asked with TriggerMessage
+        StatusNotification (section 5.17) once ``status_grace`` has passed without them:
+        for the missing connectors, or without connectorId (every connector) when none
+        reported or the charger's NumberOfConnectors is unknown. Asking a charger that
+        reports anyway would double its boot's status traffic through bridge, twin and
+        recorder for nothing.
+        """
+        missing: list[int | None] = []
+        if connectors is not None:
+            self.statuses_expected = set(range(connectors + 1))
+            if not self.statuses_expected <= self.statuses_seen:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.all_statuses_seen.wait(), self.status_grace)
+            missing = [*sorted(self.statuses_expected - self.statuses_seen)]
+            if not missing:
+                return
+            if len(missing) == len(self.statuses_expected):
+                missing = []  # none reported: one request for every connector
+        for connector_id in missing or [None]:
             # OCPP 1.6 section 5.17: without connectorId, for every connector.
-            trigger = {"requestedMessage": "StatusNotification"}
-            triggered = await self.handler.request("TriggerMessage", trigger)
-        except OutgoingCallError as exc:
-            # The charger's own StatusNotifications after boot will do (section 4.9).
-            log.info("%s: TriggerMessage StatusNotification failed: %s", self.charger_id, exc)
-        else:
+            trigger: dict[str, Any] = {"requestedMessage": "StatusNotification"}
+            if connector_id is not None:
+                trigger["connectorId"] = connector_id
+            try:
+                triggered = await self.handler.request("TriggerMessage", trigger)
+            except OutgoingCallError as exc:
+                # The charger's own StatusNotifications after boot will do (section 4.9).
+                log.info("%s: TriggerMessage StatusNotification failed: %s", self.charger_id, exc)
+                return
             if triggered.get("status") != "Accepted":
                 log.info(
                     "%s: TriggerMessage StatusNotification %s",
                     self.charger_id,
                     triggered.get("status"),
                 )
-        self.reconciler.poke()
 
     # --- MQTT inputs ---------------------------------------------------------------------
     def on_delta(self, payload: bytes) -> None:

@@ -21,8 +21,10 @@ messages are neither mirrored nor published.
 A BootNotification is a new start of the charger: what it reported about its connectors
 before (status, availability) may no longer hold (a reboot, a factory reset), so the boot
 clears ``reported.connectors`` and ``reported.availability`` and the connection asks for
-fresh StatusNotifications (TriggerMessage). Meanwhile the delta shows every desired
-availability again, so reconciliation runs again instead of trusting a stale value.
+fresh StatusNotifications (TriggerMessage) of the connectors the charger has not reported
+on its own shortly after the boot (``ChargerConnection._statuses_after_boot``). Meanwhile
+the delta shows every desired availability again, so reconciliation runs again instead of
+trusting a stale value.
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ class ConnectionEvents(Protocol):
 
     def availability_seen(self, connector: str, value: str) -> None:
         """A StatusNotification revealed a connector's availability."""
+
+    def status_seen(self, connector_id: int) -> None:
+        """A StatusNotification of the connector arrived (after the boot, if any)."""
 
     def firmware_status(self, status: str) -> None:
         """A (Signed)FirmwareStatusNotification arrived (firmware reconciliation follows it)."""
@@ -290,6 +295,7 @@ class ChargePointHandler(OcppEndpoint):
         self._reporter.report(self.charger_id, reported, self.clock.state_stamp(connector, at))
         previous = self._statuses.get(connector_id)
         self._statuses[connector_id] = status
+        self.events.status_seen(connector_id)
         self._reporter.event(
             self.charger_id,
             "status",

@@ -42,6 +42,11 @@ ACCEPTED_CONFIG = frozenset({"Accepted", "RebootRequired"})
 SECRET_CONFIG_KEYS = frozenset({"AuthorizationKey"})
 
 
+# More connectors than any charger has: a count above it is not believed (and never turned
+# into that many TriggerMessages).
+MAX_CONNECTORS = 64
+
+
 def config_text(value: Any) -> str | None:
     """A desired config value as the string ChangeConfiguration carries; None if not scalar."""
     if isinstance(value, bool):
@@ -51,6 +56,16 @@ def config_text(value: Any) -> str | None:
     if isinstance(value, int | float):
         return json.dumps(value)
     return None
+
+
+def connector_count(config: dict[str, str]) -> int | None:
+    """The charger's NumberOfConnectors (a required core key, OCPP 1.6 section 9.1.23) from
+    its configuration; None when absent or not a sensible count."""
+    try:
+        count = int(config["NumberOfConnectors"])
+    except (KeyError, ValueError):
+        return None
+    return count if 0 < count <= MAX_CONNECTORS else None
 
 
 class Reconciler:

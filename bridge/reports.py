@@ -86,11 +86,17 @@ class Reporter:
         if not online:
             self.held.pop(charger_id, None)
             self.versions.pop(charger_id, None)
-        self.report(
-            charger_id,
-            {"connection": {"online": online, "since": since, "ocppVersion": ocpp_version}},
-            since,
-        )
+        connection: dict[str, Any] = {
+            "online": online,
+            "since": since,
+            "ocppVersion": ocpp_version,
+        }
+        if online:
+            # A new connection knows nothing of the charger's clock yet: a skew an earlier
+            # connection left goes (bridge.times.ChargerClock reports a new one), in this
+            # write rather than one more after the first plausible time.
+            connection["clockSkew"] = None
+        self.report(charger_id, {"connection": connection}, since)
 
     def announce(self, charger_id: str, online: bool, since: float) -> None:
         """The retained presence alone: also sent again for every held charger after each

@@ -126,7 +126,8 @@ class ChargerClock:
         self._on_skew = on_skew
         self._skewed: str | None = None  # the status last reported, None: in sync/unknown
         self._skew_reported_at = -math.inf
-        self._in_sync_reported = False
+        # The connection's online report cleared an earlier skew (bridge.reports.Reporter).
+        self._in_sync_reported = True
         self._state_floor = connected_at
         self._state: dict[str, float] = {}
 
@@ -182,8 +183,8 @@ class ChargerClock:
         )
 
     def _in_sync(self, reading: Reading) -> None:
-        # Once per connection (an earlier one may have left a skew in the shadow), and
-        # whenever a skew reported on this one is gone.
+        # Whenever a skew reported on this connection is gone (the online report cleared
+        # what an earlier one left).
         if self._in_sync_reported and self._skewed is None:
             return
         self._skewed = None

@@ -10,13 +10,14 @@ What it reads:
 * each charger's shadow from the shadow store: connection, connector status, the limits
   the charger confirmed (``reported.chargingLimit``) and refused
   (``reported.refused.chargingLimit``);
-* over MQTT, while it leads: ``telemetry/meterValues`` (Current.Import per phase,
-  Power.Active.Import: the measured load), ``events/transaction`` (sessions start and stop)
-  and ``shadow/update/documents`` (a charger going on- or offline, a status, a
-  confirmation or refusal). Each marks the charger's site for a new pass, run after
-  ``debounce`` seconds so a burst costs one pass (a session start cuts the wait short: it
-  is what the reaction time is measured from); every site is also recomputed every
-  ``interval`` seconds and at the schedule's edges, so a lost message costs one interval.
+* over MQTT, while it leads and some charger belongs to a site: ``telemetry/meterValues``
+  (Current.Import per phase, Power.Active.Import: the measured load),
+  ``events/transaction`` (sessions start and stop) and ``shadow/update/documents`` (a
+  charger going on- or offline, a status, a confirmation or refusal). Each marks the
+  charger's site for a new pass, run after ``debounce`` seconds so a burst costs one pass
+  (a session start cuts the wait short: it is what the reaction time is measured from);
+  every site is also recomputed every ``interval`` seconds and at the schedule's edges, so
+  a lost message costs one interval.
 
 After every pass it stores the site's report, and publishes it on
 ``{prefix}/sites/{site}/energy/reported`` (docs/mqtt.md) at most every ``report_every``
@@ -99,6 +100,7 @@ class EnergyEngine:
     _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _started: asyncio.Event = field(default_factory=asyncio.Event, init=False)  # a session
     _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _listening: bool = field(default=False, init=False)  # subscribed to the chargers
     passes: int = field(default=0, init=False)  # site passes run (for tests and logs)
     reports: int = field(default=0, init=False)  # reports published
     _announced: dict[str, tuple[float, bool, tuple[str, ...]]] = field(
@@ -114,11 +116,36 @@ class EnergyEngine:
             f"{p}/chargers/+/shadow/update/documents": self._on_document,
         }
 
+    @property
+    def listening(self) -> bool:
+        """Subscribed to the chargers' meter values, transactions and shadow documents."""
+        return self._listening
+
+    async def _listen(self, wanted: bool) -> None:
+        """Hear the chargers' messages only while some charger belongs to a site: a fleet
+        without sites sends the leader nothing (a shadow document is two whole documents,
+        ~10 KB with a charger's configuration, for every write of every charger). Whatever
+        a charger said meanwhile is in the store, which the pass that subscribes reads."""
+        if wanted == self._listening:
+            return
+        self._listening = wanted
+        for topic_filter, handler in self._filters().items():
+            if wanted:
+                await self.mqtt.subscribe_acked(topic_filter, handler, qos=0)
+            else:
+                self.mqtt.unsubscribe(topic_filter)
+
     async def start(self) -> None:
         if self._task is not None:
             return
-        for topic_filter, handler in self._filters().items():
-            await self.mqtt.subscribe_acked(topic_filter, handler, qos=0)
+        try:
+            self._chargers = await self.sites.chargers_by_site()
+            self._site_of = {c: site for site, cs in self._chargers.items() for c, _ in cs}
+            listen = bool(self._site_of)
+        except DatabaseError as exc:
+            log.warning("energy: sites unreadable at start (%s); listening to every charger", exc)
+            listen = True
+        await self._listen(listen)  # before returning: a message published next is heard
         self._all = True
         self._wake.set()  # the first pass at once
         self._task = asyncio.create_task(self._run(), name="energy-engine")
@@ -127,6 +154,7 @@ class EnergyEngine:
         task, self._task = self._task, None
         for topic_filter in self._filters():
             self.mqtt.unsubscribe(topic_filter)
+        self._listening = False
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -244,6 +272,8 @@ class EnergyEngine:
         if only is None or not self._chargers:
             self._chargers = await self.sites.chargers_by_site()
             self._site_of = {c: site for site, cs in self._chargers.items() for c, _ in cs}
+            if self._task is not None:
+                await self._listen(bool(self._site_of))
         if only is None:
             energies = await self.sites.all_energy()
         else:

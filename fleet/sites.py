@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from jsonschema import Draft202012Validator
 
 from chargetwin.database import Database
@@ -275,7 +276,7 @@ class SiteStore:
                 f"SELECT charger_id, document FROM shadows WHERE charger_id IN ({marks})",
                 tuple(charger_ids),
             )
-            out.update({str(r[0]): dict(json.loads(r[1])) for r in rows})
+            out.update({str(r[0]): dict(orjson.loads(r[1])) for r in rows})  # the twin's
         return out
 
     async def exists(self, site: str) -> bool:

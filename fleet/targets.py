@@ -9,11 +9,11 @@ thousand chargers, never one per charger.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
@@ -129,7 +129,7 @@ async def documents(db: Database, charger_ids: Sequence[str]) -> dict[str, dict[
             f"SELECT charger_id, document FROM shadows WHERE charger_id IN ({marks})", chunk
         )
         for charger_id, document in rows:
-            out[str(charger_id)] = dict(json.loads(document))
+            out[str(charger_id)] = dict(orjson.loads(document))  # the twin wrote it
     return out
 
 
@@ -160,7 +160,7 @@ async def versioned_documents(
             chunk,
         )
         for charger_id, version, document in rows:
-            out[str(charger_id)] = (int(version), dict(json.loads(document)))
+            out[str(charger_id)] = (int(version), dict(orjson.loads(document)))
     return out
 
 

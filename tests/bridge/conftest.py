@@ -175,6 +175,7 @@ async def make_bridge(tmp_path: Any, prefix: str) -> AsyncIterator[MakeBridge]:
             "mqtt_reconnect_delay": 0.2,
             "drain_timeout": 2.0,
             "close_timeout": 1.0,
+            "status_grace": 0.5,
         }
         bridge = Bridge(settings, BridgeOptions(**(defaults | options)))
         bridges.append(bridge)

@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 from conftest import OpenCharger, RawCharger, RunningTwin, eventually
 
 from bridge import Bridge
@@ -139,3 +140,52 @@ async def test_the_configuration_read_after_a_boot_replaces_the_old_one(
         charger_id, lambda r: r.get("config") == {"HeartbeatInterval": "60"}
     )
     assert "VendorGone" not in reported["config"]
+
+
+async def boot_with_connectors(charger: RawCharger, reported: list[int]) -> None:
+    """Boot a two-connector charger that reports the ``reported`` connectors on its own."""
+    await charger.result("BootNotification", {"chargePointVendor": "V", "chargePointModel": "M"})
+    for connector in reported:
+        status = {"connectorId": connector, "errorCode": "NoError", "status": "Available"}
+        await charger.result("StatusNotification", status)
+    get_configuration = await charger.next_call()
+    assert get_configuration[2] == "GetConfiguration"
+    count = {"key": "NumberOfConnectors", "readonly": True, "value": "2"}
+    await charger.reply(get_configuration, {"configurationKey": [count]})
+
+
+async def test_a_charger_that_reports_every_connector_after_its_boot_is_not_asked(
+    bridge: Bridge, open_charger: OpenCharger
+) -> None:
+    charger = await open_charger("cp-reports-all")
+    await boot_with_connectors(charger, [0, 1, 2])
+
+    with pytest.raises(TimeoutError):
+        call = await charger.next_call(timeout=bridge.options.status_grace + 1.0)
+        pytest.fail(f"asked for {call[2:]} although every connector reported")
+
+
+async def test_only_the_connectors_a_charger_did_not_report_are_asked_for(
+    bridge: Bridge, open_charger: OpenCharger
+) -> None:
+    charger = await open_charger("cp-reports-some")
+    await boot_with_connectors(charger, [0, 2])
+
+    trigger = await charger.next_call(timeout=bridge.options.status_grace + 5.0)
+    assert trigger[2:] == [
+        "TriggerMessage",
+        {"requestedMessage": "StatusNotification", "connectorId": 1},
+    ]
+    await charger.reply(trigger, {"status": "Accepted"})
+    with pytest.raises(TimeoutError):
+        await charger.next_call(timeout=1.0)
+
+
+async def test_a_charger_that_reports_nothing_after_its_boot_is_asked_for_every_connector(
+    bridge: Bridge, open_charger: OpenCharger
+) -> None:
+    charger = await open_charger("cp-reports-none")
+    await boot_with_connectors(charger, [])
+
+    trigger = await charger.next_call(timeout=bridge.options.status_grace + 5.0)
+    assert trigger[2:] == ["TriggerMessage", {"requestedMessage": "StatusNotification"}]

@@ -437,3 +437,22 @@ async def test_a_schedule_window_lowers_the_limit_at_its_edge(depot: Depot) -> N
         await eventually(
             lambda: _report_says(depot, lambda r: r["limitA"] == 24.0 and r["window"] == "peak")
         )
+
+
+async def test_an_engine_hears_the_chargers_only_while_a_site_has_chargers(depot: Depot) -> None:
+    await depot.db.execute("UPDATE chargers SET site = NULL")
+    engine = depot.engine()
+    async with engine.running():
+        # A fleet without sites: no shadow document or meter value reaches the leader.
+        assert not engine.listening
+        await depot.db.execute("UPDATE chargers SET site = ?", (SITE,))
+        engine.wake()
+        await limits_are(depot, {"CP-0": 16.0, "CP-1": 16.0, "CP-2": 16.0})
+        assert engine.listening
+        await depot.db.execute("UPDATE chargers SET site = NULL")
+        engine.wake()
+        await eventually(lambda: _not_listening(engine))
+
+
+async def _not_listening(engine: EnergyEngine) -> bool:
+    return not engine.listening
