@@ -28,7 +28,7 @@ from bridge.handlers import Services
 from bridge.limits import FloodLimit
 from bridge.reports import Reporter
 from bridge.server import OcppServer, ServerOptions
-from bridge.stores import BootHistory, IdTagStore, TransactionStore
+from bridge.stores import BootHistory, IdTagStore, ReportedConfigs, TransactionStore
 from bridge.times import now
 from bridge.tls import TlsFiles, server_context
 from bridge.v201.transactions import TransactionEvents
@@ -171,6 +171,7 @@ class Bridge:
         self.services = Services(
             reporter=reporter,
             boot_history=BootHistory(self.db),
+            reported_configs=ReportedConfigs(self.db),
             transactions=transactions,
             id_tags=id_tags,
             heartbeat_interval=options.heartbeat_interval,

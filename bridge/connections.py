@@ -212,16 +212,32 @@ class ChargerConnection:
         """Read the whole configuration into reported.config, reconcile, and make sure
         every connector's status is known again (the boot made them unknown)."""
         connectors: int | None = None
+        held = self._held_configuration()
         try:
             answer = await self.handler.request("GetConfiguration", {})
         except OutgoingCallError as exc:
+            held.cancel()
             log.warning("%s: GetConfiguration after boot failed: %s", self.charger_id, exc)
         else:
-            values = self.reconciler.record_configuration(answer, complete=True)
+            try:
+                known = await held
+            except DatabaseError as exc:
+                log.info("%s: reported configuration unreadable (%s)", self.charger_id, exc)
+                known = None
+            values = self.reconciler.record_configuration(answer, complete=True, held=known)
             log.debug("%s: %d configuration keys reported", self.charger_id, len(values))
             connectors = connector_count(values)
         self.reconciler.poke()
         await self._statuses_after_boot(connectors)
+
+    def _held_configuration(self) -> asyncio.Future[dict[str, Any] | None]:
+        """What the shadow holds in reported.config, read while the charger answers."""
+        configs = self.services.reported_configs
+        if configs is None:
+            done: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return asyncio.ensure_future(configs.held(self.charger_id))
 
     async def _statuses_after_boot(self, connectors: int | None) -> None:
         """Ask for the statuses the charger has not reported on its own.

@@ -47,7 +47,7 @@ from bridge.credentials import CredentialRotations
 from bridge.endpoints import FastHandler, OcppEndpoint
 from bridge.firmwares import FirmwareSupport
 from bridge.reports import Reporter, charge_point_of, meter_value_messages
-from bridge.stores import BootHistory, IdTagStore, TransactionStore
+from bridge.stores import BootHistory, IdTagStore, ReportedConfigs, TransactionStore
 from bridge.times import ChargerClock, iso_time, now
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,8 @@ class Services:
     credentials: CredentialRotations | None = None  # None: password rotations wait
     # None: no store to ask, so a charger that does not boot first is let in (unknown).
     boot_history: BootHistory | None = None
+    # None: no store to ask, so a boot's configuration read replaces reported.config whole.
+    reported_configs: ReportedConfigs | None = None
 
 
 class ChargePointHandler(OcppEndpoint):
@@ -190,11 +192,17 @@ class ChargePointHandler(OcppEndpoint):
         )
         return {}
 
+    async def _fast_firmware_status_notification(self, payload: dict[str, Any]) -> dict[str, Any]:
+        # Four of these per firmware update of every charger in a campaign.
+        self._firmware_status(payload["status"], None)
+        return {}
+
     fast_handlers: ClassVar[Mapping[str, FastHandler]] = {
         "BootNotification": _fast_boot_notification,
         "Heartbeat": _fast_heartbeat,
         "StatusNotification": _fast_status_notification,
         "MeterValues": _fast_meter_values,
+        "FirmwareStatusNotification": _fast_firmware_status_notification,
     }
 
     # --- accepted first (see the module docstring) --------------------------------------------

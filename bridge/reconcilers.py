@@ -261,13 +261,22 @@ class Reconciler:
 
     # --- results ---------------------------------------------------------------------------
     def record_configuration(
-        self, answer: Mapping[str, Any], *, complete: bool = False
+        self,
+        answer: Mapping[str, Any],
+        *,
+        complete: bool = False,
+        held: Mapping[str, Any] | None = None,
     ) -> dict[str, str]:
         """Report a GetConfiguration answer into ``reported.config`` (keys with a value).
 
         ``complete``: the answer to a GetConfiguration without keys, which lists every key
         (OCPP 1.6 section 5.8); it replaces ``reported.config`` whole, so a key the charger
         no longer has (a factory reset, new firmware) does not stay reported for ever.
+        ``held``: what the shadow holds now, when known; then only what differs is written
+        (changed and new keys, null for keys gone), nothing when nothing did (a charger's
+        configuration rarely changes across a reboot, and a whole configuration written
+        again at every boot was two shadow writes of every reboot). Without it the old
+        configuration is cleared and the answer written whole.
         """
         values: dict[str, str] = {}
         for entry in answer.get("configurationKey") or []:
@@ -278,14 +287,19 @@ class Reconciler:
             ):
                 values[str(entry["key"])] = entry["value"]
         at = now()
+        changed: dict[str, str | None] = dict(values)
         if complete:
             self._known = {leaf: v for leaf, v in self._known.items() if leaf[0] != "config"}
-            self._reporter.report(self.charger_id, {"config": None}, at)
-            at += 1e-6  # the values land after the clearing, in the twin's order
+            if held is None:
+                self._reporter.report(self.charger_id, {"config": None}, at)
+                at += 1e-6  # the values land after the clearing, in the twin's order
+            else:
+                changed = {k: v for k, v in values.items() if held.get(k) != v}
+                changed.update({k: None for k in held if k not in values})
         for key, value in values.items():
             self._known[("config", key)] = value
-        if values:
-            self._reporter.report(self.charger_id, {"config": values}, at)
+        if changed:
+            self._reporter.report(self.charger_id, {"config": changed}, at)
         return values
 
     def record_config(self, key: str, value: str, status: str, reason: str | None = None) -> None:

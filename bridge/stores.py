@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from bridge.times import iso_time
 from chargetwin.batched_reads import BatchedReads
 from chargetwin.database import Database, DatabaseError, SQLiteDatabase
@@ -275,6 +277,36 @@ class BootHistory:
             list(ids),
         )
         return {str(charger_id): vendor is not None for charger_id, vendor in rows}
+
+
+class ReportedConfigs:
+    """The configuration a charger's shadow holds (``reported.config``), read when its
+    GetConfiguration answer after a boot is reported: only what differs is written
+    (:meth:`bridge.reconcilers.Reconciler.record_configuration`). A boot storm's reads share
+    a few queries (:mod:`chargetwin.batched_reads`)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._reads: BatchedReads[str, dict[str, Any]] = BatchedReads(
+            self._fetch, "reported-configs"
+        )
+
+    async def held(self, charger_id: str) -> dict[str, Any]:
+        """``reported.config`` of the charger's shadow; ``{}`` when it has none."""
+        return await self._reads.read(charger_id) or {}
+
+    async def _fetch(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        rows = await self._db.fetchall(
+            "SELECT charger_id, document FROM shadows"
+            f" WHERE charger_id IN ({', '.join('?' for _ in ids)})",
+            list(ids),
+        )
+        out: dict[str, dict[str, Any]] = {}
+        for charger_id, document in rows:
+            config = orjson.loads(document).get("state", {}).get("reported", {}).get("config")
+            if isinstance(config, dict):
+                out[str(charger_id)] = config
+        return out
 
 
 class IdTagStore:

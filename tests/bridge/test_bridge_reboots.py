@@ -142,6 +142,32 @@ async def test_the_configuration_read_after_a_boot_replaces_the_old_one(
     assert "VendorGone" not in reported["config"]
 
 
+async def test_an_unchanged_configuration_is_not_written_again_at_a_boot(
+    bridge: Bridge, open_charger: OpenCharger, twin: RunningTwin
+) -> None:
+    charger_id = "cp-same-config"
+    config = {"HeartbeatInterval": "300", "MeterValueSampleInterval": "60"}
+    earlier = ShadowDocument(charger_id)
+    earlier.apply({"reported": {"chargePoint": {"vendor": "V", "model": "M"}}}, time.time() - 60)
+    earlier.apply({"reported": {"config": config}}, time.time() - 60)
+    earlier.version = 1
+    await twin.store.save_many([(earlier, 0)])
+    stamps = (await twin.document(charger_id))["metadata"]["reported"]["config"]
+    charger = await open_charger(charger_id)
+    boot = {"chargePointVendor": "V", "chargePointModel": "M", "firmwareVersion": "2.0"}
+    await charger.result("BootNotification", boot)
+    get_configuration = await charger.next_call()
+    keys = [{"key": k, "readonly": False, "value": v} for k, v in config.items()]
+    await charger.reply(get_configuration, {"configurationKey": keys})
+    # The boot is mirrored (its firmware version) and the configuration not touched: the same
+    # values, still stamped with when they were first reported.
+    await twin.wait_reported(charger_id, lambda r: r.get("firmware") == {"version": "2.0"})
+    await asyncio.sleep(0.5)
+    document = await twin.document(charger_id)
+    assert document["state"]["reported"]["config"] == config
+    assert document["metadata"]["reported"]["config"] == stamps
+
+
 async def boot_with_connectors(charger: RawCharger, reported: list[int]) -> None:
     """Boot a two-connector charger that reports the ``reported`` connectors on its own."""
     await charger.result("BootNotification", {"chargePointVendor": "V", "chargePointModel": "M"})
