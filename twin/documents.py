@@ -20,7 +20,7 @@ replay from its writes. Writes that a later write at an ancestor path wipes are 
 from __future__ import annotations
 
 import marshal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +71,41 @@ def depth_of(value: JSON) -> int:
     return 0
 
 
+class _SectionText:
+    """Encoded JSON per top-level key of a section (see ``Section._text``)."""
+
+    __slots__ = ("metadata", "state", "writes")
+
+    def __init__(self) -> None:
+        self.state: dict[str, str] = {}  # key -> '"key":value'
+        self.metadata: dict[str, str] = {}
+        self.writes: dict[str, str] = {}  # key ("" for the root) -> the rows, comma-joined
+
+    def changed(self, paths: Iterable[Path]) -> None:
+        for path in paths:
+            if not path:  # the whole section
+                self.state.clear()
+                self.metadata.clear()
+                self.writes.clear()
+                return
+            self.state.pop(path[0], None)
+            self.metadata.pop(path[0], None)
+            self.writes.pop(path[0], None)
+
+    @staticmethod
+    def object(value: dict[str, JSON], parts: dict[str, str]) -> str:
+        out = []
+        for key, item in value.items():
+            part = parts.get(key)
+            if part is None:
+                part = parts[key] = f"{compact(key)}:{compact(item)}"
+            out.append(part)
+        if len(parts) > len(out):  # keys gone (a delete emptied them)
+            for key in parts.keys() - value.keys():
+                del parts[key]
+        return "{" + ",".join(out) + "}"
+
+
 @dataclass
 class Section:
     """One of ``reported`` / ``desired``: its state, metadata and writes."""
@@ -81,6 +116,11 @@ class Section:
     newest: float = 0.0
     # Leaves counted at the last tombstone scan; see prune_tombstones.
     leaf_count: int = 0
+    # The JSON text of each top-level key's state, metadata and writes, kept until a write
+    # under that key: most updates change one key of a large document (a connector's
+    # status beside the whole configuration), and every version is encoded for the store
+    # and the documents topic. Cleared wholesale by anything that rebuilds the section.
+    _text: _SectionText = field(default_factory=lambda: _SectionText(), repr=False, compare=False)
 
     def snapshot(self) -> tuple[dict[Path, Write], float, int]:
         """What :meth:`rollback` needs: a shallow copy of the writes (cheap, no state)."""
@@ -106,6 +146,7 @@ class Section:
         accepted = [(p, v) for p, v in writes if self._record(p, (timestamp, v))]
         if not accepted:
             return False
+        self._text.changed(p for p, _ in accepted)
         if timestamp > self.newest and not any(self._below_a_value(p) for p, _ in accepted):
             for path, value in sorted(accepted, key=lambda pv: _order(pv[0], (timestamp, pv[1]))):
                 _set(self.state, self.metadata, path, value, timestamp)
@@ -144,6 +185,7 @@ class Section:
         )
 
     def replay(self) -> None:
+        self._text = _SectionText()
         self.state, self.metadata = {}, {}
         ordered = sorted(self.writes.items(), key=lambda item: _order(*item))
         for path, (ts, value) in ordered:
@@ -158,13 +200,37 @@ class Section:
         """
         if len(self.writes) <= self.leaf_count + 16:
             return
-        for path in [p for p, (ts, v) in self.writes.items() if v is None and ts < older_than]:
+        pruned = [p for p, (ts, v) in self.writes.items() if v is None and ts < older_than]
+        for path in pruned:
             del self.writes[path]
+        self._text.changed(pruned)
         self.leaf_count = _count_leaves(self.state)
 
     # --- persistence -----------------------------------------------------------------------
     def writes_to_json(self) -> list[list[JSON]]:
         return [[list(p), ts, v] for p, (ts, v) in self.writes.items()]
+
+    def state_text(self) -> str:
+        """``compact(self.state)``, from the text of the keys that did not change."""
+        return self._text.object(self.state, self._text.state)
+
+    def metadata_text(self) -> str:
+        """``compact(self.metadata)``, likewise."""
+        return self._text.object(self.metadata, self._text.metadata)
+
+    def writes_text(self) -> str:
+        """:meth:`writes_to_json` as compact JSON (grouped by top-level key, an order
+        :meth:`from_writes` does not depend on)."""
+        groups = self._text.writes
+        stale = {(p[0] if p else "") for p in self.writes} - groups.keys()
+        if stale:
+            fresh: dict[str, list[list[JSON]]] = {key: [] for key in stale}
+            for path, (ts, value) in self.writes.items():
+                group = fresh.get(path[0] if path else "")
+                if group is not None:
+                    group.append([list(path), ts, value])
+            groups.update({key: compact(rows)[1:-1] for key, rows in fresh.items()})
+        return "[" + ",".join(text for text in groups.values() if text) + "]"
 
     @classmethod
     def from_writes(cls, rows: list[list[JSON]]) -> Section:
@@ -284,10 +350,12 @@ class EncodedDocument:
 
     @classmethod
     def of(cls, doc: ShadowDocument) -> EncodedDocument:
+        reported, desired = doc.sections["reported"], doc.sections["desired"]
+        metadata = ",".join(f'"{name}":{s.metadata_text()}' for name, s in doc.sections.items())
         return cls(
             version=doc.version,
-            state=_dumps({"reported": doc.reported, "desired": doc.desired}),
-            metadata=_dumps({name: s.metadata for name, s in doc.sections.items()}),
+            state=f'{{"reported":{reported.state_text()},"desired":{desired.state_text()}}}',
+            metadata=f"{{{metadata}}}",
             delta=doc.delta(),
             timestamp=doc.timestamp,
         )
@@ -430,6 +498,14 @@ class ShadowDocument:
         if self.requests:
             out[_REQUESTS_KEY] = [[fingerprint, v] for fingerprint, v in self.requests.items()]
         return out
+
+    def writes_text(self) -> str:
+        """:meth:`writes_to_json` as compact JSON, as the store keeps it."""
+        parts = [f'"{name}":{s.writes_text()}' for name, s in self.sections.items()]
+        if self.requests:
+            requests = [[fingerprint, v] for fingerprint, v in self.requests.items()]
+            parts.append(f'"{_REQUESTS_KEY}":{compact(requests)}')
+        return "{" + ",".join(parts) + "}"
 
     @classmethod
     def restore(

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from chargetwin.database import Database, DatabaseError
-from chargetwin.json_text import compact
 from twin.documents import ShadowDocument
 
 SCHEMA = (
@@ -227,7 +226,7 @@ class ShadowStore:
 
 def _save_statement(doc: ShadowDocument, read_version: int) -> tuple[str, tuple[Any, ...]]:
     document = doc.encoded().public()
-    writes = compact(doc.writes_to_json())
+    writes = doc.writes_text()
     columns = _summary_columns(doc)
     if read_version == 0:
         return (

@@ -8,7 +8,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twin.documents import ShadowDocument, delta, depth_of
+from chargetwin.json_text import compact
+from twin.documents import SECTIONS, ShadowDocument, delta, depth_of
 
 KEYS = st.sampled_from(["a", "b", "c"])
 SCALARS = st.one_of(st.integers(-3, 3), st.sampled_from(["x", "y", True, False]))
@@ -222,3 +223,35 @@ def _lookup(state: Any, path: tuple[str, ...]) -> Any:
 
 def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+@settings(max_examples=400, deadline=None)
+@given(UPDATES, st.lists(st.booleans(), min_size=8, max_size=8))
+def test_the_text_kept_per_key_is_the_whole_document_encoded(
+    updates: list[tuple[str, Any, float]], rollbacks: list[bool]
+) -> None:
+    """After every update (some rolled back, as an oversized one is, and tombstones
+    pruned), the text built from the keys that did not change equals encoding it all."""
+    doc = ShadowDocument("cp")
+    for (section, patch, ts), rollback in zip(updates, rollbacks, strict=False):
+        snapshot = doc.snapshot()
+        doc.version += 1
+        doc.apply({section: patch}, ts)
+        if rollback:
+            doc.rollback(snapshot)
+        for part in doc.sections.values():
+            part.prune_tombstones(ts - 2.0)
+        for part in doc.sections.values():
+            assert part.state_text() == compact(part.state)
+            assert part.metadata_text() == compact(part.metadata)
+        encoded = doc.encoded()  # a rolled back version's text: its keys may be reordered
+        assert json.loads(encoded.state) == {"reported": doc.reported, "desired": doc.desired}
+        metadata = {name: s.metadata for name, s in doc.sections.items()}
+        assert json.loads(encoded.metadata) == metadata
+        stored = json.loads(doc.writes_text())
+        expected = doc.writes_to_json()
+        assert stored.keys() == expected.keys()
+        for name in SECTIONS:
+            assert sorted(map(json.dumps, stored[name])) == sorted(map(json.dumps, expected[name]))
+        restored = ShadowDocument.restore("cp", doc.version, 0.0, stored)
+        assert restored.to_public()["state"] == doc.to_public()["state"]
