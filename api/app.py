@@ -230,8 +230,12 @@ async def run_api(
         app = create_app(backend)
         ftp: FtpUploads | None = None
         if settings.ftp_port and backend.operations is not None:
-            ftp = FtpUploads(backend.operations.uploads, settings.host, settings.ftp_port)
+            tls = None
+            if settings.ftp_tls_cert is not None and settings.ftp_tls_key is not None:
+                tls = (settings.ftp_tls_cert, settings.ftp_tls_key)
+            ftp = FtpUploads(backend.operations.uploads, settings.host, settings.ftp_port, tls=tls)
             backend.operations.ftp_port = ftp.start()
+            backend.operations.ftp_tls = tls is not None
         try:
             log.info(
                 "API listening on http://%s:%s%s", settings.host, settings.api_port, API_PREFIX

@@ -9,6 +9,10 @@ own. Each file received lands where HTTP uploads land (the file store, folder
 ``diagnostics/{charger_id}``), with the same name rules and size limit, and spends the
 grant; the HTTP listing and download serve it.
 
+With a certificate and key the endpoint is FTPS (explicit, RFC 4217: the client asks
+``AUTH TLS`` on the same port) and takes no session in clear, control or data, since the
+login is the grant; locations are then ``ftps://``.
+
 Why pyftpdlib in a thread: it is the kept, complete FTP server for Python (passive mode,
 the commands chargers send, RFC 959 replies); it runs its own loop, so it gets a thread,
 and hands each received file to the API's event loop, where the stores live.
@@ -37,9 +41,9 @@ CALL_TIMEOUT = 30.0  # a store call from the FTP thread; the charger's command w
 _CHUNK = 256 * 1024
 
 
-def ftp_location(host: str, port: int, charger_id: str, token: str) -> str:
+def ftp_location(host: str, port: int, charger_id: str, token: str, *, tls: bool = False) -> str:
     """Where a charger uploads with this grant (ids and tokens need no URL escaping)."""
-    return f"ftp://{charger_id}:{token}@{host}:{port}/"
+    return f"{'ftps' if tls else 'ftp'}://{charger_id}:{token}@{host}:{port}/"
 
 
 class _LimitedFile:
@@ -72,8 +76,10 @@ class FtpUploads:
         *,
         max_bytes: int = MAX_UPLOAD_BYTES,
         passive_ports: range | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.uploads = uploads
+        self.tls = tls  # (certificate chain, private key), PEM: FTPS only
         self.host = host
         self.port = port
         self.max_bytes = max_bytes
@@ -92,6 +98,12 @@ class FtpUploads:
             from pyftpdlib.filesystems import AbstractedFS
             from pyftpdlib.handlers import FTPHandler
             from pyftpdlib.servers import ThreadedFTPServer
+
+            base: Any = FTPHandler
+            if self.tls is not None:
+                from pyftpdlib.handlers import TLS_FTPHandler
+
+                base = TLS_FTPHandler
 
         self._loop = asyncio.get_running_loop()
         endpoint = self
@@ -132,7 +144,7 @@ class FtpUploads:
                 file = super().open(filename, mode)
                 return _LimitedFile(file, endpoint.max_bytes) if "w" in mode else file
 
-        class Handler(FTPHandler):  # type: ignore[misc]
+        class Handler(base):  # type: ignore[misc]
             authorizer = Authorizer()
             abstracted_fs = Filesystem
             banner = "ChargeTwin diagnostics upload"
@@ -158,6 +170,13 @@ class FtpUploads:
 
         if self.passive_ports is not None:
             Handler.passive_ports = self.passive_ports
+        if self.tls is not None:
+            from OpenSSL import SSL
+
+            Handler.certfile, Handler.keyfile = (str(path) for path in self.tls)
+            Handler.tls_control_required = Handler.tls_data_required = True
+            # Built now, so a bad certificate stops the start instead of every session.
+            Handler.get_ssl_context().set_min_proto_version(SSL.TLS1_2_VERSION)
         self._server = ThreadedFTPServer((self.host, self.port), Handler)
         self._server.max_cons = 256
         self._server.max_cons_per_ip = 16
@@ -167,7 +186,8 @@ class FtpUploads:
         )
         self._thread.daemon = True
         self._thread.start()
-        log.info("FTP uploads listening on ftp://%s:%d", self.host, bound)
+        scheme = "ftps" if self.tls is not None else "ftp"
+        log.info("FTP uploads listening on %s://%s:%d", scheme, self.host, bound)
         self.port = bound
         return bound
 

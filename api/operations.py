@@ -39,8 +39,9 @@ class Operations:
     data_dir: Path
     files: FileStore
     # The FTP endpoint for diagnostics (api.ftp_uploads): its port once listening (0: none),
-    # and the charger models ("VENDOR/MODEL") sent there by default.
+    # whether it is FTPS, and the charger models ("VENDOR/MODEL") sent there by default.
     ftp_port: int = 0
+    ftp_tls: bool = False
     ftp_models: tuple[str, ...] = ()
 
     @classmethod

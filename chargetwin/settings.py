@@ -234,6 +234,15 @@ class Settings(BaseSettings):
         "that upload only over FTP) on --host; 0: none. Passive data ports are chosen by the "
         "system: allow them through a firewall, or run it where chargers reach every port.",
     )
+    ftp_tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate (chain) of the FTP endpoint; with --ftp-tls-key it is "
+        "FTPS (explicit, AUTH TLS, TLS 1.2 or newer; nothing in clear) and get-diagnostics "
+        "gives ftps:// locations.",
+    )
+    ftp_tls_key: Path | None = Field(
+        None, validate_default=True, description="PEM private key of --ftp-tls-cert."
+    )
     ftp_models: list[str] = Field(
         [],
         description="Charger models (VENDOR/MODEL, as their BootNotification says) whose "
@@ -300,6 +309,13 @@ class Settings(BaseSettings):
     def _check_tls_key(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if (value is None) != (info.data.get("ocpp_tls_cert") is None):
             raise ValueError("--ocpp-tls-cert and --ocpp-tls-key go together")
+        return value
+
+    @field_validator("ftp_tls_key")
+    @classmethod
+    def _check_ftp_tls_key(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if (value is None) != (info.data.get("ftp_tls_cert") is None):
+            raise ValueError("--ftp-tls-cert and --ftp-tls-key go together")
         return value
 
     @field_validator("ocpp_tls_client_ca")

@@ -557,7 +557,7 @@ async def _diagnostics_location(backend: Backend, charger_id: str, protocol: str
     token = await operations.uploads.grant(charger_id)
     if protocol == "ftp":
         host = urlsplit(operations.public_url).hostname or "127.0.0.1"
-        return ftp_location(host, operations.ftp_port, charger_id, token)
+        return ftp_location(host, operations.ftp_port, charger_id, token, tls=operations.ftp_tls)
     return f"{operations.public_url}{UPLOAD_PATH}{charger_id}/{token}/"
 
 

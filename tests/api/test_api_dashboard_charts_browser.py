@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import pytest
 from api_helpers import free_port
+from devtools import page_requests
 from fastapi import FastAPI, Request, Response
 
 from api.app import create_app, serve
@@ -48,6 +49,7 @@ PAGE_ERRORS = re.compile(r"Uncaught|:CONSOLE\b")
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 Auth = Callable[[str], dict[str, str]]
+HOST_NAME = "chargetwin.test"  # resolved to 127.0.0.1 by Chromium alone
 
 
 @pytest.fixture
@@ -322,6 +324,61 @@ async def test_a_site_view_and_a_charger_panel_with_its_energy(
     assert attribute(energy, "data-total") == "90" and "<canvas" in energy
     assert "90 kWh in 10 sessions" in text(element(panel, "detail-energy-note"))
     assert 'hidden=""' not in element(panel, "workspace").split(">", 1)[0]
+
+
+async def test_a_charger_view_shows_its_days_and_the_uptime_of_each_port(
+    fleet: Backend,
+    base_url: str,
+    tokens: dict[str, str],
+    tmp_path: Path,
+    failed_requests: list[str],
+) -> None:
+    dom = await render(
+        f"{base_url}?view=usage&scope=charger%3ACP-S1#token={tokens['viewer']}",
+        tmp_path / "charger-CP-S1-usage.png",
+        failed_requests,
+    )
+    assert "charger CP-S1: 3 sessions · 18 kWh" in text(element(dom, "charts-summary"))
+    assert attribute(element(dom, "chart-sessions"), "data-total") == "3"
+    uptime = element(dom, "chart-uptime")
+    assert attribute(uptime, "data-series") == "CP-S1/1|CP-S1/2" and "<canvas" in uptime
+    note = text(element(dom, "uptime-note"))
+    assert note.startswith("per port") and "below 97%: CP-S1/1" in note
+    assert text(element(dom, "util-bars")).startswith("CP-S1")
+    assert "Voltaro · VX-22D 1 of 1" in text(element(dom, "fw-bars"))
+
+
+async def test_no_page_makes_a_request_outside_the_platform(
+    fleet: Backend, base_url: str, tokens: dict[str, str]
+) -> None:
+    """Every request each page makes while it loads and draws, as Chromium reports it: the
+    dashboard's views with an operator (who sees the remote operations too), /docs and
+    /redoc, reached by a host name as operators reach them; all of them to this API (data:
+    and blob: URLs stay in the page)."""
+    assert CHROMIUM is not None
+    site = base_url.replace("127.0.0.1", HOST_NAME)
+    signed_in = f"#token={tokens['operator']}"
+    pages = [
+        f"{site}{signed_in}",
+        f"{site}?view=usage{signed_in}",
+        f"{site}?view=usage&scope=site%3Asouth{signed_in}",
+        f"{site}?view=usage&scope=charger%3ACP-N1{signed_in}",
+        f"{site}?charger=CP-N1{signed_in}",
+        f"{site}docs",
+        f"{site}redoc",
+    ]
+    for page in pages:
+        requests = await page_requests(CHROMIUM, page, host=HOST_NAME)
+        outside = [url for url in requests if not url.startswith((site, "data:", "blob:"))]
+        assert outside == [], page
+        assert len(requests) > 1, (page, requests)  # the page and what it loaded
+        if "#token=" in page:
+            assert any("/api/v1/" in url for url in requests), (page, requests)
+
+    # The check sees a request that leaves: a page that loads an image from elsewhere.
+    elsewhere = "http://cdn.example.invalid/logo.png"
+    seen = await page_requests(CHROMIUM, f"data:text/html,<img src='{elsewhere}'>", settle=1)
+    assert elsewhere in seen
 
 
 async def test_a_failing_chart_shows_on_its_card_and_the_checks_see_it(

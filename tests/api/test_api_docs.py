@@ -27,6 +27,18 @@ async def test_documentation_pages_load_nothing_from_outside(
         assert "immutable" in served.headers["cache-control"]
 
 
+async def test_redoc_shows_its_logo_from_this_api(client: httpx.AsyncClient) -> None:
+    """ReDoc's bundle loads Redocly's logo from a CDN at run time (no option hides it)."""
+    page = (await client.get("/redoc")).text
+    bundle = await client.get(re.findall(r'src="([^"]*redoc[^"]*)"', page)[0])
+
+    assert bundle.status_code == 200
+    assert b"cdn.redoc.ly" not in bundle.content
+    favicon = re.findall(rb'src:"(/docs/assets/favicon\.png[^"]*)"', bundle.content)
+    assert favicon, "the logo points at nothing"
+    assert (await client.get(favicon[0].decode())).headers["content-type"] == "image/png"
+
+
 async def test_an_unknown_documentation_asset_is_a_problem(client: httpx.AsyncClient) -> None:
     response = await client.get("/docs/assets/app.js")
 

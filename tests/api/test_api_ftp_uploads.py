@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import ftplib
 import io
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,13 @@ import httpx
 import pytest
 from api_helpers import ADMIN_ENV_TOKEN, assert_problem
 from probes import MqttProbe
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from api.backends import Backend
 from api.ftp_uploads import FtpUploads, ftp_location
 from chargetwin.database import Database
 from chargetwin.mqtt import MqttClient
+from chargetwin.settings import Settings
 from chargetwin.topics import Topics
 from twin.service import ShadowService
 
@@ -105,6 +108,99 @@ async def test_wrong_credentials_and_oversized_files_are_refused(
         )  # fmt: skip
     assert await uploads.list("CP-FTP-2") == []
     assert await uploads.check("CP-FTP-2", token)  # not spent by the refused file
+
+
+@pytest.fixture
+def server_tls(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    cert, key = tmp_path / "ftp.pem", tmp_path / "ftp.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def _store_tls(location: str, name: str, data: bytes, cafile: Path, *, private: bool) -> None:
+    """What a charger does with an ftps:// location: AUTH TLS, log in, PROT P, STOR."""
+    parts = urlsplit(location)
+    assert parts.scheme == "ftps"
+    with ftplib.FTP_TLS(context=ssl.create_default_context(cafile=str(cafile))) as client:
+        client.connect(parts.hostname or "", parts.port or 21, timeout=10)
+        client.login(parts.username or "", parts.password or "")  # AUTH TLS first
+        if private:
+            client.prot_p()
+        client.storbinary(f"STOR {name}", io.BytesIO(data))
+
+
+async def test_with_a_certificate_the_endpoint_is_ftps_and_takes_nothing_in_clear(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    backend: Backend,
+    server_tls: tuple[Path, Path],
+    online_ftp_charger: str,
+    mosquitto_url: str,
+    topics: Topics,
+) -> None:
+    operations = backend.operations
+    assert operations is not None
+    endpoint = FtpUploads(operations.uploads, "127.0.0.1", 0, max_bytes=LIMIT, tls=server_tls)
+    operations.ftp_port, operations.ftp_tls = endpoint.start(), True
+    probe = MqttProbe(mosquitto_url)
+    try:
+        await probe.subscribe(topics.command(online_ftp_charger))
+        url = f"/api/v1/chargers/{online_ftp_charger}/commands/get-diagnostics"
+        call = asyncio.create_task(client.post(url, json={}, headers=auth("operator")))
+        request = await probe.expect(topics.command(online_ftp_charger))
+        location = request["payload"]["location"]
+        assert location.startswith(f"ftps://{online_ftp_charger}:")
+        await probe.publish(
+            f"{topics.command(online_ftp_charger)}/result",
+            {"clientToken": request["clientToken"], "name": request["name"],
+             "status": "ok", "response": {"fileName": "d.log"}},
+        )  # fmt: skip
+        assert (await call).status_code == 200
+
+        # The grant in clear is refused before it is looked at, and stays unspent.
+        in_clear = location.replace("ftps://", "ftp://", 1)
+        with pytest.raises(ftplib.error_perm, match="SSL/TLS required"):
+            await asyncio.to_thread(_store, in_clear, "clear.log", b"x")
+        # So is a file over a data channel in clear.
+        with pytest.raises(ftplib.error_perm, match="SSL/TLS required"):
+            await asyncio.to_thread(
+                _store_tls, location, "clear.log", b"x", server_tls[0], private=False
+            )
+        await asyncio.to_thread(
+            _store_tls, location, "over-tls.log", b"over TLS\n", server_tls[0], private=True
+        )
+    finally:
+        probe.close()
+        endpoint.stop()
+    download = await client.get(
+        f"/api/v1/chargers/{online_ftp_charger}/diagnostics/over-tls.log", headers=auth("operator")
+    )
+    assert download.status_code == 200 and download.content == b"over TLS\n"
+    assert [f.name for f in await operations.uploads.list(online_ftp_charger)] == ["over-tls.log"]
+
+
+@pytest.mark.parametrize("given", ["ftp_tls_cert", "ftp_tls_key"])
+def test_the_ftps_certificate_and_key_go_together(given: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(**{given: "x.pem"})  # type: ignore[arg-type]
+    assert [e["loc"][0] for e in info.value.errors()] == ["ftp_tls_key"]
+
+
+async def test_an_unreadable_certificate_stops_the_ftps_start(
+    backend: Backend, tmp_path: Path
+) -> None:
+    assert backend.operations is not None
+    missing = (tmp_path / "none.pem", tmp_path / "none.key")
+    endpoint = FtpUploads(backend.operations.uploads, "127.0.0.1", 0, tls=missing)
+    with pytest.raises(FileNotFoundError):
+        endpoint.start()
+    endpoint.stop()
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """Prometheus metrics scraped from a real `chargetwin up` process, as Prometheus would.
 
-A hand-written OCPP-J charger boots, sends a frame the bridge must refuse, and the API is
-used; then `/metrics` on the API port (viewer token) and on `--metrics-port` show it.
+A hand-written OCPP-J charger boots, sends a frame the bridge must refuse, the API is used,
+a stale shadow update is refused over MQTT and a firmware campaign takes the charger; then
+`/metrics` on the API port (viewer token) and on `--metrics-port` show it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from brokers import free_port
+from probes import MqttProbe
 from websockets.asyncio.client import connect
 
 ADMIN = "ct_metrics_admin_" + uuid.uuid4().hex
@@ -104,12 +106,38 @@ async def test_metrics_show_chargers_calls_errors_and_requests(up: Up) -> None:
                     answers[str(message[1])] = message
             assert answers["b1"][0] == 3 and answers["h1"][0] == 4
 
-            deadline = time.monotonic() + 15
+            # A shadow update with a stale version, as any MQTT client may send one: refused.
+            probe = MqttProbe(f"mqtt://127.0.0.1:{up.mqtt_port}")
+            try:
+                update = "chargetwin/chargers/CP-MET-1/shadow/update"
+                await probe.subscribe(f"{update}/rejected")
+                await probe.publish(update, {"state": {"reported": {}}, "version": 10**9})
+                assert (await probe.expect(f"{update}/rejected", 15))["code"] == 409
+            finally:
+                probe.close()
+            # A campaign that takes the charger (its answer to UpdateFirmware never comes).
+            firmware = await http.post("/api/v1/firmware", json={
+                "vendor": "Voltaro", "model": "VX-22D", "version": "9.9.9",
+                "url": "http://127.0.0.1:9/vx-22d-9.9.9.bin", "sha256": "a" * 64,
+            })  # fmt: skip
+            assert firmware.status_code == 201, firmware.text
+            campaign = await http.post("/api/v1/campaigns", json={
+                "name": "metrics", "firmwareId": firmware.json()["id"],
+                "target": {"chargerIds": ["CP-MET-1"]},
+            })  # fmt: skip
+            assert campaign.status_code == 201, campaign.text
+
+            deadline = time.monotonic() + 30
             while True:
                 scraped = await http.get("/metrics")
                 assert scraped.status_code == 200, scraped.text
                 text = scraped.text
-                if (sample(text, "chargetwin_shadow_updates_accepted_total") or 0) > 0:
+                if (
+                    (sample(text, "chargetwin_shadow_updates_accepted_total") or 0) > 0
+                    and (sample(text, "chargetwin_shadow_requests_refused_total") or 0) > 0
+                    and re.search(r"^chargetwin_campaign_chargers\{", text, re.M)
+                    and re.search(r"^chargetwin_rule_group_evaluation_seconds_count\{", text, re.M)
+                ):
                     break
                 assert time.monotonic() < deadline, text
                 await asyncio.sleep(0.5)
@@ -138,6 +166,15 @@ async def test_metrics_show_chargers_calls_errors_and_requests(up: Up) -> None:
             sample(text, "chargetwin_rules", health="unknown") or 0
         ) + (sample(text, "chargetwin_rules", health="nodata") or 0) > 0
         assert sample(text, "chargetwin_spool_bytes") == 0
+        assert sample(text, "chargetwin_shadow_requests_refused_total") == 1
+        campaign_chargers = re.findall(
+            r'^chargetwin_campaign_chargers\{state="(\w+)"\} ([0-9.]+)$', text, re.M
+        )
+        assert sum(float(n) for _, n in campaign_chargers) == 1, campaign_chargers
+        evaluations = re.findall(
+            r"^chargetwin_rule_group_evaluation_seconds_count\{group=.*\} ([0-9.]+)$", text, re.M
+        )
+        assert evaluations and all(float(n) >= 1 for n in evaluations), evaluations
         assert sample(text, "chargetwin_recorder_points_written_total") is not None
 
         # Prometheus without a token is refused on the API port...
