@@ -33,6 +33,7 @@ from ocpp.exceptions import (
 from ocpp.messages import Call, CallError, CallResult, MessageType
 
 from bridge.errors import UNREADABLE_ID, FrameError
+from chargetwin.json_text import LONG_DIGITS, has_long_digits
 
 # OCPP-J 1.6 section 4.1.3: "UniqueId ... string, maximum of 36 characters".
 MAX_UNIQUE_ID = 36
@@ -43,11 +44,6 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 Message: TypeAlias = Call | CallResult | CallError
 
-# A run of 19 digits is the shortest integer that can leave the signed 64-bit range. Found
-# by mapping every ASCII digit to "0" and every other byte to " " (bytes.translate): a
-# regular expression scanning for it cost a third of the reading of a 2.0.1 NotifyReport.
-LONG_DIGITS = 19
-_DIGITS_AS_ZERO = bytes(48 if 48 <= c <= 57 else 32 for c in range(256))
 # A JSON escape of a surrogate or of U+0000: the only ways such characters get into a
 # string (a raw control character is invalid JSON, raw surrogates invalid UTF-8).
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
@@ -134,12 +130,8 @@ def parse_frame(raw: str | bytes) -> Message:
 
 
 def _has_long_digits(text: str) -> bool:
-    """Whether ``text`` holds a run of LONG_DIGITS ASCII digits (only those make a JSON
-    number; another script's digits can only be in a string)."""
-    if len(text) < LONG_DIGITS:
-        return False
-    digits = text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_ZERO)
-    return b"0" * LONG_DIGITS in digits
+    """:func:`chargetwin.json_text.has_long_digits` of the frame's text."""
+    return len(text) >= LONG_DIGITS and has_long_digits(text.encode("utf-8", "surrogatepass"))
 
 
 def _message_of(frame: Any) -> Message:

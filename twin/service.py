@@ -85,6 +85,12 @@ from twin.stores import ShadowStore, is_transient
 log = logging.getLogger(__name__)
 
 _BATCH_MAX = 1000
+# How long a batch waits for more requests once one arrived: every batch is one trip to
+# the database thread and one commit, which cost more than applying a request (in a
+# firmware campaign, the hand-off to the thread alone was 11% of the twin's CPU with
+# batches of one or two). Requests come in bursts (a charger's boot, a wave of desired
+# writes): a few milliseconds gather most of a burst and add that much to an update.
+_BATCH_WINDOW = 0.004
 # A batch the database aborted for a reason of the moment is applied again this many times
 # (with a growing pause) before its requests are answered 500.
 _TRANSIENT_ATTEMPTS = 20
@@ -356,6 +362,8 @@ class ShadowService:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self._queue.qsize() < _BATCH_MAX:
+                await asyncio.sleep(_BATCH_WINDOW)
             while len(batch) < _BATCH_MAX and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:

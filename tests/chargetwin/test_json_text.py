@@ -5,8 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from chargetwin.json_text import JsonTextError, compact, compact_bytes, parse_json, sorted_compact
+from chargetwin.json_text import (
+    _DECODER,
+    JsonTextError,
+    compact,
+    compact_bytes,
+    parse_json,
+    sorted_compact,
+)
 
 
 @pytest.mark.parametrize(
@@ -67,3 +76,41 @@ def test_sorted_compact_is_one_text_per_value() -> None:
     assert sorted_compact({"a": {"c": 3, "d": 2}, "b": 1}) == sorted_compact(
         {"b": 1, "a": {"d": 2, "c": 3}}
     )
+
+
+VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(VALUES, st.booleans())
+def test_the_fast_reading_agrees_with_the_strict_one(value: object, ascii_only: bool) -> None:
+    """orjson reads most texts (chargetwin.json_text.parse_json): what it returns, or
+    refuses, is what the strict reading returns or refuses, numbers and strings alike."""
+    text = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    try:
+        strict: object = ("value", _strict(text))
+    except (JsonTextError, ValueError):
+        strict = "refused"
+    try:
+        fast: object = ("value", parse_json(text))
+    except JsonTextError:
+        fast = "refused"
+    assert fast == strict
+    if fast != "refused":
+        assert json.dumps(fast[1]) == json.dumps(strict[1])  # type: ignore[index]
+
+
+def _strict(text: bytes) -> object:
+    value = _DECODER.decode(text.decode("utf-8"))
+    json.dumps(value, ensure_ascii=False).encode("utf-8")  # lone surrogates refused
+    return value
