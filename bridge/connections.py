@@ -221,7 +221,7 @@ class ChargerConnection:
         else:
             try:
                 known = await held
-            except DatabaseError as exc:
+            except (DatabaseError, ValueError) as exc:  # the store, or a document in it
                 log.info("%s: reported configuration unreadable (%s)", self.charger_id, exc)
                 known = None
             values = self.reconciler.record_configuration(answer, complete=True, held=known)
@@ -252,14 +252,17 @@ class ChargerConnection:
         """
         missing: list[int | None] = []
         if connectors is not None:
-            self.statuses_expected = set(range(connectors + 1))
-            if not self.statuses_expected <= self.statuses_seen:
+            expected = self.statuses_expected = set(range(connectors + 1))
+            seen = self.statuses_seen
+            if not expected <= seen:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.all_statuses_seen.wait(), self.status_grace)
-            missing = [*sorted(self.statuses_expected - self.statuses_seen)]
+                if self.statuses_expected is not expected:
+                    return  # the charger booted again meanwhile: that boot's turn now
+            missing = [*sorted(expected - seen)]
             if not missing:
                 return
-            if len(missing) == len(self.statuses_expected):
+            if len(missing) == len(expected):
                 missing = []  # none reported: one request for every connector
         for connector_id in missing or [None]:
             # OCPP 1.6 section 5.17: without connectorId, for every connector.
