@@ -81,6 +81,7 @@ from chargetwin.metrics import (
     OCPP_CALL_ERRORS,
     OCPP_CALL_SECONDS,
     OCPP_CALLS,
+    OCPP_CALLS_SENT,
     known_action,
 )
 
@@ -524,6 +525,7 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
             cause = error.details.get("cause", error.description)
             raise InvalidCallError(f"{action}: {error.code}: {cause}") from error
         limit = self.call_timeout if timeout is None else timeout
+        sent = OCPP_CALLS_SENT.labels  # counted once the call went out, by its outcome
         try:
             if include_wait:
                 async with asyncio.timeout(limit):
@@ -531,11 +533,20 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
             else:
                 answer = await self._exchange(call, limit)
         except TimeoutError as exc:
+            sent(action, "timeout").inc()
             raise CallTimeoutError(f"{action}: no answer within {limit:g} s") from exc
         except ConnectionClosed as exc:
+            sent(action, "gone").inc()
             raise ChargerGoneError(f"{action}: connection closed") from exc
+        except ChargerGoneError:  # closed while waiting (fail_pending)
+            sent(action, "gone").inc()
+            raise
+        except InvalidResponseError:  # an unusable answer frame (_refuse_frame)
+            sent(action, "invalid").inc()
+            raise
 
         if isinstance(answer, CallError):
+            sent(action, "call_error").inc()
             raise CallErrorReceived(
                 str(answer.error_code), str(answer.error_description), answer.error_details
             )
@@ -543,8 +554,10 @@ class OcppEndpoint(ChargePoint):  # type: ignore[misc]  # ocpp ships no type inf
         try:
             await self.validate(answer)
         except OCPPError as error:
+            sent(action, "invalid").inc()
             cause = error.details.get("cause", error.description)
             raise InvalidResponseError(f"{action}: invalid answer: {cause}") from error
+        sent(action, "answered").inc()
         result = answer.payload
         return result if isinstance(result, dict) else {}
 

@@ -40,6 +40,13 @@ OCPP_CALL_ERRORS = Counter(
     "CALLERRORs sent to chargers, by OCPP error code.",
     ["code"],
 )
+OCPP_CALLS_SENT = Counter(
+    "chargetwin_ocpp_calls_sent",
+    "OCPP calls the bridge sent to chargers (its own and operators' commands), by action "
+    "and outcome: answered, call_error (the charger answered CALLERROR), invalid (the "
+    "answer broke the schema), timeout, gone (the connection closed first).",
+    ["action", "outcome"],
+)
 OCPP_CALL_SECONDS = Histogram(
     "chargetwin_ocpp_call_duration_seconds",
     "From a charger's CALL frame to its answer on the wire. The answer waits until the "

@@ -100,10 +100,14 @@ async def test_metrics_show_chargers_calls_errors_and_requests(up: Up) -> None:
             await ws.send(json.dumps([2, "b1", "BootNotification", boot]))
             await ws.send(json.dumps([2, "h1", "Heartbeat", {"unexpected": 1}]))  # refused
             answers: dict[str, list[object]] = {}
-            while len(answers) < 2:
+            configured = False
+            while len(answers) < 2 or not configured:
                 message = json.loads(await asyncio.wait_for(ws.recv(), 15))
                 if message[0] in (3, 4):
                     answers[str(message[1])] = message
+                elif message[0] == 2 and message[2] == "GetConfiguration":  # after the boot
+                    await ws.send(json.dumps([3, message[1], {"configurationKey": []}]))
+                    configured = True
             assert answers["b1"][0] == 3 and answers["h1"][0] == 4
 
             # A shadow update with a stale version, as any MQTT client may send one: refused.
@@ -152,6 +156,9 @@ async def test_metrics_show_chargers_calls_errors_and_requests(up: Up) -> None:
                           code="PropertyConstraintViolation")) == 1  # fmt: skip
         assert (sample(text, "chargetwin_ocpp_call_duration_seconds_count",
                        action="BootNotification")) == 1  # fmt: skip
+        # The bridge's own call after the boot, answered by the charger.
+        assert (sample(text, "chargetwin_ocpp_calls_sent_total", action="GetConfiguration",
+                       outcome="answered")) == 1  # fmt: skip
         created_count = sample(
             text,
             "chargetwin_http_requests_total",
