@@ -121,6 +121,11 @@ class EnergyEngine:
         """Subscribed to the chargers' meter values, transactions and shadow documents."""
         return self._listening
 
+    async def _load_sites(self) -> None:
+        """Which chargers each site has (from the registry)."""
+        self._chargers = await self.sites.chargers_by_site()
+        self._site_of = {c: site for site, cs in self._chargers.items() for c, _ in cs}
+
     async def _listen(self, wanted: bool) -> None:
         """Hear the chargers' messages only while some charger belongs to a site: a fleet
         without sites sends the leader nothing (a shadow document is two whole documents,
@@ -139,8 +144,7 @@ class EnergyEngine:
         if self._task is not None:
             return
         try:
-            self._chargers = await self.sites.chargers_by_site()
-            self._site_of = {c: site for site, cs in self._chargers.items() for c, _ in cs}
+            await self._load_sites()
             listen = bool(self._site_of)
         except DatabaseError as exc:
             log.warning("energy: sites unreadable at start (%s); listening to every charger", exc)
@@ -270,8 +274,7 @@ class EnergyEngine:
         costs a few queries per site, not a read of the whole registry."""
         now = self.clock() if now is None else now
         if only is None or not self._chargers:
-            self._chargers = await self.sites.chargers_by_site()
-            self._site_of = {c: site for site, cs in self._chargers.items() for c, _ in cs}
+            await self._load_sites()
             if self._task is not None:
                 await self._listen(bool(self._site_of))
         if only is None:
