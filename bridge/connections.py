@@ -212,32 +212,27 @@ class ChargerConnection:
         """Read the whole configuration into reported.config, reconcile, and make sure
         every connector's status is known again (the boot made them unknown)."""
         connectors: int | None = None
-        held = self._held_configuration()
+        # What the shadow holds in reported.config, read while the charger answers.
+        configs = self.services.reported_configs
+        held = None if configs is None else asyncio.ensure_future(configs.held(self.charger_id))
         try:
             answer = await self.handler.request("GetConfiguration", {})
         except OutgoingCallError as exc:
-            held.cancel()
             log.warning("%s: GetConfiguration after boot failed: %s", self.charger_id, exc)
         else:
+            known: dict[str, Any] | None = None
             try:
-                known = await held
+                known = None if held is None else await held
             except (DatabaseError, ValueError) as exc:  # the store, or a document in it
                 log.info("%s: reported configuration unreadable (%s)", self.charger_id, exc)
-                known = None
             values = self.reconciler.record_configuration(answer, complete=True, held=known)
             log.debug("%s: %d configuration keys reported", self.charger_id, len(values))
             connectors = connector_count(values)
+        finally:
+            if held is not None and not held.done():
+                held.cancel()  # the call failed, or the connection closed while it ran
         self.reconciler.poke()
         await self._statuses_after_boot(connectors)
-
-    def _held_configuration(self) -> asyncio.Future[dict[str, Any] | None]:
-        """What the shadow holds in reported.config, read while the charger answers."""
-        configs = self.services.reported_configs
-        if configs is None:
-            done: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
-        return asyncio.ensure_future(configs.held(self.charger_id))
 
     async def _statuses_after_boot(self, connectors: int | None) -> None:
         """Ask for the statuses the charger has not reported on its own.

@@ -93,7 +93,7 @@ class _SectionText:
             self.writes.pop(path[0], None)
 
     @staticmethod
-    def object(value: dict[str, JSON], parts: dict[str, str]) -> str:
+    def encode(value: dict[str, JSON], parts: dict[str, str]) -> str:
         out = []
         for key, item in value.items():
             part = parts.get(key)
@@ -120,7 +120,7 @@ class Section:
     # under that key: most updates change one key of a large document (a connector's
     # status beside the whole configuration), and every version is encoded for the store
     # and the documents topic. Cleared wholesale by anything that rebuilds the section.
-    _text: _SectionText = field(default_factory=lambda: _SectionText(), repr=False, compare=False)
+    _text: _SectionText = field(default_factory=_SectionText, repr=False, compare=False)
 
     def snapshot(self) -> tuple[dict[Path, Write], float, int]:
         """What :meth:`rollback` needs: a shallow copy of the writes (cheap, no state)."""
@@ -212,11 +212,11 @@ class Section:
 
     def state_text(self) -> str:
         """``compact(self.state)``, from the text of the keys that did not change."""
-        return self._text.object(self.state, self._text.state)
+        return self._text.encode(self.state, self._text.state)
 
     def metadata_text(self) -> str:
         """``compact(self.metadata)``, likewise."""
-        return self._text.object(self.metadata, self._text.metadata)
+        return self._text.encode(self.metadata, self._text.metadata)
 
     def writes_text(self) -> str:
         """:meth:`writes_to_json` as compact JSON (grouped by top-level key, an order
