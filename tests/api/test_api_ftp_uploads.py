@@ -51,6 +51,13 @@ async def ftp(backend: Backend) -> AsyncIterator[FtpUploads]:
     endpoint.stop()
 
 
+async def _diagnostics_accepted(probe: MqttProbe, command: str, request: dict[str, Any]) -> None:
+    """Answer a get-diagnostics command as the bridge does for a charger that accepted it."""
+    result = {"clientToken": request["clientToken"], "name": request["name"],
+              "status": "ok", "response": {"fileName": "d.log"}}  # fmt: skip
+    await probe.publish(f"{command}/result", result)
+
+
 def _store(location: str, name: str, data: bytes) -> None:
     """What a charger does with an ftp:// location: log in with its userinfo, STOR."""
     parts = urlsplit(location)
@@ -156,11 +163,7 @@ async def test_with_a_certificate_the_endpoint_is_ftps_and_takes_nothing_in_clea
         request = await probe.expect(topics.command(online_ftp_charger))
         location = request["payload"]["location"]
         assert location.startswith(f"ftps://{online_ftp_charger}:")
-        await probe.publish(
-            f"{topics.command(online_ftp_charger)}/result",
-            {"clientToken": request["clientToken"], "name": request["name"],
-             "status": "ok", "response": {"fileName": "d.log"}},
-        )  # fmt: skip
+        await _diagnostics_accepted(probe, topics.command(online_ftp_charger), request)
         assert (await call).status_code == 200
 
         # The grant in clear is refused before it is looked at, and stays unspent.
@@ -236,11 +239,7 @@ async def test_get_diagnostics_sends_ftp_models_to_the_ftp_endpoint(
             assert urlsplit(request["payload"]["location"]).scheme == scheme
             assert "protocol" not in request["payload"]  # ours, not an OCPP field
             locations[scheme] = request["payload"]["location"]
-            await probe.publish(
-                f"{topics.command(online_ftp_charger)}/result",
-                {"clientToken": request["clientToken"], "name": request["name"],
-                 "status": "ok", "response": {"fileName": "d.log"}},
-            )  # fmt: skip
+            await _diagnostics_accepted(probe, topics.command(online_ftp_charger), request)
             assert (await call).status_code == 200
     finally:
         probe.close()
