@@ -287,10 +287,12 @@ async def _measure(platform: Platform, fleet: Fleet, n: int, timeout: float) -> 
     await asyncio.sleep(2.0)  # the boots' last GetConfiguration answers settle
     idle0, t0 = platform.cpu(), time.monotonic()
     await asyncio.sleep(10.0)
-    own, broker, _ = _spent(idle0, platform.cpu())
+    own, broker, per = _spent(idle0, platform.cpu())
     idle_s = time.monotonic() - t0
     out["idle_cpu_pct"] = own * 100 / idle_s
     out["idle_broker_pct"] = broker * 100 / idle_s
+    for name, seconds in per.items():
+        out[f"idle_cpu_pct[{name}]"] = seconds * 100 / idle_s
 
     uploaded = await platform.api.post(
         "/firmware",
@@ -385,6 +387,9 @@ def main() -> None:
               f"{med('boot_broker_ms'):.2f} ms)")  # fmt: skip
         print(f"  baseline idle: platform CPU {med('idle_cpu_pct'):.1f}% of a core "
               f"(+ broker {med('idle_broker_pct'):.1f}%), fleet connected")  # fmt: skip
+        for key in sorted(runs[0]):
+            if key.startswith("idle_cpu_pct["):
+                print(f"      {key[len('idle_cpu_pct['):-1]:>14}: {med(key):.1f}% of a core")
         print(f"  campaign:      {med('campaign_s'):.1f} s to complete, "
               f"{med('updates_per_s'):.1f} updates/s")  # fmt: skip
         print(f"    platform CPU {med('campaign_cpu_ms'):.2f} ms per charger updated "

@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from simulator.connections import Offline
 from simulator.states import Charger
+from simulator.web_clients import web_client
 
 __all__ = [
     "UPLOAD_ERRORS",
@@ -103,7 +104,7 @@ async def upload_file(location: str, file_name: str, body: bytes) -> None:
     if scheme not in ("http", "https"):
         raise ValueError(f"unsupported upload scheme {scheme!r} (http, https or ftp)")
     url = location + file_name if location.endswith("/") else location
-    async with httpx.AsyncClient(timeout=30.0) as client:
+    async with web_client() as client:
         response = await client.put(url, content=body, headers={"Content-Type": "text/plain"})
         if response.status_code == 405:
             response = await client.post(url, files={"file": (file_name, body, "text/plain")})

@@ -32,6 +32,7 @@ from websockets.exceptions import ConnectionClosed
 
 from simulator.connections import Offline
 from simulator.states import Charger, FirmwareFailure
+from simulator.web_clients import web_client
 
 __all__ = ["DownloadError", "download_image", "expected_sha256", "image_version", "update_firmware"]
 
@@ -133,7 +134,7 @@ async def download_image(charger: Charger, location: str) -> bytes:
         raise DownloadError(f"unsupported scheme {scheme!r} (only http and https)")
     try:
         async with (
-            httpx.AsyncClient(timeout=30.0) as client,
+            web_client() as client,
             client.stream("GET", location) as response,
         ):
             if response.status_code != 200:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import ssl
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 from ocpp.v16 import call
@@ -128,3 +130,31 @@ async def test_get_diagnostics_uploads_a_log(
         assert (method, path) == ("PUT", f"/up/{answer.file_name}")
         assert f"charger={cid}".encode() in body
         assert b"config HeartbeatInterval=" in body
+
+
+async def test_transfers_share_one_tls_context(
+    http_server: HttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building a TLS context loads a CA bundle (most of the simulator's CPU in a campaign
+    when every download built one): downloads and uploads build one per process."""
+    from simulator import web_clients
+    from simulator.diagnostics import upload_file
+    from simulator.firmwares import download_image
+
+    built: list[object] = []
+    real = ssl.create_default_context
+
+    def counting(*args: object, **kwargs: object) -> ssl.SSLContext:
+        built.append(args)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    web_clients._tls_context.cache_clear()
+    http_server.files["/fw/image.bin"] = IMAGE
+    charger = SimpleNamespace(fail_firmware=None)
+    for _ in range(5):
+        image = await download_image(charger, http_server.url("/fw/image.bin"))  # type: ignore[arg-type]
+        assert image == IMAGE
+        await upload_file(http_server.url("/up/"), "log.txt", b"log")
+    assert len(http_server.uploads) == 5
+    assert len(built) == 1
