@@ -33,6 +33,7 @@ import hashlib
 import logging
 import os
 import secrets
+import stat
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -293,7 +294,7 @@ class DataDirFileStore:
             info = await asyncio.to_thread(path.stat)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        if not path.is_file() or name.startswith("."):
+        if not stat.S_ISREG(info.st_mode) or name.startswith("."):
             return None
         return StoredFile(folder, name, info.st_size, info.st_mtime)
 
@@ -317,19 +318,23 @@ class DataDirFileStore:
         self, file: StoredFile, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
         stop = file.size if end is None else min(end, file.size)
+        path = self.path(file.folder, file.name)
+        want = min(CHUNK_BYTES, max(0, stop - start))
         try:
-            handle = await asyncio.to_thread(self.path(file.folder, file.name).open, "rb")
+            # Open, seek and the first chunk in one trip to a thread: a firmware image of
+            # up to a chunk (most are) costs one hand-off, where each step was one.
+            handle, chunk = await asyncio.to_thread(_open_at, path, start, want)
         except FileNotFoundError as exc:
             raise FileStoreError(f"{file.folder}/{file.name} was removed") from exc
         try:
-            await asyncio.to_thread(handle.seek, start)
             position = start
             while position < stop:
-                chunk = await asyncio.to_thread(handle.read, min(CHUNK_BYTES, stop - position))
                 if not chunk:
                     raise FileStoreError(f"{file.folder}/{file.name} is shorter than it was")
                 position += len(chunk)
                 yield chunk
+                if position < stop:
+                    chunk = await asyncio.to_thread(handle.read, min(CHUNK_BYTES, stop - position))
         finally:
             handle.close()
 
@@ -340,6 +345,17 @@ class DataDirFileStore:
         except FileNotFoundError:
             return False
         return True
+
+
+def _open_at(path: Path, start: int, size: int) -> tuple[BinaryIO, bytes]:
+    """``path`` opened for reading at ``start``, and its first ``size`` bytes from there."""
+    handle = path.open("rb")
+    try:
+        handle.seek(start)
+        return handle, handle.read(size)
+    except BaseException:
+        handle.close()
+        raise
 
 
 # --- the database --------------------------------------------------------------------------
