@@ -20,6 +20,7 @@ replay from its writes. Writes that a later write at an ancestor path wipes are 
 from __future__ import annotations
 
 import marshal
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,10 @@ Path = tuple[str, ...]
 JSON = Any
 # A write: (timestamp, value); value None is a delete.
 Write = tuple[float, JSON]
+# Section.snapshot(): writes, object marks, newest, leaf count.
+SectionSnapshot = tuple[dict[Path, Write], dict[Path, float], float, int]
+# Stands for an object mark among the writes at replay (never a JSON value).
+_OBJECT_MARK: Any = object()
 
 
 def _clone(obj: JSON) -> JSON:
@@ -106,6 +111,44 @@ class _SectionText:
         return "{" + ",".join(out) + "}"
 
 
+class _WriteIndex:
+    """How many writes lie below each path, and which lie under each top-level key (see
+    ``Section._index``): most writes have nothing below them and change one top-level key,
+    and telling so without a scan of the whole write set keeps a write's cost independent
+    of the document's size."""
+
+    __slots__ = ("below", "tops")
+
+    def __init__(self, writes: Iterable[Path] = ()) -> None:
+        self.below: dict[Path, int] = {}  # path -> writes strictly below it
+        # top-level key ("" for the root) -> the paths written under it (a dict: ordered)
+        self.tops: dict[str, dict[Path, None]] = {}
+        for path in writes:
+            self.add(path)
+
+    def add(self, path: Path) -> None:
+        below = self.below
+        for i in range(len(path)):
+            prefix = path[:i]
+            below[prefix] = below.get(prefix, 0) + 1
+        self.tops.setdefault(path[0] if path else "", {})[path] = None
+
+    def remove(self, path: Path) -> None:
+        below = self.below
+        for i in range(len(path)):
+            prefix = path[:i]
+            left = below[prefix] - 1
+            if left:
+                below[prefix] = left
+            else:
+                del below[prefix]
+        top = path[0] if path else ""
+        paths = self.tops[top]
+        del paths[path]
+        if not paths:
+            del self.tops[top]
+
+
 @dataclass
 class Section:
     """One of ``reported`` / ``desired``: its state, metadata and writes."""
@@ -121,14 +164,22 @@ class Section:
     # status beside the whole configuration), and every version is encoded for the store
     # and the documents topic. Cleared wholesale by anything that rebuilds the section.
     _text: _SectionText = field(default_factory=_SectionText, repr=False, compare=False)
+    # Counts of the writes by path prefix, built on first use and kept in step by _record;
+    # anything else that changes the write set drops it (rebuilt from the writes).
+    _index: _WriteIndex | None = field(default=None, repr=False, compare=False)
+    # Per path, when a value was last set below it (see _mark_objects): at replay, a mark
+    # removes a scalar or array held there that is older than the mark. Stored with the
+    # writes as rows whose value is ``{}`` (a value no merge patch leaf can hold).
+    objects: dict[Path, float] = field(default_factory=dict)
 
-    def snapshot(self) -> tuple[dict[Path, Write], float, int]:
-        """What :meth:`rollback` needs: a shallow copy of the writes (cheap, no state)."""
-        return dict(self.writes), self.newest, self.leaf_count
+    def snapshot(self) -> SectionSnapshot:
+        """What :meth:`rollback` needs: shallow copies of the writes (cheap, no state)."""
+        return dict(self.writes), dict(self.objects), self.newest, self.leaf_count
 
-    def rollback(self, snapshot: tuple[dict[Path, Write], float, int]) -> None:
+    def rollback(self, snapshot: SectionSnapshot) -> None:
         """Undo everything applied since ``snapshot``: the state is a replay of the writes."""
-        self.writes, _, self.leaf_count = snapshot
+        self.writes, self.objects, _, self.leaf_count = snapshot
+        self._index = None
         self.replay()
 
     def clone(self) -> Section:
@@ -138,17 +189,23 @@ class Section:
             dict(self.writes),
             self.newest,
             self.leaf_count,
+            objects=dict(self.objects),
         )
 
     # --- applying ------------------------------------------------------------------------
     def apply(self, writes: list[tuple[Path, JSON]], timestamp: float) -> bool:
         """Apply leaf writes that share one source timestamp; True when anything changed."""
         accepted = [(p, v) for p, v in writes if self._record(p, (timestamp, v))]
-        if not accepted:
+        marked = [p for p, v in writes if v is not None and self._mark_objects(p, timestamp)]
+        if not accepted and not marked:
             return False
-        self._text.changed(p for p, _ in accepted)
-        if timestamp > self.newest and not any(self._below_a_value(p) for p, _ in accepted):
-            for path, value in sorted(accepted, key=lambda pv: _order(pv[0], (timestamp, pv[1]))):
+        self._text.changed([p for p, _ in accepted] + marked)
+        kept = {p for p, _ in accepted}
+        if any(p not in kept for p in marked):
+            self.replay()  # a value not kept still made its ancestors objects
+        elif timestamp > self.newest and not any(self._below_a_value(p) for p, _ in accepted):
+            # One timestamp and distinct paths (one patch): _order comes down to the path.
+            for path, value in sorted(accepted, key=lambda pv: (len(pv[0]), pv[0])):
                 _set(self.state, self.metadata, path, value, timestamp)
             self.newest = timestamp
         else:
@@ -163,15 +220,47 @@ class Section:
             if held is not None and held[0] > ts:
                 return False  # an ancestor written later wipes this write at any replay
         held = self.writes.get(path)
-        if held is not None and _order(path, held) >= _order(path, write):
+        # _order(path, held) >= _order(path, write), the values encoded only on a tie.
+        if held is not None and (
+            held[0] > ts or (held[0] == ts and _value_key(held[1]) >= _value_key(write[1]))
+        ):
             return False
+        index = self._write_index()
         self.writes[path] = write
-        # Writes below ``path`` that are older are wiped by this one at any replay.
+        if held is None:
+            index.add(path)
         n = len(path)
-        for other in [p for p in self.writes if len(p) > n and p[:n] == path]:
-            if self.writes[other][0] < ts:
-                del self.writes[other]
+        if index.below.get(path):
+            # Writes below ``path`` that are older are wiped by this one at any replay.
+            for other in [p for p in self.writes if len(p) > n and p[:n] == path]:
+                if self.writes[other][0] < ts:
+                    del self.writes[other]
+                    index.remove(other)
+        if self.objects:
+            for other in [p for p in self.objects if len(p) > n and p[:n] == path]:
+                if self.objects[other] < ts:
+                    del self.objects[other]
         return True
+
+    def _mark_objects(self, path: Path, ts: float) -> bool:
+        """A value set at ``path`` at ``ts`` makes each of its ancestors an object as of
+        ``ts``, whether or not the value itself is kept (a newer write at ``path`` may
+        replace it): an ancestor's older scalar is gone from then on, and must not come
+        back once everything below is deleted again (RFC 7396 applied in order). True when
+        a mark moved."""
+        moved = False
+        objects = self.objects
+        for i in range(1, len(path)):
+            prefix = path[:i]
+            if objects.get(prefix, -math.inf) < ts:
+                objects[prefix] = ts
+                moved = True
+        return moved
+
+    def _write_index(self) -> _WriteIndex:
+        if self._index is None:
+            self._index = _WriteIndex(self.writes)
+        return self._index
 
     def _below_a_value(self, path: Path) -> bool:
         """Whether an ancestor of ``path`` holds a scalar or array write. A write below it
@@ -187,9 +276,17 @@ class Section:
     def replay(self) -> None:
         self._text = _SectionText()
         self.state, self.metadata = {}, {}
-        ordered = sorted(self.writes.items(), key=lambda item: _order(*item))
-        for path, (ts, value) in ordered:
-            _set(self.state, self.metadata, path, value, ts)
+        ordered = sorted(
+            [(_order(path, write), path, write[1]) for path, write in self.writes.items()]
+            # Before a value set at the same time at the same path: the scalar set
+            # together with a value below it is kept, as _order keeps the deeper write.
+            + [((ts, len(path), path, ""), path, _OBJECT_MARK) for path, ts in self.objects.items()]
+        )
+        for (ts, *_), path, value in ordered:
+            if value is _OBJECT_MARK:
+                _unset_scalar(self.state, self.metadata, path)
+            else:
+                _set(self.state, self.metadata, path, value, ts)
         self.newest = max((w[0] for w in self.writes.values()), default=0.0)
 
     def prune_tombstones(self, older_than: float) -> None:
@@ -203,12 +300,14 @@ class Section:
         pruned = [p for p, (ts, v) in self.writes.items() if v is None and ts < older_than]
         for path in pruned:
             del self.writes[path]
+        self._index = None
         self._text.changed(pruned)
         self.leaf_count = _count_leaves(self.state)
 
     # --- persistence -----------------------------------------------------------------------
     def writes_to_json(self) -> list[list[JSON]]:
-        return [[list(p), ts, v] for p, (ts, v) in self.writes.items()]
+        rows = [[list(p), ts, v] for p, (ts, v) in self.writes.items()]
+        return rows + [[list(p), ts, {}] for p, ts in self.objects.items()]
 
     def state_text(self) -> str:
         """``compact(self.state)``, from the text of the keys that did not change."""
@@ -222,19 +321,21 @@ class Section:
         """:meth:`writes_to_json` as compact JSON (grouped by top-level key, an order
         :meth:`from_writes` does not depend on)."""
         groups = self._text.writes
-        stale = {(p[0] if p else "") for p in self.writes} - groups.keys()
-        if stale:
-            fresh: dict[str, list[list[JSON]]] = {key: [] for key in stale}
-            for path, (ts, value) in self.writes.items():
-                group = fresh.get(path[0] if path else "")
-                if group is not None:
-                    group.append([list(path), ts, value])
-            groups.update({key: compact(rows)[1:-1] for key, rows in fresh.items()})
+        tops = self._write_index().tops
+        stale = (tops.keys() | {p[0] for p in self.objects}) - groups.keys()
+        for key in stale:
+            writes = self.writes
+            rows: list[list[JSON]] = [[list(path), *writes[path]] for path in tops.get(key, ())]
+            rows += [[list(p), ts, {}] for p, ts in self.objects.items() if p[0] == key]
+            groups[key] = compact(rows)[1:-1]
         return "[" + ",".join(text for text in groups.values() if text) + "]"
 
     @classmethod
     def from_writes(cls, rows: list[list[JSON]]) -> Section:
-        section = cls(writes={tuple(p): (float(ts), v) for p, ts, v in rows})
+        section = cls(
+            writes={tuple(p): (float(ts), v) for p, ts, v in rows if v != {}},
+            objects={tuple(p): float(ts) for p, ts, v in rows if v == {}},
+        )
         section.replay()
         return section
 
@@ -289,6 +390,15 @@ def _delete(state: dict[str, JSON], meta: dict[str, JSON], path: Path) -> None:
             break
         del parent[key]
         mparent.pop(key, None)
+
+
+def _unset_scalar(state: dict[str, JSON], meta: dict[str, JSON], path: Path) -> None:
+    """An object mark (``Section.objects``): whatever is not an object at ``path`` goes."""
+    node: JSON = state
+    for key in path[:-1]:
+        node = node.get(key) if isinstance(node, dict) else None
+    if isinstance(node, dict) and path[-1] in node and not isinstance(node[path[-1]], dict):
+        _delete(state, meta, path)
 
 
 def delta(desired: dict[str, JSON], reported: dict[str, JSON]) -> dict[str, JSON]:
@@ -382,7 +492,7 @@ class EncodedDocument:
 class DocumentSnapshot:
     version: int
     timestamp: float
-    sections: dict[str, tuple[dict[Path, Write], float, int]]
+    sections: dict[str, SectionSnapshot]
     encoded: EncodedDocument | None
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chargetwin.json_text import compact
-from twin.documents import SECTIONS, ShadowDocument, delta, depth_of
+from twin.documents import SECTIONS, ShadowDocument, _WriteIndex, delta, depth_of
 
 KEYS = st.sampled_from(["a", "b", "c"])
 SCALARS = st.one_of(st.integers(-3, 3), st.sampled_from(["x", "y", True, False]))
@@ -46,6 +46,30 @@ def test_a_delete_below_a_scalar_gives_the_same_document_in_any_order() -> None:
     for order in ([0, 1, 2], [2, 0, 1], [1, 2, 0], [2, 1, 0]):
         doc = _build([updates[i] for i in order])
         assert doc.reported == {"c": 0}, order
+
+
+def test_a_scalar_replaced_by_an_object_does_not_return_when_the_object_empties() -> None:
+    """``b`` = 0, then a value below it (``b`` becomes an object), then that value deleted:
+    ``b`` is gone (RFC 7396 in order: ``{}``, and empty objects disappear), not 0 again.
+    Also when the value below lost a tie to a delete at the same time, in any order."""
+    doc = _build(
+        [
+            ("desired", {"a": 0, "b": 0}, 1.0),
+            ("desired", {"a": None, "b": {"a": None, "b": 0}}, 2.0),
+            ("desired", {"b": {"b": None}}, 3.0),
+        ]
+    )
+    assert doc.desired == {}
+    updates: list[tuple[str, Any, float]] = [
+        ("reported", {"a": None, "c": 0}, 1.0),
+        ("reported", {"c": {"a": 0}}, 2.0),
+        ("reported", {"c": {"a": None}}, 2.0),
+    ]
+    for order in ([0, 1, 2], [0, 2, 1], [2, 1, 0], [2, 0, 1], [1, 2, 0], [1, 0, 2]):
+        doc = _build([updates[i] for i in order])
+        assert doc.reported == {}, order
+        stored = json.loads(doc.writes_text())
+        assert ShadowDocument.restore("cp", 1, 0.0, stored).reported == {}, order
 
 
 @settings(max_examples=400, deadline=None)
@@ -231,7 +255,8 @@ def test_the_text_kept_per_key_is_the_whole_document_encoded(
     updates: list[tuple[str, Any, float]], rollbacks: list[bool]
 ) -> None:
     """After every update (some rolled back, as an oversized one is, and tombstones
-    pruned), the text built from the keys that did not change equals encoding it all."""
+    pruned), the text built from the keys that did not change equals encoding it all, and
+    the write counts by path equal counting afresh."""
     doc = ShadowDocument("cp")
     for (section, patch, ts), rollback in zip(updates, rollbacks, strict=False):
         snapshot = doc.snapshot()
@@ -244,6 +269,9 @@ def test_the_text_kept_per_key_is_the_whole_document_encoded(
         for part in doc.sections.values():
             assert part.state_text() == compact(part.state)
             assert part.metadata_text() == compact(part.metadata)
+            # The counts kept in step with the writes equal counting them afresh.
+            kept, fresh = part._write_index(), _WriteIndex(part.writes)
+            assert (kept.below, kept.tops) == (fresh.below, fresh.tops)
         encoded = doc.encoded()  # a rolled back version's text: its keys may be reordered
         assert json.loads(encoded.state) == {"reported": doc.reported, "desired": doc.desired}
         metadata = {name: s.metadata for name, s in doc.sections.items()}
