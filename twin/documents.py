@@ -236,7 +236,8 @@ class Section:
                 if self.writes[other][0] < ts:
                     del self.writes[other]
                     index.remove(other)
-        if self.objects:
+            # Object marks below, likewise (they only come with writes below): a mark older
+            # than this write changes nothing at replay any more.
             for other in [p for p in self.objects if len(p) > n and p[:n] == path]:
                 if self.objects[other] < ts:
                     del self.objects[other]
