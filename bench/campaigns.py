@@ -389,7 +389,7 @@ def main() -> None:
               f"(+ broker {med('idle_broker_pct'):.1f}%), fleet connected")  # fmt: skip
         for key in sorted(runs[0]):
             if key.startswith("idle_cpu_pct["):
-                print(f"      {key[len('idle_cpu_pct['):-1]:>14}: {med(key):.1f}% of a core")
+                print(f"      {key[len('idle_cpu_pct[') : -1]:>14}: {med(key):.1f}% of a core")
         print(f"  campaign:      {med('campaign_s'):.1f} s to complete, "
               f"{med('updates_per_s'):.1f} updates/s")  # fmt: skip
         print(f"    platform CPU {med('campaign_cpu_ms'):.2f} ms per charger updated "
