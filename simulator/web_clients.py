@@ -1,7 +1,7 @@
 """The HTTP client a simulated charger downloads firmware and uploads diagnostics with.
 
 Each transfer gets a client (and connection) of its own, as each real charger has, but all
-of them share one TLS context: building one loads the system's CA bundle, which measured
+of them share one TLS context: building one loads a whole CA bundle, which measured
 55% of the simulator's CPU during a 2,000-charger firmware campaign when every download
 built its own (for plain http locations too), and slowed the simulated fleet enough to set
 the campaign's pace.
