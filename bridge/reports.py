@@ -75,7 +75,10 @@ class Reporter:
     def presence(
         self, charger_id: str, online: bool, since: float, ocpp_version: str = OCPP_VERSION
     ) -> None:
-        """Retained presence plus ``connection`` in the shadow (the twin trusts both)."""
+        """The retained presence: the twin writes it into ``reported.connection`` (the one
+        writer of ``online``/``since``, which also orders a late "offline" of an old socket
+        against the new one's "online"; see ``twin.presence``). A shadow report of the same
+        facts here would be a second write, and its documents, for every change."""
         if ocpp_version == OCPP_VERSION:
             self.versions.pop(charger_id, None)
         else:
@@ -86,17 +89,6 @@ class Reporter:
         if not online:
             self.held.pop(charger_id, None)
             self.versions.pop(charger_id, None)
-        connection: dict[str, Any] = {
-            "online": online,
-            "since": since,
-            "ocppVersion": ocpp_version,
-        }
-        if online:
-            # A new connection knows nothing of the charger's clock yet: a skew an earlier
-            # connection left goes (bridge.times.ChargerClock reports a new one), in this
-            # write rather than one more after the first plausible time.
-            connection["clockSkew"] = None
-        self.report(charger_id, {"connection": connection}, since)
 
     def announce(self, charger_id: str, online: bool, since: float) -> None:
         """The retained presence alone: also sent again for every held charger after each

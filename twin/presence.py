@@ -3,7 +3,9 @@
 The bridge holding a charger's socket publishes its presence (retained ``online``/``since``
 plus its ``bridge`` id and the ``epoch`` of its MQTT connection, see ``bridge.app``). The
 twin writes it into ``reported.connection``, ordered by ``since`` on the bridge's clock, so
-a late "offline" of an old socket never beats the "online" of the new one.
+a late "offline" of an old socket never beats the "online" of the new one. The twin is the
+only writer of ``online`` and ``since`` (the bridge reports nothing else of a connection
+but its ``clockSkew``, which a new connection's "online" clears).
 
 The twin also infers presence: when a bridge's MQTT connection ends (its last will, or no
 live status after the twin (re)connected), every charger that bridge held goes offline,
@@ -184,7 +186,8 @@ def presence_write(
         at = max(report.since, now, held_at + STEP)
         return _inferred_offline(report.bridge, epoch, at), at
     at = report.since
-    if held is not None and _reannounces(held, report):
+    reannounced = held is not None and _reannounces(held, report)
+    if reannounced:
         at = max(at, held_at + STEP)
     connection: Connection = {
         "online": report.online,
@@ -195,6 +198,11 @@ def presence_write(
     }
     if report.ocpp_version is not None:
         connection["ocppVersion"] = report.ocpp_version
+    if report.online and not reannounced and (held is None or held.get("since") != at):
+        # A new connection knows nothing of the charger's clock yet: the skew an earlier
+        # one reported goes (the bridge reports a new one when it sees it). A socket
+        # announced again (after an MQTT reconnect) keeps what was found on it.
+        connection["clockSkew"] = None
     return connection, at
 
 

@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
-from conftest import MakeBridge, MqttWatcher, OpenCharger
+from conftest import MakeBridge, MqttWatcher, OpenCharger, RunningTwin
 
 from bridge import Bridge
 
 
-async def test_presence_online_then_offline_with_the_shadow_connection(
-    bridge: Bridge, open_charger: OpenCharger, watcher: MqttWatcher
+async def test_presence_online_then_offline_and_the_twin_writes_the_shadow_connection(
+    bridge: Bridge, open_charger: OpenCharger, watcher: MqttWatcher, twin: RunningTwin
 ) -> None:
     charger = await open_charger()
     presence = bridge.topics.presence(charger.charger_id)
     online = await watcher.wait_for(presence, lambda m: m and m["online"])
     assert online["ocppVersion"] == "1.6" and online["bridge"] == bridge.bridge_id
+    reported = await twin.wait_reported(
+        charger.charger_id, lambda r: (r.get("connection") or {}).get("online") is True
+    )
+    assert reported["connection"]["since"] == online["since"]
     await charger.close()
     offline = await watcher.wait_for(presence, lambda m: m and not m["online"])
     assert offline["since"] >= online["since"]
+    reported = await twin.wait_reported(
+        charger.charger_id, lambda r: r["connection"]["online"] is False
+    )
+    assert reported["connection"]["since"] == offline["since"]
+    # One writer of online/since: the bridge's shadow reports never carry them (a second
+    # write of the same facts would cost a shadow version and its documents each time).
     shadow = bridge.topics.shadow(charger.charger_id, "update")
-    connections = [r["connection"] for r in watcher.reported(shadow) if "connection" in r]
-    assert [c["online"] for c in connections] == [True, False]
+    assert not [r for r in watcher.reported(shadow) if "online" in r.get("connection", {})]
 
 
 async def test_a_second_connection_replaces_the_first_and_stays_online(

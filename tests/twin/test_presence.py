@@ -91,3 +91,24 @@ def test_a_lost_bridge_leaves_chargers_it_announced_under_a_later_epoch() -> Non
     assert lost_write(doc, BridgeLost("b2", None), book, now=300.0) is None
     written = lost_write(doc, BridgeLost("b1", 11.0), book, now=50.0)
     assert written is not None and written[1] == 100.0 + STEP  # after what it overrules
+
+
+def test_a_new_connection_clears_the_clock_skew_an_announced_again_one_keeps_it() -> None:
+    book = BridgeBook()
+    skew = {"status": "ahead", "seconds": 600.0}
+    held = {"online": True, "since": 100.0, "bridge": "b1", "epoch": 10.0, "clockSkew": skew}
+    doc = _doc(held, 100.0)
+    # The same socket announced again after the bridge's MQTT reconnect: same since.
+    again = presence_write(doc, _report(True, 100.0, epoch=11.0), book, now=150.0)
+    assert again is not None and "clockSkew" not in again[0]
+    # A new socket: nothing is known of the charger's clock yet.
+    new = presence_write(doc, _report(True, 200.0), book, now=201.0)
+    assert new is not None and new[0]["clockSkew"] is None
+    # Going offline says nothing of the clock either way.
+    gone = presence_write(doc, _report(False, 200.0), book, now=201.0)
+    assert gone is not None and "clockSkew" not in gone[0]
+    # Back after an inferred outage of the same socket (a newer epoch): kept.
+    inferred = {"online": False, "since": 300.0, "bridge": "b1", "epoch": 10.0, "source": "twin"}
+    doc = _doc({**held, **inferred}, 300.0)
+    back = presence_write(doc, _report(True, 100.0, epoch=11.0), book, now=301.0)
+    assert back is not None and "clockSkew" not in back[0]
