@@ -18,7 +18,8 @@ from urllib.parse import quote
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 
-from chargetwin.files import FileStore, StoredFile
+from api.problems import Problem
+from chargetwin.files import CHUNK_BYTES, FileStore, FileStoreError, StoredFile
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
@@ -58,7 +59,7 @@ def _etag(file: StoredFile) -> str:
     return f'"{hashlib.md5(base, usedforsecurity=False).hexdigest()}"'
 
 
-def stored_file_response(
+async def stored_file_response(
     request: Request,
     store: FileStore,
     file: StoredFile,
@@ -67,7 +68,8 @@ def stored_file_response(
     headers: dict[str, str] | None = None,
     media_type: str = "application/octet-stream",
 ) -> Response:
-    """The whole ``file``, or the byte range asked for, streamed from ``store``."""
+    """The whole ``file``, or the byte range asked for, from ``store``: streamed when it
+    spans more than one chunk of the store."""
     quoted = quote(filename)
     disposition = (
         f'attachment; filename="{filename}"'
@@ -99,6 +101,16 @@ def stored_file_response(
     out["content-length"] = str(end - start)
     if request.method == "HEAD":
         return Response(status_code=status, headers=out, media_type=media_type)
+    if end - start <= CHUNK_BYTES:
+        # One chunk (most firmware images and logs): read before answering, which spares
+        # the streaming response its task group and disconnect watcher (more than the
+        # copy costs), and a file removed or cut short meanwhile gets a clear 404 instead
+        # of a truncated body.
+        try:
+            body = b"".join([chunk async for chunk in store.read(file, start, end)])
+        except FileStoreError as exc:
+            raise Problem(404, str(exc), kind="file-changed") from exc
+        return Response(body, status_code=status, headers=out, media_type=media_type)
     return StreamingResponse(
         store.read(file, start, end), status_code=status, headers=out, media_type=media_type
     )

@@ -267,6 +267,7 @@ class DataDirFileStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._resolved_root: Path | None = None  # root.resolve(), once it exists
 
     async def create_schema(self) -> None:
         return None
@@ -274,7 +275,9 @@ class DataDirFileStore:
     def path(self, folder: str, name: str | None = None) -> Path:
         """The folder (or file) path, proven inside ``root``."""
         parts = _segments(folder) + ([check_segment(name)] if name is not None else [])
-        return inside(self.root, *parts)
+        if self._resolved_root is None and self.root.exists():
+            self._resolved_root = self.root.resolve()
+        return inside(self.root, *parts, resolved_folder=self._resolved_root)
 
     @contextlib.asynccontextmanager
     async def upload(self, folder: str, *, max_bytes: int) -> AsyncIterator[Upload]:

@@ -201,7 +201,7 @@ async def download_file(
     stored = await operations.uploads.find(charger_id, file_name)
     if stored is None:
         raise Problem(404, f"no diagnostics file {file_name!r}", kind="file-not-found")
-    return stored_file_response(request, operations.files, stored, filename=stored.name)
+    return await stored_file_response(request, operations.files, stored, filename=stored.name)
 
 
 router.include_router(uploads)

@@ -504,7 +504,7 @@ async def download_firmware(sha256: str, request: Request, operations: Operation
     stored = await operations.files.stat(FOLDER, digest) if is_sha256(digest) else None
     if stored is None:
         raise Problem(404, "no firmware image with that SHA-256", kind="firmware-not-found")
-    return stored_file_response(
+    return await stored_file_response(
         request,
         operations.files,
         stored,
