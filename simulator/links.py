@@ -45,6 +45,7 @@ from ocpp.v16.enums import (
 from websockets.asyncio.client import ClientConnection
 
 from simulator import diagnostics, firmwares, sessions
+from simulator.answers import AnswersFirst
 from simulator.configurations import AUTHORIZATION_KEY, authorization_key_password
 from simulator.connectors import Connector
 from simulator.profiles import Limit, Profile, ProfileError, camel_case
@@ -56,7 +57,7 @@ __all__ = ["ChargePointLink"]
 Handler = Callable[..., Any]
 
 
-class ChargePointLink(ChargePoint):  # type: ignore[misc]  # ocpp ships no type hints
+class ChargePointLink(AnswersFirst, ChargePoint):  # type: ignore[misc]  # ocpp ships no type hints
     """One websocket's OCPP 1.6 endpoint for a simulated charger."""
 
     def __init__(

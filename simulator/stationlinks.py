@@ -33,6 +33,7 @@ from ocpp.v201.enums import Action
 from websockets.asyncio.client import ClientConnection
 
 from simulator import stationupdates, transactions
+from simulator.answers import AnswersFirst
 from simulator.connectors import Connector
 from simulator.devicemodels import PASSWORD_LENGTH, Address, report_parts
 from simulator.meters import utc_now
@@ -63,7 +64,7 @@ TRIGGERS = frozenset(
 )
 
 
-class StationLink(ChargePoint):  # type: ignore[misc]  # ocpp ships no type hints
+class StationLink(AnswersFirst, ChargePoint):  # type: ignore[misc]  # ocpp ships no type hints
     """One websocket's OCPP 2.0.1 endpoint for a simulated station."""
 
     def __init__(
