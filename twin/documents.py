@@ -171,6 +171,9 @@ class Section:
     # removes a scalar or array held there that is older than the mark. Stored with the
     # writes as rows whose value is ``{}`` (a value no merge patch leaf can hold).
     objects: dict[Path, float] = field(default_factory=dict)
+    # The time of the oldest delete in the writes, or earlier (None: not known yet): what
+    # prune_tombstones looks at before it scans anything.
+    _oldest_tombstone: float | None = field(default=None, repr=False, compare=False)
 
     def snapshot(self) -> SectionSnapshot:
         """What :meth:`rollback` needs: shallow copies of the writes (cheap, no state)."""
@@ -180,6 +183,7 @@ class Section:
         """Undo everything applied since ``snapshot``: the state is a replay of the writes."""
         self.writes, self.objects, _, self.leaf_count = snapshot
         self._index = None
+        self._oldest_tombstone = None
         self.replay()
 
     def clone(self) -> Section:
@@ -229,6 +233,8 @@ class Section:
         self.writes[path] = write
         if held is None:
             index.add(path)
+        if write[1] is None and self._oldest_tombstone is not None:
+            self._oldest_tombstone = min(self._oldest_tombstone, ts)
         n = len(path)
         if index.below.get(path):
             # Writes below ``path`` that are older are wiped by this one at any replay.
@@ -293,12 +299,20 @@ class Section:
     def prune_tombstones(self, older_than: float) -> None:
         """Forget deletes older than ``older_than``: bounded memory, bounded reordering.
 
-        Cheap when there is nothing to forget: only the writes are scanned, and only when
-        there are more of them than the leaves they could explain.
+        Cheap when there is nothing to forget: the writes are scanned only when there are
+        more of them than the leaves they could explain and the oldest delete is older than
+        ``older_than`` (deletes younger than the horizon made every write scan for a week).
         """
         if len(self.writes) <= self.leaf_count + 16:
             return
+        if self._oldest_tombstone is None:
+            self._oldest_tombstone = _oldest_delete(self.writes)
+        if self._oldest_tombstone >= older_than:
+            return
         pruned = [p for p, (ts, v) in self.writes.items() if v is None and ts < older_than]
+        self._oldest_tombstone = None  # the one remembered may have been replaced since
+        if not pruned:
+            return
         for path in pruned:
             del self.writes[path]
         self._index = None
@@ -339,6 +353,10 @@ class Section:
         )
         section.replay()
         return section
+
+
+def _oldest_delete(writes: dict[Path, Write]) -> float:
+    return min((ts for ts, value in writes.values() if value is None), default=math.inf)
 
 
 def _count_leaves(state: dict[str, JSON]) -> int:

@@ -283,3 +283,31 @@ def test_the_text_kept_per_key_is_the_whole_document_encoded(
             assert sorted(map(json.dumps, stored[name])) == sorted(map(json.dumps, expected[name]))
         restored = ShadowDocument.restore("cp", doc.version, 0.0, stored)
         assert restored.to_public()["state"] == doc.to_public()["state"]
+
+
+def test_deletes_are_forgotten_past_the_horizon_only_late_ones_included() -> None:
+    doc = ShadowDocument("cp")
+    doc.apply({"reported": {"kept": 1}}, 0.5)
+    for ts in range(1, 21):
+        doc.apply({"reported": {f"gone{ts}": None}}, float(ts))
+    section = doc.sections["reported"]
+
+    def deletes() -> list[float]:
+        return sorted(ts for ts, value in section.writes.values() if value is None)
+
+    section.prune_tombstones(0.0)  # none that old: nothing goes
+    assert deletes() == [float(ts) for ts in range(1, 21)]
+    section.prune_tombstones(10.5)
+    assert deletes() == [float(ts) for ts in range(11, 21)]
+    # Sixteen more (so there are more deletes than leaves to explain them), and one that
+    # arrived late, older than every delete seen so far: it goes at the next prune.
+    for ts in range(21, 37):
+        doc.apply({"reported": {f"gone{ts}": None}}, float(ts))
+    section.prune_tombstones(10.5)  # the oldest delete is younger: nothing scanned or gone
+    assert len(deletes()) == 26
+    doc.apply({"reported": {"late": None}}, 3.0)
+    section.prune_tombstones(10.5)
+    assert deletes() == [float(ts) for ts in range(11, 37)]
+    section.prune_tombstones(30.5)
+    assert deletes() == [float(ts) for ts in range(31, 37)]
+    assert doc.reported == {"kept": 1}
