@@ -174,7 +174,13 @@ async def open_backend(
         yield backend
 
 
-def get_backend(request: Request) -> Backend:
+def backend_of(request: Request) -> Backend:
     backend = request.app.state.backend
     assert isinstance(backend, Backend)
     return backend
+
+
+async def get_backend(request: Request) -> Backend:
+    """The dependency. Async on purpose: FastAPI runs a plain ``def`` dependency in its
+    thread pool, a trip to another thread on every request for an attribute read."""
+    return backend_of(request)

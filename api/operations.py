@@ -76,8 +76,13 @@ class Operations:
         await self.id_tags.create_schema()
 
 
-def get_operations(request: Request) -> Operations:
+def operations_of(request: Request) -> Operations:
     backend: Backend = request.app.state.backend
     operations = backend.operations
     assert isinstance(operations, Operations)
     return operations
+
+
+async def get_operations(request: Request) -> Operations:
+    """The dependency; async for the reason :func:`api.backends.get_backend` gives."""
+    return operations_of(request)

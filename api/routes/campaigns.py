@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from api.auth import Operator, Viewer
-from api.backends import Backend, get_backend
+from api.backends import Backend, backend_of, get_backend
 from api.params import MAX_OFFSET, Offset, page_limit
 from api.problems import Problem, ProblemError, problem_responses
 from fleet.campaigns import (
@@ -273,7 +273,7 @@ def _unfit(charger: TargetCharger, vendor: str, model: str) -> str | None:
 
 
 def _wake(request: Request) -> None:
-    get_backend(request).wake_fleet("campaigns")
+    backend_of(request).wake_fleet("campaigns")
 
 
 @router.post(

@@ -16,7 +16,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from api.auth import Operator, Viewer
 from api.backends import Backend, get_backend
-from api.operations import get_operations
+from api.operations import operations_of
 from api.params import ChargerIdField, Moment, Offset, page_limit
 from api.problems import Problem, ProblemError, problem_responses
 from fleet.maintenance import Maintenance
@@ -285,7 +285,7 @@ async def _diagnostics(request: Request, order: WorkOrder) -> list[DiagnosticsLi
     if order.charger_id is None:
         return []
     until = order.resolved_at or order.cancelled_at or float("inf")
-    files = await get_operations(request).uploads.list(order.charger_id)
+    files = await operations_of(request).uploads.list(order.charger_id)
     return [
         DiagnosticsLink(
             name=f.name, size=f.size, modifiedAt=iso(f.modified_at),  # type: ignore[arg-type]
