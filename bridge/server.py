@@ -56,6 +56,7 @@ from bridge.connections import ChargerConnection, ConnectionOptions
 from bridge.errorlog import limit_charger_lines
 from bridge.handlers import Services
 from bridge.heap import trim_heap_periodically
+from bridge.keepalive import FleetKeepalive
 from bridge.tls import common_name
 from bridge.v201.connections import StationConnection
 from bridge.v201.transactions import TransactionEvents
@@ -174,6 +175,9 @@ class OcppServer:
         self._server: Server | None = None
         # Owned here, from start() to stop(): freed heap memory back to the system.
         self._trimmer: asyncio.Task[None] | None = None
+        # Pings for every socket from one task (bridge.keepalive), not one task per socket.
+        self.keepalive: FleetKeepalive | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
         topics = services.reporter.topics
         self._filters: dict[str, Handler] = {
             topics.shadow("+", "update", "delta"): self._route_delta,
@@ -187,14 +191,19 @@ class OcppServer:
         # the twin answers "online" with the delta, which must not be missed.
         for topic_filter, handler in self._filters.items():
             await self.mqtt.subscribe_acked(topic_filter, handler)
+        if self.options.ping_interval:
+            self.keepalive = FleetKeepalive(self.options.ping_interval, self.options.ping_timeout)
+            self._keepalive_task = asyncio.create_task(self.keepalive.run(), name="keepalive")
         self._server = await serve(
             self._serve_connection,
             host,
             port,
             subprotocols=list(SUBPROTOCOLS),  # chosen by select_subprotocol (ChargerWebSocket)
             process_request=self._process_request,
-            ping_interval=self.options.ping_interval,
-            ping_timeout=self.options.ping_timeout,
+            # websockets' own keepalive (a task per socket) is off: _serve_connection hands
+            # each connection to self.keepalive instead.
+            ping_interval=None,
+            ping_timeout=None,
             max_size=self.options.max_size,
             max_queue=MAX_QUEUED_FRAMES,
             close_timeout=self.options.close_timeout,
@@ -220,11 +229,12 @@ class OcppServer:
         """Close every charger's socket (1001 going away); each publishes itself offline."""
         if self._server is None:
             return
-        if self._trimmer is not None:
-            self._trimmer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._trimmer
-            self._trimmer = None
+        for task in (self._trimmer, self._keepalive_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._trimmer = self._keepalive_task = None
         self._server.close(close_connections=True)
         await self._server.wait_closed()
         self._server = None
@@ -307,6 +317,16 @@ class OcppServer:
 
     # --- a live connection -------------------------------------------------------------------
     async def _serve_connection(self, websocket: ServerConnection) -> None:
+        if self.keepalive is None:
+            await self._serve_websocket(websocket)
+            return
+        self.keepalive.watch(websocket)
+        try:
+            await self._serve_websocket(websocket)
+        finally:
+            self.keepalive.forget(websocket)
+
+    async def _serve_websocket(self, websocket: ServerConnection) -> None:
         assert websocket.request is not None  # process_request has seen it
         charger_id = unquote(urlsplit(websocket.request.path).path[len(PATH_PREFIX) :])
         if websocket.subprotocol is None:
@@ -403,11 +423,10 @@ class ChargerWebSocket(ServerConnection):
     """websockets' server connection, without the reference cycles it leaves behind.
 
     A closed connection otherwise stays in cycles (its logger adapter names it, the
-    keepalive task's cancellation and the parser's end-of-stream error keep frames that
-    hold it), so only a full garbage collection frees it: with 10,000 chargers held that
-    stops the bridge for about a second (``chargetwin.collector``). Cut here: the adapter
-    names the connection weakly, and once the connection is lost the keepalive task
-    (cancelled by then) is dropped and the parser's error loses its traceback (the error
+    parser's end-of-stream error keeps frames that hold it), so only a full garbage
+    collection frees it: with 10,000 chargers held that stops the bridge for about a
+    second (``chargetwin.collector``). Cut here: the adapter names the connection weakly,
+    and once the connection is lost the parser's error loses its traceback (the error
     stays, as the cause websockets gives ConnectionClosed).
     """
 
@@ -421,8 +440,8 @@ class ChargerWebSocket(ServerConnection):
         setattr(self.protocol, "select_subprotocol", select_subprotocol)  # noqa: B010
 
     def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)  # cancels the keepalive task
-        self.keepalive_task = None
+        super().connection_lost(exc)
+        self.keepalive_task = None  # none runs (bridge.keepalive pings), in case one did
         parser_exc = self.protocol.parser_exc
         if parser_exc is not None:
             parser_exc.__traceback__ = None
