@@ -60,6 +60,8 @@ def _links_below(root: Path, parts: tuple[str, ...]) -> bool:
             mode = current.lstat().st_mode
         except (FileNotFoundError, NotADirectoryError):
             return False
+        except OSError:
+            return True  # unreadable (permissions, say): the full resolve decides
         if stat.S_ISLNK(mode):
             return True
     return False
