@@ -198,14 +198,16 @@ async def fleet(
     await transactions.create_schema()
     meter = 0
     # Evenings are busy: 18:00 every day on CP-N1, 08:00 every other day on CP-N2, a few on
-    # CP-S1; the last ones today.
+    # CP-S1; the last ones today. A session today that would not be over yet takes place
+    # a week earlier instead, same weekday and hour: moved to "two hours ago" it landed in
+    # whatever hour the test ran, and between 10:00 and 11:00 it made 08:00 the busiest.
     plan = [("CP-N1", 1, d, 18, 90, 22_000) for d in range(0, 20)]
     plan += [("CP-N2", 2, d, 8, 45, 9_000) for d in range(0, 20, 2)]
     plan += [("CP-S1", 1, d, 12, 30, 6_000) for d in (1, 5, 9)]
     for charger, connector, days_ago, hour, minutes, wh in plan:
         start = local_day(days_ago, hour)
-        if start > time.time() - 7200:
-            start = time.time() - 7200
+        if start + minutes * 60 > time.time():
+            start = local_day(days_ago + 7, hour)
         row = await transactions.start(charger, connector, "TAG1", meter, start)
         await transactions.stop(
             charger, row.transaction_id, meter + wh, start + minutes * 60, "Local", None
