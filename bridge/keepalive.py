@@ -76,7 +76,10 @@ class FleetKeepalive:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.tick)
-            await self.ping_due()
+            try:
+                await self.ping_due()
+            except Exception:  # one bad turn must not end every charger's keepalive
+                log.exception("keepalive: a turn failed; trying again in %.1f s", self.tick)
 
     async def ping_due(self) -> None:
         """One turn: read the pongs, fail the late, ping the due."""
@@ -101,6 +104,10 @@ class FleetKeepalive:
                 watch.pong = asyncio.ensure_future(await connection.ping())
             except ConnectionClosed:
                 self.forget(connection)
+                continue
+            except Exception:
+                log.exception("keepalive: could not ping a connection; trying again later")
+                watch.due = now + self.interval
                 continue
             watch.sent = now
             watch.due = now + self.interval

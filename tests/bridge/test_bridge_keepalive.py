@@ -81,3 +81,27 @@ async def test_a_charger_that_stops_answering_pings_goes_offline(
     assert bridge.server.keepalive.timed_out == 1
     assert bridge.server.keepalive.pings_sent >= 2
     quiet.ws.transport.abort()  # its close handshake would wait for the hung reader
+
+
+@pytest.mark.allow_errors
+@pytest.mark.allow_logged_exceptions
+async def test_a_connection_that_cannot_be_pinged_is_tried_again_and_the_task_goes_on(
+    pair: tuple[FleetKeepalive, list[ServerConnection], ClientConnection],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unexpected error pinging one socket is logged; the turn goes on, the socket is
+    tried again an interval later, and the keepalive task keeps running."""
+    keepalive, served, _client = pair
+    broken = served[0]
+
+    async def failing_ping() -> None:
+        raise RuntimeError("transport in a state nobody expected")
+
+    monkeypatch.setattr(broken, "ping", failing_ping)
+    await asyncio.sleep(0.5)
+    assert keepalive.pings_sent == 0 and len(keepalive) == 1
+    assert any("could not ping" in r.getMessage() for r in caplog.records)
+    monkeypatch.undo()
+    await asyncio.sleep(0.5)
+    assert keepalive.pings_sent >= 1 and keepalive.timed_out == 0
